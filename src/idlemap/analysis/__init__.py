@@ -1,0 +1,1 @@
+"""Pure analysis: typed records and numpy arrays in, results out.  No I/O."""

@@ -1,0 +1,134 @@
+"""idlemap wss: working-set size over time, like Gregg's wss."""
+from __future__ import annotations
+
+import time
+
+from .. import backends
+from ..analysis.wss import profile_windows, summarize, top_mappings
+from ..errors import NoSuchProcess, UsageError
+from ..kernel.process import identify
+from ..render.text import MB, Table, json_line, mb
+from . import pid_arg, take_pid
+
+HELP = "working-set size of a process: Est(s), RSS, PSS and referenced MB per window"
+EXAMPLES = """\
+  idlemap wss 1234                 # one row per second until Ctrl-C
+  idlemap wss -p 1234 0.5 10       # ten 0.5 s windows
+  idlemap wss 1234 1 5 -C          # cumulative: how the set grows from one start
+  idlemap wss 1234 -P 10           # profile: windows of 0.01, 0.02, ... 5.12 s
+  idlemap wss 1234 1 3 --by-mapping --json   # JSON lines, per mapping
+  idlemap wss 1234 --backend clear_refs      # no page_idle? exact per-mapping totals
+"""
+SCHEMA = "idlemap.wss/1"
+SUMMARY_SCHEMA = "idlemap.wss.summary/1"
+
+
+def add_arguments(p) -> None:
+    pid_arg(p)
+    p.add_argument("args", nargs="*", metavar="PID [interval [count]]",
+                   help="target PID, window length in seconds (default 1), number of windows (default: until Ctrl-C)")
+    p.add_argument("-C", "--cumulative", action="store_true",
+                   help="mark once; each row shows everything referenced since the start")
+    p.add_argument("-P", "--profile", type=int, metavar="N",
+                   help="profile: N windows of power-of-two lengths from --profile-base")
+    p.add_argument("--profile-base", type=float, default=0.01, metavar="S",
+                   help="first profile window in seconds (default 0.01)")
+    p.add_argument("--by-mapping", action="store_true", help="break each window down by mapping")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="mappings shown with --by-mapping (default 10)")
+    p.add_argument("--json", action="store_true", help=f"JSON lines (schema {SCHEMA})")
+    p.add_argument("-T", "--timestamp", action="store_true", help="print a wall-clock time column")
+    p.add_argument("--backend", default="auto", choices=["auto", *backends.BACKENDS],
+                   help="how to measure (default auto: page_idle if available, else clear_refs)")
+    p.add_argument("--tlb-flush", default="none", choices=["none", "soft-dirty"],
+                   help="page_idle only: flush the target's TLB after marking (see docs/tlb.md)")
+
+
+def _sample_json(s, args) -> dict:
+    d = {"schema": SCHEMA, "pid": s.pid, "backend": s.backend, "time": time.time(),
+         "est_s": round(s.window_s, 6), "rss_bytes": s.rss_bytes, "pss_bytes": s.pss_bytes,
+         "ref_bytes": s.accessed_bytes, "scan_cpu_s": round(s.scan_s, 6)}
+    if args.by_mapping:
+        d["by_mapping"] = [
+            {"start": f"{u.mapping.start:#x}", "end": f"{u.mapping.end:#x}", "label": u.mapping.label,
+             "kind": u.mapping.kind, "rss_bytes": u.rss_bytes, "ref_bytes": u.accessed_bytes,
+             "idle_bytes": u.idle_bytes} for u in top_mappings(s.by_mapping, args.top)]
+    return d
+
+
+def run(args) -> int:
+    pid, rest = take_pid(args, args.args)
+    if len(rest) > 2:
+        raise UsageError("too many arguments: idlemap wss PID [interval [count]]")
+    try:
+        interval = float(rest[0]) if rest else 1.0
+        count = int(rest[1]) if len(rest) > 1 else None
+    except ValueError:
+        raise UsageError("interval must be seconds (e.g. 0.5) and count a whole number") from None
+    if interval <= 0 or (count is not None and count <= 0):
+        raise UsageError("interval and count must be positive")
+    proc = identify(pid)
+    choice = backends.choose(args.backend)
+    kw = {"tlb_flush": args.tlb_flush} if choice.cls.name == "page_idle" else {}
+    backend = choice.cls(proc, **kw)
+
+    samples = []
+    table = Table([("TIME", 8)] * args.timestamp + [("Est(s)", 8), ("RSS(MB)", 10), ("PSS(MB)", 10),
+                                                     ("Ref(MB)", 10), ("Ref%", 6)])
+    if not args.json:
+        print(f"Watching PID {pid} ({proc.comm}) with the {choice.cls.name} backend "
+              f"[{choice.reason}]; page-level detail: {'yes' if choice.cls.caps.per_page else 'no (per mapping)'}. "
+              "Ctrl-C to end.")
+        table.header()
+
+    def emit(s) -> None:
+        samples.append(s)
+        if args.json:
+            json_line(_sample_json(s, args))
+            return
+        pct = 100.0 * s.accessed_bytes / s.rss_bytes if s.rss_bytes else 0.0
+        table.row(([time.strftime("%H:%M:%S")] if args.timestamp else []) +
+                  [f"{s.window_s:.3f}", mb(s.rss_bytes), mb(s.pss_bytes), mb(s.accessed_bytes), f"{pct:.1f}"])
+        if args.by_mapping:
+            sub = Table([("", 3), ("RSS(MB)", 10), ("Ref(MB)", 10), ("Idle(MB)", 10), ("MAPPING", -1)])
+            sub.header()
+            for u in top_mappings(s.by_mapping, args.top):
+                sub.row(["", mb(u.rss_bytes), mb(u.accessed_bytes), mb(u.idle_bytes), u.mapping.label])
+
+    exited = None
+    try:
+        with backend:
+            backend.mark()
+            if args.profile:
+                t0 = backend_marked = time.monotonic()
+                for end in profile_windows(args.profile_base, args.profile):
+                    time.sleep(max(0.0, t0 + end - time.monotonic()))
+                    emit(backend.sample(remark=False))
+                del backend_marked
+            else:
+                n = 0
+                while count is None or n < count:
+                    time.sleep(interval)
+                    emit(backend.sample(remark=not args.cumulative))
+                    n += 1
+    except KeyboardInterrupt:
+        pass
+    except NoSuchProcess as e:
+        exited = e
+    _summary(samples, args)
+    if exited is not None:
+        raise exited
+    return 0
+
+
+def _summary(samples, args) -> None:
+    s = summarize(samples)
+    if s is None:
+        return
+    if args.json:
+        json_line({"schema": SUMMARY_SCHEMA, "samples": s.samples, "ref_min_bytes": s.ref_min_bytes,
+                   "ref_mean_bytes": round(s.ref_mean_bytes), "ref_max_bytes": s.ref_max_bytes,
+                   "ref_p50_bytes": round(s.ref_p50_bytes), "ref_p95_bytes": round(s.ref_p95_bytes),
+                   "rss_last_bytes": s.rss_last_bytes})
+    elif s.samples > 1:
+        print(f"{s.samples} windows of {s.window_mean_s:.3f} s: Ref(MB) min {s.ref_min_bytes / MB:.2f} "
+              f"mean {s.ref_mean_bytes / MB:.2f} p95 {s.ref_p95_bytes / MB:.2f} max {s.ref_max_bytes / MB:.2f}")

@@ -1,0 +1,92 @@
+"""idlemap's errors, and the one place that turns errno into them.
+
+Every error a user can cause or meet (a PID that does not exist, no
+permission, a kernel without a feature) becomes an :class:`IdlemapError`
+whose ``str()`` is one sentence fit to print; ``cli.main`` is the only place
+that turns them into exit codes.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+from collections.abc import Iterator
+
+
+class IdlemapError(Exception):
+    """Base class: the message is one sentence for the user."""
+
+    exit_code = 1
+
+
+class NoSuchProcess(IdlemapError):
+    def __init__(self, pid: int, detail: str = ""):
+        self.pid = pid
+        super().__init__(f"no process with PID {pid}{detail}")
+
+
+class TargetExited(NoSuchProcess):
+    """The target was there when we started and went away mid-scan."""
+
+    def __init__(self, pid: int):
+        IdlemapError.__init__(self, f"process {pid} exited during the scan")
+        self.pid = pid
+
+
+class PidReused(NoSuchProcess):
+    def __init__(self, pid: int):
+        IdlemapError.__init__(
+            self, f"PID {pid} now belongs to a different process (it exited and the PID was reused)")
+        self.pid = pid
+
+
+class AccessDenied(IdlemapError):
+    exit_code = 77
+
+    def __init__(self, what: str, hint: str = "run as root"):
+        super().__init__(f"permission denied reading {what} ({hint})")
+
+
+class FeatureMissing(IdlemapError):
+    """The kernel lacks what was asked for; says which CONFIG_ and what else works."""
+
+    exit_code = 69
+
+    def __init__(self, feature: str, config: str, alternative: str = ""):
+        self.feature = feature
+        self.config = config
+        msg = f"this kernel has no {feature} ({config} is not set)"
+        if alternative:
+            msg += f"; {alternative}"
+        super().__init__(msg)
+
+
+class UsageError(IdlemapError):
+    exit_code = 2
+
+
+class BadInput(IdlemapError):
+    exit_code = 65
+
+
+@contextlib.contextmanager
+def proc_errors(pid: int, what: str) -> Iterator[None]:
+    """Translate OSErrors raised while touching /proc/PID/* into idlemap errors.
+
+    /proc files of a process that has exited give ENOENT on open and ESRCH on
+    read (the mm is gone); a zombie gives 0 bytes, handled by the callers.
+    """
+    try:
+        yield
+    except FileNotFoundError:
+        raise NoSuchProcess(pid) from None
+    except ProcessLookupError:
+        raise TargetExited(pid) from None
+    except PermissionError:
+        raise AccessDenied(f"{what} of PID {pid}",
+                           "run as root, or as the process's owner where ptrace is allowed") from None
+    except OSError as e:
+        if e.errno == errno.ESRCH:
+            raise TargetExited(pid) from None
+        if e.errno == errno.EACCES or e.errno == errno.EPERM:
+            raise AccessDenied(f"{what} of PID {pid}") from None
+        raise

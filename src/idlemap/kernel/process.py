@@ -1,0 +1,71 @@
+"""/proc/PID/stat and friends: who a PID is, so PID reuse can be noticed."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import NoSuchProcess, PidReused, TargetExited, proc_errors
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessId:
+    pid: int
+    start_ticks: int       # field 22 of /proc/PID/stat: unique with the PID
+    comm: str
+    uid: int
+
+    @property
+    def is_kernel_thread(self) -> bool:
+        return _is_kthread(self.pid)
+
+
+def _read_stat(pid: int) -> tuple[str, list[str]]:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read().decode("utf-8", "replace")
+    # comm is in parentheses and may itself contain ") ", so split at the last one.
+    lp, rp = data.index("("), data.rindex(")")
+    return data[lp + 1:rp], data[rp + 2:].split()
+
+
+def identify(pid: int) -> ProcessId:
+    if pid <= 0:
+        raise NoSuchProcess(pid)
+    with proc_errors(pid, "the status"):
+        comm, rest = _read_stat(pid)
+        uid = os.stat(f"/proc/{pid}").st_uid
+    # rest[0] is field 3 (state); field 22 (starttime) is rest[19].
+    return ProcessId(pid, int(rest[19]), comm, uid)
+
+
+def check_same(proc: ProcessId) -> None:
+    """Raise TargetExited / PidReused unless the PID is still the same process."""
+    try:
+        comm, rest = _read_stat(proc.pid)
+    except (FileNotFoundError, ProcessLookupError):
+        raise TargetExited(proc.pid) from None
+    if int(rest[19]) != proc.start_ticks:
+        raise PidReused(proc.pid)
+    if rest[0] in ("Z", "X"):
+        raise TargetExited(proc.pid)
+
+
+def _is_kthread(pid: int) -> bool:
+    # Kernel threads have no mm: their maps are empty and cmdline is empty;
+    # PF_KTHREAD (0x00200000) in the flags field (9) is the exact test.
+    try:
+        _, rest = _read_stat(pid)
+        return bool(int(rest[6]) & 0x00200000)
+    except OSError:
+        return False
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def list_pids() -> list[int]:
+    return sorted(int(d) for d in os.listdir("/proc") if d.isdigit())

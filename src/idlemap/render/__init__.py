@@ -1,0 +1,1 @@
+"""Renderers: analysis results in, text/JSON/pictures out."""

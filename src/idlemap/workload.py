@@ -1,0 +1,200 @@
+"""A workload whose working set is known exactly, driven step by step.
+
+Used by ``idlemap demo``, the tests and the benchmarks.  The child process
+maps memory and touches exactly the pages it is told to, at C speed (numpy
+strided access, never a per-page Python loop), then acknowledges; so a test
+can mark idle -> touch set X -> wait for the ack -> read, with no clock race.
+
+Protocol (one line each way, over the child's stdin/stdout):
+  map NAME MiB [thp|nothp] [file PATH] [shared]  -> "ok ADDR"
+  touch NAME STEP [FIRST [COUNT]]     touch pages FIRST, FIRST+STEP, ... -> "ok N"
+  hot NAME FIRST COUNT                keep touching those pages in a loop
+                                      until the next command -> "ok"
+  stop                                stop a hot loop -> "ok ROUNDS"
+  unmap NAME | pid | exit
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import subprocess
+import sys
+import threading
+
+PAGE = mmap.PAGESIZE
+MADV_HUGEPAGE = 14
+MADV_NOHUGEPAGE = 15
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def _touch(arr, step: int, first: int, count: int) -> int:
+    # One byte per page, written: a write faults the page in if needed and
+    # sets the accessed bit either way.  Strided numpy in-place add is C speed.
+    import numpy as np  # noqa: F401  (arr is a numpy view)
+    per = PAGE
+    view = arr[first * per:(first + count) * per:step * per] if count else arr[first * per::step * per]
+    view += 1
+    return int(view.size)
+
+
+class _Child:
+    def __init__(self):
+        self.maps: dict[str, tuple[mmap.mmap, object, int]] = {}
+        self.hot: threading.Thread | None = None
+        self.stop_evt = threading.Event()
+        self.rounds = 0
+
+    def cmd_map(self, name, mib, *opts):
+        import numpy as np
+        size = int(float(mib) * (1 << 20))
+        opts = list(opts)
+        if "file" in opts:
+            path = opts[opts.index("file") + 1]
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.ftruncate(fd, size)
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED)
+            os.close(fd)
+        else:
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+            if "shared" in opts:
+                flags = mmap.MAP_SHARED | mmap.MAP_ANONYMOUS
+            # Over-allocate: 2 MiB so an aligned 2 MiB start exists for THP,
+            # and a PROT_NONE guard page at the end so the kernel cannot
+            # merge this mapping with a neighbour (tests look mappings up).
+            extra = (2 << 20) if "thp" in opts else 0
+            mm = mmap.mmap(-1, size + extra + PAGE, flags=flags)
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+        if "file" not in opts:
+            _libc.mprotect(ctypes.c_void_p(addr + len(mm) - PAGE), PAGE, 0)
+        base_off = 0
+        if "thp" in opts:
+            base_off = (-addr) % (2 << 20)
+            mm.madvise(MADV_HUGEPAGE, base_off, size)
+        elif "file" not in opts and "shared" not in opts:
+            mm.madvise(MADV_NOHUGEPAGE)
+        arr = np.frombuffer(mm, dtype=np.uint8)[base_off:base_off + size]
+        self.maps[name] = (mm, arr, addr + base_off)
+        return f"{addr + base_off:#x}"
+
+    def cmd_touch(self, name, step="1", first="0", count="0"):
+        _, arr, _ = self.maps[name]
+        return str(_touch(arr, int(step), int(first), int(count)))
+
+    def cmd_hot(self, name, first, count):
+        self.cmd_stop()
+        _, arr, _ = self.maps[name]
+        self.stop_evt.clear()
+        self.rounds = 0
+
+        def loop():
+            while not self.stop_evt.is_set():
+                _touch(arr, 1, int(first), int(count))
+                self.rounds += 1
+        self.hot = threading.Thread(target=loop, daemon=True)
+        self.hot.start()
+        return ""
+
+    def cmd_stop(self):
+        if self.hot is not None:
+            self.stop_evt.set()
+            self.hot.join()
+            self.hot = None
+        return str(self.rounds)
+
+    def cmd_unmap(self, name):
+        mm, arr, _ = self.maps.pop(name)
+        del arr
+        try:
+            mm.close()
+        except BufferError:
+            pass
+        return ""
+
+    def cmd_pid(self):
+        return str(os.getpid())
+
+    def serve(self, rfile, wfile):
+        for line in rfile:
+            words = line.split()
+            if not words:
+                continue
+            if words[0] == "exit":
+                self.cmd_stop()
+                wfile.write("ok\n")
+                wfile.flush()
+                return
+            try:
+                res = getattr(self, "cmd_" + words[0])(*words[1:])
+                wfile.write(f"ok {res}\n".rstrip() + "\n")
+            except Exception as e:   # report to the driver, keep serving
+                wfile.write(f"err {type(e).__name__}: {e}\n")
+            wfile.flush()
+
+
+class Workload:
+    """Driver side: ``with Workload() as w: a = w.map("x", 64); w.touch("x", 3)``."""
+
+    def __init__(self, python: str | None = None):
+        self.proc = subprocess.Popen(
+            [python or sys.executable, "-S", "-c",
+             "import sys; sys.path[:0] = %r; from idlemap.workload import main; main()"
+             % ([p for p in sys.path if p],)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.pid = self.proc.pid
+        self.addrs: dict[str, int] = {}
+
+    def call(self, *words) -> str:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(" ".join(str(w) for w in words) + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline()
+        if not reply.startswith("ok"):
+            raise RuntimeError(f"workload: {' '.join(map(str, words))}: {reply.strip() or 'no reply'}")
+        return reply[2:].strip()
+
+    def map(self, name: str, mib: float, *opts) -> int:
+        a = int(self.call("map", name, mib, *opts), 16)
+        self.addrs[name] = a
+        return a
+
+    def touch(self, name: str, step: int = 1, first: int = 0, count: int = 0) -> int:
+        return int(self.call("touch", name, step, first, count))
+
+    def hot(self, name: str, first: int, count: int) -> None:
+        self.call("hot", name, first, count)
+
+    def stop(self) -> int:
+        return int(self.call("stop"))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.call("exit")
+            except (RuntimeError, BrokenPipeError, OSError):
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> "Workload":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def main() -> None:
+    _Child().serve(sys.stdin, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
