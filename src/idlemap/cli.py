@@ -10,7 +10,7 @@ from .errors import IdlemapError
 
 # One module per subcommand (idlemap/commands/NAME.py), each with
 # ``HELP``, ``EXAMPLES``, ``add_arguments(parser)`` and ``run(args) -> int``.
-COMMANDS = ["wss", "bitmap", "doctor"]
+COMMANDS = ["wss", "bitmap", "doctor", "demo"]
 
 DESCRIPTION = """\
 Per-process idle page tracking, indexed by virtual address: the
