@@ -90,3 +90,13 @@ def proc_errors(pid: int, what: str) -> Iterator[None]:
         if e.errno == errno.EACCES or e.errno == errno.EPERM:
             raise AccessDenied(f"{what} of PID {pid}") from None
         raise
+
+
+class VmError(IdlemapError):
+    """The test VM could not run a command: no qemu, no kernel, the VM died.
+
+    125 is what `docker run` returns when docker itself fails, so it is not
+    confused with the command's own exit status.
+    """
+
+    exit_code = 125

@@ -7,7 +7,8 @@ can mark idle -> touch set X -> wait for the ack -> read, with no clock race.
 
 Protocol (one line each way, over the child's stdin/stdout):
   map NAME MiB [thp|nothp] [file PATH] [shared]  -> "ok ADDR"
-  touch NAME STEP [FIRST [COUNT]]     touch pages FIRST, FIRST+STEP, ... -> "ok N"
+  touch NAME STEP [FIRST [COUNT]]     write pages FIRST, FIRST+STEP, ... -> "ok N"
+  read NAME STEP [FIRST [COUNT]]      read them instead (no write) -> "ok N"
   hot NAME FIRST COUNT                keep touching those pages in a loop
                                       until the next command -> "ok"
   stop                                stop a hot loop -> "ok ROUNDS"
@@ -30,12 +31,13 @@ _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 def _touch(arr, step: int, first: int, count: int) -> int:
-    # One byte per page, written: a write faults the page in if needed and
-    # sets the accessed bit either way.  Strided numpy in-place add is C speed.
-    import numpy as np  # noqa: F401  (arr is a numpy view)
+    # One byte per page, written without reading first: a read fault on a
+    # THP-eligible range maps the huge zero page, and the write after it
+    # falls back to 4 KiB pages (mm/huge_memory.c), so `+= 1` would defeat
+    # MADV_HUGEPAGE.  A strided numpy fill is C speed.
     per = PAGE
     view = arr[first * per:(first + count) * per:step * per] if count else arr[first * per::step * per]
-    view += 1
+    view.fill(1)
     return int(view.size)
 
 
@@ -81,6 +83,14 @@ class _Child:
     def cmd_touch(self, name, step="1", first="0", count="0"):
         _, arr, _ = self.maps[name]
         return str(_touch(arr, int(step), int(first), int(count)))
+
+    def cmd_read(self, name, step="1", first="0", count="0"):
+        # Read one byte per page (no write): the access pattern under which
+        # the missing TLB flush after marking shows most (docs/tlb.md).
+        _, arr, _ = self.maps[name]
+        first, count, step = int(first), int(count), int(step)
+        view = arr[first * PAGE:(first + count) * PAGE:step * PAGE] if count else arr[first * PAGE::step * PAGE]
+        return str(int(view.sum(dtype="uint64") >= 0) and view.size)
 
     def cmd_hot(self, name, first, count):
         self.cmd_stop()
@@ -161,6 +171,9 @@ class Workload:
 
     def touch(self, name: str, step: int = 1, first: int = 0, count: int = 0) -> int:
         return int(self.call("touch", name, step, first, count))
+
+    def read(self, name: str, step: int = 1, first: int = 0, count: int = 0) -> int:
+        return int(self.call("read", name, step, first, count))
 
     def hot(self, name: str, first: int, count: int) -> None:
         self.call("hot", name, first, count)

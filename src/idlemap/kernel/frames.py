@@ -22,7 +22,7 @@ def word_runs(words: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
     separated by fewer than ``max_gap`` unused words."""
     if words.size == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    breaks = np.nonzero(np.diff(words) > max_gap)[0] + 1
+    breaks = np.nonzero(np.diff(words) > max_gap + 1)[0] + 1
     starts = words[np.concatenate(([0], breaks))]
     ends = words[np.concatenate((breaks - 1, [words.size - 1]))] + 1
     return starts.astype(np.int64), (ends - starts).astype(np.int64)

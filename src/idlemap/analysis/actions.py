@@ -1,0 +1,268 @@
+"""Policy for acting on idle memory: which pages to reclaim or move, how
+fast, and when to stop.  Pure functions over numpy arrays -- no I/O -- so
+every rule is unit-tested; the commands do the syscalls.
+
+Per-page history is kept across scan rounds as a :class:`PageState`
+indexed by virtual page number (vpn): consecutive rounds idle, consecutive
+rounds accessed, and the round the page was last acted upon.  A round's
+reading (present/idle per page) comes from ``IdleBitmap.read(remark=True)``.
+
+Thresholds, and the anti-thrash gap between them:
+  * cold  = present and idle in each of the last C rounds (idle streak >= C)
+  * hot   = accessed in each of the last H rounds        (hot streak >= H)
+A page with a mixed recent history (accessed in some of the last rounds,
+not all) is neither: it stays where it is.  A page just moved also has to
+wait ``cooldown`` rounds before it may move again.  So a page demoted as
+cold must be accessed H rounds in a row before it is promoted back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+STREAK_MAX = np.iinfo(np.uint16).max
+NEVER = -1
+
+
+@dataclass
+class PageState:
+    """Per-page history, aligned with ``vpns`` (sorted virtual page numbers)."""
+    vpns: np.ndarray                  # int64, strictly increasing
+    idle_streak: np.ndarray           # uint16: consecutive rounds present and idle
+    hot_streak: np.ndarray            # uint16: consecutive rounds accessed
+    acted_round: np.ndarray           # int32: round last advised/moved, NEVER if not
+
+    @classmethod
+    def empty(cls, vpns: np.ndarray) -> "PageState":
+        n = vpns.size
+        return cls(vpns.astype(np.int64, copy=False), np.zeros(n, np.uint16), np.zeros(n, np.uint16),
+                   np.full(n, NEVER, np.int32))
+
+
+def carry(prev: PageState | None, vpns: np.ndarray) -> PageState:
+    """Re-index the history onto this round's pages: pages still mapped keep
+    their counters, new pages start from zero, unmapped ones are dropped."""
+    vpns = vpns.astype(np.int64, copy=False)
+    if prev is None:
+        return PageState.empty(vpns)
+    if prev.vpns.size == vpns.size and np.array_equal(prev.vpns, vpns):
+        return replace(prev, vpns=vpns)
+    out = PageState.empty(vpns)
+    if prev.vpns.size == 0 or vpns.size == 0:
+        return out
+    pos = np.searchsorted(prev.vpns, vpns)
+    pos_c = np.minimum(pos, prev.vpns.size - 1)
+    hit = prev.vpns[pos_c] == vpns
+    src = pos_c[hit]
+    out.idle_streak[hit] = prev.idle_streak[src]
+    out.hot_streak[hit] = prev.hot_streak[src]
+    out.acted_round[hit] = prev.acted_round[src]
+    return out
+
+
+def update_streaks(state: PageState, present: np.ndarray, idle: np.ndarray) -> PageState:
+    """Advance the streaks by one round's reading (in place; returned too).
+    Pages not present (holes, swapped out) have no streak."""
+    idle_now = present & idle
+    accessed = present & ~idle
+    state.idle_streak = np.where(idle_now, np.minimum(state.idle_streak.astype(np.uint32) + 1, STREAK_MAX),
+                                 0).astype(np.uint16)
+    state.hot_streak = np.where(accessed, np.minimum(state.hot_streak.astype(np.uint32) + 1, STREAK_MAX),
+                                0).astype(np.uint16)
+    return state
+
+
+def coalesce(vpns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted page numbers -> (first page, page count) of each run of
+    consecutive pages.  Runs are never merged across a gap: the pages in a
+    gap were not chosen (they may be hot)."""
+    vpns = np.asarray(vpns, dtype=np.int64)
+    if vpns.size == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    breaks = np.nonzero(np.diff(vpns) != 1)[0] + 1
+    starts = vpns[np.concatenate(([0], breaks))]
+    ends = vpns[np.concatenate((breaks - 1, [vpns.size - 1]))] + 1
+    return starts, ends - starts
+
+
+def budget_pages(rate_bytes_per_s: float | None, period_s: float, page_size: int) -> int | None:
+    """Pages one round may act on under a rate limit (None: no limit).
+    The nominal period is used, not the measured one, so the budget is
+    deterministic: R MB/s over rounds of S s is R x S MB per round."""
+    if rate_bytes_per_s is None:
+        return None
+    return max(0, int(rate_bytes_per_s * period_s // page_size))
+
+
+def pick(mask: np.ndarray, priority: np.ndarray, limit: int | None) -> np.ndarray:
+    """Indices where ``mask`` holds, at most ``limit`` of them, highest
+    ``priority`` first (ties: lower index first); returned sorted."""
+    idx = np.nonzero(mask)[0]
+    if limit is None or idx.size <= limit:
+        return idx
+    order = np.argsort(-priority[idx].astype(np.int64), kind="stable")
+    return np.sort(idx[order[:limit]])
+
+
+# -- reclaim -----------------------------------------------------------------
+
+def reclaim_candidates(state: PageState, present: np.ndarray, cold_for: int, round_no: int) -> np.ndarray:
+    """Pages present and idle for ``cold_for`` rounds, not advised already.
+    A page advised earlier that is still present and idle (pageout skipped
+    it, or MADV_COLD left it resident) is tried again ``cold_for`` rounds
+    later."""
+    fresh = (state.acted_round == NEVER) | (round_no - state.acted_round >= cold_for)
+    return present & (state.idle_streak >= cold_for) & fresh
+
+
+def take_refaults(state: PageState, accessed: np.ndarray) -> dict[int, int]:
+    """Pages advised earlier and accessed again this round ("came back hot"):
+    clear their mark (so they may be reclaimed again once cold) and return
+    their count keyed by the round they were advised in."""
+    back = (state.acted_round != NEVER) & accessed
+    if not back.any():
+        return {}
+    rounds, counts = np.unique(state.acted_round[back], return_counts=True)
+    state.acted_round[back] = NEVER
+    return {int(r): int(c) for r, c in zip(rounds, counts)}
+
+
+@dataclass
+class RefaultGuard:
+    """Back-off state: when too many reclaimed pages come back hot, wait
+    longer before calling a page cold (cold_for doubles) and go slower
+    (the rate halves); after ``max_backoffs`` back-offs, stop acting."""
+    cold_for: int
+    rate_bytes_per_s: float | None
+    threshold_pct: float = 5.0
+    window_rounds: int = 5
+    min_pages: int = 256              # judge a ratio only over at least this many pages
+    max_backoffs: int = 3
+    backoffs: int = 0
+    stopped: bool = False
+    reason: str = ""
+    advised: dict[int, int] = field(default_factory=dict)    # round -> pages advised
+    refaults: dict[int, int] = field(default_factory=dict)   # round advised -> pages back
+
+    def window_ratio(self, round_no: int) -> tuple[int, int]:
+        """(refaulted, advised) over pages advised in the last window_rounds."""
+        lo = round_no - self.window_rounds
+        adv = sum(v for r, v in self.advised.items() if r > lo)
+        back = sum(v for r, v in self.refaults.items() if r > lo)
+        return back, adv
+
+
+def guard_refaults(g: RefaultGuard, round_no: int, refaults_by_round: dict[int, int]) -> RefaultGuard:
+    """Record this round's refaults (keyed by the round the pages were
+    advised in); back off, or stop, if the ratio over the window is above
+    the threshold.  Call before choosing this round's pages.  Mutates and
+    returns ``g``."""
+    for r, c in refaults_by_round.items():
+        g.refaults[r] = g.refaults.get(r, 0) + c
+    back, adv = g.window_ratio(round_no)
+    if not g.stopped and adv >= g.min_pages and 100.0 * back > g.threshold_pct * adv:
+        pct = 100.0 * back / adv
+        if g.backoffs >= g.max_backoffs:
+            g.stopped = True
+            g.reason = (f"stopped: {pct:.1f}% of recently reclaimed pages came back after "
+                        f"{g.backoffs} back-offs (threshold {g.threshold_pct:g}%)")
+        else:
+            g.backoffs += 1
+            g.cold_for *= 2
+            if g.rate_bytes_per_s is not None:
+                g.rate_bytes_per_s /= 2
+            g.reason = (f"backed off: {pct:.1f}% refaults > {g.threshold_pct:g}%, now cold after "
+                        f"{g.cold_for} rounds" + ("" if g.rate_bytes_per_s is None else
+                                                   f" at {g.rate_bytes_per_s / (1 << 20):.2f} MB/s"))
+            # Judge the new settings on their own pages only.
+            g.advised.clear()
+            g.refaults.clear()
+    lo = round_no - g.window_rounds
+    for d in (g.advised, g.refaults):
+        for r in [r for r in d if r <= lo]:
+            del d[r]
+    return g
+
+
+def guard_advised(g: RefaultGuard, round_no: int, pages: int) -> RefaultGuard:
+    """Record the pages advised this round."""
+    if pages:
+        g.advised[round_no] = g.advised.get(round_no, 0) + pages
+    return g
+
+
+# -- tiering -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TierPlan:
+    """Indices (into the round's page arrays) to promote and to demote."""
+    promote: np.ndarray
+    demote: np.ndarray
+    promote_pages: int      # pages they stand for (a THP head counts 512)
+    demote_pages: int
+    hot_pages: int          # hot pages that may move this round (any node)
+    cold_pages: int         # cold pages that may move this round (any node)
+
+
+def tier_candidates(state: PageState, present: np.ndarray, hot_rounds: int, cold_rounds: int,
+                    round_no: int, cooldown: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hot, cold) masks of pages that may move this round."""
+    rested = (state.acted_round == NEVER) | (round_no - state.acted_round >= cooldown)
+    hot = present & (state.hot_streak >= hot_rounds)
+    cold = present & (state.idle_streak >= cold_rounds)
+    return hot & rested, cold & rested
+
+
+def tier_plan(hot: np.ndarray, cold: np.ndarray, node: np.ndarray, hot_streak: np.ndarray,
+              idle_streak: np.ndarray, fast: int, slow: int, cap_pages: int | None,
+              weight: np.ndarray | None = None) -> TierPlan:
+    """Promote hot pages found on ``slow``, demote cold pages found on
+    ``fast``, at most ``cap_pages`` in all.  Promotions go first: a hot page
+    on slow memory costs on every access, a cold page on fast memory only
+    takes room.  All arrays are aligned (one entry per candidate page);
+    ``node`` is each page's current node (or -errno from move_pages);
+    ``weight`` is the pages an entry stands for (512 for a THP head).
+    Returns indices into those arrays, most extreme streaks first."""
+    w = np.ones(node.size, np.int64) if weight is None else weight.astype(np.int64)
+    prom = _pick_weighted(hot & (node == slow), hot_streak, w, cap_pages)
+    left = None if cap_pages is None else cap_pages - int(w[prom].sum())
+    dem = _pick_weighted(cold & (node == fast), idle_streak, w, left)
+    return TierPlan(prom, dem, int(w[prom].sum()), int(w[dem].sum()), int(w[hot].sum()), int(w[cold].sum()))
+
+
+def _pick_weighted(mask, priority, weight, limit) -> np.ndarray:
+    idx = np.nonzero(mask)[0]
+    if limit is None:
+        return idx
+    if limit <= 0 or idx.size == 0:
+        return idx[:0]
+    order = idx[np.argsort(-priority[idx].astype(np.int64), kind="stable")]
+    keep = np.cumsum(weight[order]) <= limit
+    return np.sort(order[keep])
+
+
+def huge_heads(idx: np.ndarray, huge: np.ndarray, vpns: np.ndarray, huge_pages: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Keep one entry per transparent huge page (its 2 MiB-aligned head),
+    weighted by the pages it stands for: move_pages moves a THP whole, and
+    its other subpages would report -EBUSY in the same call."""
+    h = huge[idx]
+    keep = ~h | (vpns[idx] % huge_pages == 0)
+    kept = idx[keep]
+    return kept, np.where(huge[kept], huge_pages, 1).astype(np.int64)
+
+
+def check_thresholds(hot_rounds: int, cold_rounds: int) -> str | None:
+    """None if the thresholds make sense, else why not (one sentence)."""
+    if hot_rounds < 1 or cold_rounds < 1:
+        return "--hot-rounds and --cold-rounds must be at least 1"
+    return None
+
+
+# -- summaries ---------------------------------------------------------------
+
+def merge_counts(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + v
+    return out

@@ -1,0 +1,346 @@
+"""System-wide scanners: every process from one global pass per window.
+
+``PageIdleSystemScanner`` is the point of ``idlemap top``: per window it reads
+each process's pagemap once, takes the union of all frames, and marks and
+reads the global page_idle bitmap for that union in one sorted, coalesced
+pass (or, with ``mark="range"``, marks the whole frame range that holds user
+pages, like Gregg's wss-v2).  Running one ``IdleBitmap`` per process instead
+would mark and read every shared page (libc, the interpreter, shared memory)
+once per process that maps it -- each time with an rmap walk over all of its
+mappings -- and each process's mark would wipe the accessed bits the others
+were about to read.  Here the bitmap cost grows with memory, once.
+
+``ClearRefsSystemScanner`` is the fallback where the kernel has no page_idle
+(CONFIG_IDLE_PAGE_TRACKING off, e.g. every Debian kernel): clear_refs per
+process at the mark and ``Referenced`` from smaps_rollup at the read.  Exact
+per process, but it costs one write and one rollup per process, and shared
+pages are not deduplicated across processes.
+
+Processes that appear between two reads were not marked, so everything they
+touched would look hot: they are marked and reported from the next window.
+Processes that exit during a scan are dropped without an error.
+"""
+from __future__ import annotations
+
+import abc
+import errno
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..analysis import system as an
+from ..bitmap import find_huge_blocks, spans_for
+from ..errors import AccessDenied, NoSuchProcess, UsageError
+from ..kernel import clear_refs as cr
+from ..kernel import kpageflags, lru, smaps
+from ..kernel import pagemap as pm
+from ..kernel.features import Features, probe
+from ..kernel.frames import SYSFS_IO_CAP, pwrite_runs
+from ..kernel.maps import PAGE_SIZE, read_maps
+from ..kernel.page_idle import PageIdleBitmap
+from ..kernel.tasks import TaskInfo, descendants, list_tasks, read_cgroup
+from .base import Capabilities
+
+HPAGE_PAGES = (2 << 20) // PAGE_SIZE
+MARK_MODES = ("frames", "range")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which processes a scan covers: all (default), given PIDs, and/or the
+    process trees under given PIDs.  Kernel threads and zombies never (no mm)."""
+    pids: frozenset[int] | None = None
+    trees: frozenset[int] | None = None
+
+    def apply(self, tasks: list[TaskInfo]) -> list[TaskInfo]:
+        live = [t for t in tasks if not t.kthread and t.state not in ("Z", "X")]
+        if self.pids is None and self.trees is None:
+            return live
+        keep: set[int] = set(self.pids or ())
+        if self.trees:
+            keep |= descendants(tasks, set(self.trees))
+        return [t for t in live if t.pid in keep]
+
+
+class SystemScanner(abc.ABC):
+    """``mark()`` starts a window for every selected process; ``sample()``
+    ends it and, with ``remark``, starts the next one at once."""
+
+    name = ""
+    caps: Capabilities
+
+    def __init__(self, selection: Selection | None = None, pss: bool = False, cgroups: bool = False):
+        self.selection = selection or Selection()
+        self.pss = pss
+        self.cgroups = cgroups
+
+    def tasks(self) -> list[TaskInfo]:
+        return self.selection.apply(list_tasks())
+
+    @abc.abstractmethod
+    def mark(self) -> None: ...
+
+    @abc.abstractmethod
+    def sample(self, remark: bool = True) -> an.SystemSample: ...
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def tracked_frames(spans, entries: np.ndarray, use_kpageflags: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(pfns, pages) of the frames page_idle tracks for these pagemap entries:
+    every present small page, and for a PMD-mapped THP only its head frame
+    (the kernel keeps the idle flag there; tails always read "not idle")
+    standing for 512 pages."""
+    present = (entries & pm.PRESENT) != 0
+    heads = find_huge_blocks(spans, entries) if entries.size else np.empty(0, np.int64)
+    if heads.size and use_kpageflags:
+        flags = kpageflags.read_flags(entries[heads] & pm.PFN_MASK)
+        heads = heads[(flags & np.uint64(kpageflags.THP | kpageflags.COMPOUND_HEAD)) != 0]
+    pages = np.ones(entries.size, dtype=np.int64)
+    if heads.size:
+        tails = (heads[:, None] + np.arange(1, HPAGE_PAGES)).ravel()
+        present[tails] = False
+        pages[heads] = HPAGE_PAGES
+    idx = np.nonzero(present)[0]
+    return entries[idx] & pm.PFN_MASK, pages[idx]
+
+
+def walk_process(pid: int, use_kpageflags: bool = True) -> an.ProcFrames:
+    """Read one process's maps and pagemap -> its frames.  Raises
+    NoSuchProcess (incl. TargetExited) if it is gone, AccessDenied."""
+    maps = [m for m in read_maps(pid) if m.perms[:3] != "---"]
+    # PROT_NONE mappings (guard pages, Go/Java address-space reservations)
+    # can be huge and cannot be accessed: skipping them keeps the pagemap
+    # read proportional to memory the process can use.
+    spans = spans_for(maps, None)
+    total = spans[-1].offset + spans[-1].npages if spans else 0
+    entries = np.empty(total, dtype=np.uint64)
+    with pm.Pagemap(pid) as pmap:
+        for s in spans:
+            pmap.read(s.first_vpn, s.npages, entries[s.offset:s.offset + s.npages])
+    pfns, pages = tracked_frames(spans, entries, use_kpageflags)
+    return an.ProcFrames.from_tracked(pfns, pages)
+
+
+class _Round:
+    """What one walk over the selected processes found."""
+
+    def __init__(self):
+        self.tasks: list[TaskInfo] = []
+        self.frames: list[an.ProcFrames] = []
+        self.cgroups: list[str] = []
+        self.vanished = 0
+        self.denied = 0
+        self.errors: list[str] = []
+
+
+class PageIdleSystemScanner(SystemScanner):
+    name = "page_idle"
+    caps = Capabilities(
+        granularity="page", per_page=True, needs_root=True, sees_guest_accesses=True,
+        summary="one global page_idle mark and read per window over the union of all processes' frames")
+
+    def __init__(self, selection: Selection | None = None, pss: bool = False, cgroups: bool = False,
+                 mark: str = "frames", drain_lru: bool = True):
+        super().__init__(selection, pss, cgroups)
+        if mark not in MARK_MODES:
+            raise UsageError(f"mark mode must be one of {', '.join(MARK_MODES)}")
+        self.mark_mode = mark
+        self.drain_lru = drain_lru
+        self.bitmap = PageIdleBitmap()
+        self._use_kpf = os.access(kpageflags.PATH, os.R_OK)
+        self._marked: set[tuple[int, int]] = set()
+        self.marked_at: float | None = None
+
+    def close(self) -> None:
+        self.bitmap.close()
+
+    def _walk(self) -> _Round:
+        r = _Round()
+        for t in self.tasks():
+            try:
+                f = walk_process(t.pid, self._use_kpf)
+            except NoSuchProcess:
+                r.vanished += 1
+                continue
+            except AccessDenied:
+                r.denied += 1
+                continue
+            except OSError as e:
+                r.errors.append(f"reading PID {t.pid}'s pagemap failed: {os.strerror(e.errno or 0)}")
+                continue
+            r.tasks.append(t)
+            r.frames.append(f)
+            r.cgroups.append(read_cgroup(t.pid))
+        return r
+
+    def _set(self, union: np.ndarray) -> None:
+        if self.drain_lru:
+            # Fresh pages wait in per-CPU batches, invisible to page_idle,
+            # until drained (KERNEL.md): one drain for the whole system.
+            lru.drain_all()
+        if union.size == 0:
+            pass
+        elif self.mark_mode == "range":
+            # Every frame from the lowest to the highest user frame: one
+            # contiguous write, no sorting of scattered words (wss-v2's way).
+            # It also marks page cache and other frames nobody here maps.
+            w0, w1 = int(union[0]) >> 6, (int(union[-1]) >> 6) + 1
+            try:
+                pwrite_runs(self.bitmap.fd, np.array([w0]), np.array([w1 - w0]),
+                            np.full(w1 - w0, np.uint64(0xFFFFFFFFFFFFFFFF)), cap=SYSFS_IO_CAP)
+            except OSError as e:
+                if e.errno != errno.ENXIO:
+                    raise
+        else:
+            self.bitmap.set_idle(union)
+        self.marked_at = time.monotonic()
+
+    def mark(self) -> None:
+        r = self._walk()
+        self._set(an.union_of(r.frames))
+        self._marked = {t.key for t in r.tasks}
+
+    def sample(self, remark: bool = True) -> an.SystemSample:
+        if self.marked_at is None:
+            self.mark()
+        t0 = time.monotonic()
+        r = self._walk()
+        union = an.union_of(r.frames)
+        idle = self.bitmap.read_idle(union)
+        now = time.monotonic()
+        window = now - self.marked_at
+        marked = self._marked
+        if remark:
+            self._set(union)
+            self._marked = {t.key for t in r.tasks}
+        mapcount = None
+        if self.pss:
+            from ..kernel import kpagecount
+            mapcount = kpagecount.read_counts(union)
+        rows, rep_frames = [], []
+        new = 0
+        for t, f, cg in zip(r.tasks, r.frames, r.cgroups):
+            if t.key not in marked:
+                new += 1
+                continue
+            rss, wss, pss, wpss = an.attribute(f, union, idle, mapcount)
+            rows.append(an.ProcessUsage(t.pid, t.comm, cg, rss, wss, window, pss, wpss))
+            rep_frames.append(f)
+        total_rss, total_wss = an.union_usage(rep_frames, union, idle)
+        cgs = an.cgroup_usage_exact(rows, rep_frames, union, idle) if self.cgroups else []
+        return an.SystemSample(
+            backend=self.name, granularity=self.caps.granularity, time_s=now, window_s=window,
+            processes=rows, cgroups=cgs, total_rss_bytes=total_rss, total_wss_bytes=total_wss,
+            scan_s=time.monotonic() - t0, frames=int(union.size), new_processes=new,
+            vanished=r.vanished, denied=r.denied, errors=r.errors)
+
+
+class ClearRefsSystemScanner(SystemScanner):
+    name = "clear_refs"
+    caps = Capabilities(
+        granularity="mapping", per_page=False, needs_root=False, sees_guest_accesses=False,
+        summary="clear_refs + smaps_rollup per process (no page_idle here): exact per process, "
+                "cost grows with the number of processes, shared pages not deduplicated")
+
+    def __init__(self, selection: Selection | None = None, pss: bool = False, cgroups: bool = False):
+        super().__init__(selection, pss, cgroups)
+        self._marked: dict[tuple[int, int], float] = {}
+        self.marked_at: float | None = None
+
+    def _clear(self, t: TaskInfo, into: dict, r: _Round) -> None:
+        try:
+            cr.clear_refs(t.pid, cr.CLEAR_ALL)
+            into[t.key] = time.monotonic()
+        except NoSuchProcess:
+            r.vanished += 1
+        except AccessDenied:
+            r.denied += 1
+        except OSError as e:
+            r.errors.append(f"clear_refs of PID {t.pid} failed: {os.strerror(e.errno or 0)}")
+
+    def mark(self) -> None:
+        r = _Round()
+        marked: dict = {}
+        for t in self.tasks():
+            self._clear(t, marked, r)
+        self._marked = marked
+        self.marked_at = time.monotonic()
+
+    def sample(self, remark: bool = True) -> an.SystemSample:
+        if self.marked_at is None:
+            self.mark()
+        t0 = time.monotonic()
+        r = _Round()
+        rows = []
+        marked: dict = {}
+        new = 0
+        windows = []
+        for t in self.tasks():
+            since = self._marked.get(t.key)
+            if since is None:
+                new += 1
+            else:
+                try:
+                    roll = smaps.read_rollup(t.pid)
+                except NoSuchProcess:
+                    r.vanished += 1
+                    continue
+                except AccessDenied:
+                    r.denied += 1
+                    continue
+                except OSError as e:
+                    r.errors.append(f"reading PID {t.pid}'s smaps_rollup failed: {os.strerror(e.errno or 0)}")
+                    continue
+                if not roll:       # exited between listing and reading: no mm left
+                    r.vanished += 1
+                    continue
+                w = time.monotonic() - since
+                windows.append(w)
+                pss = roll.get("Pss", -1) if self.pss else -1
+                rows.append(an.ProcessUsage(t.pid, t.comm, read_cgroup(t.pid), roll.get("Rss", 0),
+                                            roll.get("Referenced", 0), w, pss, -1))
+            if remark or since is None:
+                self._clear(t, marked, r)
+            elif since is not None:
+                marked[t.key] = since
+        self._marked = marked
+        now = time.monotonic()
+        window = float(np.median(windows)) if windows else 0.0
+        if remark:
+            self.marked_at = now
+        cgs = an.cgroup_usage_summed(rows) if self.cgroups else []
+        return an.SystemSample(
+            backend=self.name, granularity=self.caps.granularity, time_s=now, window_s=window,
+            processes=rows, cgroups=cgs, total_rss_bytes=sum(x.rss_bytes for x in rows),
+            total_wss_bytes=sum(x.wss_bytes for x in rows), scan_s=now - t0, new_processes=new,
+            vanished=r.vanished, denied=r.denied, errors=r.errors)
+
+
+SYSTEM_BACKENDS: dict[str, type[SystemScanner]] = {
+    "page_idle": PageIdleSystemScanner,
+    "clear_refs": ClearRefsSystemScanner,
+}
+
+
+@dataclass(frozen=True)
+class SystemChoice:
+    cls: type[SystemScanner]
+    reason: str
+
+
+def choose_system(name: str = "auto", features: Features | None = None) -> SystemChoice:
+    """The scanner for ``name`` (auto: page_idle where it works, else
+    clear_refs per process), with the reason in one sentence."""
+    from . import choose
+    c = choose(name, features=features or probe())
+    return SystemChoice(SYSTEM_BACKENDS[c.cls.name], c.reason)

@@ -1,0 +1,68 @@
+"""idlemap exporter: Prometheus metrics of every process's working set and cold memory."""
+from __future__ import annotations
+
+import sys
+import threading
+
+from ..analysis.system import SORT_KEYS
+from ..errors import UsageError
+from ..services import exporter as svc
+from .top import add_selection_arguments, make_scanner
+
+HELP = "serve WSS, cold and RSS bytes per process (or cgroup) as Prometheus metrics"
+EXAMPLES = """\
+  idlemap exporter                          # 127.0.0.1:9466, 30 s windows, every process
+  idlemap exporter --interval 10 --top-n 50 # the 50 largest processes only
+  idlemap exporter --cgroups                # per cgroup v2 group instead of per process
+  idlemap exporter --pids 1234,5678 --pss   # two processes, with PSS-weighted figures
+  idlemap exporter --listen 0.0.0.0:9466    # every interface (default: loopback only)
+  curl -s 127.0.0.1:9466/metrics | grep ^idlemap_
+See docs/fleet.md for systemd, Kubernetes, PromQL and a Grafana dashboard.
+"""
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--listen", default=svc.DEFAULT_LISTEN, metavar="HOST:PORT",
+                   help=f"where to serve /metrics (default {svc.DEFAULT_LISTEN}; loopback unless told)")
+    p.add_argument("--interval", type=float, default=30.0, metavar="S",
+                   help="window length in seconds (default 30); the window label says it")
+    p.add_argument("--cgroups", action="store_true",
+                   help="series per cgroup v2 group instead of per process (fewer series)")
+    p.add_argument("--top-n", type=int, default=0, metavar="N",
+                   help="only the N largest processes/groups by --sort (default 0: all)")
+    p.add_argument("--sort", default="rss", choices=SORT_KEYS,
+                   help="what --top-n ranks by (default rss: the same series from window to window)")
+    add_selection_arguments(p)
+
+
+def run(args) -> int:
+    if not args.interval > 0:
+        raise UsageError("--interval must be a positive number of seconds")
+    if args.top_n < 0:
+        raise UsageError("--top-n must be 0 (all) or positive")
+    if args.sort == "pss" and not args.pss:
+        raise UsageError("--sort pss needs --pss")
+    host, port = svc.parse_listen(args.listen)
+    svc.require_client()
+    choice, scanner = make_scanner(args, cgroups=args.cgroups)
+    state = svc.ExporterState(choice.cls.name, choice.cls.caps.granularity, f"{args.interval:g}s")
+    collector = svc.make_collector(state, processes=not args.cgroups, cgroups=args.cgroups,
+                                   top_n=args.top_n, sort=args.sort, pss=args.pss)
+    stop = threading.Event()
+    with scanner:
+        server, bound = svc.serve(host, port, collector)
+        where = f"[{host}]" if ":" in host else host
+        warn = "" if svc.is_loopback(host) else " (NOT loopback: reachable from the network)"
+        print(f"idlemap exporter: http://{where}:{bound}/metrics{warn}; backend {choice.cls.name} "
+              f"({choice.cls.caps.granularity} granularity) [{choice.reason}]; "
+              f"{args.interval:g} s windows", file=sys.stderr, flush=True)
+        try:
+            svc.scan_loop(scanner, state, args.interval, stop)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop.set()
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+    return 0

@@ -1,0 +1,231 @@
+"""Prometheus exporter: the latest system-wide window, served over HTTP.
+
+A scan loop runs one ``SystemScanner`` window after another; each finished
+window replaces the previous one as a single immutable snapshot.  A custom
+Collector builds every metric family from the current snapshot at scrape
+time, so label sets of processes that exited are simply not yielded again:
+nothing accumulates as processes churn (long-lived labelled Gauges would
+keep every PID they ever saw until someone removed it).
+
+Metrics (bytes and seconds, Prometheus naming):
+  idlemap_wss_bytes{pid,comm,cgroup,window}    accessed during the last window
+  idlemap_cold_bytes{pid,comm,cgroup,window}   resident but not accessed
+  idlemap_rss_bytes{pid,comm,cgroup}           resident (each frame once per process)
+  idlemap_pss_bytes / idlemap_wss_pss_bytes    with --pss (1/mapcount weighted)
+  idlemap_cgroup_{wss,cold,rss}_bytes{cgroup[,window]}, idlemap_cgroup_processes
+                                               with --cgroups (shared pages once per group)
+  idlemap_total_{wss,rss}_bytes                all selected processes
+  idlemap_scan_seconds, idlemap_window_seconds, idlemap_last_scan_timestamp_seconds
+  idlemap_scans_total, idlemap_scan_errors_total{reason}, idlemap_processes_vanished_total
+  idlemap_backend_info{backend,granularity,version}
+"""
+from __future__ import annotations
+
+import ipaddress
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ..analysis.system import SystemSample, sort_rows
+from ..errors import IdlemapError, UsageError
+
+DEFAULT_LISTEN = "127.0.0.1:9466"
+ERROR_REASONS = ("denied", "io", "scan_failed")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'127.0.0.1:9466', '[::1]:9466', 'localhost:9466' or a bare port
+    (loopback).  Binding everywhere must be asked for: '0.0.0.0:9466'."""
+    text = text.strip()
+    host, port = "127.0.0.1", text
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif ":" in text:
+        host, _, port = text.rpartition(":")
+        if not host:
+            raise UsageError(f"bad --listen {text!r}: give the address too, e.g. 127.0.0.1:9466 "
+                             "(0.0.0.0:9466 to listen on every interface)")
+    try:
+        p = int(port)
+    except ValueError:
+        raise UsageError(f"bad --listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9466") from None
+    if not 0 <= p <= 65535:
+        raise UsageError(f"bad --listen {text!r}: port must be 0-65535")
+    return host, p
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class ExporterState:
+    """What the collector reads.  ``sample`` is replaced whole, never
+    mutated, so a scrape never sees half a window."""
+    backend: str
+    granularity: str
+    window: str                       # label value, e.g. "10s"
+    sample: SystemSample | None = None
+    scans_total: int = 0
+    vanished_total: int = 0
+    last_scan_wall: float = 0.0
+    errors_total: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_REASONS, 0))
+
+    def record(self, s: SystemSample) -> None:
+        self.errors_total["denied"] += s.denied
+        self.errors_total["io"] += len(s.errors)
+        self.vanished_total += s.vanished
+        self.scans_total += 1
+        self.last_scan_wall = time.time()
+        self.sample = s
+
+    def failed(self) -> None:
+        self.errors_total["scan_failed"] += 1
+
+
+def make_collector(state: ExporterState, processes: bool = True, cgroups: bool = False,
+                   top_n: int = 0, sort: str = "rss", pss: bool = False):
+    """A prometheus_client Collector over ``state`` (imported lazily: the
+    client is an optional dependency)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+    from prometheus_client.registry import Collector
+
+    from .. import __version__
+
+    class IdlemapCollector(Collector):
+        def describe(self):
+            return []      # families depend on the data; don't run collect() at register time
+
+        def collect(self):
+            info = InfoMetricFamily("idlemap_backend", "How idlemap measures: backend and granularity",
+                                    labels=["backend", "granularity", "version"])
+            info.add_metric([state.backend, state.granularity, __version__], {})
+            yield info
+            errs = CounterMetricFamily("idlemap_scan_errors", "Scan errors by reason "
+                                       "(denied: process not readable; io: a read failed; "
+                                       "scan_failed: a whole window was lost)", labels=["reason"])
+            for reason, v in state.errors_total.items():
+                errs.add_metric([reason], v)
+            yield errs
+            yield CounterMetricFamily("idlemap_scans", "Windows completed", value=state.scans_total)
+            yield CounterMetricFamily("idlemap_processes_vanished",
+                                      "Processes that exited while being scanned (not errors)",
+                                      value=state.vanished_total)
+            s = state.sample
+            if s is None:
+                return
+            w = state.window
+            yield GaugeMetricFamily("idlemap_scan_seconds", "Wall time of the last window's scan",
+                                    value=s.scan_s)
+            yield GaugeMetricFamily("idlemap_window_seconds", "Measured length of the last window",
+                                    value=s.window_s)
+            yield GaugeMetricFamily("idlemap_last_scan_timestamp_seconds",
+                                    "Unix time the last window ended", value=state.last_scan_wall)
+            tw = GaugeMetricFamily("idlemap_total_wss_bytes", "Working set of all selected processes "
+                                   "(shared pages once with page_idle)", labels=["window"])
+            tw.add_metric([w], s.total_wss_bytes)
+            yield tw
+            yield GaugeMetricFamily("idlemap_total_rss_bytes", "Resident memory of all selected processes",
+                                    value=s.total_rss_bytes)
+            if processes:
+                plab = ["pid", "comm", "cgroup"]
+                wss = GaugeMetricFamily("idlemap_wss_bytes", "Bytes accessed during the window",
+                                        labels=plab + ["window"])
+                cold = GaugeMetricFamily("idlemap_cold_bytes", "Resident bytes not accessed during the window",
+                                         labels=plab + ["window"])
+                rss = GaugeMetricFamily("idlemap_rss_bytes", "Resident bytes (each frame once per process)",
+                                        labels=plab)
+                fams = [wss, cold, rss]
+                if pss:
+                    pssf = GaugeMetricFamily("idlemap_pss_bytes", "Resident bytes, shared pages weighted "
+                                             "1/mapcount", labels=plab)
+                    wpss = GaugeMetricFamily("idlemap_wss_pss_bytes", "Working set, shared pages weighted "
+                                             "1/mapcount", labels=plab + ["window"])
+                    fams += [pssf, wpss]
+                for p in sort_rows(s.processes, sort, top_n):
+                    lab = [str(p.pid), p.comm, p.cgroup]
+                    wss.add_metric(lab + [w], p.wss_bytes)
+                    cold.add_metric(lab + [w], p.cold_bytes)
+                    rss.add_metric(lab, p.rss_bytes)
+                    if pss:
+                        if p.pss_bytes >= 0:
+                            pssf.add_metric(lab, p.pss_bytes)
+                        if p.wss_pss_bytes >= 0:
+                            wpss.add_metric(lab + [w], p.wss_pss_bytes)
+                yield from fams
+            if cgroups:
+                cw = GaugeMetricFamily("idlemap_cgroup_wss_bytes", "Bytes the group accessed during the "
+                                       "window", labels=["cgroup", "window"])
+                cc = GaugeMetricFamily("idlemap_cgroup_cold_bytes", "Resident bytes the group did not "
+                                       "access during the window", labels=["cgroup", "window"])
+                cr = GaugeMetricFamily("idlemap_cgroup_rss_bytes", "Resident bytes mapped by the group's "
+                                       "processes", labels=["cgroup"])
+                cn = GaugeMetricFamily("idlemap_cgroup_processes", "Processes in the group",
+                                       labels=["cgroup"])
+                for c in sort_rows(s.cgroups, sort if sort != "pss" else "rss", top_n):
+                    cw.add_metric([c.cgroup, w], c.wss_bytes)
+                    cc.add_metric([c.cgroup, w], c.cold_bytes)
+                    cr.add_metric([c.cgroup], c.rss_bytes)
+                    cn.add_metric([c.cgroup], c.nprocs)
+                yield from (cw, cc, cr, cn)
+
+    return IdlemapCollector()
+
+
+def serve(host: str, port: int, collector) -> tuple[object, int]:
+    """Start the HTTP server in a daemon thread -> (server, bound port)."""
+    from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    # The exporter's own RSS/CPU (process_resident_memory_bytes ...): what
+    # an operator watches to see that it stays small.
+    ProcessCollector(registry=registry)
+    try:
+        started = start_http_server(port, addr=host, registry=registry)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    server = started[0] if isinstance(started, tuple) else None
+    bound = server.server_address[1] if server is not None else port
+    return server, bound
+
+
+def require_client() -> None:
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise IdlemapError("the exporter needs the Prometheus client library: "
+                           "pip install 'idlemap[exporter]' (or prometheus_client)") from None
+
+
+def scan_loop(scanner, state: ExporterState, interval_s: float, stop: threading.Event,
+              max_windows: int | None = None, log=None) -> None:
+    """Run windows back to back until ``stop`` (or ``max_windows``); a
+    failed window is counted and logged, and the next one starts afresh."""
+    log = log or (lambda msg: print(f"idlemap exporter: {msg}", file=sys.stderr, flush=True))
+    scanner.mark()
+    n = 0
+    t_next = time.monotonic() + interval_s
+    while not stop.is_set() and (max_windows is None or n < max_windows):
+        if stop.wait(max(0.0, t_next - time.monotonic())):
+            break
+        try:
+            s = scanner.sample(remark=True)
+        except (IdlemapError, OSError) as e:
+            state.failed()
+            log(f"window lost: {e}")
+            try:
+                scanner.mark()
+            except (IdlemapError, OSError):
+                pass
+        else:
+            state.record(s)
+        t_next = time.monotonic() + interval_s
+        n += 1

@@ -1,0 +1,57 @@
+"""python -m idlemap.vm [options] -- CMD ARGS...: run CMD in the test VM.
+
+Examples:
+  python -m idlemap.vm -- cat /proc/version
+  python -m idlemap.vm --numa 2 --mem 3072 -- python -m pytest tests -m vm
+  python -m idlemap.vm --rw /tmp/out --env OUT=/tmp/out -- python bench.py
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import IdlemapError
+from . import real_python, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m idlemap.vm", description="Run a command in idlemap's test VM "
+        "(a kernel with page_idle, DAMON, soft-dirty, NUMA...); exits with its status, "
+        "or 125 if the VM itself failed.",
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mem", type=int, default=2048, metavar="MiB", help="guest RAM (default 2048)")
+    parser.add_argument("--cpus", type=int, default=2, metavar="N", help="guest vCPUs (default 2)")
+    parser.add_argument("--numa", type=int, default=1, metavar="N", help="NUMA nodes (default 1)")
+    parser.add_argument("--rw", action="append", default=[], metavar="DIR",
+                        help="share DIR read-write (writes reach the host); repeatable")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="set in the guest (PATH always is); repeatable")
+    parser.add_argument("--timeout", type=float, default=1800, metavar="S",
+                        help="stop the VM after S seconds (default 1800)")
+    parser.add_argument("--cwd", metavar="DIR", help="working directory (default: the current one)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given (put it after --)")
+    env = {}
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--env wants NAME=VALUE, not {item!r}")
+        env[name] = value
+    if command[0] in ("python", "python3"):
+        command[0] = real_python()      # a pyenv shim costs 2-3 s per start in the guest
+    try:
+        return run(command, mem_mib=args.mem, cpus=args.cpus, numa_nodes=args.numa, env=env,
+                   timeout_s=args.timeout, cwd=args.cwd, rw_dirs=args.rw)
+    except (IdlemapError, ValueError) as e:
+        print(f"idlemap.vm: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 125) if isinstance(e, IdlemapError) else 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The real main(): bad input gets one sentence and a non-zero exit, never a traceback."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from idlemap.cli import main
+
+
+def run_cli(*args):
+    """Run `python -m idlemap ARGS` as a real process."""
+    p = subprocess.run([sys.executable, "-m", "idlemap", *args], capture_output=True, text=True,
+                       timeout=120)
+    return p.returncode, p.stdout, p.stderr
+
+
+def run_main_as(uid, args):
+    """Fork, drop to ``uid`` and call the real main() there (the interpreter
+    under /root may not be executable by other users, so no exec)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.dup2(w, 2)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            sys.stderr = os.fdopen(2, "w")
+            rc = main(args)
+            sys.stderr.flush()
+        except BaseException:
+            rc = 99
+        os._exit(rc)
+    os.close(w)
+    with os.fdopen(r) as f:
+        err = f.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), err
+
+
+def one_sentence(stderr):
+    lines = [l for l in stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    assert lines[0].startswith("idlemap: ")
+    return lines[0]
+
+
+def test_unknown_pid(capsys):
+    assert main(["wss", "999999999", "0.1", "1"]) == 1
+    err = capsys.readouterr().err
+    assert one_sentence(err) == "idlemap: no process with PID 999999999"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["wss", "abc"], "PID must be a number"),
+    (["wss"], "give the target's PID"),
+    (["wss", "1", "0"], "must be positive"),
+    (["wss", "1", "x"], "interval must be seconds"),
+    (["bitmap", "1", "--range", "5-3", "-o", "/dev/null"], "END must be above START"),
+    (["wss", "1", "--backend", "page_idle"], "CONFIG_IDLE_PAGE_TRACKING"),
+])
+def test_usage_errors(capsys, args, needle):
+    if "page_idle" in args and os.path.exists("/sys/kernel/mm/page_idle/bitmap"):
+        pytest.skip("this kernel has page_idle")
+    rc = main(args)
+    assert rc != 0
+    assert needle in one_sentence(capsys.readouterr().err)
+
+
+def test_pid_reuse_is_one_sentence():
+    from idlemap.errors import PidReused
+    from idlemap.kernel.process import ProcessId, check_same, identify
+    me = identify(os.getpid())
+    older = ProcessId(me.pid, me.start_ticks - 1, me.comm, me.uid)
+    with pytest.raises(PidReused) as e:
+        check_same(older)
+    assert str(e.value) == (f"PID {me.pid} now belongs to a different process "
+                            "(it exited and the PID was reused)")
+
+
+def test_non_root_gets_one_sentence():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to another uid")
+    # A non-root user asking about PID 1 (root's): clear_refs is root's to write.
+    rc, err = run_main_as(65534, ["wss", "1", "0.1", "1"])
+    assert rc == 77
+    assert "permission denied" in one_sentence(err)
+
+
+def test_doctor_json():
+    rc, out, err = run_cli("doctor", "--json")
+    assert rc == 0, err
+    d = json.loads(out)
+    assert set(d) == {"features", "commands"}
+    assert d["features"]["clear_refs"] is True
+    assert "wss" in d["commands"]
+
+
+def test_help_has_examples():
+    rc, out, _ = run_cli("wss", "--help")
+    assert rc == 0 and "examples:" in out and "idlemap wss" in out
