@@ -1,0 +1,55 @@
+"""`idlemap wss` through the real main() and as a real process, on the host kernel."""
+import json
+import signal
+import subprocess
+import sys
+
+from idlemap.cli import main
+from idlemap.workload import Workload
+
+MiB = 1 << 20
+
+
+def test_json_lines_with_schema(capsys):
+    with Workload() as w:
+        a = w.map("a", 8)
+        w.touch("a")
+        assert main(["wss", str(w.pid), "0.05", "2", "--json", "--by-mapping"]) == 0
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert [l["schema"] for l in lines] == ["idlemap.wss/1"] * 2 + ["idlemap.wss.summary/1"]
+    row = lines[0]
+    assert row["pid"] == w.pid and row["rss_bytes"] >= 8 * MiB and row["est_s"] > 0
+    mine = [m for m in row["by_mapping"] if int(m["start"], 16) <= a < int(m["end"], 16)]
+    assert mine and mine[0]["rss_bytes"] == 8 * MiB and mine[0]["kind"] == "anon"
+
+
+def test_gregg_columns_cumulative_and_profile(capsys):
+    with Workload() as w:
+        w.map("a", 4)
+        w.touch("a")
+        assert main(["wss", "-p", str(w.pid), "0.05", "2", "-C"]) == 0
+        out = capsys.readouterr().out
+        assert out.splitlines()[1].split() == ["Est(s)", "RSS(MB)", "PSS(MB)", "Ref(MB)", "Ref%"]
+        ests = [float(l.split()[0]) for l in out.splitlines()[2:4]]
+        assert ests[1] > ests[0] * 1.5          # cumulative: windows grow from one start
+        assert main(["wss", str(w.pid), "-P", "4", "--profile-base", "0.01"]) == 0
+        rows = capsys.readouterr().out.splitlines()[2:6]
+        ests = [float(r.split()[0]) for r in rows]
+        # power-of-two windows: 0.01, 0.02, 0.04, 0.08 s (plus scan time)
+        assert all(b > a for a, b in zip(ests, ests[1:])) and 0.08 <= ests[3] < 0.5
+
+
+def test_ctrl_c_prints_summary():
+    with Workload() as w:
+        w.map("a", 4)
+        p = subprocess.Popen([sys.executable, "-m", "idlemap", "wss", str(w.pid), "0.05"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        rows = 0
+        while rows < 3:
+            line = p.stdout.readline()
+            assert line
+            rows += line.strip()[:1].isdigit()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "windows of" in out and "Traceback" not in err
