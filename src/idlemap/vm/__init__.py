@@ -142,6 +142,8 @@ def run(argv: list[str], *, mem_mib: int = 2048, cpus: int = 2, numa_nodes: int 
                 # the command's output: a virtio console on our stdout
                 "-chardev", "stdio,id=out,signal=off",
                 "-device", "virtio-serial-pci", "-device", "virtconsole,chardev=out",
+                # entropy from the start: getrandom() (Python needs it) must
+                # not wait for the guest's CRNG to fill up
                 "-device", "virtio-rng-pci",
                 *_virtfs("/", "idlemap-root", readonly=True),
                 *_virtfs(run_dir, "idlemap-run"),

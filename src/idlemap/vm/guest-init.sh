@@ -52,6 +52,8 @@ $bb mount -t debugfs debugfs /sys/kernel/debug
 # damo records through tracepoints and looks for tracefs here
 $bb mount -t tracefs tracefs /sys/kernel/tracing
 $bb mount -t cgroup2 cgroup2 /sys/fs/cgroup
+# No network, but the loopback: tests talk to local servers (the exporter).
+$bb ip link set lo up
 $bb mkdir -p $RUN
 # Without the run directory nobody could learn the result: stop at once.
 $bb mount -t 9p -o $P9 idlemap-run $RUN || stop_vm

@@ -1,0 +1,136 @@
+"""idlemap mount: the RFC's /proc/PID/idle_bitmap (and idle_pages) for every process, over FUSE."""
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import sys
+
+from .. import backends
+from ..errors import AccessDenied, IdlemapError
+
+HELP = "mount a FUSE file system with DIR/<pid>/idle_bitmap, present_bitmap, idle_pages and wss"
+EXAMPLES = """\
+  mkdir -p /mnt/idle && idlemap mount /mnt/idle           # returns once mounted
+  idlemap mount /mnt/idle --foreground --allow-other      # serve in this terminal; Ctrl-C unmounts
+  cat /mnt/idle/1234/wss                                  # one-line working-set summary
+  umount /mnt/idle                                        # or: kill the daemon (SIGTERM)
+Files (docs/fuse.md): idle_bitmap is the RFC's bitmap -- u64 words, 64 pages
+per word, byte offset b covers virtual pages from b*8, 1 = idle (holes read
+idle); writing 1 bits marks those pages idle; offsets and sizes must be
+multiples of 8.  present_bitmap tells holes from idle pages.  idle_pages is
+the run-length stream of docs/idle_pages.md.  Access is as for
+/proc/PID/pagemap: root, or the owner where ptrace would be allowed.
+"""
+SCHEMA = "idlemap.mount/1"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("mountpoint", metavar="DIR", help="an existing, empty directory")
+    p.add_argument("--backend", default="auto", choices=["auto", "page_idle", "clear_refs"],
+                   help="auto (default): page_idle if the kernel has it; with clear_refs only "
+                        "present_bitmap and wss work")
+    p.add_argument("--allow-other", action="store_true",
+                   help="let every user in (access is still checked per caller, like pagemap)")
+    p.add_argument("-f", "--foreground", action="store_true",
+                   help="stay in the foreground, log to stderr; Ctrl-C or SIGTERM unmounts")
+    p.add_argument("--tlb-flush", default="none", choices=["none", "soft-dirty"],
+                   help="flush the target's TLB after each mark (see docs/tlb.md)")
+    p.add_argument("--log", metavar="FILE", help="log here (default: stderr in the foreground, "
+                                                  "syslog in the background)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every failed request")
+    p.add_argument("--json", action="store_true", help=f"print the 'mounted' line as JSON (schema {SCHEMA})")
+
+
+def _logging(args, background: bool) -> None:
+    root = logging.getLogger("idlemap")
+    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if args.log:
+        h: logging.Handler = logging.FileHandler(args.log)
+    elif not background:
+        h = logging.StreamHandler(sys.stderr)
+    elif os.path.exists("/dev/log"):
+        h = logging.handlers.SysLogHandler("/dev/log")
+    else:
+        h = logging.NullHandler()
+    h.setFormatter(logging.Formatter("idlemap mount[%(process)d]: %(message)s"))
+    root.addHandler(h)
+
+
+def _ready_line(args, config, pid: int) -> str:
+    if args.json:
+        return json.dumps({"schema": SCHEMA, "mountpoint": config.mountpoint, "pid": pid,
+                           "backend": config.backend, "reason": config.backend_reason,
+                           "allow_other": config.allow_other}, separators=(",", ":"))
+    return (f"idlemap: mounted on {config.mountpoint} (daemon PID {pid}, backend {config.backend}: "
+            f"{config.backend_reason}); unmount with `umount {config.mountpoint}`")
+
+
+def run(args) -> int:
+    from ..services.fuse import MountConfig, check_mountpoint, serve
+    if os.geteuid() != 0:
+        raise AccessDenied("/dev/fuse and other processes' page tables",
+                           "idlemap mount runs as root: it reads page frames and page_idle for its callers")
+    mountpoint = check_mountpoint(args.mountpoint)
+    choice = backends.choose(args.backend, need_per_page=args.backend == "page_idle")
+    config = MountConfig(mountpoint, choice.cls.name, choice.reason, args.allow_other, args.tlb_flush)
+    if args.foreground:
+        _logging(args, background=False)
+
+        def ready() -> None:
+            print(_ready_line(args, config, os.getpid()), flush=True)
+        try:
+            serve(config, ready)
+        except KeyboardInterrupt:
+            pass
+        return 0
+    return _daemonize(args, config, serve)
+
+
+def _daemonize(args, config, serve) -> int:
+    """Fork; the child mounts and serves, the parent returns once the mount
+    is ready (or reports why it failed), like sshfs and other FUSE tools."""
+    r, w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            msg = f.read().decode("utf-8", "replace")
+        if msg.startswith("ok"):
+            print(_ready_line(args, config, pid))
+            return 0
+        os.waitpid(pid, 0)
+        code, _, text = msg.partition(" ")
+        print(f"idlemap: {text.strip() or 'the mount daemon died before mounting'}", file=sys.stderr)
+        return int(code) if code.isdigit() else 1
+    # child
+    os.close(r)
+    os.setsid()
+    code = 0
+    try:
+        _logging(args, background=True)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+
+        def ready() -> None:
+            os.write(w, b"ok\n")
+            os.close(w)
+        serve(config, ready)
+    except IdlemapError as e:
+        code = e.exit_code
+        try:
+            os.write(w, f"{code} {e}\n".encode())
+        except OSError:
+            pass
+    except BaseException as e:   # noqa: BLE001 -- the daemon must not leave a traceback-less corpse
+        code = 1
+        logging.getLogger("idlemap.mount").exception("daemon failed")
+        try:
+            os.write(w, f"1 {type(e).__name__}: {e}\n".encode())
+        except OSError:
+            pass
+    os._exit(code)

@@ -1,0 +1,387 @@
+"""``idlemap mount``: the RFC's per-process files over FUSE (pyfuse3 + trio).
+
+Layout: DIR/<pid>/{idle_bitmap,present_bitmap,idle_pages,wss} for every
+live user process (kernel threads have no address space).  The file
+semantics live in ``services.procfiles``; access rules in
+``services.access``.  This module routes FUSE requests there:
+
+* inodes are computed, not stored: <pid> directory = pid << 3, its files
+  pid << 3 | 1..4; entry and attribute timeouts are 0, so directories
+  appear and vanish with the processes;
+* every file is opened with direct_io: the kernel then passes offsets and
+  sizes through unchanged (no page cache), which the RFC's EINVAL rules and
+  the stream semantics of idle_pages need;
+* the permission check happens at open, with the caller's credentials from
+  the request, as /proc/PID/pagemap does it (later reads are not
+  re-checked: an open descriptor keeps its rights, like in procfs);
+* work that touches page tables runs in a worker thread, so one long read
+  does not stall other callers; requests on one open file are serialised.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import FeatureMissing, IdlemapError, NoSuchProcess, UsageError
+from ..kernel import creds as kcreds
+from ..kernel.process import ProcessId, identify, list_pids
+from . import access
+from .procfiles import (BITMAP_FILE_BYTES, BitmapFile, FileOpError, IdlePagesFile, MarkLog,
+                        MaskedIdleBitmap, WssFile, errno_of)
+
+log = logging.getLogger("idlemap.mount")
+
+IDLE_BITMAP, PRESENT_BITMAP, IDLE_PAGES, WSS = 1, 2, 3, 4
+FILES: dict[bytes, tuple[int, int]] = {      # name -> (kind, mode)
+    b"idle_bitmap": (IDLE_BITMAP, 0o600),
+    b"present_bitmap": (PRESENT_BITMAP, 0o400),
+    b"idle_pages": (IDLE_PAGES, 0o400),
+    b"wss": (WSS, 0o400),
+}
+NAMES = {kind: name for name, (kind, _) in FILES.items()}
+MODES = {kind: mode for kind, mode in FILES.values()}
+NEEDS_PAGE_IDLE = (IDLE_BITMAP, IDLE_PAGES)
+ROOT_INODE = 1
+PAGE_IDLE_MISSING = ("idle_bitmap and idle_pages are unavailable: this kernel has no page_idle "
+                     "bitmap (CONFIG_IDLE_PAGE_TRACKING is not set); present_bitmap and wss "
+                     "(clear_refs backend) still work")
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    mountpoint: str
+    backend: str                 # "page_idle" or "clear_refs" (already chosen)
+    backend_reason: str = ""
+    allow_other: bool = False
+    tlb_flush: str = "none"
+
+
+def split_inode(inode: int) -> tuple[int, int]:
+    """inode -> (pid, kind); kind 0 is the <pid> directory itself."""
+    return inode >> 3, inode & 7
+
+
+def is_user_process(proc: ProcessId) -> bool:
+    return not proc.is_kernel_thread
+
+
+class _Handle:
+    def __init__(self, kind: int, proc: ProcessId, file):
+        import trio
+        self.kind = kind
+        self.proc = proc
+        self.file = file
+        self.lock = trio.Lock()
+
+
+def build_operations(config: MountConfig):
+    """The pyfuse3.Operations object (imported late: pyfuse3 is an extra)."""
+    import pyfuse3
+    import trio
+
+    class IdlemapFS(pyfuse3.Operations):
+        def __init__(self):
+            super().__init__()
+            self.config = config
+            self.handles: dict[int, _Handle] = {}
+            self.next_fh = 1
+            self.marks = MarkLog({})
+            self.yama = kcreds.yama_ptrace_scope()
+            self._warned_page_idle = False
+            self._t0 = time.time_ns()
+
+        # -- attributes ----------------------------------------------------
+        def _attr(self, inode: int, mode: int, uid: int = 0, gid: int = 0, size: int = 0,
+                  mtime_ns: int | None = None):
+            a = pyfuse3.EntryAttributes()
+            a.st_ino = inode
+            a.generation = 0
+            a.entry_timeout = 0
+            a.attr_timeout = 0
+            a.st_mode = mode
+            a.st_nlink = 2 if stat.S_ISDIR(mode) else 1
+            a.st_uid, a.st_gid = uid, gid
+            a.st_size = size
+            a.st_blksize = 4096
+            a.st_blocks = 0
+            t = self._t0 if mtime_ns is None else mtime_ns
+            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = t
+            return a
+
+        def _proc(self, pid: int) -> ProcessId:
+            try:
+                proc = identify(pid)
+            except NoSuchProcess:
+                raise pyfuse3.FUSEError(errno.ENOENT) from None
+            except IdlemapError:
+                raise pyfuse3.FUSEError(errno.ENOENT) from None
+            if not is_user_process(proc):
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return proc
+
+        def _proc_attr(self, pid: int, kind: int):
+            self._proc(pid)
+            try:
+                st = os.stat(f"/proc/{pid}")
+            except OSError:
+                raise pyfuse3.FUSEError(errno.ENOENT) from None
+            inode = pid << 3 | kind
+            if kind == 0:
+                return self._attr(inode, stat.S_IFDIR | 0o555, st.st_uid, st.st_gid, 0, st.st_mtime_ns)
+            size = BITMAP_FILE_BYTES if kind in (IDLE_BITMAP, PRESENT_BITMAP) else 0
+            return self._attr(inode, stat.S_IFREG | MODES[kind], st.st_uid, st.st_gid, size, st.st_mtime_ns)
+
+        async def getattr(self, inode, ctx=None):
+            if inode == ROOT_INODE:
+                return self._attr(ROOT_INODE, stat.S_IFDIR | 0o555)
+            pid, kind = split_inode(inode)
+            if pid <= 0 or (kind and kind not in NAMES):
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self._proc_attr(pid, kind)
+
+        async def lookup(self, parent_inode, name, ctx=None):
+            if parent_inode == ROOT_INODE:
+                if name in (b".", b".."):
+                    return await self.getattr(ROOT_INODE)
+                if not name.isdigit() or name.startswith(b"0"):
+                    raise pyfuse3.FUSEError(errno.ENOENT)
+                return self._proc_attr(int(name), 0)
+            pid, kind = split_inode(parent_inode)
+            if kind != 0:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            if name == b"..":
+                return await self.getattr(ROOT_INODE)
+            if name == b".":
+                return self._proc_attr(pid, 0)
+            if name not in FILES:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self._proc_attr(pid, FILES[name][0])
+
+        async def setattr(self, inode, attr, fields, fh, ctx):
+            # O_TRUNC from `echo ... > idle_bitmap` arrives as a size change:
+            # ignore it, as procfs does for its writable files.
+            return await self.getattr(inode)
+
+        async def opendir(self, inode, ctx):
+            if inode != ROOT_INODE:
+                pid, kind = split_inode(inode)
+                if kind != 0:
+                    raise pyfuse3.FUSEError(errno.ENOTDIR)
+                self._proc(pid)
+            return inode
+
+        async def readdir(self, fh, start_id, token):
+            if fh == ROOT_INODE:
+                # Listed in PID order; an entry's id is its PID, so a listing
+                # resumed after a process exited does not skip or repeat one.
+                for pid in list_pids():
+                    if pid <= start_id:
+                        continue
+                    try:
+                        attr = self._proc_attr(pid, 0)
+                    except pyfuse3.FUSEError:
+                        continue
+                    if not pyfuse3.readdir_reply(token, str(pid).encode(), attr, pid):
+                        return
+                return
+            pid, _ = split_inode(fh)
+            for i, (name, (kind, _)) in enumerate(FILES.items(), start=1):
+                if i <= start_id:
+                    continue
+                try:
+                    attr = self._proc_attr(pid, kind)
+                except pyfuse3.FUSEError:
+                    return
+                if not pyfuse3.readdir_reply(token, name, attr, i):
+                    return
+
+        async def releasedir(self, fh):
+            return None
+
+        async def statfs(self, ctx):
+            s = pyfuse3.StatvfsData()
+            s.f_bsize = s.f_frsize = 4096
+            s.f_namemax = 255
+            return s
+
+        # -- access ------------------------------------------------------------
+        def _decide(self, pid: int, ctx) -> access.Decision:
+            try:
+                tc = kcreds.read_creds(pid)
+                owner = kcreds.proc_owner(pid)
+            except OSError:
+                raise pyfuse3.FUSEError(errno.ENOENT) from None
+            dumpable = owner == (tc.uids[1], tc.gids[1])
+            anc = kcreds.ancestors(pid) if self.yama == 1 else ()
+            caller = access.Caller(uid=ctx.uid, gid=ctx.gid)
+            if ctx.pid > 0:
+                try:
+                    cc = kcreds.read_creds(ctx.pid)
+                    caller = access.Caller(ctx.uid, ctx.gid, cc.tgid, cc.has_cap_sys_ptrace)
+                except (OSError, KeyError, ValueError):
+                    pass
+            return access.may_read(caller, access.Target(tc, dumpable, anc), self.yama)
+
+        async def access(self, inode, mode, ctx):
+            if inode == ROOT_INODE:
+                return not (mode & os.W_OK)
+            pid, kind = split_inode(inode)
+            if kind == 0:
+                return not (mode & os.W_OK)
+            if mode & os.W_OK and kind != IDLE_BITMAP:
+                return False
+            return self._decide(pid, ctx).allowed
+
+        async def open(self, inode, flags, ctx):
+            pid, kind = split_inode(inode)
+            if kind not in NAMES:
+                raise pyfuse3.FUSEError(errno.EISDIR if kind == 0 else errno.ENOENT)
+            writing = (flags & os.O_ACCMODE) != os.O_RDONLY
+            if writing and kind != IDLE_BITMAP:
+                raise pyfuse3.FUSEError(errno.EACCES)
+            proc = self._proc(pid)
+            d = self._decide(pid, ctx)
+            if not d.allowed:
+                log.info("denied %s of PID %d to uid %d (pid %d): %s",
+                         NAMES[kind].decode(), pid, ctx.uid, ctx.pid, d.reason)
+                raise pyfuse3.FUSEError(errno.EACCES)
+            if kind in NEEDS_PAGE_IDLE and self.config.backend != "page_idle":
+                if not self._warned_page_idle:
+                    log.warning("%s", PAGE_IDLE_MISSING)
+                    self._warned_page_idle = True
+                raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+            try:
+                f = await trio.to_thread.run_sync(self._make_file, kind, proc)
+            except (IdlemapError, OSError) as e:
+                if isinstance(e, FeatureMissing) and not self._warned_page_idle:
+                    log.warning("%s", e)
+                    self._warned_page_idle = True
+                raise pyfuse3.FUSEError(errno_of(e)) from None
+            fh = self.next_fh
+            self.next_fh += 1
+            self.handles[fh] = _Handle(kind, proc, f)
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+
+        def _make_file(self, kind: int, proc: ProcessId):
+            tlb = self.config.tlb_flush
+            if kind == IDLE_BITMAP:
+                return BitmapFile(proc, "idle", MaskedIdleBitmap(proc, tlb_flush=tlb), self.marks)
+            if kind == PRESENT_BITMAP:
+                return BitmapFile(proc, "present")
+            if kind == IDLE_PAGES:
+                return IdlePagesFile(proc, MaskedIdleBitmap(proc, tlb_flush=tlb))
+            bm = MaskedIdleBitmap(proc) if self.config.backend == "page_idle" else None
+            return WssFile(proc, bm, self.marks, self.config.backend)
+
+        async def _run(self, fh: int, what: str, fn: Callable, *args):
+            h = self.handles.get(fh)
+            if h is None:
+                raise pyfuse3.FUSEError(errno.EBADF)
+            async with h.lock:
+                try:
+                    return await trio.to_thread.run_sync(fn, *args)
+                except (IdlemapError, FileOpError, OSError) as e:
+                    log.debug("%s of %s for PID %d: %s", what, NAMES[h.kind].decode(), h.proc.pid, e)
+                    raise pyfuse3.FUSEError(errno_of(e)) from None
+                except Exception:
+                    log.exception("%s of %s for PID %d failed", what, NAMES[h.kind].decode(), h.proc.pid)
+                    raise pyfuse3.FUSEError(errno.EIO) from None
+
+        async def read(self, fh, off, size):
+            h = self.handles.get(fh)
+            if h is None:
+                raise pyfuse3.FUSEError(errno.EBADF)
+            return await self._run(fh, "read", h.file.read, off, size)
+
+        async def write(self, fh, off, buf):
+            h = self.handles.get(fh)
+            if h is None:
+                raise pyfuse3.FUSEError(errno.EBADF)
+            if h.kind != IDLE_BITMAP:
+                raise pyfuse3.FUSEError(errno.EBADF)
+            return await self._run(fh, "write", h.file.write, off, buf)
+
+        async def release(self, fh):
+            h = self.handles.pop(fh, None)
+            if h is not None:
+                async with h.lock:
+                    await trio.to_thread.run_sync(h.file.close)
+
+    return IdlemapFS()
+
+
+def check_mountpoint(path: str) -> str:
+    """The absolute mount point, or a UsageError saying what is wrong with it."""
+    path = os.path.abspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"mount point {path} does not exist (create it with mkdir)") from None
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise UsageError(f"{path} is a FUSE mount whose daemon has died; "
+                             f"run `umount {path}` first") from None
+        raise UsageError(f"cannot use {path} as a mount point: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"mount point {path} is not a directory")
+    if os.path.ismount(path):
+        raise UsageError(f"{path} is already a mount point")
+    return path
+
+
+def serve(config: MountConfig, ready: Callable[[], None] | None = None) -> None:
+    """Mount, call ``ready()``, serve until unmounted or SIGINT/SIGTERM,
+    then unmount.  Blocks; returns normally on a clean shutdown."""
+    try:
+        import pyfuse3
+        import trio
+    except ImportError:
+        raise FeatureMissing("FUSE binding", "pyfuse3 (pip install 'idlemap[fuse]')",
+                             "install libfuse3 (apt-get install fuse3 libfuse3-dev) and pyfuse3") from None
+    if not os.path.exists("/dev/fuse"):
+        raise FeatureMissing("FUSE device /dev/fuse", "CONFIG_FUSE_FS")
+    ops = build_operations(config)
+    opts = {"fsname=idlemap", "subtype=idlemap"}
+    if config.allow_other:
+        opts.add("allow_other")
+    # No default_permissions: the kernel would check mode bits only, while
+    # access here depends on the caller's relation to the target (ptrace).
+    try:
+        pyfuse3.init(ops, config.mountpoint, opts)
+    except RuntimeError as e:
+        raise UsageError(f"cannot mount on {config.mountpoint}: {e}") from None
+    log.info("mounted idlemap on %s (backend %s%s)", config.mountpoint, config.backend,
+             f": {config.backend_reason}" if config.backend_reason else "")
+    if config.backend != "page_idle":
+        log.warning("%s", PAGE_IDLE_MISSING if "CONFIG_IDLE_PAGE_TRACKING" in config.backend_reason
+                    else f"idle_bitmap and idle_pages are unavailable with the {config.backend} backend")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            async def on_signal() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for sig in signals:
+                        log.info("%s: unmounting %s", signal.Signals(sig).name, config.mountpoint)
+                        nursery.cancel_scope.cancel()
+                        return
+            nursery.start_soon(on_signal)
+            if ready is not None:
+                ready()
+            await pyfuse3.main()
+            # The kernel ended the session (umount DIR): stop the signal watcher.
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        try:
+            pyfuse3.close(unmount=True)
+        except Exception as e:       # already unmounted from outside
+            log.debug("close: %s", e)
+        log.info("unmounted %s", config.mountpoint)

@@ -1,0 +1,195 @@
+"""`idlemap mount` on the host kernel, for real: a FUSE mount served by the
+CLI, read by this test and by processes of other users.
+
+The host has no page_idle (CONFIG_IDLE_PAGE_TRACKING): here idle_bitmap and
+idle_pages must refuse with EOPNOTSUPP and a log line naming the option;
+present_bitmap (pagemap only), wss (clear_refs), the directory tree, the
+RFC's offset rules and the access rules are all exercised for real.  The
+page_idle files are tested in the VM (test_mount_vm.py).
+"""
+from __future__ import annotations
+
+import errno
+import os
+
+import numpy as np
+import pytest
+
+from idlemap.kernel import page_idle
+from idlemap.workload import Workload
+from mounthelp import Mount, Users, check_as, errno_name, word_range
+
+pytestmark = [pytest.mark.host,
+              pytest.mark.skipif(os.geteuid() != 0, reason="idlemap mount needs root"),
+              pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse (CONFIG_FUSE_FS)")]
+pytest.importorskip("pyfuse3", reason="the fuse extra (pyfuse3) is not installed")
+
+FILE_BYTES = 1 << 32
+
+
+@pytest.fixture(scope="module")
+def mount():
+    m = Mount("--allow-other")
+    yield m
+    m.cleanup()
+
+
+@pytest.fixture(scope="module")
+def workload():
+    with Workload() as w:
+        w.map("a", 8, "nothp")
+        w.touch("a", 3)                      # pages 0, 3, 6, ... present; the rest never faulted
+        yield w
+
+
+def test_tree_lists_user_processes(mount, workload):
+    names = os.listdir(mount.dir)
+    assert str(os.getpid()) in names and str(workload.pid) in names
+    assert "2" not in names                  # kthreadd: no address space
+    assert sorted(os.listdir(mount.path(workload.pid))) == ["idle_bitmap", "idle_pages",
+                                                             "present_bitmap", "wss"]
+    st = os.stat(mount.path(workload.pid, "idle_bitmap"))
+    assert st.st_size == FILE_BYTES and st.st_mode & 0o777 == 0o600
+    assert os.stat(mount.path(workload.pid, "present_bitmap")).st_mode & 0o777 == 0o400
+    with pytest.raises(FileNotFoundError):
+        os.stat(mount.path(2**22 + 7))      # above pid_max: never a process
+
+
+def test_present_bitmap_matches_touched_pages(mount, workload):
+    addr = workload.addrs["a"]
+    npages = 8 << 20 >> 12
+    off, size, lo = word_range(addr, 8 << 20)
+    fd = os.open(mount.path(workload.pid, "present_bitmap"), os.O_RDONLY)
+    try:
+        words = np.frombuffer(os.pread(fd, size, off), dtype=np.uint64)
+    finally:
+        os.close(fd)
+    bits = np.unpackbits(words.view(np.uint8), bitorder="little").astype(bool)
+    first = (addr - lo) >> 12
+    want = np.zeros(npages, dtype=bool)
+    want[::3] = True
+    assert np.array_equal(bits[first:first + npages], want)
+    assert not bits[:first].any()           # before the mapping: unmapped, not present
+
+
+def test_rfc_offset_rules(mount, workload):
+    fd = os.open(mount.path(workload.pid, "present_bitmap"), os.O_RDONLY)
+    try:
+        for off, size in ((4, 8), (8, 12), (1, 1)):
+            with pytest.raises(OSError) as e:
+                os.pread(fd, size, off)
+            assert e.value.errno == errno.EINVAL, (off, size)
+        assert os.pread(fd, 64, FILE_BYTES) == b""          # past the top of user space
+        assert len(os.pread(fd, 64, FILE_BYTES - 16)) == 16  # cut at the top
+        # lseek like /proc files: anywhere with SEEK_SET, then read() from there
+        assert os.lseek(fd, FILE_BYTES - 8, os.SEEK_SET) == FILE_BYTES - 8
+        assert len(os.read(fd, 4096)) == 8 and os.read(fd, 4096) == b""
+        assert os.lseek(fd, 1 << 40, os.SEEK_SET) == 1 << 40
+        assert os.read(fd, 8) == b""
+        # A large unmapped stretch is served cheaply and reads as not present.
+        assert os.pread(fd, 1 << 20, 1 << 20) == bytes(1 << 20)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as e:
+        os.open(mount.path(workload.pid, "present_bitmap"), os.O_WRONLY)
+    assert e.value.errno == errno.EACCES
+
+
+@pytest.mark.skipif(page_idle.available(), reason="this host has CONFIG_IDLE_PAGE_TRACKING; "
+                    "the page_idle files are tested in the VM")
+def test_idle_files_say_config_missing(mount, workload):
+    for name in ("idle_bitmap", "idle_pages"):
+        with pytest.raises(OSError) as e:
+            with open(mount.path(workload.pid, name), "rb") as f:
+                f.read(8)
+        assert e.value.errno == errno.EOPNOTSUPP, name
+    assert "CONFIG_IDLE_PAGE_TRACKING" in mount.log_text()
+
+
+def test_wss_line(mount, workload):
+    with open(mount.path(workload.pid, "wss")) as f:
+        line = f.read()
+    assert line.endswith("\n") and line.count("\n") == 1
+    kv = dict(item.split("=", 1) for item in line.split())
+    assert int(kv["pid"]) == workload.pid
+    assert kv["backend"] in ("clear_refs", "page_idle")
+    assert float(kv["rss_mb"]) >= (8 / 3)     # at least the touched third of the mapping
+
+
+def test_exited_process_gives_esrch(mount):
+    w = Workload()
+    try:
+        w.map("x", 1)
+        w.touch("x", 1)
+        fd = os.open(mount.path(w.pid, "present_bitmap"), os.O_RDONLY)
+        off, size, _ = word_range(w.addrs["x"], 1 << 20)
+        assert len(os.pread(fd, size, off)) == size
+        w.proc.kill()
+        os.waitid(os.P_PID, w.pid, os.WEXITED | os.WNOWAIT)   # a zombie now, not yet reaped
+        with pytest.raises(OSError) as e:
+            os.pread(fd, size, off)
+        assert e.value.errno == errno.ESRCH
+        w.proc.wait()                                         # reaped: gone from /proc
+        with pytest.raises(OSError) as e:
+            os.pread(fd, size, off)
+        assert e.value.errno == errno.ESRCH
+        os.close(fd)
+        assert str(w.pid) not in os.listdir(mount.dir)
+    finally:
+        w.kill()
+
+
+def test_access_rules_per_caller(mount):
+    """With allow_other, each caller is checked like for /proc/PID/pagemap."""
+    u = Users()
+    try:
+        name = "present_bitmap"
+        targets = [(u.root.pid, name), (u.b.pid, name), (u.a.pid, name), (u.nondumpable.pid, name),
+                   ("SELF", name), (u.a.pid, "wss")]
+        got = check_as(Users.A, mount.dir, targets)
+        assert got == {
+            f"{u.root.pid}/{name}": "EACCES",          # root's process
+            f"{u.b.pid}/{name}": "EACCES",             # another user's
+            f"{u.a.pid}/{name}": "ok",                 # its own user's, dumpable: ptrace allowed
+            f"{u.nondumpable.pid}/{name}": "EACCES",   # its own user's but not dumpable
+            f"SELF/{name}": "ok",                      # itself (not dumpable, but the same process)
+            f"{u.a.pid}/wss": "ok",
+        }
+        # root reads them all
+        for p in (u.root, u.a, u.b, u.nondumpable):
+            fd = os.open(mount.path(p.pid, name), os.O_RDONLY)
+            try:
+                assert len(os.pread(fd, 64, 0)) == 64
+            finally:
+                os.close(fd)
+        assert "denied present_bitmap" in mount.log_text()
+    finally:
+        u.close()
+
+
+def test_without_allow_other_only_root_gets_in():
+    m = Mount()
+    try:
+        got = check_as(Users.A, m.dir, [("SELF", "present_bitmap")])
+        assert got == {"SELF/present_bitmap": "EACCES"}     # the kernel's FUSE rule, before ours
+    finally:
+        m.cleanup()
+
+
+def test_sigterm_unmounts_cleanly():
+    m = Mount()
+    try:
+        assert os.path.ismount(m.dir)
+        fd = os.open(m.path(os.getpid(), "present_bitmap"), os.O_RDONLY)   # open while stopping
+        assert m.stop() == 0
+        assert not os.path.ismount(m.dir)
+        with pytest.raises(OSError) as e:
+            os.pread(fd, 8, 0)
+        assert errno_name(e.value) in ("ENOTCONN", "ENODEV", "ECONNABORTED")   # an error, not a hang
+        try:
+            os.close(fd)           # FUSE's flush on close reports the lost connection too
+        except OSError:
+            pass
+        assert "unmounted" in m.log_text()
+    finally:
+        m.cleanup()

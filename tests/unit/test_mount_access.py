@@ -1,0 +1,69 @@
+"""Who may open DIR/<pid>/* under idlemap mount: pagemap's rules, as data."""
+from __future__ import annotations
+
+import pytest
+
+from idlemap.kernel.creds import Creds, parse_status
+from idlemap.services.access import Caller, Target, may_read
+
+STATUS = """\
+Name:\tsleep
+Umask:\t0022
+State:\tS (sleeping)
+Tgid:\t4242
+Ngid:\t0
+Pid:\t4243
+PPid:\t4000
+TracerPid:\t0
+Uid:\t1000\t1000\t1000\t1000
+Gid:\t100\t100\t100\t100
+FDSize:\t64
+CapInh:\t0000000000000000
+CapPrm:\t0000000000000000
+CapEff:\t0000000000080000
+"""
+
+
+def creds(pid=500, uids=(1000,) * 4, gids=(100,) * 4, tgid=None, cap=0):
+    return Creds(pid, tgid or pid, 1, uids, gids, cap)
+
+
+def test_parse_status():
+    c = parse_status(4243, STATUS)
+    assert (c.tgid, c.ppid, c.uids, c.gids) == (4242, 4000, (1000,) * 4, (100,) * 4)
+    assert c.has_cap_sys_ptrace        # bit 19 of CapEff
+
+
+USER = Caller(uid=1000, gid=100, tgid=600, cap_sys_ptrace=False)
+ROOT = Caller(uid=0, gid=0, tgid=1, cap_sys_ptrace=True)
+
+
+@pytest.mark.parametrize("caller, target, scope, allowed, why", [
+    (USER, Target(creds(), True), None, True, "same user"),
+    (ROOT, Target(creds(), True), None, True, "CAP_SYS_PTRACE"),
+    (ROOT, Target(creds(uids=(0,) * 4, gids=(0,) * 4), True), None, True, ""),
+    (USER, Target(creds(uids=(0,) * 4, gids=(0,) * 4), True), None, False, "does not own"),
+    (USER, Target(creds(uids=(1001,) * 4), True), None, False, "does not own"),
+    # setuid-style: saved uid differs -> not the same credentials
+    (USER, Target(creds(uids=(1000, 1000, 0, 1000)), True), None, False, "does not own"),
+    (USER, Target(creds(gids=(100, 100, 5, 100)), True), None, False, "does not own"),
+    (USER, Target(creds(), False), None, False, "not dumpable"),
+    (ROOT, Target(creds(), False), None, True, ""),
+    # its own process: always, even when not dumpable or under Yama 3
+    (USER, Target(creds(pid=600), False), 3, True, "is the target"),
+    # Yama 1: only an ancestor
+    (USER, Target(creds(), True, ancestors=(550, 1)), 1, False, "not an ancestor"),
+    (USER, Target(creds(), True, ancestors=(600, 1)), 1, True, ""),
+    (USER, Target(creds(), True, ancestors=(600, 1)), 2, False, "ptrace_scope=2"),
+    (ROOT, Target(creds(), True), 2, True, ""),
+    (USER, Target(creds(), True), 0, True, ""),
+    # root without CAP_SYS_PTRACE (dropped) is just uid 0
+    (Caller(0, 0, 7, cap_sys_ptrace=False), Target(creds(), True), None, False, "does not own"),
+    # unknown caller details: uid 0 stands for the capability
+    (Caller(0, 0), Target(creds(), True), None, True, ""),
+    (Caller(1000, 100), Target(creds(), True, ancestors=(600,)), 1, False, "not an ancestor"),
+])
+def test_may_read(caller, target, scope, allowed, why):
+    d = may_read(caller, target, scope)
+    assert d.allowed is allowed
+    assert why in d.reason
