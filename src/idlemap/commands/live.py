@@ -1,0 +1,64 @@
+"""Scan-then-report, shared by the live commands (hot, heatmap).
+
+Not a subcommand itself (it is not in cli.COMMANDS): the glue between
+record.open_scanner, analysis.hotness.build_history and report.show.
+"""
+from __future__ import annotations
+
+import sys
+
+from ..analysis.hotness import build_history
+from ..errors import NoSuchProcess
+from ..recordfile import RecordWriter, make_meta
+from ..render.progress import Progress
+from .record import open_scanner
+from .report import show
+
+
+def scan_and_show(kind: str, args) -> int:
+    sc, interval, auto = open_scanner(args, need_per_page=True)
+    writer = None
+    if getattr(args, "output", None):
+        try:
+            writer = RecordWriter(args.output, make_meta(sc.proc, sc.backend_name, sc.granularity,
+                                                         interval, args.rounds, sc.tlb_flush, auto))
+        except BaseException:
+            sc.close()
+            raise
+    prog = Progress(args.rounds, "round", interval_s=interval)
+    rounds, exited, reason = [], None, "done"
+    try:
+        with sc:
+            for r in sc.run(args.rounds, interval):
+                rounds.append(r)
+                if writer:
+                    writer.add(r)
+                prog.update(len(rounds))
+    except KeyboardInterrupt:
+        reason = "interrupted"          # report on the rounds gathered so far
+    except NoSuchProcess as e:
+        reason, exited = "target exited", e
+    finally:
+        prog.clear()
+        if writer:
+            writer.close(reason)
+    if not rounds:
+        if exited is not None:
+            raise exited
+        return 130 if reason == "interrupted" else 0
+    if reason != "done" and not args.json:
+        print(f"({reason} after {len(rounds)} of {args.rounds} rounds; reporting those)", file=sys.stderr)
+    h = build_history(rounds, pid=sc.proc.pid)
+    del rounds
+    for opt, default in (("png", None), ("rows", None), ("cols", None), ("png_rows", 320), ("color", "auto"),
+                         ("min_count", None), ("max_count", 0), ("min_idle", None), ("merge_gap", 0),
+                         ("limit", 40), ("sort", "va"), ("top", 12)):
+        if not hasattr(args, opt):
+            setattr(args, opt, default)
+    source = {"pid": sc.proc.pid, "comm": sc.proc.comm, "backend": sc.backend_name, "interval_s": interval}
+    rc = show(kind, h, args, source)
+    if writer and not args.json:
+        print(f"rounds saved to {args.output}")
+    if exited is not None:
+        raise exited
+    return rc

@@ -1,0 +1,148 @@
+"""idlemap record: scan rounds of a process into a record file."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from .. import backends
+from ..errors import NoSuchProcess, UsageError
+from ..kernel.process import identify
+from ..recordfile import RecordWriter, make_meta
+from ..render.progress import Progress
+from ..render.text import json_line
+from ..render.units import human_bytes
+from ..scan import Scanner, calibrate
+from . import parse_range, pid_arg, take_pid
+
+HELP = "record rounds of a process's page accesses to a file, for `idlemap report`"
+EXAMPLES = """\
+  idlemap record 1234                       # 1 s rounds until Ctrl-C, to idlemap-1234.rec
+  idlemap record -p 1234 -i 0.5 -n 120 -o app.rec
+  idlemap record 1234 -n 60 --auto-interval # pick the interval first (rule: docs/reports.md)
+  idlemap record 1234 --range 0x7f0000000000-0x7f0040000000   # only that VA range
+  idlemap record 1234 --backend clear_refs  # no page_idle: per-mapping totals (wss report only)
+Ctrl-C or SIGTERM stops recording; every finished round is already in the
+file (each round is appended whole and synced), and a killed recorder leaves
+a file that reads back with all of its finished rounds.
+"""
+SCHEMA = "idlemap.record.round/1"
+SUMMARY_SCHEMA = "idlemap.record.summary/1"
+
+
+def add_scan_arguments(p, default_rounds: int | None) -> None:
+    pid_arg(p)
+    p.add_argument("target", nargs="?", metavar="PID", help="target process (or -p PID)")
+    p.add_argument("-i", "--interval", type=float, default=1.0, metavar="S",
+                   help="round length in seconds (default 1)")
+    p.add_argument("-n", "--rounds", type=int, default=default_rounds, metavar="N",
+                   help="number of rounds (default: " + (str(default_rounds) if default_rounds else
+                                                          "until Ctrl-C") + ")")
+    p.add_argument("--auto-interval", action="store_true",
+                   help="choose the interval first: the shortest window whose working set a window "
+                        "twice as long would grow by < 25%% (docs/reports.md)")
+    p.add_argument("--min-interval", type=float, default=0.1, metavar="S",
+                   help="--auto-interval: shortest window tried (default 0.1)")
+    p.add_argument("--max-interval", type=float, default=30.0, metavar="S",
+                   help="--auto-interval: longest window tried (default 30)")
+    p.add_argument("--backend", default="auto", choices=["auto", *backends.BACKENDS],
+                   help="how to measure (default auto: page_idle if available, else clear_refs)")
+    p.add_argument("--tlb-flush", default="none", choices=["none", "soft-dirty"],
+                   help="page_idle only: flush the target's TLB after marking (see docs/tlb.md)")
+    p.add_argument("--range", action="append", default=[], metavar="LO-HI", dest="scan_range",
+                   help="only scan this VA range (repeatable; page_idle only)")
+
+
+def add_arguments(p) -> None:
+    add_scan_arguments(p, None)
+    p.add_argument("-o", "--output", metavar="FILE", help="record file (default idlemap-PID.rec; "
+                   "an existing one is renamed to FILE.old)")
+    p.add_argument("--json", action="store_true",
+                   help=f"a JSON line per round written (schema {SCHEMA}) and a summary line")
+    p.add_argument("--no-sync", action="store_true",
+                   help="do not fdatasync after each round (survives a killed recorder, "
+                        "not a power cut)")
+    p.add_argument("--pss", action="store_true", help="page_idle: also read PSS each round (smaps_rollup)")
+
+
+def open_scanner(args, need_per_page: bool = False, with_pss: bool = False) -> tuple[Scanner, float, dict | None]:
+    """Validate the scan options, identify the target, build the scanner and
+    settle the interval (running the --auto-interval calibration if asked)."""
+    pid, rest = take_pid(args, [args.target] if args.target is not None else [])
+    if rest:
+        raise UsageError("give the PID once (as PID or -p PID)")
+    if args.interval <= 0 or (args.rounds is not None and args.rounds <= 0):
+        raise UsageError("--interval and --rounds must be positive")
+    if args.auto_interval and not 0 < args.min_interval <= args.max_interval:
+        raise UsageError("need 0 < --min-interval <= --max-interval")
+    ranges = [parse_range(r) for r in args.scan_range] or None
+    proc = identify(pid)
+    sc = Scanner(proc, backend=args.backend, need_per_page=need_per_page, tlb_flush=args.tlb_flush,
+                 ranges=ranges, with_pss=with_pss)
+    interval, auto = args.interval, None
+    if args.auto_interval:
+        if sys.stderr.isatty():
+            print(f"choosing the interval (windows of {args.min_interval:g} s doubling up to "
+                  f"{args.max_interval:g} s)...", file=sys.stderr, flush=True)
+        try:
+            cal = calibrate(sc, args.min_interval, args.max_interval)
+        except BaseException:
+            sc.close()
+            raise
+        interval, auto = cal.interval_s, cal.as_dict()
+        steps = ", ".join(f"{w:g} s: {100 * f:.1f}%" for w, f in cal.steps)
+        print(f"--auto-interval chose {interval:g} s ({cal.reason}; accessed share of RSS by window: {steps})",
+              file=sys.stderr, flush=True)
+    return sc, interval, auto
+
+
+def run(args) -> int:
+    sc, interval, auto = open_scanner(args, with_pss=args.pss)
+    path = args.output or f"idlemap-{sc.proc.pid}.rec"
+    meta = make_meta(sc.proc, sc.backend_name, sc.granularity, interval, args.rounds,
+                     sc.tlb_flush, auto)
+    try:
+        writer = RecordWriter(path, meta, fsync=not args.no_sync)
+    except BaseException:
+        sc.close()
+        raise
+    if not args.json:
+        what = "per page" if sc.granularity == "page" else "per mapping (totals only: the wss report)"
+        n = f"{args.rounds} rounds" if args.rounds else "rounds"
+        print(f"Recording PID {sc.proc.pid} ({sc.proc.comm}) with {sc.backend_name} [{sc.choice.reason}], "
+              f"{what}: {n} of {interval:g} s to {path}. Ctrl-C to stop.", flush=True)
+    prog = Progress(args.rounds, "round", interval_s=interval)
+    t0 = time.monotonic()
+    reason, exited = "done", None
+    try:
+        with sc:
+            for r in sc.run(args.rounds, interval):
+                nbytes = writer.add(r)
+                if args.json:
+                    json_line({"schema": SCHEMA, "round": r.index, "frame_bytes": nbytes,
+                               "file_bytes": writer.size_bytes, "window_s": round(r.sample.window_s, 6),
+                               "rss_bytes": r.sample.rss_bytes, "wss_bytes": r.accessed_bytes})
+                prog.update(writer.rounds, f"{human_bytes(writer.size_bytes)} written")
+    except KeyboardInterrupt:
+        reason = "interrupted"
+    except NoSuchProcess as e:
+        reason, exited = "target exited", e
+    except BaseException as e:
+        reason = f"stopped: {e}"
+        raise
+    finally:
+        prog.clear()
+        writer.close(reason)
+    elapsed = time.monotonic() - t0
+    size = os.path.getsize(path)
+    per = (size / writer.rounds) if writer.rounds else 0
+    if args.json:
+        json_line({"schema": SUMMARY_SCHEMA, "file": path, "rounds": writer.rounds, "file_bytes": size,
+                   "elapsed_s": round(elapsed, 3), "end_reason": reason})
+    else:
+        print(f"{writer.rounds} rounds in {elapsed:.1f} s written to {path} "
+              f"({human_bytes(size)}, {human_bytes(per)} per round); ended: {reason}. "
+              f"Next: idlemap report {path} wss|hot|cold|histogram|heatmap")
+    if exited is not None:
+        raise exited
+    return 0

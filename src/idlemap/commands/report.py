@@ -1,0 +1,235 @@
+"""idlemap report FILE KIND: reports from a record file.
+
+The live commands (``idlemap hot``, ``idlemap heatmap``) scan and then call
+:func:`show` with the same options, so a report reads the same whether its
+rounds came from a file or from the process a moment ago.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+from ..analysis import hotness as H
+from ..errors import UsageError
+from ..recordfile import open_record
+from ..render import heatmap as RH
+from ..render import hotness as RT
+from ..render.units import human_bytes
+from . import parse_range
+
+HELP = "report on a record file: wss, hot, cold, histogram, heatmap or info"
+KINDS = ("wss", "hot", "cold", "histogram", "heatmap", "info")
+EXAMPLES = """\
+  idlemap report app.rec info                  # what was recorded, how, how many rounds
+  idlemap report app.rec wss                   # WSS p50/p90/p95/p99/max, trend, by mapping
+  idlemap report app.rec hot                   # ranges accessed in every round
+  idlemap report app.rec hot --min-count 25    # ... in at least 25 rounds
+  idlemap report app.rec cold --max-count 1    # resident, accessed in at most one round
+  idlemap report app.rec hot --rounds 10:20    # only rounds 10..19 (a phase)
+  idlemap report app.rec histogram --png hist.png
+  idlemap report app.rec heatmap --png heat.png   # terminal heatmap + PNG
+  idlemap report app.rec heatmap --range 0x7f0000000000-0x7f0040000000
+  idlemap report app.rec wss --json            # every report has --json
+"""
+SCHEMA = "idlemap.report.{kind}/1"
+
+
+def add_window_options(p) -> None:
+    p.add_argument("--rounds", metavar="A:B", help="only rounds A..B-1 (Python slice; e.g. 10:20, -30:)")
+    p.add_argument("--range", action="append", default=[], metavar="LO-HI", dest="va_range",
+                   help="only pages inside this VA range (repeatable; hex with 0x)")
+
+
+def add_threshold_options(p) -> None:
+    g = p.add_argument_group("hot/cold thresholds")
+    g.add_argument("--min-count", type=int, metavar="K",
+                   help="hot: accessed in at least K rounds (default: every round)")
+    g.add_argument("--max-count", type=int, default=0, metavar="K",
+                   help="cold: accessed in at most K rounds (default 0: never)")
+    g.add_argument("--min-idle", type=int, metavar="R",
+                   help="cold: also idle for at least R rounds at the end")
+    g.add_argument("--merge-gap", type=int, default=0, metavar="PAGES",
+                   help="join ranges of one mapping separated by at most PAGES pages (default 0)")
+    g.add_argument("--limit", type=int, default=40, metavar="N",
+                   help="ranges printed (default 40; 0: all; --json always lists all)")
+    g.add_argument("--sort", choices=["va", "size"], default="va", help="range order (default va)")
+
+
+def add_picture_options(p, png_help: str = "also write a PNG (needs matplotlib)") -> None:
+    g = p.add_argument_group("histogram/heatmap pictures")
+    g.add_argument("--png", metavar="FILE", help=png_help)
+    g.add_argument("--rows", type=int, metavar="N", help="terminal heatmap rows (default: fits the terminal)")
+    g.add_argument("--cols", type=int, metavar="N", help="terminal heatmap columns (default: fits the terminal)")
+    g.add_argument("--png-rows", type=int, default=320, metavar="N", help="PNG heatmap rows (default 320)")
+    g.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                   help="terminal heatmap colours (default auto: when stdout is a terminal)")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("file", help="record file written by `idlemap record`")
+    p.add_argument("kind", choices=KINDS, help="which report")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    p.add_argument("--top", type=int, default=12, metavar="N", help="wss: mappings shown (default 12; 0: all)")
+    p.add_argument("--salvage", action="store_true",
+                   help="read a damaged file up to its first bad frame instead of refusing it")
+    add_window_options(p)
+    add_threshold_options(p)
+    add_picture_options(p)
+
+
+def parse_rounds(text: str | None) -> tuple[int | None, int | None]:
+    if not text:
+        return None, None
+    a, sep, b = text.partition(":")
+    try:
+        lo = int(a) if a.strip() else None
+        hi = int(b) if b.strip() else None
+        if not sep:               # a single round number
+            hi = None if lo == -1 else (lo + 1 if lo is not None else None)
+    except ValueError:
+        raise UsageError(f"bad --rounds {text!r}: expected A:B, e.g. 10:20 or -30:") from None
+    return lo, hi
+
+
+def run(args) -> int:
+    rec = open_record(args.file, salvage=args.salvage)
+    if rec.damaged_at is not None:
+        print(f"idlemap: {args.file} is damaged at byte {rec.damaged_at}; "
+              f"reporting the {len(rec)} rounds before it", file=sys.stderr)
+    if args.kind == "info":
+        return _info(rec, args)
+    if len(rec) == 0:
+        raise UsageError(f"{args.file} holds no finished round yet")
+    h = H.build_history(rec.packed_rounds(), pid=rec.meta.pid)
+    source = {"record": os.path.abspath(args.file), "pid": rec.meta.pid, "comm": rec.meta.comm,
+              "backend": rec.meta.backend, "interval_s": rec.meta.interval_s}
+    return show(args.kind, h, args, source, window=parse_rounds(args.rounds),
+                va_ranges=[parse_range(r) for r in args.va_range])
+
+
+def _info(rec, args) -> int:
+    d = rec.describe()
+    if args.json:
+        print(json.dumps({"schema": SCHEMA.format(kind="info"), **d}))
+        return 0
+    m = rec.meta
+    import time as _t
+    state = ("complete" if rec.complete else
+             "not closed (the recorder was killed or is still running); every finished round is readable")
+    print(f"file:        {rec.path} ({human_bytes(d['size_bytes'])}, format {d['format_version']})")
+    print(f"process:     PID {m.pid} ({m.comm}) {' '.join(m.cmdline)[:200]}")
+    print(f"recorded:    {_t.strftime('%Y-%m-%d %H:%M:%S', _t.localtime(m.start_time))} on {m.hostname}, "
+          f"kernel {m.kernel}")
+    print(f"backend:     {m.backend} (granularity {m.granularity}), page size {m.page_size}, "
+          f"tlb flush {m.tlb_flush}")
+    print(f"interval:    {m.interval_s:g} s" + (" (chosen by --auto-interval)" if m.auto_interval else ""))
+    planned = f" of {m.rounds_planned} planned" if m.rounds_planned else ""
+    print(f"rounds:      {len(rec)}{planned}; {state}" + (f"; ended: {rec.end_reason}" if rec.end_reason else ""))
+    if rec.truncated_bytes:
+        print(f"             a partial last frame ({rec.truncated_bytes} bytes) was ignored")
+    return 0
+
+
+def _terminal_size(args) -> tuple[int, int]:
+    size = shutil.get_terminal_size((100, 40))
+    rows = args.rows or max(8, min(48, size.lines - 8))
+    cols = args.cols or max(10, size.columns - 28)
+    return rows, cols
+
+
+def _title(source: dict) -> str:
+    who = f"PID {source.get('pid')} ({source.get('comm', '')})"
+    where = f" from {os.path.basename(source['record'])}" if source.get("record") else " (live)"
+    return who + where
+
+
+def show(kind: str, h: H.History, args, source: dict, window: tuple[int | None, int | None] = (None, None),
+         va_ranges: list[tuple[int, int]] | None = None) -> int:
+    """Print report ``kind`` over history ``h`` (text or --json), optionally
+    only rounds ``window`` (a slice) and pages in ``va_ranges``."""
+    if window != (None, None):
+        h = h.window(*window)
+    if va_ranges:
+        h = h.restrict(va_ranges)
+    head = {"schema": SCHEMA.format(kind=kind), "source": source,
+            "round_range": [h.first_round, h.first_round + h.nrounds]}
+    if kind == "wss":
+        r = H.wss_report(h)
+        if args.json:
+            print(json.dumps({**head, **RT.wss_json(r, args.top)}))
+        else:
+            print(f"working set of {_title(source)}, rounds {h.first_round}..{h.first_round + h.nrounds - 1}")
+            RT.print_wss(r, args.top)
+        return 0
+    h.require_per_page(f"the {kind} report")
+    stats = H.page_stats(h)
+    if kind in ("hot", "cold"):
+        if kind == "hot":
+            t = H.hot_ranges(h, stats, args.min_count, args.merge_gap)
+        else:
+            t = H.cold_ranges(h, stats, args.max_count, args.min_idle, args.merge_gap)
+        if args.json:
+            print(json.dumps({**head, **RT.ranges_json(t, None, args.sort)}))
+        else:
+            RT.print_ranges(kind, t, args.limit or None, args.sort)
+        return 0
+    if kind == "histogram":
+        hist = H.histograms(stats)
+        if args.png:
+            RT.histograms_png(hist, args.png, f"{_title(source)}: {hist.rounds} rounds")
+        if args.json:
+            print(json.dumps({**head, **RT.histograms_json(hist), "png": args.png}))
+        else:
+            RT.print_histograms(hist)
+            if args.png:
+                print(f"\nwrote {args.png}")
+        return 0
+    if kind == "heatmap":
+        return _heatmap(h, args, source, head)
+    raise UsageError(f"unknown report {kind!r}")
+
+
+def heatmap_json(d: H.HeatmapData) -> dict:
+    vals = np.round(d.values, 4)
+    return {"rows": d.rows, "cols": d.cols, "pages_per_row": round(d.pages_per_row, 3),
+            "shown_bytes": d.shown_bytes,
+            "values": [[None if np.isnan(v) else float(v) for v in row] for row in vals],
+            "row_va_start": [f"{int(v):#x}" for v in d.row_va_start],
+            "row_va_end": [f"{int(v):#x}" for v in d.row_va_end],
+            "col_rounds": [list(c) for c in d.col_rounds],
+            "col_time_s": [round(float(t), 6) for t in d.col_time_s],
+            "segments": [{"label": s.label, "kind": s.kind, "row_lo": round(s.row_lo, 3),
+                          "row_hi": round(s.row_hi, 3), "va_start": f"{s.va_start:#x}",
+                          "va_end": f"{s.va_end:#x}", "shown_bytes": s.shown_bytes, "mappings": s.mappings}
+                         for s in d.segments],
+            "collapsed": [[f"{a:#x}", f"{b:#x}"] for a, b in d.collapsed]}
+
+
+def _heatmap(h: H.History, args, source: dict, head: dict) -> int:
+    if args.png:
+        pd = H.heatmap(h, rows=args.png_rows, cols=min(h.nrounds, 1200))
+        if pd.rows == 0:
+            raise UsageError("nothing was resident in these rounds: no heatmap to draw")
+        iv = source.get("interval_s") or 0
+        sub = (f"{human_bytes(pd.shown_bytes)} shown in {pd.rows} rows of {human_bytes(pd.shown_bytes / pd.rows)}, "
+               f"{h.nrounds} rounds" + (f" of {iv:g} s" if iv > 0 else ""))
+        RH.heatmap_png(pd, args.png, title=f"{_title(source)}: memory accessed by address and time",
+                       subtitle=sub)
+    rows, cols = _terminal_size(args)
+    if args.json:
+        d = H.heatmap(h, rows=args.rows or 64, cols=args.cols or h.nrounds)
+        print(json.dumps({**head, **heatmap_json(d), "png": args.png}))
+        return 0
+    d = H.heatmap(h, rows=rows, cols=cols)
+    if d.rows == 0:
+        raise UsageError("nothing was resident in these rounds: no heatmap to draw")
+    color = {"always": True, "never": False}.get(args.color)
+    print(f"{_title(source)}: accessed share of resident pages, by address (down) and time (right)")
+    RH.print_heatmap(d, color=color)
+    if args.png:
+        print(f"wrote {args.png}")
+    return 0

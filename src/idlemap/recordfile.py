@@ -1,0 +1,705 @@
+"""The record file: a versioned, self-describing, crash-safe log of scan rounds.
+
+Byte layout in docs/record-format.md.  In short::
+
+    header   magic "\\x89IDLMAP\\n", version major.minor, metadata JSON, CRC-32
+    frame*   16-byte frame header (kind, codec, length, body CRC, header CRC)
+             + body: u32 JSON length, JSON, compressed blob
+      L      a layout: the mappings and spans the next rounds' bitmaps cover
+      R      a round: scalars (times, RSS, WSS) and, per page, the bitmaps
+             accessed/present/huge/swapped, each XORed with the previous
+             round's (projected onto this round's layout), then zlib
+      E      the end: why recording stopped (absent if the recorder died)
+
+Crash safety comes from the shape, not from luck: every round is one
+``write()`` of one complete frame appended to the file, so a recorder
+killed at any instant leaves N whole frames and at most one partial frame
+at the end.  The reader drops a partial tail frame (its header says it is
+longer than what is left) and keeps every finished round; damage anywhere
+else fails a CRC and is reported in one sentence.
+
+XOR against the previous round is what makes a stable working set cheap:
+the same pages accessed round after round XOR to zeros, which zlib
+squeezes to almost nothing (bench/record.py measures it).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import socket
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .analysis.layout import check_sorted, project, same
+from .analysis.usage import mapping_usage
+from .errors import AccessDenied, BadInput
+from .kernel.maps import PAGE_SHIFT, PAGE_SIZE, Mapping
+from .records import IdleMap, MappingUsage, Span, WssSample
+from .scan import Round
+
+MAGIC = b"\x89IDLMAP\n"       # high bit and "\n": 7-bit or newline-mangling copies show at once
+VERSION_MAJOR = 1             # readers refuse another major version
+VERSION_MINOR = 0             # minors only add optional JSON keys / frame kinds; readers skip those
+HEADER = struct.Struct("<8sHHII")           # magic, major, minor, flags, meta_len
+FRAME = struct.Struct("<cBHII")             # kind, codec, reserved, body_len, body_crc
+FRAME_CRC = struct.Struct("<I")             # CRC-32 of the 12 bytes above
+FRAME_LEN = FRAME.size + FRAME_CRC.size     # 16
+U32 = struct.Struct("<I")
+
+CODEC_NONE, CODEC_ZLIB = 0, 1
+BITMAPS = ("accessed", "present", "huge", "swapped")
+GRANULARITIES = ("page", "region", "mapping")    # the backend's; rounds say for themselves what they hold
+MAX_META_BYTES = 16 << 20
+MAX_FRAME_BYTES = 1 << 30
+MAX_PAGES = 1 << 36            # 256 TiB of 4 KiB pages: beyond any real layout
+ZLIB_MAX_RATIO = 1032          # deflate cannot expand more: bounds what a blob may claim
+ZLIB_LEVEL = 6
+
+SCHEMA_KEYS = ("pid", "comm", "cmdline", "kernel", "hostname", "backend", "granularity",
+               "page_size", "interval_s", "rounds_planned", "start_time", "tlb_flush",
+               "idlemap_version")
+
+
+# -- metadata ----------------------------------------------------------------
+@dataclass(frozen=True)
+class RecordMeta:
+    """What the header says about the recording."""
+    version: tuple[int, int]
+    pid: int
+    comm: str
+    cmdline: list[str]
+    kernel: str               # uname release of the recording host
+    hostname: str
+    backend: str              # page_idle, clear_refs ...
+    granularity: str          # the backend's: "page", "region" (bitmaps) or "mapping" (totals only)
+    page_size: int
+    interval_s: float
+    rounds_planned: int | None
+    start_time: float         # epoch seconds when recording started
+    tlb_flush: str = "none"
+    idlemap_version: str = ""
+    auto_interval: dict | None = None
+    extra: dict = field(default_factory=dict)     # keys this reader does not know
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in SCHEMA_KEYS}
+        d["auto_interval"] = self.auto_interval
+        d.update(self.extra)
+        return d
+
+
+def make_meta(proc, backend: str, granularity: str, interval_s: float,
+              rounds_planned: int | None, tlb_flush: str = "none",
+              auto_interval: dict | None = None) -> dict:
+    """Header metadata for recording process ``proc`` (a ProcessId)."""
+    from . import __version__
+    from .kernel.process import cmdline
+    return {"pid": proc.pid, "comm": proc.comm, "cmdline": cmdline(proc.pid),
+            "kernel": platform.release(), "hostname": socket.gethostname(),
+            "backend": backend, "granularity": granularity, "page_size": PAGE_SIZE,
+            "interval_s": float(interval_s), "rounds_planned": rounds_planned,
+            "start_time": time.time(), "tlb_flush": tlb_flush, "idlemap_version": __version__,
+            "auto_interval": auto_interval}
+
+
+# -- writing -----------------------------------------------------------------
+def _frame(kind: bytes, obj: dict, blob: bytes = b"", codec: int = CODEC_NONE) -> bytes:
+    js = json.dumps(obj, separators=(",", ":")).encode()
+    body = U32.pack(len(js)) + js + blob
+    head = FRAME.pack(kind, codec, 0, len(body), zlib.crc32(body))
+    return head + FRAME_CRC.pack(zlib.crc32(head)) + body
+
+
+def _mapping_row(m: Mapping) -> list:
+    return [m.start, m.end, m.perms, m.offset, m.dev, m.inode, m.path, m.kind]
+
+
+def _pack(a: np.ndarray) -> np.ndarray:
+    return np.packbits(a, bitorder="little")
+
+
+class RecordWriter:
+    """Append rounds to a record file, each durable once :meth:`add` returns.
+
+    >>> with RecordWriter("x.rec", make_meta(proc, "page_idle", "page", 1.0, 30)) as w:
+    ...     for r in scanner.run(30, 1.0):
+    ...         w.add(r)
+
+    An existing file at ``path`` is renamed to ``path + ".old"`` first
+    (like ``perf record``), so a repeated command never destroys a recording.
+    """
+
+    def __init__(self, path: str, meta: dict, fsync: bool = True, level: int = ZLIB_LEVEL):
+        self.path = path
+        self.fsync = fsync
+        self.level = level
+        if os.path.lexists(path) and not os.path.isdir(path):
+            os.replace(path, path + ".old")
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except IsADirectoryError:
+            raise BadInput(f"cannot write the record to {path}: it is a directory") from None
+        except PermissionError:
+            raise AccessDenied(f"{path} for writing", "choose another -o path") from None
+        except FileNotFoundError:
+            raise BadInput(f"cannot write the record to {path}: its directory does not exist") from None
+        js = json.dumps(meta, separators=(",", ":")).encode()
+        head = HEADER.pack(MAGIC, VERSION_MAJOR, VERSION_MINOR, 0, len(js))
+        self._size = 0
+        self._write(head + js + U32.pack(zlib.crc32(head + js)))
+        self._layouts: dict[tuple, int] = {}
+        self._prev: tuple[np.ndarray, list[np.ndarray]] | None = None
+        self.rounds = 0
+        self.closed = False
+
+    @property
+    def size_bytes(self) -> int:
+        return self._size
+
+    def _write(self, data: bytes) -> None:
+        # A frame is written whole or the file is cut back to before it:
+        # an exception (Ctrl-C between two partial writes, ENOSPC) must not
+        # leave half a frame that later frames would sit behind.
+        good = self._size
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            if self.fsync:
+                os.fdatasync(self._fd)
+        except BaseException:
+            try:
+                os.ftruncate(self._fd, good)
+                os.lseek(self._fd, good, os.SEEK_SET)
+            except OSError:
+                pass
+            raise
+        self._size = good + len(data)
+
+    def _layout_id(self, key: tuple, build) -> tuple[int, bytes]:
+        lid = self._layouts.get(key)
+        if lid is not None:
+            return lid, b""
+        lid = len(self._layouts)
+        mappings, spans = build()
+        frame = _frame(b"L", {"layout": lid, "mappings": mappings, "spans": spans})
+        self._layouts[key] = lid
+        return lid, frame
+
+    def add(self, rnd: Round) -> int:
+        """Append one round; returns the bytes it took on disk."""
+        if self.closed:
+            raise ValueError("record already closed")
+        s = rnd.sample
+        scalars = {"round": self.rounds, "wall_time_s": rnd.wall_time_s, "time_s": s.time_s,
+                   "window_s": s.window_s, "rss_bytes": s.rss_bytes, "pss_bytes": s.pss_bytes,
+                   "accessed_bytes": s.accessed_bytes, "scan_s": s.scan_s}
+        m = s.idle_map
+        if m is None:
+            # mapping-granular backends (clear_refs): totals per mapping only
+            maps = [u.mapping for u in s.by_mapping]
+            lid, lframe = self._layout_id(tuple(maps), lambda: ([_mapping_row(x) for x in maps], []))
+            scalars.update(layout=lid, npages=0,
+                           usage=[[i, u.rss_bytes, u.pss_bytes, u.accessed_bytes, u.idle_bytes, u.swap_bytes]
+                                  for i, u in enumerate(s.by_mapping)])
+            data = lframe + _frame(b"R", scalars)
+        else:
+            data = self._page_round(m, scalars)
+        self._write(data)
+        self.rounds += 1
+        return len(data)
+
+    def _page_round(self, m: IdleMap, scalars: dict) -> bytes:
+        key = tuple((sp.mapping, sp.start, sp.end) for sp in m.spans)
+
+        def build():
+            maps: list[Mapping] = []
+            index: dict[Mapping, int] = {}
+            rows = []
+            for sp in m.spans:
+                if sp.mapping not in index:
+                    index[sp.mapping] = len(maps)
+                    maps.append(sp.mapping)
+                rows.append([index[sp.mapping], sp.start, sp.end])
+            return [_mapping_row(x) for x in maps], rows
+
+        lid, lframe = self._layout_id(key, build)
+        ranges = np.array([[sp.start >> PAGE_SHIFT, sp.end >> PAGE_SHIFT] for sp in m.spans],
+                          dtype=np.int64).reshape(-1, 2)
+        if not check_sorted(ranges):
+            raise ValueError("spans must be sorted and must not overlap")
+        bits = [m.present & ~m.idle, m.present, m.huge, m.swapped]
+        packed = [_pack(b) for b in bits]
+        delta = self._prev is not None
+        if delta:
+            pranges, pprev = self._prev
+            if same(pranges, ranges):
+                base = pprev
+            else:
+                n_old = int((pranges[:, 1] - pranges[:, 0]).sum()) if pranges.size else 0
+                base = [_pack(project(np.unpackbits(p, count=n_old, bitorder="little").view(bool),
+                                      pranges, ranges, False)) for p in pprev]
+            coded = [p ^ b for p, b in zip(packed, base)]
+        else:
+            coded = packed
+        self._prev = (ranges, packed)
+        # A bitmap whose coded form is all zeros (unchanged since the last
+        # round, or empty) is left out: a stable round then costs no
+        # decompression at all on reading.
+        zero = [k for k, c in enumerate(coded) if not c.any()]
+        blob = zlib.compress(b"".join(c.tobytes() for k, c in enumerate(coded) if k not in zero), self.level)
+        scalars.update(layout=lid, npages=m.npages, delta=delta)
+        if zero:
+            scalars["zero"] = zero
+        return lframe + _frame(b"R", scalars, blob, CODEC_ZLIB)
+
+    def close(self, reason: str = "done") -> None:
+        """Write the end frame (why recording stopped) and close."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._write(_frame(b"E", {"rounds": self.rounds, "reason": reason, "end_time": time.time()}))
+        finally:
+            os.close(self._fd)
+
+    def __enter__(self) -> "RecordWriter":
+        return self
+
+    def __exit__(self, et, ev, tb) -> None:
+        if et is None:
+            reason = "done"
+        elif issubclass(et, KeyboardInterrupt):
+            reason = "interrupted"
+        else:
+            reason = f"stopped: {ev}"
+        self.close(reason)
+
+
+# -- reading -----------------------------------------------------------------
+class _Corrupt(Exception):
+    """Internal: a reason, turned into BadInput with the file name and offset."""
+
+
+def _is_int(v) -> bool:
+    return type(v) is int
+
+
+def _int(d: dict, key: str, lo: int = 0, hi: int = (1 << 64) - 1, optional: bool = False):
+    v = d.get(key)
+    if v is None and optional:
+        return None
+    if not _is_int(v) or not lo <= v <= hi:
+        raise _Corrupt(f"field {key!r} is {v!r}, not a whole number in [{lo}, {hi}]")
+    return v
+
+
+def _num(d: dict, key: str, default: float | None = None) -> float:
+    v = d.get(key, default)
+    if not (_is_int(v) or type(v) is float) or not math.isfinite(v):
+        raise _Corrupt(f"field {key!r} is {v!r}, not a number")
+    return float(v)
+
+
+def _str(d: dict, key: str, default: str | None = None) -> str:
+    v = d.get(key, default)
+    if type(v) is not str:
+        raise _Corrupt(f"field {key!r} is {v!r}, not a string")
+    return v
+
+
+def _json(raw: bytes) -> dict:
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise _Corrupt("its JSON does not parse") from None
+    if type(obj) is not dict:
+        raise _Corrupt("its JSON is not an object")
+    return obj
+
+
+def _parse_mapping(row) -> Mapping:
+    if type(row) is not list or len(row) != 8:
+        raise _Corrupt("a mapping row is not an 8-item list")
+    start, end, perms, off, dev, inode, path, kind = row
+    if not all(_is_int(v) and 0 <= v < 1 << 64 for v in (start, end, off, inode)) or start >= end:
+        raise _Corrupt("a mapping has a bad address range")
+    if not all(type(v) is str for v in (perms, dev, path, kind)):
+        raise _Corrupt("a mapping has a non-string field")
+    return Mapping(start, end, perms, off, dev, inode, path, kind)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    mappings: list[Mapping]
+    spans: list[Span]
+    ranges: np.ndarray
+    npages: int
+
+
+def _parse_layout(obj: dict) -> tuple[int, _Layout]:
+    lid = _int(obj, "layout", 0, 1 << 31)
+    rows, srows = obj.get("mappings"), obj.get("spans")
+    if type(rows) is not list or type(srows) is not list:
+        raise _Corrupt("a layout lacks its mapping or span list")
+    maps = [_parse_mapping(r) for r in rows]
+    spans = []
+    off = 0
+    for r in srows:
+        if (type(r) is not list or len(r) != 3 or not all(_is_int(v) for v in r)
+                or not 0 <= r[0] < len(maps)):
+            raise _Corrupt("a span row is not [mapping index, start, end]")
+        mi, lo, hi = r
+        if lo % PAGE_SIZE or hi % PAGE_SIZE or not 0 <= lo < hi < 1 << 64:
+            raise _Corrupt("a span has a bad address range")
+        spans.append(Span(maps[mi], lo, hi, off))
+        off += (hi - lo) >> PAGE_SHIFT
+        if off > MAX_PAGES:
+            raise _Corrupt("a layout covers more pages than any address space has")
+    ranges = np.array([[s.start >> PAGE_SHIFT, s.end >> PAGE_SHIFT] for s in spans],
+                      dtype=np.int64).reshape(-1, 2)
+    if not check_sorted(ranges):
+        raise _Corrupt("a layout's spans overlap or are out of order")
+    return lid, _Layout(maps, spans, ranges, off)
+
+
+@dataclass(frozen=True)
+class PackedRound:
+    """A per-page round as stored: packed bit rows (little bit order, the
+    RFC's) over ``spans``, for bulk analysis (analysis.hotness.build_history)
+    without unpacking and repacking every page."""
+    index: int
+    wall_time_s: float
+    time_s: float
+    window_s: float
+    pss_bytes: int
+    scan_s: float
+    spans: list[Span]
+    npages: int
+    accessed: np.ndarray
+    present: np.ndarray
+    huge: np.ndarray
+    swapped: np.ndarray
+
+    def unpacked(self, which: str) -> np.ndarray:
+        return np.unpackbits(getattr(self, which), count=self.npages, bitorder="little").view(bool)
+
+
+@dataclass(frozen=True)
+class _RoundFrame:
+    obj: dict
+    layout: _Layout
+    codec: int
+    blob: memoryview
+    offset: int
+
+
+def _read_header(data: bytes, path: str) -> tuple[RecordMeta, int]:
+    if len(data) == 0:
+        raise BadInput(f"{path} is empty, not an idlemap record")
+    if not data.startswith(MAGIC[:min(len(data), len(MAGIC))]):
+        raise BadInput(f"{path} is not an idlemap record (it does not start with the record magic)")
+    if len(data) < HEADER.size + U32.size:
+        raise BadInput(f"{path} is cut short inside its header ({len(data)} bytes): not a usable record")
+    magic, major, minor, flags, meta_len = HEADER.unpack_from(data)
+    if major != VERSION_MAJOR:
+        newer = "a newer" if major > VERSION_MAJOR else "an older"
+        raise BadInput(f"{path} is an idlemap record of format version {major}.{minor}, written by "
+                       f"{newer} idlemap; this one reads version {VERSION_MAJOR}.x")
+    if meta_len > MAX_META_BYTES:
+        raise BadInput(f"{path} has a corrupt header (metadata length {meta_len} bytes)")
+    end = HEADER.size + meta_len
+    if len(data) < end + U32.size:
+        raise BadInput(f"{path} is cut short inside its header: not a usable record")
+    (crc,) = U32.unpack_from(data, end)
+    if zlib.crc32(data[:end]) != crc:
+        raise BadInput(f"{path} has a corrupt header (checksum mismatch)")
+    try:
+        obj = _json(data[HEADER.size:end])
+        gran = _str(obj, "granularity")
+        if gran not in GRANULARITIES:
+            raise _Corrupt(f"granularity {gran!r} is unknown")
+        cmd = obj.get("cmdline", [])
+        if type(cmd) is not list or not all(type(a) is str for a in cmd):
+            raise _Corrupt("cmdline is not a list of strings")
+        planned = _int(obj, "rounds_planned", 0, 1 << 62, optional=True)
+        auto = obj.get("auto_interval")
+        if auto is not None and type(auto) is not dict:
+            raise _Corrupt("auto_interval is not an object")
+        meta = RecordMeta(
+            version=(major, minor), pid=_int(obj, "pid", 0, 1 << 32), comm=_str(obj, "comm", ""),
+            cmdline=cmd, kernel=_str(obj, "kernel", ""), hostname=_str(obj, "hostname", ""),
+            backend=_str(obj, "backend"), granularity=gran, page_size=_int(obj, "page_size", 1, 1 << 40),
+            interval_s=_num(obj, "interval_s"), rounds_planned=planned,
+            start_time=_num(obj, "start_time"), tlb_flush=_str(obj, "tlb_flush", "none"),
+            idlemap_version=_str(obj, "idlemap_version", ""), auto_interval=auto,
+            extra={k: v for k, v in obj.items() if k not in SCHEMA_KEYS and k != "auto_interval"})
+    except _Corrupt as e:
+        raise BadInput(f"{path} has a corrupt header: {e}") from None
+    if meta.page_size != PAGE_SIZE:
+        raise BadInput(f"{path} was recorded with {meta.page_size}-byte pages and this machine uses "
+                       f"{PAGE_SIZE}-byte pages; read it on a machine like the one it came from")
+    return meta, end + U32.size
+
+
+class Record:
+    """A record file opened for reading (see :func:`open_record`).
+
+    Iterating yields :class:`~idlemap.scan.Round` objects, exactly what a
+    live :class:`~idlemap.scan.Scanner` yields: per-page rounds carry an
+    :class:`~idlemap.records.IdleMap` and per-mapping totals, mapping-granular
+    rounds only the totals.
+    """
+
+    def __init__(self, path: str, data: bytes, salvage: bool = False):
+        self.path = path
+        self.meta, off = _read_header(data, path)
+        self._data = data
+        self._frames: list[_RoundFrame] = []
+        self.complete = False            # an end frame was found: the recorder finished cleanly
+        self.end_reason: str | None = None
+        self.truncated_bytes = 0         # a partial frame at the end (recorder killed mid-write)
+        self.damaged_at: int | None = None   # salvage mode: offset of the first bad frame
+        self._scan(off, salvage)
+
+    # -- frame index -------------------------------------------------------
+    def _scan(self, off: int, salvage: bool) -> None:
+        data, n = self._data, len(self._data)
+        layouts: dict[int, _Layout] = {}
+        view = memoryview(data)
+        while off < n:
+            try:
+                off = self._frame_at(view, off, layouts)
+            except _Corrupt as e:
+                if salvage:
+                    self.damaged_at = off
+                    return
+                raise BadInput(f"{self.path} is corrupt at byte {off} (after {len(self._frames)} "
+                               f"rounds): {e}") from None
+            if off < 0:           # partial tail frame
+                return
+
+    def _frame_at(self, view: memoryview, off: int, layouts: dict) -> int:
+        n = len(view)
+        if n - off < FRAME_LEN:
+            self.truncated_bytes = n - off
+            return -1
+        kind, codec, reserved, blen, bcrc = FRAME.unpack_from(view, off)
+        (hcrc,) = FRAME_CRC.unpack_from(view, off + FRAME.size)
+        if zlib.crc32(view[off:off + FRAME.size]) != hcrc:
+            raise _Corrupt("a frame header fails its checksum")
+        if reserved != 0 or blen > MAX_FRAME_BYTES or blen < U32.size:
+            raise _Corrupt("a frame header has impossible fields")
+        start, end = off + FRAME_LEN, off + FRAME_LEN + blen
+        if end > n:
+            self.truncated_bytes = n - off
+            return -1
+        body = view[start:end]
+        if zlib.crc32(body) != bcrc:
+            raise _Corrupt("a frame fails its checksum")
+        if self.complete:
+            raise _Corrupt("data follows the end frame")
+        (jlen,) = U32.unpack_from(body, 0)
+        if jlen > blen - U32.size:
+            raise _Corrupt("a frame's JSON length exceeds the frame")
+        obj = _json(bytes(body[U32.size:U32.size + jlen]))
+        blob = body[U32.size + jlen:]
+        if kind == b"L":
+            lid, lay = _parse_layout(obj)
+            layouts[lid] = lay
+        elif kind == b"R":
+            self._add_round(obj, layouts, codec, blob, off)
+        elif kind == b"E":
+            self.complete = True
+            r = obj.get("reason")
+            self.end_reason = r if type(r) is str else None
+        # other kinds: a later minor version's optional frames, skipped
+        return end
+
+    def _add_round(self, obj: dict, layouts: dict, codec: int, blob: memoryview, off: int) -> None:
+        idx = _int(obj, "round", 0, 1 << 62)
+        if idx != len(self._frames):
+            raise _Corrupt(f"round {idx} is out of sequence (expected {len(self._frames)})")
+        lid = _int(obj, "layout", 0, 1 << 31)
+        if lid not in layouts:
+            raise _Corrupt(f"round {idx} refers to layout {lid}, which was not defined before it")
+        lay = layouts[lid]
+        # Only validated values go on: decoding later reads nothing else.
+        clean: dict = {"round": idx, "layout": lid}
+        for k in ("wall_time_s", "time_s", "window_s", "scan_s"):
+            clean[k] = _num(obj, k, 0.0)
+        for k in ("rss_bytes", "accessed_bytes"):
+            clean[k] = _int(obj, k, 0, (1 << 63) - 1)
+        clean["pss_bytes"] = _int(obj, "pss_bytes", -1, (1 << 63) - 1)
+        if "usage" not in obj:          # per-page bitmaps
+            npages = _int(obj, "npages", 0, MAX_PAGES)
+            if npages != lay.npages:
+                raise _Corrupt(f"round {idx} has {npages} pages but its layout {lay.npages}")
+            if codec not in (CODEC_NONE, CODEC_ZLIB):
+                raise _Corrupt(f"round {idx} uses unknown compression {codec}")
+            if type(obj.get("delta", False)) is not bool or (idx == 0 and obj.get("delta")):
+                raise _Corrupt(f"round {idx} has a bad delta flag")
+            zero = obj.get("zero", [])
+            if (type(zero) is not list or not all(_is_int(k) and 0 <= k < len(BITMAPS) for k in zero)
+                    or len(set(zero)) != len(zero)):
+                raise _Corrupt(f"round {idx} has a bad list of all-zero bitmaps")
+            raw = (len(BITMAPS) - len(zero)) * ((npages + 7) // 8)
+            limit = len(blob) if codec == CODEC_NONE else len(blob) * ZLIB_MAX_RATIO + 64
+            if raw > limit:
+                raise _Corrupt(f"round {idx} claims more bitmap data than its frame can hold")
+            clean.update(npages=npages, delta=bool(obj.get("delta", False)), zero=sorted(zero))
+        else:
+            usage = obj.get("usage")
+            if type(usage) is not list:
+                raise _Corrupt(f"round {idx} has no per-mapping usage list")
+            for u in usage:
+                if (type(u) is not list or len(u) != 6 or not all(_is_int(v) for v in u)
+                        or not 0 <= u[0] < len(lay.mappings)
+                        or not all(-1 <= v < 1 << 63 for v in u[1:])):
+                    raise _Corrupt(f"round {idx} has a bad per-mapping usage row")
+            clean["usage"] = usage
+        self._frames.append(_RoundFrame(clean, lay, codec, blob, off))
+
+    # -- public API --------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def granularity(self) -> str:
+        return self.meta.granularity
+
+    def __iter__(self) -> Iterator[Round]:
+        return self.rounds()
+
+    def rounds(self, start: int = 0, stop: int | None = None) -> Iterator[Round]:
+        """Rounds ``start`` .. ``stop - 1``, decoded one at a time."""
+        for r in self.packed_rounds(start, stop):
+            yield self._page_round(r) if isinstance(r, PackedRound) else r
+
+    def packed_rounds(self, start: int = 0, stop: int | None = None) -> Iterator[PackedRound | Round]:
+        """Like :meth:`rounds`, but per-page rounds stay packed bit rows
+        (:class:`PackedRound`); mapping-granular rounds are Rounds as usual."""
+        stop = len(self._frames) if stop is None else min(stop, len(self._frames))
+        prev: tuple[np.ndarray, list[np.ndarray]] | None = None
+        for i in range(0, stop):
+            f = self._frames[i]
+            if "usage" in f.obj:
+                if i >= start:
+                    yield self._mapping_round(i, f)
+                continue
+            try:
+                packed = self._decode_bits(f, prev)
+            except _Corrupt as e:
+                raise BadInput(f"{self.path} is corrupt at byte {f.offset} (round {i}): {e}") from None
+            prev = (f.layout.ranges, packed)
+            if i >= start:
+                o = f.obj
+                yield PackedRound(i, o["wall_time_s"], o["time_s"], o["window_s"], o["pss_bytes"],
+                                  o["scan_s"], list(f.layout.spans), f.layout.npages, *packed)
+
+    def _decode_bits(self, f: _RoundFrame, prev) -> list[np.ndarray]:
+        n = f.layout.npages
+        nb = (n + 7) // 8
+        zero = f.obj["zero"]
+        stored = [k for k in range(len(BITMAPS)) if k not in zero]
+        raw_len = len(stored) * nb
+        if f.codec == CODEC_ZLIB:
+            d = zlib.decompressobj()
+            try:
+                # max_length 0 would mean "unlimited": ask for one byte to
+                # prove an empty layout's blob really is empty
+                raw = d.decompress(f.blob, raw_len or 1)
+            except zlib.error:
+                raise _Corrupt("its bitmaps do not decompress") from None
+            if len(raw) != raw_len or not d.eof or d.unused_data or d.unconsumed_tail:
+                raise _Corrupt("its bitmaps have the wrong length")
+        else:
+            raw = bytes(f.blob)
+            if len(raw) != raw_len:
+                raise _Corrupt("its bitmaps have the wrong length")
+        arr = np.frombuffer(raw, dtype=np.uint8)
+        bits = [np.zeros(nb, np.uint8) for _ in BITMAPS]
+        for j, k in enumerate(stored):
+            bits[k] = arr[j * nb:(j + 1) * nb]
+        if f.obj["delta"]:
+            if prev is None:
+                raise _Corrupt("a delta round has no round before it")
+            pranges, pbits = prev
+            if same(pranges, f.layout.ranges):
+                base = pbits
+            else:
+                n_old = int((pranges[:, 1] - pranges[:, 0]).sum()) if pranges.size else 0
+                base = [_pack(project(np.unpackbits(p, count=n_old, bitorder="little").view(bool),
+                                      pranges, f.layout.ranges, False)) for p in pbits]
+            bits = [p.copy() if k in zero else b ^ p for k, (b, p) in enumerate(zip(bits, base))]
+        else:
+            bits = [b.copy() for b in bits]
+        # accessed implies present; a page is huge or swapped only if mapped
+        bits[0] &= bits[1]
+        return bits
+
+    def _page_round(self, p: PackedRound) -> Round:
+        acc, present, huge, swapped = (p.unpacked(k) for k in BITMAPS)
+        m = IdleMap(self.meta.pid, p.spans, present, present & ~acc, huge, swapped, p.time_s, p.window_s)
+        s = WssSample(pid=self.meta.pid, backend=self.meta.backend, time_s=p.time_s, window_s=p.window_s,
+                      rss_bytes=int(np.count_nonzero(present)) << PAGE_SHIFT, pss_bytes=p.pss_bytes,
+                      accessed_bytes=int(np.count_nonzero(acc)) << PAGE_SHIFT,
+                      by_mapping=mapping_usage(p.spans, present, acc, swapped), idle_map=m, scan_s=p.scan_s)
+        return Round(p.index, p.wall_time_s, s)
+
+    def _mapping_round(self, i: int, f: _RoundFrame) -> Round:
+        o = f.obj
+        maps = f.layout.mappings
+        by = [MappingUsage(maps[u[0]], u[1], u[2], u[3], u[4], u[5]) for u in o["usage"]]
+        s = WssSample(pid=self.meta.pid, backend=self.meta.backend, time_s=o["time_s"],
+                      window_s=o["window_s"], rss_bytes=o["rss_bytes"], pss_bytes=o["pss_bytes"],
+                      accessed_bytes=o["accessed_bytes"], by_mapping=by, idle_map=None, scan_s=o["scan_s"])
+        return Round(i, o["wall_time_s"], s)
+
+    def describe(self) -> dict:
+        """Everything about the file except the rounds themselves."""
+        return {"path": self.path, "format_version": f"{self.meta.version[0]}.{self.meta.version[1]}",
+                "meta": self.meta.as_dict(), "rounds": len(self), "complete": self.complete,
+                "end_reason": self.end_reason, "truncated_tail_bytes": self.truncated_bytes,
+                "size_bytes": len(self._data)}
+
+    def close(self) -> None:
+        self._data = b""
+
+    def __enter__(self) -> "Record":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_record(path: str | os.PathLike, salvage: bool = False) -> Record:
+    """Open a record file written by ``idlemap record`` (or :class:`RecordWriter`).
+
+    A file cut short by a killed recorder opens with every finished round
+    (``complete`` is False).  Anything else wrong -- not a record, another
+    format version, damaged bytes -- raises :class:`~idlemap.errors.BadInput`
+    with one sentence.  With ``salvage``, damage ends the record instead:
+    the rounds before the first bad frame are kept (``damaged_at`` says where).
+    """
+    p = os.fspath(path)
+    try:
+        with open(p, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise BadInput(f"no such record file: {p}") from None
+    except IsADirectoryError:
+        raise BadInput(f"{p} is a directory, not a record file") from None
+    except PermissionError:
+        raise AccessDenied(p) from None
+    except OSError as e:
+        raise BadInput(f"cannot read {p}: {e.strerror}") from None
+    return Record(p, data, salvage=salvage)

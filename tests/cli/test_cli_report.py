@@ -1,0 +1,136 @@
+"""The real main(): `idlemap report` on synthetic record files, and bad input."""
+import json
+import os
+import signal
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "unit"))
+import recgen  # noqa: E402
+
+from idlemap.cli import main  # noqa: E402
+from idlemap.kernel.maps import PAGE_SIZE  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def keep_sigterm():
+    old = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, old)
+
+
+@pytest.fixture
+def phases(tmp_path):
+    rounds, truth = recgen.phase_rounds(10)
+    p = tmp_path / "phases.rec"
+    recgen.write(p, rounds)
+    return str(p), truth
+
+
+def cli(capsys, *args):
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_report_json_kinds(capsys, phases, tmp_path):
+    path, truth = phases
+    rc, out, err = cli(capsys, "report", path, "wss", "--json")
+    d = json.loads(out)
+    assert rc == 0 and d["schema"] == "idlemap.report.wss/1" and d["round_range"] == [0, 30] and d["rounds"] == 30
+    assert d["wss"]["max_bytes"] == 1524 * PAGE_SIZE and d["trend"]["direction"] == "rising"
+    assert set(d["wss"]) == {"p50_bytes", "p90_bytes", "p95_bytes", "p99_bytes", "max_bytes", "min_bytes",
+                             "mean_bytes"}
+
+    rc, out, _ = cli(capsys, "report", path, "hot", "--rounds", "20:30", "--json")
+    d = json.loads(out)
+    assert d["pages_total"] == (truth["A"] | truth["C"]).sum() and d["ranges_total"] == 2
+    assert d["ranges"][0]["mapping"] == "[anon]" and d["threshold"]["min_count"] == 10
+
+    rc, out, _ = cli(capsys, "report", path, "cold", "--max-count", "10", "--json")
+    d = json.loads(out)
+    assert d["pages_total"] == (~(truth["A"] | truth["B"] | truth["C"])).sum() + truth["C"].sum() \
+        + truth["B"].sum()
+
+    png = tmp_path / "hist.png"
+    rc, out, _ = cli(capsys, "report", path, "histogram", "--json", "--png", str(png))
+    d = json.loads(out)
+    counts = {b["count"]: b["pages"] for b in d["by_count"] if b["pages"]}
+    assert counts == {0: 4096 - 2548, 10: 1524, 20: 1024}
+    assert png.stat().st_size > 10_000 or not _has_mpl()
+
+    rc, out, _ = cli(capsys, "report", path, "heatmap", "--json", "--rows", "8")
+    d = json.loads(out)
+    assert d["rows"] == 8 and d["cols"] == 30 and d["values"][0][:11] == [1.0] * 10 + [0.0]
+
+    rc, out, _ = cli(capsys, "report", path, "info", "--json")
+    d = json.loads(out)
+    assert d["rounds"] == 30 and d["complete"] and d["meta"]["granularity"] == "page"
+
+
+def _has_mpl():
+    try:
+        import matplotlib  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def test_report_text_outputs(capsys, phases, tmp_path):
+    path, _ = phases
+    rc, out, _ = cli(capsys, "report", path, "wss")
+    assert rc == 0 and "p50(MB)" in out and "trend: rising" in out and "[anon]" in out
+    rc, out, _ = cli(capsys, "report", path, "hot", "--rounds", "0:10")
+    assert "hot pages (accessed in every one of 10 rounds): 4 MiB in 1 range" in out
+    rc, out, _ = cli(capsys, "report", path, "heatmap", "--rows", "10", "--cols", "30", "--color", "never")
+    assert rc == 0 and "@@@@@@@@@@.........." in out and "[anon]" in out
+    rc, out, _ = cli(capsys, "report", path, "info")
+    assert "rounds:      30 of 30 planned; complete" in out
+
+
+def test_report_on_mapping_record(capsys, tmp_path):
+    p = tmp_path / "m.rec"
+    recgen.write(p, recgen.mapping_rounds(), "mapping")
+    rc, out, _ = cli(capsys, "report", str(p), "wss", "--json")
+    assert rc == 0 and json.loads(out)["round_range"] == [0, 5]
+    rc, out, err = cli(capsys, "report", str(p), "hot")
+    assert rc == 2 and "per-mapping totals only" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("content,want", [
+    (b"", "is empty"),
+    (b"hello world, not a record at all" * 10, "not an idlemap record"),
+    (None, "no such record file"),
+])
+def test_bad_files_get_one_sentence(capsys, tmp_path, content, want):
+    p = tmp_path / "bad.rec"
+    if content is not None:
+        p.write_bytes(content)
+    rc, out, err = cli(capsys, "report", str(p), "wss")
+    assert rc == 65 and want in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_truncated_record_reports_finished_rounds(capsys, phases, tmp_path):
+    path, _ = phases
+    data = open(path, "rb").read()
+    cut = tmp_path / "cut.rec"
+    cut.write_bytes(data[:len(data) * 2 // 3])
+    rc, out, _ = cli(capsys, "report", str(cut), "info", "--json")
+    d = json.loads(out)
+    assert rc == 0 and 0 < d["rounds"] < 30 and not d["complete"]
+
+
+def test_bad_options(capsys, phases):
+    path, _ = phases
+    rc, _, err = cli(capsys, "report", path, "hot", "--rounds", "x:y")
+    assert rc == 2 and "bad --rounds" in err
+    rc, _, err = cli(capsys, "report", path, "hot", "--min-count", "99")
+    assert rc == 2 and "--min-count must be between 1 and" in err
+    rc, _, err = cli(capsys, "report", path, "hot", "--range", "0x10-0x5")
+    assert rc == 2 and "bad range" in err
+
+
+def test_record_bad_target(capsys):
+    rc, _, err = cli(capsys, "record", "999999999", "-n", "1")
+    assert rc != 0 and "no process with PID 999999999" in err
