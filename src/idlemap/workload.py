@@ -13,6 +13,11 @@ Protocol (one line each way, over the child's stdin/stdout):
                                       until the next command -> "ok"
   stop                                stop a hot loop -> "ok ROUNDS"
   unmap NAME | pid | exit
+  sum NAME                            sum of every byte (uint64), reading
+                                      every page: a checksum of the data -> "ok N"
+  bind NAME NODE [FIRST [COUNT]]      mbind pages FIRST..FIRST+COUNT-1 (all
+                                      from FIRST if COUNT is 0) to NUMA node
+                                      NODE, moving those present -> "ok"
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ MADV_HUGEPAGE = 14
 MADV_NOHUGEPAGE = 15
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_MPOL_BIND = 2
+_MPOL_MF_MOVE = 1 << 1
 
 
 def _touch(arr, step: int, first: int, count: int) -> int:
@@ -125,6 +132,26 @@ class _Child:
     def cmd_pid(self):
         return str(os.getpid())
 
+    def cmd_sum(self, name):
+        import numpy as np
+        _, arr, _ = self.maps[name]
+        return str(int(np.sum(arr, dtype=np.uint64)))
+
+    def cmd_bind(self, name, node, first="0", count="0"):
+        _, arr, addr = self.maps[name]
+        npages = arr.size // PAGE
+        first, count = int(first), int(count) or npages - int(first)
+        mask = ctypes.c_ulong(1 << int(node))
+        # mbind(2) has no glibc wrapper (it is libnuma's); x86_64 syscall 237.
+        # maxnode counts bits, and the kernel drops one: 64 bits -> 65.
+        rc = _libc.syscall(237, ctypes.c_void_p(addr + first * PAGE), ctypes.c_ulong(count * PAGE),
+                           ctypes.c_int(_MPOL_BIND), ctypes.byref(mask), ctypes.c_ulong(65),
+                           ctypes.c_uint(_MPOL_MF_MOVE))
+        if rc != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        return ""
+
     def serve(self, rfile, wfile):
         for line in rfile:
             words = line.split()
@@ -180,6 +207,12 @@ class Workload:
 
     def stop(self) -> int:
         return int(self.call("stop"))
+
+    def sum(self, name: str) -> int:
+        return int(self.call("sum", name))
+
+    def bind(self, name: str, node: int, first: int = 0, count: int = 0) -> None:
+        self.call("bind", name, node, first, count)
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -4,15 +4,17 @@ every rule is unit-tested; the commands do the syscalls.
 
 Per-page history is kept across scan rounds as a :class:`PageState`
 indexed by virtual page number (vpn): consecutive rounds idle, consecutive
-rounds accessed, and the round the page was last acted upon.  A round's
-reading (present/idle per page) comes from ``IdleBitmap.read(remark=True)``.
+rounds accessed, the round the page was last acted upon, and failed moves
+in a row.  A round's reading (present/idle per page) is a page_idle
+``IdleMap`` (idlemap.scan.Scanner, re-marking every round).
 
 Thresholds, and the anti-thrash gap between them:
   * cold  = present and idle in each of the last C rounds (idle streak >= C)
   * hot   = accessed in each of the last H rounds        (hot streak >= H)
 A page with a mixed recent history (accessed in some of the last rounds,
 not all) is neither: it stays where it is.  A page just moved also has to
-wait ``cooldown`` rounds before it may move again.  So a page demoted as
+wait ``cooldown`` rounds before it may move again (longer after failed
+tries).  So a page demoted as
 cold must be accessed H rounds in a row before it is promoted back.
 """
 from __future__ import annotations
@@ -32,12 +34,13 @@ class PageState:
     idle_streak: np.ndarray           # uint16: consecutive rounds present and idle
     hot_streak: np.ndarray            # uint16: consecutive rounds accessed
     acted_round: np.ndarray           # int32: round last advised/moved, NEVER if not
+    fails: np.ndarray                 # uint8: failed tries in a row (moves the kernel refused)
 
     @classmethod
     def empty(cls, vpns: np.ndarray) -> "PageState":
         n = vpns.size
         return cls(vpns.astype(np.int64, copy=False), np.zeros(n, np.uint16), np.zeros(n, np.uint16),
-                   np.full(n, NEVER, np.int32))
+                   np.full(n, NEVER, np.int32), np.zeros(n, np.uint8))
 
 
 def carry(prev: PageState | None, vpns: np.ndarray) -> PageState:
@@ -58,6 +61,7 @@ def carry(prev: PageState | None, vpns: np.ndarray) -> PageState:
     out.idle_streak[hit] = prev.idle_streak[src]
     out.hot_streak[hit] = prev.hot_streak[src]
     out.acted_round[hit] = prev.acted_round[src]
+    out.fails[hit] = prev.fails[src]
     return out
 
 
@@ -205,10 +209,17 @@ class TierPlan:
     cold_pages: int         # cold pages that may move this round (any node)
 
 
+MAX_FAIL_SHIFT = 6
+
+
 def tier_candidates(state: PageState, present: np.ndarray, hot_rounds: int, cold_rounds: int,
                     round_no: int, cooldown: int) -> tuple[np.ndarray, np.ndarray]:
-    """(hot, cold) masks of pages that may move this round."""
-    rested = (state.acted_round == NEVER) | (round_no - state.acted_round >= cooldown)
+    """(hot, cold) masks of pages that may move this round.  A page rests
+    ``cooldown`` rounds after a try, doubled for each failed try in a row
+    (up to 64x): a page the kernel keeps refusing (shared: -EACCES) must not
+    take the cap every time its rest is over."""
+    rest = np.int64(cooldown) << np.minimum(state.fails, MAX_FAIL_SHIFT).astype(np.int64)
+    rested = (state.acted_round == NEVER) | (round_no - state.acted_round.astype(np.int64) >= rest)
     hot = present & (state.hot_streak >= hot_rounds)
     cold = present & (state.idle_streak >= cold_rounds)
     return hot & rested, cold & rested
@@ -232,17 +243,35 @@ def tier_plan(hot: np.ndarray, cold: np.ndarray, node: np.ndarray, hot_streak: n
 
 
 def _pick_weighted(mask, priority, weight, limit) -> np.ndarray:
+    """Like :func:`pick` with entries worth ``weight`` pages each: the
+    longest prefix (by priority) that fits ``limit``, then single pages
+    further down that still fit (a THP that does not fit is not a wall)."""
     idx = np.nonzero(mask)[0]
     if limit is None:
         return idx
     if limit <= 0 or idx.size == 0:
         return idx[:0]
     order = idx[np.argsort(-priority[idx].astype(np.int64), kind="stable")]
-    keep = np.cumsum(weight[order]) <= limit
+    w = weight[order]
+    keep = np.cumsum(w) <= limit
+    room = limit - int(w[keep].sum())
+    if room > 0:
+        small = np.nonzero(~keep & (w == 1))[0][:room]
+        keep[small] = True
     return np.sort(order[keep])
 
 
-def huge_heads(idx: np.ndarray, huge: np.ndarray, vpns: np.ndarray, huge_pages: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def record_tries(state: PageState, idx: np.ndarray, ok: np.ndarray, round_no: int) -> PageState:
+    """After a move: every tried page rests from this round; failures in a
+    row are counted (they lengthen the rest), a success clears them."""
+    state.acted_round[idx] = round_no
+    f = state.fails[idx]
+    state.fails[idx] = np.where(ok, 0, np.minimum(f.astype(np.int32) + 1, 255)).astype(np.uint8)
+    return state
+
+
+def huge_heads(idx: np.ndarray, huge: np.ndarray, vpns: np.ndarray,
+               huge_pages: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """Keep one entry per transparent huge page (its 2 MiB-aligned head),
     weighted by the pages it stands for: move_pages moves a THP whole, and
     its other subpages would report -EBUSY in the same call."""

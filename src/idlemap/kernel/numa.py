@@ -32,7 +32,7 @@ CHUNK_PAGES = 1 << 16
 # What a negative per-page status means (mm/migrate.c, move_pages(2)).
 STATUS_MEANING = {
     "-ENOENT": "page not present (never touched, or swapped out)",
-    "-EFAULT": "address not mapped, or the shared zero page",
+    "-EFAULT": "address not mapped, the shared zero page, or (before Linux 6.5) not present",
     "-EACCES": "page shared with another process (moving needs MPOL_MF_MOVE_ALL)",
     "-EBUSY": "page busy (under I/O or locked); may move on a later try",
     "-ENOMEM": "no free memory on the target node",
@@ -109,8 +109,9 @@ def move_pages(pid: int, addrs: np.ndarray, nodes: np.ndarray | None = None) -> 
 
 
 def _raise(e: int, pid: int) -> None:
-    if e == errno.ESRCH:
-        # Callers identified the PID before: it went away since.
+    if e == errno.ESRCH or e == errno.EINVAL:
+        # Callers identified the PID before: it went away since.  A zombie
+        # (exited, not yet reaped) has no mm left: find_mm_struct -> EINVAL.
         raise TargetExited(pid)
     if e == errno.EPERM:
         raise AccessDenied(f"the pages of PID {pid} for move_pages",

@@ -1,0 +1,116 @@
+"""idlemap tier: hot pages to the fast NUMA node, cold pages to the slow one."""
+from __future__ import annotations
+
+from ..actions import TierConfig, Tierer, check_target, run_rounds
+from ..bitmap import TLB_FLUSH_MODES, require_page_idle
+from ..errors import UsageError
+from ..kernel.process import identify
+from ..render import actions as ra
+from ..render.text import json_line
+from . import parse_range, pid_arg, take_pid
+
+HELP = "NUMA tiering: move_pages hot pages to the fast node and cold pages to the slow node"
+EXAMPLES = """\
+  idlemap tier 1234 --fast 0 --slow 1 --dry-run     # show what would move, change nothing
+  idlemap tier 1234 --fast 0 --slow 1               # one pass: act until placement settles
+  idlemap tier 1234 --fast 0 --slow 1 --hot-rounds 2 --cold-rounds 5 \\
+                    --max-mb-per-period 64 --period 5   # continuously, until Ctrl-C
+  idlemap tier 1234 --fast 0 --slow 1 --json
+Hot = accessed in each of the last H rounds; cold = idle in each of the last
+C rounds.  Pages in between stay where they are (the anti-thrash gap), and a
+page that moved rests max(H, C) rounds before it may move again.  Pages
+that cannot move are reported by move_pages status (-EBUSY, -ENOMEM,
+-EACCES, ...).  See docs/actions.md.
+"""
+
+
+def add_arguments(p) -> None:
+    pid_arg(p)
+    p.add_argument("args", nargs="*", metavar="PID")
+    p.add_argument("--fast", type=int, required=True, metavar="NODE", help="NUMA node for hot pages")
+    p.add_argument("--slow", type=int, required=True, metavar="NODE", help="NUMA node for cold pages")
+    p.add_argument("--hot-rounds", type=int, default=2, metavar="H",
+                   help="hot: accessed in each of the last H rounds (default 2)")
+    p.add_argument("--cold-rounds", type=int, default=3, metavar="C",
+                   help="cold: idle in each of the last C rounds (default 3)")
+    p.add_argument("--max-mb-per-period", type=float, metavar="M",
+                   help="move at most M MB per round (default: no cap)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, move nothing")
+    p.add_argument("--period", type=float, metavar="S",
+                   help="run continuously, one round every S seconds, until Ctrl-C/SIGTERM")
+    p.add_argument("--count", type=int, metavar="N",
+                   help="stop after N rounds (default without --period: when nothing is left to move)")
+    p.add_argument("--range", action="append", default=[], metavar="START-END",
+                   help="only this VA range (repeatable; default: every mapping)")
+    p.add_argument("--plan", action="store_true", help="print each round's ranges (always with --dry-run)")
+    p.add_argument("--force", action="store_true", help="allow PID 1")
+    p.add_argument("--json", action="store_true", help=f"JSON lines ({ra.TIER_ROUND_SCHEMA}, "
+                   f"{ra.TIER_SUMMARY_SCHEMA})")
+    p.add_argument("--tlb-flush", default="none", choices=TLB_FLUSH_MODES,
+                   help="flush the target's TLB after marking (see docs/tlb.md)")
+
+
+def config(args) -> TierConfig:
+    if args.period is not None and args.period <= 0:
+        raise UsageError("--period must be positive seconds")
+    if args.count is not None and args.count < 1:
+        raise UsageError("--count must be at least 1")
+    if args.max_mb_per_period is not None and args.max_mb_per_period <= 0:
+        raise UsageError("--max-mb-per-period must be positive")
+    if args.hot_rounds < 1 or args.cold_rounds < 1:
+        raise UsageError("--hot-rounds and --cold-rounds must be at least 1")
+    if args.fast == args.slow:
+        raise UsageError("--fast and --slow must be different nodes")
+    return TierConfig(
+        fast=args.fast, slow=args.slow, hot_rounds=args.hot_rounds, cold_rounds=args.cold_rounds,
+        cap_bytes=None if args.max_mb_per_period is None else int(args.max_mb_per_period * (1 << 20)),
+        period_s=args.period or 1.0, dry_run=args.dry_run,
+        ranges=[parse_range(r) for r in args.range] or None, tlb_flush=args.tlb_flush)
+
+
+def run(args) -> int:
+    pid, rest = take_pid(args, args.args)
+    if rest:
+        raise UsageError("too many arguments: idlemap tier PID --fast NODE --slow NODE")
+    cfg = config(args)
+    proc = identify(pid)
+    check_target(proc, args.force, "move")
+    require_page_idle()
+    ready = max(cfg.hot_rounds, cfg.cold_rounds)     # first round that can plan anything
+
+    def settled(r) -> bool:
+        # One pass ends when placement settles: a round that could plan
+        # moves planned none (a dry run plans the same each round: once).
+        if args.period is not None or args.count is not None or r.round < ready:
+            return False
+        return cfg.dry_run or (r.promote_pages + r.demote_pages == 0)
+
+    with Tierer(proc, cfg) as eng:
+        table = ra.tier_table(dry_run=cfg.dry_run)
+        if not args.json:
+            cap = "" if cfg.cap_bytes is None else f", at most {args.max_mb_per_period:g} MB per round"
+            print(f"{'Dry run, nothing will move: ' if cfg.dry_run else ''}PID {pid} ({proc.comm}): "
+                  f"hot (accessed {cfg.hot_rounds} rounds running) -> node {cfg.fast}, cold (idle "
+                  f"{cfg.cold_rounds} rounds running) -> node {cfg.slow}, rounds of {cfg.period_s:g} s{cap}.")
+            table.header()
+
+        def emit(r) -> None:
+            if args.json:
+                json_line(ra.tier_round_json(r, args.plan or cfg.dry_run))
+                return
+            ra.tier_row(table, r)
+            if args.plan or cfg.dry_run:
+                for line in ra.tier_plan_lines(r, cfg.fast, cfg.slow):
+                    print(line)
+
+        reason = run_rounds(eng, cfg.period_s, args.count, emit, done=settled)
+        if reason == "done":
+            reason = "plan shown" if cfg.dry_run else "placement settled"
+        s = eng.summary(reason)
+    if args.json:
+        json_line(ra.tier_summary_json(s))
+    else:
+        print()
+        for line in ra.tier_summary_lines(s):
+            print(line)
+    return 0
