@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..actions import TierConfig, Tierer, check_target, run_rounds
 from ..bitmap import TLB_FLUSH_MODES, require_page_idle
-from ..errors import UsageError
+from ..errors import TargetExited, UsageError
 from ..kernel.process import identify
 from ..render import actions as ra
 from ..render.text import json_line
@@ -113,4 +113,8 @@ def run(args) -> int:
         print()
         for line in ra.tier_summary_lines(s):
             print(line)
+    if eng.gone:
+        # Like every command: what was gathered is printed, then one sentence
+        # and a non-zero exit.
+        raise TargetExited(pid)
     return 0
