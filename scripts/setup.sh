@@ -24,7 +24,7 @@ quietly() {
 
 # qemu and busybox: the test VM (busybox is its fast PID 1 shell);
 # gcc: tests compile small workload helpers; fuse3: idlemap's FUSE view.
-PACKAGES=(qemu-system-x86 busybox-static gcc fuse3 libfuse3-dev pkg-config)
+PACKAGES=(qemu-system-x86 busybox-static gcc fuse3 libfuse3-dev pkg-config prometheus)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg -s "$p" > /dev/null 2>&1 || missing+=("$p")
@@ -45,12 +45,12 @@ if [ -e "$stamp" ] && "$PYTHON" -c 'import idlemap, sys; sys.exit(not idlemap.__
         "$PWD/src/" 2> /dev/null; then
     echo "setup: python package installed"
 else
-    echo "setup: pip install -e .[test,plot,fuse,exporter]"
-    if ! "$PYTHON" -m pip install -q -e '.[test,plot,fuse,exporter]' > "$LOG" 2>&1; then
+    echo "setup: pip install -e .[test,plot,fuse,exporter,tui]"
+    if ! "$PYTHON" -m pip install -q -e '.[test,plot,fuse,exporter,tui]' > "$LOG" 2>&1; then
         # pyfuse3 builds against libfuse3 and is the extra most likely to
         # fail; everything but the FUSE view works without it.
         echo "setup: warning: installing with the fuse extra failed; retrying without pyfuse3" >&2
-        quietly "pip install" "$PYTHON" -m pip install -q -e '.[test,plot,exporter]'
+        quietly "pip install" "$PYTHON" -m pip install -q -e '.[test,plot,exporter,tui]'
     fi
     mkdir -p "$(dirname "$stamp")"
     touch "$stamp"

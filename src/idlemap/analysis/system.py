@@ -126,9 +126,15 @@ class SystemSample:
 
 def union_of(frames: list[ProcFrames]) -> np.ndarray:
     """Sorted unique frames of all processes: what one global pass marks and reads."""
+    return union_with_pages(frames)[0]
+
+
+def union_with_pages(frames: list[ProcFrames]) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique frames of all processes, pages each stands for)."""
     if not frames:
-        return np.empty(0, np.uint64)
-    return np.unique(np.concatenate([f.pfns for f in frames]))
+        return np.empty(0, np.uint64), np.empty(0, np.int64)
+    u, first = np.unique(np.concatenate([f.pfns for f in frames]), return_index=True)
+    return u, np.concatenate([f.pages for f in frames])[first]
 
 
 def lookup(union: np.ndarray, values: np.ndarray, pfns: np.ndarray) -> np.ndarray:

@@ -133,7 +133,8 @@ def run(args) -> int:
                 if args.json:
                     json_line(render.as_json(s, args.sort, n, args.cgroups, rounds))
                     continue
-                f = render.frame(s, args.sort, n, args.pss, args.cgroups, rounds)
+                f = render.frame(s, args.sort, n, args.pss, args.cgroups, rounds,
+                                 subtitle=f"[{choice.reason}]" if view is not None else "")
                 if view is not None:
                     view.show(f)
                 else:

@@ -36,11 +36,11 @@ def _pct(v: float) -> str:
 
 
 def frame(s: SystemSample, sort: str = "wss", n: int = 0, pss: bool = False,
-          cgroups: bool = False, round_no: int = 0) -> Frame:
+          cgroups: bool = False, round_no: int = 0, subtitle: str = "") -> Frame:
     title = (f"idlemap top - {time.strftime('%H:%M:%S')}  window {s.window_s:.2f} s  "
              f"backend {s.backend} ({s.granularity})  processes {len(s.processes)}  "
              f"RSS {mb(s.total_rss_bytes)} MB  WSS {mb(s.total_wss_bytes)} MB  scan {s.scan_s:.2f} s")
-    notes = []
+    notes = [subtitle] if subtitle else []
     if s.new_processes:
         notes.append(f"{s.new_processes} new process(es) marked now, shown from the next window")
     if s.denied:
@@ -80,7 +80,7 @@ def _line(cols: list[tuple[str, int]], values: list[str]) -> str:
 
 
 def plain(f: Frame) -> str:
-    out = [f.title] + [f"  note: {x}" for x in f.notes]
+    out = [f.title] + [f"  {x}" for x in f.notes]
     for b in f.blocks:
         out.append(_line(b.columns, [c for c, _ in b.columns]))
         out += [_line(b.columns, r) for r in b.rows]
@@ -122,7 +122,7 @@ class LiveView:
         from rich.console import Group
         from rich.table import Table
         from rich.text import Text
-        parts = [Text(f.title, style="bold")] + [Text(f"note: {x}", style="yellow") for x in f.notes]
+        parts = [Text(f.title, style="bold")] + [Text(x, style="yellow") for x in f.notes]
         for b in f.blocks:
             t = Table(box=None, pad_edge=False, header_style="bold reverse")
             for name, w in b.columns:

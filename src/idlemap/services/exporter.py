@@ -16,7 +16,8 @@ Metrics (bytes and seconds, Prometheus naming):
                                                with --cgroups (shared pages once per group)
   idlemap_total_{wss,rss}_bytes                all selected processes
   idlemap_scan_seconds, idlemap_window_seconds, idlemap_last_scan_timestamp_seconds
-  idlemap_scans_total, idlemap_scan_errors_total{reason}, idlemap_processes_vanished_total
+  idlemap_scans_total, idlemap_scan_errors_total{reason}, idlemap_processes_vanished_total,
+  idlemap_processes_unreadable
   idlemap_backend_info{backend,granularity,version}
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..analysis.system import SystemSample, sort_rows
 from ..errors import IdlemapError, UsageError
 
 DEFAULT_LISTEN = "127.0.0.1:9466"
-ERROR_REASONS = ("denied", "io", "scan_failed")
+ERROR_REASONS = ("io", "scan_failed")
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -79,7 +80,8 @@ class ExporterState:
     errors_total: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_REASONS, 0))
 
     def record(self, s: SystemSample) -> None:
-        self.errors_total["denied"] += s.denied
+        # Unreadable processes are a state (the same ones every window, e.g.
+        # PID 1 in another user namespace), so a gauge, not error counts.
         self.errors_total["io"] += len(s.errors)
         self.vanished_total += s.vanished
         self.scans_total += 1
@@ -109,8 +111,8 @@ def make_collector(state: ExporterState, processes: bool = True, cgroups: bool =
             info.add_metric([state.backend, state.granularity, __version__], {})
             yield info
             errs = CounterMetricFamily("idlemap_scan_errors", "Scan errors by reason "
-                                       "(denied: process not readable; io: a read failed; "
-                                       "scan_failed: a whole window was lost)", labels=["reason"])
+                                       "(io: reading a process failed; scan_failed: a whole window "
+                                       "was lost)", labels=["reason"])
             for reason, v in state.errors_total.items():
                 errs.add_metric([reason], v)
             yield errs
@@ -126,6 +128,8 @@ def make_collector(state: ExporterState, processes: bool = True, cgroups: bool =
                                     value=s.scan_s)
             yield GaugeMetricFamily("idlemap_window_seconds", "Measured length of the last window",
                                     value=s.window_s)
+            yield GaugeMetricFamily("idlemap_processes_unreadable", "Processes the last window could "
+                                    "not read (permissions: run as root)", value=s.denied)
             yield GaugeMetricFamily("idlemap_last_scan_timestamp_seconds",
                                     "Unix time the last window ended", value=state.last_scan_wall)
             tw = GaugeMetricFamily("idlemap_total_wss_bytes", "Working set of all selected processes "
