@@ -134,6 +134,9 @@ def test_documented_promql_and_dashboard_queries_run_on_real_prometheus(tmp_path
             with Prometheus(tmp_path, [f"127.0.0.1:{port}" for _, port in exps]) as prom:
                 prom.wait_query("idlemap_cgroup_wss_bytes", lambda r: len(r) == 1, 120)
                 prom.wait_query("idlemap_wss_bytes", lambda r: len(r) == 1, 120)
+                # rate() needs two samples of every counter in its range.
+                prom.wait_query("count_over_time(idlemap_scan_errors_total[5m])",
+                                lambda r: bool(r) and all(float(x["value"][1]) >= 2 for x in r), 120)
                 empty = []
                 for e in exprs:
                     d = prom.api("/api/v1/query", query=e)
