@@ -84,7 +84,9 @@ def mount():
     m = Mount("--allow-other", "--tlb-flush", "soft-dirty")
     assert m.info["backend"] == "page_idle", m.info
     yield m
-    assert m.stop() == 0
+    rc = m.stop()
+    print(m.log_text())           # the daemon's own account, shown if teardown fails or with -s
+    assert rc == 0
     assert not os.path.ismount(m.dir)
     m.cleanup()
 

@@ -7,6 +7,9 @@ gap is small (one bigger syscall beats two), and move at most ``cap`` bytes
 per call because the page_idle file is a sysfs binary attribute whose
 read()/write() handle at most PAGE_SIZE (4096) bytes each; a larger pwrite
 silently writes only the first 4 KiB (KERNEL.md, measured).
+
+The runs are cut into capped pieces with numpy up front, so the only Python
+loop left on the hot path is one iteration per syscall.
 """
 from __future__ import annotations
 
@@ -22,46 +25,87 @@ def word_runs(words: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
     separated by fewer than ``max_gap`` unused words."""
     if words.size == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    breaks = np.nonzero(np.diff(words) > max_gap + 1)[0] + 1
+    words = words.astype(np.int64, copy=False)
+    breaks = np.flatnonzero(np.diff(words) > max_gap + 1) + 1
     starts = words[np.concatenate(([0], breaks))]
     ends = words[np.concatenate((breaks - 1, [words.size - 1]))] + 1
-    return starts.astype(np.int64), (ends - starts).astype(np.int64)
+    return starts, ends - starts
 
 
 def buffer_index(words: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Position of each word (sorted) inside the concatenation of the runs."""
+    """Position of each word (any order) inside the concatenation of the runs."""
     run_of = np.searchsorted(starts, words, side="right") - 1
     offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
     return offsets[run_of] + (words - starts[run_of])
 
 
+def pieces(starts: np.ndarray, lengths: np.ndarray, buf_starts: np.ndarray, item: int = 8,
+           cap: int | None = None) -> tuple[list[int], list[int], list[int]]:
+    """Runs of records -> (file_offsets, buffer_offsets, sizes) in bytes, each
+    piece at most ``cap`` bytes, in the order of the runs."""
+    starts = np.asarray(starts, np.int64)
+    nbytes = np.asarray(lengths, np.int64) * item
+    boff = np.asarray(buf_starts, np.int64) * item
+    foff = starts * item
+    if cap is None or not nbytes.size or int(nbytes.max()) <= cap:
+        return foff.tolist(), boff.tolist(), nbytes.tolist()
+    k = (nbytes + cap - 1) // cap                 # pieces per run
+    run = np.repeat(np.arange(k.size), k)
+    j = np.arange(int(k.sum()), dtype=np.int64) - np.repeat(np.cumsum(k) - k, k)
+    step = j * cap
+    size = np.minimum(cap, nbytes[run] - step)
+    return (foff[run] + step).tolist(), (boff[run] + step).tolist(), size.tolist()
+
+
+def pread_pieces(fd: int, buf: np.ndarray, file_offs: list[int], buf_offs: list[int],
+                 sizes: list[int]) -> int:
+    """Fill ``buf`` (zeroed by the caller) from the pieces; stop at end of
+    file (the kernel returns 0 bytes past the last frame).  -> syscalls."""
+    view = memoryview(buf).cast("B")
+    preadv = os.preadv
+    calls = 0
+    for fo, bo, n in zip(file_offs, buf_offs, sizes):
+        got = preadv(fd, [view[bo:bo + n]], fo)
+        calls += 1
+        while 0 < got < n:              # short read: only at the last frame
+            more = preadv(fd, [view[bo + got:bo + n]], fo + got)
+            calls += 1
+            if more <= 0:
+                return calls
+            got += more
+        if got <= 0:
+            return calls
+    return calls
+
+
+def pwrite_pieces(fd: int, buf: np.ndarray, file_offs: list[int], buf_offs: list[int],
+                  sizes: list[int]) -> int:
+    """Write the pieces of ``buf``; OSError (e.g. ENXIO past the last frame)
+    propagates.  -> syscalls."""
+    view = memoryview(buf).cast("B")
+    pwritev = os.pwritev
+    calls = 0
+    for fo, bo, n in zip(file_offs, buf_offs, sizes):
+        done = pwritev(fd, [view[bo:bo + n]], fo)
+        calls += 1
+        while done < n:                 # short write: the kernel stopped at max_pfn
+            done += pwritev(fd, [view[bo + done:bo + n]], fo + done)
+            calls += 1
+    return calls
+
+
+def _concat_starts(lengths: np.ndarray) -> np.ndarray:
+    return np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+
+
 def pread_runs(fd: int, starts: np.ndarray, lengths: np.ndarray, item: int = 8,
                cap: int | None = None) -> np.ndarray:
     """Read runs of ``item``-byte records into one uint64 array (zero past EOF)."""
-    buf = np.zeros(int(lengths.sum()), dtype=np.uint64)
-    view = memoryview(buf).cast("B")
-    pos = 0
-    for s, n in zip(starts.tolist(), lengths.tolist()):
-        want = n * item
-        done = 0
-        while done < want:
-            step = want - done if cap is None else min(cap, want - done)
-            got = os.preadv(fd, [view[pos + done:pos + done + step]], s * item + done)
-            if got <= 0:
-                break       # past the last frame: the kernel returns 0 bytes
-            done += got
-        pos += want
+    buf = np.zeros(int(np.sum(lengths)) * item // 8, dtype=np.uint64)
+    pread_pieces(fd, buf, *pieces(starts, lengths, _concat_starts(lengths), item, cap))
     return buf
 
 
 def pwrite_runs(fd: int, starts: np.ndarray, lengths: np.ndarray, buf: np.ndarray,
                 item: int = 8, cap: int | None = None) -> None:
-    view = memoryview(buf).cast("B")
-    pos = 0
-    for s, n in zip(starts.tolist(), lengths.tolist()):
-        want = n * item
-        done = 0
-        while done < want:
-            step = want - done if cap is None else min(cap, want - done)
-            done += os.pwritev(fd, [view[pos + done:pos + done + step]], s * item + done)
-        pos += want
+    pwrite_pieces(fd, buf, *pieces(starts, lengths, _concat_starts(lengths), item, cap))

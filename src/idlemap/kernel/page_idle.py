@@ -6,27 +6,127 @@ marks the frame idle and clears the accessed bits of every PTE mapping it
 and reports 1 only if no mapping touched the frame since.  Only frames of
 user pages on an LRU list are tracked; for a THP only the head frame carries
 the flag (tail frames read 0).
+
+Cost model (mm/page_idle.c, 6.1): the kernel visits every frame of every
+word we read or write -- a frame of ours, a neighbour's, a free frame -- and
+walks the rmap of every frame whose bit we set or that is idle-flagged when
+read.  So we touch only words holding our frames, in as few <= 4 KiB calls
+as the words' layout allows, and build the words with vectorised bit work.
 """
 from __future__ import annotations
 
 import errno
 import os
+import sys
 
 import numpy as np
 
 from ..errors import AccessDenied, FeatureMissing
-from .frames import SYSFS_IO_CAP, buffer_index, pread_runs, pwrite_runs, word_runs
+from .frames import SYSFS_IO_CAP, buffer_index, pieces, pread_pieces, pwrite_pieces, word_runs
 
 PATH = "/sys/kernel/mm/page_idle/bitmap"
 
-# Merging two runs of words separated by up to this many unused words costs
-# a few hundred bytes more I/O and saves a syscall; reading an unused word
-# is cheap unless its frames are idle-flagged by someone else (rmap walk).
+# Merging two runs of words separated by up to this many unused words saves
+# a syscall.  Writing an unused (zero) word costs the kernel a bit test per
+# frame; reading one costs a page lookup per frame (an rmap walk if someone
+# else flagged it idle): measured under TCG, a read word ~ 64 x 250 ns, a
+# syscall ~25 us.  So writes merge wide gaps and reads only one-word gaps --
+# a THP target's head words, 8 apart, are read one by one.
 MAX_GAP_WORDS = 8
+READ_GAP_WORDS = 1
+
+# The frames' words are laid out in one dense buffer (word w at w - first)
+# when that buffer has at most this many words per frame; beyond it (a few
+# frames spread over a big machine) only the runs are kept and the frames
+# are sorted instead.  Dense: a scatter + np.packbits, ~1/10 of a sort.
+DENSE_WORDS_PER_FRAME = 1
+# Reading back: unpack the buffer to one byte per frame and gather, when
+# that array stays within this many bytes per frame asked for.
+UNPACK_BYTES_PER_FRAME = 8
+
+_LITTLE = sys.byteorder == "little"
+_U64_63 = np.uint64(63)
+_U64_6 = np.uint64(6)
 
 
 def available() -> bool:
     return os.path.exists(PATH)
+
+
+class FramePlan:
+    """Where a set of frames lives in the bitmap file, computed once and used
+    for both reading and (re)marking the same frames.
+
+    ``words`` is the I/O buffer: the words with the frames' bits set (what a
+    write sends); ``bitpos[i]`` is the bit of frame i (as given) in it.
+    ``write`` and ``read`` are the (file_offsets, buffer_offsets, sizes)
+    pieces of each direction: reads skip more of the unused words.
+    """
+
+    __slots__ = ("npfns", "words", "bitpos", "write", "read")
+
+    def __init__(self, pfns: np.ndarray):
+        pfns = np.asarray(pfns)
+        if pfns.dtype != np.uint64:
+            pfns = pfns.astype(np.uint64)
+        self.npfns = n = int(pfns.size)
+        if n == 0:
+            self.words = np.zeros(0, np.uint64)
+            self.bitpos = np.zeros(0, np.intp)
+            self.write = self.read = ([], [], [])
+            return
+        first_word = int(pfns.min()) >> 6
+        nwords = (int(pfns.max()) >> 6) - first_word + 1
+        if nwords <= DENSE_WORDS_PER_FRAME * n:
+            # Dense: one bool per frame of the span, packed into words.
+            # Duplicates are harmless, no sort is needed.
+            rel = pfns.view(np.int64) - (first_word << 6)       # frames < 2**55
+            flags = np.zeros(nwords * 64, np.bool_)
+            flags[rel] = True
+            words = np.packbits(flags, bitorder="little").view(np.uint64)
+            if not _LITTLE:
+                words = words.byteswap()
+            used = np.flatnonzero(words)
+            starts, lengths = word_runs(used, MAX_GAP_WORDS)
+            buf_starts = starts
+            starts = starts + first_word
+            rstarts, rlengths = word_runs(used, READ_GAP_WORDS)
+            read_buf_starts = rstarts
+            rstarts = rstarts + first_word
+            bitpos = rel
+        else:
+            # Sparse: sort, OR the bits of each word together (reduceat over
+            # the sorted frames: duplicates OR harmlessly), keep only runs.
+            s = np.sort(pfns)
+            w = s >> _U64_6
+            first = np.flatnonzero(np.concatenate(([True], w[1:] != w[:-1])))
+            uw = w[first].astype(np.int64)
+            marks = np.bitwise_or.reduceat(np.left_shift(np.uint64(1), s & _U64_63), first)
+            starts, lengths = word_runs(uw, MAX_GAP_WORDS)
+            buf_starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+            words = np.zeros(int(lengths.sum()), np.uint64)
+            words[buffer_index(uw, starts, lengths)] = marks
+            pos = buffer_index((pfns >> _U64_6).astype(np.int64), starts, lengths)
+            bitpos = (pos << 6) + (pfns & _U64_63).astype(np.int64)
+            rstarts, rlengths = word_runs(uw, READ_GAP_WORDS)
+            read_buf_starts = buffer_index(rstarts, starts, lengths)
+        self.words = words
+        self.bitpos = bitpos
+        self.write = pieces(starts, lengths, buf_starts, cap=SYSFS_IO_CAP)
+        self.read = pieces(rstarts, rlengths, read_buf_starts, cap=SYSFS_IO_CAP)
+
+    @property
+    def nsyscalls(self) -> int:
+        """Syscalls of one write plus one read (without short transfers)."""
+        return len(self.write[2]) + len(self.read[2])
+
+    def extract(self, buf: np.ndarray) -> np.ndarray:
+        """Bit of each planned frame in a buffer laid out like ``words``."""
+        if buf.size * 64 <= UNPACK_BYTES_PER_FRAME * max(self.npfns, 1):
+            le = buf if _LITTLE else buf.byteswap()     # bit i of a word = bit i%8 of byte i/8
+            return np.unpackbits(le.view(np.uint8), bitorder="little")[self.bitpos].view(np.bool_)
+        bp = self.bitpos
+        return ((buf[bp >> 6] >> (bp & 63).astype(np.uint64)) & np.uint64(1)).astype(np.bool_)
 
 
 class PageIdleBitmap:
@@ -39,6 +139,7 @@ class PageIdleBitmap:
         except PermissionError:
             raise AccessDenied(path, "page idle tracking needs root") from None
         self.syscalls = 0
+        self._rbuf = np.zeros(0, np.uint64)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -52,35 +153,36 @@ class PageIdleBitmap:
         self.close()
 
     @staticmethod
-    def _plan(pfns: np.ndarray):
-        """pfns: sorted unique uint64 frames -> words, runs, positions."""
-        words = np.unique(pfns >> np.uint64(6))
-        starts, lengths = word_runs(words, MAX_GAP_WORDS)
-        return words, starts, lengths
+    def plan(pfns: np.ndarray) -> FramePlan:
+        return FramePlan(pfns)
 
-    def set_idle(self, pfns: np.ndarray) -> None:
-        """Mark the given frames idle (they need not be sorted or unique)."""
-        pfns = np.unique(pfns.astype(np.uint64))
-        if pfns.size == 0:
+    def set_plan(self, plan: FramePlan) -> None:
+        """Mark the planned frames idle."""
+        if not plan.npfns:
             return
-        words, starts, lengths = self._plan(pfns)
-        pos = buffer_index((pfns >> np.uint64(6)).astype(np.int64), starts, lengths)
-        buf = np.zeros(int(lengths.sum()), dtype=np.uint64)
-        # pfns are unique, so OR-ing bits into a word is the same as adding.
-        np.add.at(buf, pos, np.left_shift(np.uint64(1), pfns & np.uint64(63)))
         try:
-            pwrite_runs(self.fd, starts, lengths, buf, cap=SYSFS_IO_CAP)
+            self.syscalls += pwrite_pieces(self.fd, plan.words, *plan.write)
         except OSError as e:
             if e.errno == errno.ENXIO:   # a frame past max_pfn: memory hot-removed?
                 return
             raise
 
+    def read_plan(self, plan: FramePlan) -> np.ndarray:
+        """Idle bit (bool) of each planned frame, in the order planned."""
+        if not plan.npfns:
+            return np.zeros(0, dtype=bool)
+        n = plan.words.size
+        if self._rbuf.size < n:
+            self._rbuf = np.zeros(n, np.uint64)     # reused between rounds
+        buf = self._rbuf[:n]
+        buf.fill(0)                                 # words past max_pfn read as 0
+        self.syscalls += pread_pieces(self.fd, buf, *plan.read)
+        return plan.extract(buf)
+
+    def set_idle(self, pfns: np.ndarray) -> None:
+        """Mark the given frames idle (they need not be sorted or unique)."""
+        self.set_plan(FramePlan(pfns))
+
     def read_idle(self, pfns: np.ndarray) -> np.ndarray:
         """Idle bit (bool) of each given frame, in the order given."""
-        pfns = pfns.astype(np.uint64)
-        if pfns.size == 0:
-            return np.zeros(0, dtype=bool)
-        words, starts, lengths = self._plan(pfns)
-        buf = pread_runs(self.fd, starts, lengths, cap=SYSFS_IO_CAP)
-        pos = buffer_index((pfns >> np.uint64(6)).astype(np.int64), starts, lengths)
-        return ((buf[pos] >> (pfns & np.uint64(63))) & np.uint64(1)).astype(bool)
+        return self.read_plan(FramePlan(pfns))

@@ -32,8 +32,9 @@ from ..errors import FeatureMissing, IdlemapError, NoSuchProcess, UsageError
 from ..kernel import creds as kcreds
 from ..kernel.process import ProcessId, identify, list_pids
 from . import access
+from ..bitmap import IdleBitmap
 from .procfiles import (BITMAP_FILE_BYTES, BitmapFile, FileOpError, IdlePagesFile, MarkLog,
-                        MaskedIdleBitmap, WssFile, errno_of)
+                        WssFile, errno_of)
 
 log = logging.getLogger("idlemap.mount")
 
@@ -271,12 +272,12 @@ def build_operations(config: MountConfig):
         def _make_file(self, kind: int, proc: ProcessId):
             tlb = self.config.tlb_flush
             if kind == IDLE_BITMAP:
-                return BitmapFile(proc, "idle", MaskedIdleBitmap(proc, tlb_flush=tlb), self.marks)
+                return BitmapFile(proc, "idle", IdleBitmap(proc, tlb_flush=tlb), self.marks)
             if kind == PRESENT_BITMAP:
                 return BitmapFile(proc, "present")
             if kind == IDLE_PAGES:
-                return IdlePagesFile(proc, MaskedIdleBitmap(proc, tlb_flush=tlb))
-            bm = MaskedIdleBitmap(proc) if self.config.backend == "page_idle" else None
+                return IdlePagesFile(proc, IdleBitmap(proc, tlb_flush=tlb))
+            bm = IdleBitmap(proc) if self.config.backend == "page_idle" else None
             return WssFile(proc, bm, self.marks, self.config.backend)
 
         async def _run(self, fh: int, what: str, fn: Callable, *args):

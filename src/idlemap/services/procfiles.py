@@ -167,48 +167,6 @@ def bits_of(words: np.ndarray) -> np.ndarray:
     return np.unpackbits(words.view(np.uint8), bitorder="little").astype(bool)
 
 
-# -- marking through a page mask -------------------------------------------
-class MaskedIdleBitmap(IdleBitmap):
-    """IdleBitmap plus marking by an arbitrary page mask.
-
-    ``mark_idle(ranges)`` takes VA ranges; a written bitmap may hold
-    hundreds of thousands of separate runs of 1 bits (a tool re-marking
-    the pages that stayed idle), and one range per run would make the
-    mapping intersection quadratic.  Here the mask picks frames directly
-    from one pagemap walk.  It uses IdleBitmap's walk/frames/set steps, so
-    it belongs in idlemap.bitmap; kept here until it moves there.
-    """
-
-    def mark_idle_mask(self, lo: int, bits: np.ndarray, ranges) -> int:
-        """Mark idle the present pages of ``ranges`` whose bit is set;
-        ``bits[i]`` stands for the page at ``lo + i*PAGE_SIZE``.  A huge page
-        is marked whole if any of its pages' bits is set (the kernel keeps one
-        idle flag per THP).  Returns the number of frames marked."""
-        spans, entries = self._walk(ranges)
-        if not spans:
-            return 0
-        present, huge, tidx, pfns, heads = self._frames(spans, entries)
-        vpn = np.empty(entries.size, dtype=np.int64)
-        for s in spans:
-            vpn[s.offset:s.offset + s.npages] = np.arange(s.first_vpn, s.first_vpn + s.npages)
-        rel = vpn[tidx] - (lo >> PAGE_SHIFT)
-        inside = (rel >= 0) & (rel < bits.size)
-        want = np.zeros(tidx.size, dtype=bool)
-        want[inside] = bits[rel[inside]]
-        if heads.size:
-            # Any set bit within the 512 pages of a THP selects its head.
-            csum = np.concatenate(([0], np.cumsum(bits, dtype=np.int64)))
-            h0 = vpn[heads] - (lo >> PAGE_SHIFT)
-            a = np.clip(h0, 0, bits.size)
-            b = np.clip(h0 + HPAGE_PAGES, 0, bits.size)
-            pos = np.searchsorted(tidx, heads)
-            want[pos] = (csum[b] - csum[a]) > 0
-        sel = pfns[want]
-        if sel.size:
-            self._set(self._bitmap.plan(sel))
-        return int(sel.size)
-
-
 @dataclass
 class MarkLog:
     """When each process was last marked through the mount (for ``wss``)."""
@@ -229,7 +187,7 @@ class BitmapFile:
     """``idle_bitmap`` (``kind="idle"``: read 1 = idle, write 1 = mark idle)
     or ``present_bitmap`` (``kind="present"``: read-only, 1 = present)."""
 
-    def __init__(self, proc: ProcessId, kind: str, bitmap: MaskedIdleBitmap | None = None,
+    def __init__(self, proc: ProcessId, kind: str, bitmap: IdleBitmap | None = None,
                  marks: MarkLog | None = None):
         if kind not in ("idle", "present"):
             raise ValueError(kind)
@@ -451,4 +409,4 @@ def wss_line(proc: ProcessId, bitmap: IdleBitmap | None, marks: MarkLog, backend
 
 
 __all__ = ["BITMAP_FILE_BYTES", "TASK_SIZE", "BitmapFile", "FileOpError", "IdlePagesFile",
-           "MarkLog", "MaskedIdleBitmap", "WssFile", "errno_of"]
+           "MarkLog", "WssFile", "errno_of"]
