@@ -7,11 +7,14 @@ from ..errors import FeatureMissing, UsageError
 from ..kernel.features import Features, probe
 from .base import Backend, Capabilities
 from .clear_refs import ClearRefsBackend
+from .damon import DamonBackend
+from .damon import unavailable as damon_unavailable
 from .page_idle import PageIdleBackend
 
 BACKENDS: dict[str, type[Backend]] = {
     "page_idle": PageIdleBackend,
     "clear_refs": ClearRefsBackend,
+    "damon": DamonBackend,
 }
 
 PER_PAGE_HINT = ("`--backend clear_refs` gives exact totals per mapping, and `idlemap demo` "
@@ -38,6 +41,9 @@ def why_not(name: str, f: Features) -> str | None:
         if not f.clear_refs:
             return "this kernel has no /proc/PID/clear_refs (CONFIG_PROC_PAGE_MONITOR is not set)"
         return None
+    if name == "damon":
+        err = damon_unavailable(f)      # reads only; a kdamond not ours comes first
+        return str(err) if err else None
     return f"unknown backend {name!r}"
 
 
@@ -50,6 +56,8 @@ def choose(name: str = "auto", need_per_page: bool = False, features: Features |
         if reason:
             if name == "page_idle" and not f.page_idle:
                 raise FeatureMissing("page_idle bitmap", "CONFIG_IDLE_PAGE_TRACKING", PER_PAGE_HINT)
+            if name == "damon":
+                raise damon_unavailable(f) or UsageError(f"cannot use backend {name}: {reason}")
             raise UsageError(f"cannot use backend {name}: {reason}")
         if need_per_page and not BACKENDS[name].caps.per_page:
             raise UsageError(f"backend {name} has no per-page map; this command needs page_idle")
