@@ -23,6 +23,11 @@ covers virtual addresses from b << 15 (4 KiB pages).  Files are sparse:
 only words of mapped ranges are written.  A bit is 1 in FILE only for a
 present page that stayed idle; holes are 0 in both files.  FILE.json holds
 the metadata (pid, ranges, page size, window).
+With --vm, PID is a VMM and everything is guest-physical: bit i of FILE is
+guest frame i (byte offset b covers guest-physical addresses from b << 15),
+--range takes guest-physical ranges, and FILE.json holds the guest layout:
+  idlemap bitmap --vm 1234 -o guest.bin
+  idlemap bitmap --vm 1234 --range 0x0-0x40000000 --qmp /run/vm.qmp -o low.bin
 """
 SCHEMA = "idlemap.bitmap/1"
 
@@ -37,6 +42,9 @@ def add_arguments(p) -> None:
     p.add_argument("-o", "--output", required=True, metavar="FILE")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--tlb-flush", default="none", choices=["none", "soft-dirty"])
+    p.add_argument("--vm", action="store_true",
+                   help="PID is a VMM: bitmap of its guest RAM indexed by guest-physical frame")
+    p.add_argument("--qmp", metavar="SOCKET", help="with --vm: QEMU's QMP socket, for the exact layout")
 
 
 def word_ranges(spans) -> list[tuple[int, int]]:
@@ -78,10 +86,21 @@ def run(args) -> int:
     ranges = [parse_range(r) for r in args.range] or None
     require_page_idle()
     proc = identify(pid)
+    layout, gpa_ranges = None, ranges
+    if args.vm:
+        from ..vmtarget import describe, find_guest_ram, gpa_ranges_to_hva, idle_map_to_gpa, layout_json
+        layout = find_guest_ram(describe(pid), args.qmp)
+        ranges = gpa_ranges_to_hva(layout, gpa_ranges)
+        if not ranges:
+            raise BadInput("the given range(s) hold no guest RAM (`idlemap vms PID` shows where it is)")
+    elif args.qmp:
+        raise UsageError("--qmp goes with --vm")
     with IdleBitmap(proc, tlb_flush=args.tlb_flush) as bm:
         bm.mark_idle(ranges)
         time.sleep(max(0.0, args.wait))
         m = bm.read(ranges)
+    if layout is not None:
+        m = idle_map_to_gpa(m, layout, gpa_ranges)
     if not m.spans:
         raise BadInput("nothing is mapped in the given range(s)")
     nbytes = write_sparse(args.output, m, args.output + ".present")
@@ -93,6 +112,8 @@ def run(args) -> int:
             "pages": m.npages, "present_pages": present, "idle_pages": idle,
             "accessed_pages": present - idle, "huge_pages_4k": int(np.count_nonzero(m.huge)),
             "files": {"idle": args.output, "present": args.output + ".present"}, "bytes_written": nbytes}
+    if layout is not None:
+        meta.update(address_space="guest-physical", layout=layout_json(layout))
     with open(args.output + ".json", "w") as f:
         json.dump(meta, f, indent=1)
     if args.json:

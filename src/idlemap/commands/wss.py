@@ -18,6 +18,7 @@ EXAMPLES = """\
   idlemap wss 1234 -P 10           # profile: windows of 0.01, 0.02, ... 5.12 s
   idlemap wss 1234 1 3 --by-mapping --json   # JSON lines, per mapping
   idlemap wss 1234 --backend clear_refs      # no page_idle? exact per-mapping totals
+  idlemap wss --vm 1234 1 10       # PID is a VMM: the guest's WSS, rows by guest RAM region
 """
 SCHEMA = "idlemap.wss/1"
 SUMMARY_SCHEMA = "idlemap.wss.summary/1"
@@ -41,12 +42,17 @@ def add_arguments(p) -> None:
                    help="how to measure (default auto: page_idle if available, else clear_refs)")
     p.add_argument("--tlb-flush", default="none", choices=["none", "soft-dirty"],
                    help="page_idle only: flush the target's TLB after marking (see docs/tlb.md)")
+    p.add_argument("--vm", action="store_true",
+                   help="PID is a VMM (QEMU, Firecracker...): measure its guest RAM, in guest-physical terms")
+    p.add_argument("--qmp", metavar="SOCKET", help="with --vm: QEMU's QMP socket, for the exact layout")
 
 
 def _sample_json(s, args) -> dict:
     d = {"schema": SCHEMA, "pid": s.pid, "backend": s.backend, "time": time.time(),
          "est_s": round(s.window_s, 6), "rss_bytes": s.rss_bytes, "pss_bytes": s.pss_bytes,
          "ref_bytes": s.accessed_bytes, "scan_cpu_s": round(s.scan_s, 6)}
+    if args.vm:
+        d["address_space"] = "guest-physical"    # by_mapping start/end are GPAs
     if args.by_mapping:
         d["by_mapping"] = [
             {"start": f"{u.mapping.start:#x}", "end": f"{u.mapping.end:#x}", "label": u.mapping.label,
@@ -69,14 +75,22 @@ def run(args) -> int:
     proc = identify(pid)
     choice = backends.choose(args.backend)
     kw = {"tlb_flush": args.tlb_flush} if choice.cls.name == "page_idle" else {}
-    backend = choice.cls(proc, **kw)
+    if args.vm:
+        from ..vmtarget import layout_summary, open_guest_backend
+        backend = open_guest_backend(choice.cls, proc, args.qmp, **kw)
+        if not args.json:
+            print(f"PID {pid} is a VM: {layout_summary(backend.layout)}; sizes below are the guest's RAM.")
+    elif args.qmp:
+        raise UsageError("--qmp goes with --vm")
+    else:
+        backend = choice.cls(proc, **kw)
 
     samples = []
     table = Table([("TIME", 8)] * args.timestamp + [("Est(s)", 8), ("RSS(MB)", 10), ("PSS(MB)", 10),
                                                      ("Ref(MB)", 10), ("Ref%", 6)])
     if not args.json:
         print(f"Watching PID {pid} ({proc.comm}) with the {choice.cls.name} backend "
-              f"[{choice.reason}]; page-level detail: {'yes' if choice.cls.caps.per_page else 'no (per mapping)'}. "
+              f"[{choice.reason}]; page-level detail: {'yes' if choice.cls.caps.per_page else f'no (per {choice.cls.caps.granularity})'}. "
               "Ctrl-C to end.")
         table.header()
 
@@ -99,11 +113,10 @@ def run(args) -> int:
         with backend:
             backend.mark()
             if args.profile:
-                t0 = backend_marked = time.monotonic()
+                t0 = time.monotonic()
                 for end in profile_windows(args.profile_base, args.profile):
                     time.sleep(max(0.0, t0 + end - time.monotonic()))
                     emit(backend.sample(remark=False))
-                del backend_marked
             else:
                 n = 0
                 while count is None or n < count:
