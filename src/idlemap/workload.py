@@ -173,11 +173,16 @@ class _Child:
 class Workload:
     """Driver side: ``with Workload() as w: a = w.map("x", 64); w.touch("x", 3)``."""
 
+    #: "module:function" the child runs; subclasses with their own child
+    #: (bench workloads) name theirs here.
+    child = "idlemap.workload:main"
+
     def __init__(self, python: str | None = None):
+        module, func = self.child.split(":")
         self.proc = subprocess.Popen(
             [python or sys.executable, "-S", "-c",
-             "import sys; sys.path[:0] = %r; from idlemap.workload import main; main()"
-             % ([p for p in sys.path if p],)],
+             "import sys; sys.path[:0] = %r; from %s import %s; %s()"
+             % ([p for p in sys.path if p], module, func, func)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.pid = self.proc.pid
         self.addrs: dict[str, int] = {}

@@ -4,9 +4,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
-
 
 def test_demo_measures_known_hot_set():
     p = subprocess.run([sys.executable, "-m", "idlemap", "demo", "--size-mib", "256", "--hot-mib", "64",
