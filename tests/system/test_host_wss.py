@@ -24,7 +24,9 @@ def test_clear_refs_matches_truth_whole_and_none():
         b = w.map("b", 16)
         w.touch("a")
         w.touch("b")
-        be = ClearRefsBackend(identify(w.pid))
+        # The flush: translations cached by the touches above must not hide
+        # the ones below (clear_refs=1 alone does not flush; docs/tlb.md).
+        be = ClearRefsBackend(identify(w.pid), tlb_flush="soft-dirty")
         be.mark()
         w.touch("a")                  # a wholly, b not at all
         s1 = be.sample()

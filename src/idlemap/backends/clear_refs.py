@@ -25,14 +25,24 @@ class ClearRefsBackend(Backend):
         granularity="mapping", per_page=False, needs_root=False, sees_guest_accesses=False,
         summary="exact referenced bytes per mapping (clear_refs + smaps), no per-page map")
 
-    def __init__(self, proc):
+    def __init__(self, proc, tlb_flush: str = "none"):
         super().__init__(proc)
+        if tlb_flush not in ("none", "soft-dirty"):
+            raise ValueError("tlb_flush must be 'none' or 'soft-dirty'")
+        self.tlb_flush = tlb_flush
         self._marked_at: float | None = None
+
+    def _clear(self) -> None:
+        cr.clear_refs(self.proc.pid, cr.CLEAR_ALL)
+        if self.tlb_flush == "soft-dirty":
+            # clear_refs=1 clears the young bits without flushing the TLB;
+            # only the soft-dirty clear ends in flush_tlb_mm() (docs/tlb.md).
+            cr.clear_refs(self.proc.pid, cr.CLEAR_SOFT_DIRTY)
+        self._marked_at = time.monotonic()
 
     def mark(self) -> None:
         check_same(self.proc)
-        cr.clear_refs(self.proc.pid, cr.CLEAR_ALL)
-        self._marked_at = time.monotonic()
+        self._clear()
 
     def sample(self, remark: bool = True) -> WssSample:
         if self._marked_at is None:
@@ -46,8 +56,7 @@ class ClearRefsBackend(Backend):
             # A zombie (or a kernel thread) has no mm left: smaps reads empty.
             check_same(self.proc)
         if remark:
-            cr.clear_refs(self.proc.pid, cr.CLEAR_ALL)
-            self._marked_at = time.monotonic()
+            self._clear()
         by_map = [MappingUsage(e.mapping, e.get("Rss"), e.get("Pss"), e.get("Referenced"),
                                max(0, e.get("Rss") - e.get("Referenced")), e.get("Swap"))
                   for e in entries]

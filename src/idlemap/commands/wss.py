@@ -41,7 +41,7 @@ def add_arguments(p) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", *backends.BACKENDS],
                    help="how to measure (default auto: page_idle if available, else clear_refs)")
     p.add_argument("--tlb-flush", default="none", choices=["none", "soft-dirty"],
-                   help="page_idle only: flush the target's TLB after marking (see docs/tlb.md)")
+                   help="page_idle and clear_refs: flush the target's TLB after marking (see docs/tlb.md)")
     p.add_argument("--vm", action="store_true",
                    help="PID is a VMM (QEMU, Firecracker...): measure its guest RAM, in guest-physical terms")
     p.add_argument("--qmp", metavar="SOCKET", help="with --vm: QEMU's QMP socket, for the exact layout")
@@ -74,7 +74,7 @@ def run(args) -> int:
         raise UsageError("interval and count must be positive")
     proc = identify(pid)
     choice = backends.choose(args.backend)
-    kw = {"tlb_flush": args.tlb_flush} if choice.cls.name == "page_idle" else {}
+    kw = {"tlb_flush": args.tlb_flush} if choice.cls.name in ("page_idle", "clear_refs") else {}
     if args.vm:
         from ..vmtarget import layout_summary, open_guest_backend
         backend = open_guest_backend(choice.cls, proc, args.qmp, **kw)
