@@ -97,16 +97,22 @@ class RecordMeta:
 
 def make_meta(proc, backend: str, granularity: str, interval_s: float,
               rounds_planned: int | None, tlb_flush: str = "none",
-              auto_interval: dict | None = None) -> dict:
-    """Header metadata for recording process ``proc`` (a ProcessId)."""
+              auto_interval: dict | None = None, guest=None) -> dict:
+    """Header metadata for recording process ``proc`` (a ProcessId).
+    ``guest`` (a vmtarget.GuestLayout): the rounds are a VM's, indexed by
+    guest-physical address; its layout is kept with them."""
     from . import __version__
     from .kernel.process import cmdline
-    return {"pid": proc.pid, "comm": proc.comm, "cmdline": cmdline(proc.pid),
+    meta = {"pid": proc.pid, "comm": proc.comm, "cmdline": cmdline(proc.pid),
             "kernel": platform.release(), "hostname": socket.gethostname(),
             "backend": backend, "granularity": granularity, "page_size": PAGE_SIZE,
             "interval_s": float(interval_s), "rounds_planned": rounds_planned,
             "start_time": time.time(), "tlb_flush": tlb_flush, "idlemap_version": __version__,
-            "auto_interval": auto_interval}
+            "auto_interval": auto_interval, "address_space": "virtual"}
+    if guest is not None:
+        from .vmtarget import layout_json
+        meta.update(address_space="guest-physical", guest=layout_json(guest))
+    return meta
 
 
 # -- writing -----------------------------------------------------------------

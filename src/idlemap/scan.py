@@ -81,20 +81,27 @@ class Scanner:
 
     def __init__(self, proc: ProcessId, backend: str = "auto", need_per_page: bool = False,
                  tlb_flush: str = "none", ranges: Iterable[tuple[int, int]] | None = None,
-                 with_pss: bool = False):
+                 with_pss: bool = False, guest=None):
+        """``guest``: a vmtarget.GuestLayout -- ``proc`` is its VMM and the
+        rounds come in guest-physical terms (spans are guest RAM regions)."""
         self.proc = proc
         self.choice = backends.choose(backend, need_per_page=need_per_page)
         cls = self.choice.cls
-        self.tlb_flush = tlb_flush if cls.caps.per_page else "none"
+        self.tlb_flush = tlb_flush if cls.name in ("page_idle", "clear_refs") else "none"
         self.ranges = merge_ranges(ranges)
-        if cls.name == "page_idle":
+        self.guest = guest
+        if guest is not None:
+            from .vmtarget import GuestBackend
+            kw = {"tlb_flush": self.tlb_flush} if self.tlb_flush != "none" else {}
+            self.backend = GuestBackend(cls, proc, guest, **kw)
+        elif cls.name == "page_idle":
             self.backend = cls(proc, ranges=self.ranges, tlb_flush=tlb_flush, with_pss=with_pss)
         else:
             if self.ranges is not None:
                 from .errors import UsageError
                 raise UsageError("--range needs a per-page backend (page_idle); "
                                  f"{cls.name} measures whole mappings")
-            self.backend = cls(proc)
+            self.backend = cls(proc, tlb_flush=self.tlb_flush) if cls.name == "clear_refs" else cls(proc)
         self.index = 0
         self.started_at: float | None = None
 

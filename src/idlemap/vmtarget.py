@@ -32,6 +32,7 @@ How the layout is found, most exact first:
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -713,6 +714,17 @@ def clip_regions(layout: GuestLayout, ranges: Iterable[tuple[int, int]] | None) 
             if a < b:
                 out.append(GuestRamRegion(a, b - a, r.hva_start + a - r.gpa_start, r.backend_name))
     return out
+
+
+def restrict(layout: GuestLayout, gpa_ranges: Iterable[tuple[int, int]] | None) -> GuestLayout:
+    """The same guest with only the RAM inside ``gpa_ranges`` (None: all):
+    what a scan limited to guest-physical ranges walks."""
+    if gpa_ranges is None:
+        return layout
+    regions = tuple(clip_regions(layout, gpa_ranges))
+    if not regions:
+        raise BadInput("the given range(s) hold no guest RAM (`idlemap vms PID` shows where it is)")
+    return dataclasses.replace(layout, regions=regions)
 
 
 def guest_mapping(r: GuestRamRegion) -> Mapping:

@@ -353,6 +353,53 @@ def test_wss_cli_in_guest_terms(guest, capsys):
     assert row["by_mapping"][0]["start"] == "0x0"
 
 
+def test_record_and_reports_in_guest_terms(guest, tmp_path, capsys):
+    """Rounds of a guest go to a record file in guest-physical terms: the
+    hot report of the round where init wrote its pages lists init's
+    guest-physical runs, the idle round lists none of them."""
+    from idlemap.recordfile import RecordWriter, make_meta, open_record
+    from idlemap.scan import Scanner
+    proc = identify(guest.pid)
+    layout = find_guest_ram(guest.pid, qmp=guest.qmp)
+    path = tmp_path / "guest.rec"
+    sc = Scanner(proc, backend="page_idle", tlb_flush="soft-dirty", guest=layout)
+    with sc, RecordWriter(str(path), make_meta(proc, sc.backend_name, sc.granularity, 0.0, 2,
+                                               sc.tlb_flush, guest=layout)) as wr:
+        sc.start()
+        guest.touch_hot()
+        wr.add(sc.round())              # round 0: init wrote every hot page
+        wr.add(sc.round())              # round 1: the guest stayed idle
+    rec = open_record(path)
+    assert len(rec) == 2 and rec.meta.extra["address_space"] == "guest-physical"
+    assert rec.meta.extra["guest"]["ram_bytes"] == GUEST_MIB * MiB
+    capsys.readouterr()
+
+    def hot(rounds):
+        assert main(["report", str(path), "hot", "--rounds", rounds, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    got = [(int(r["start"], 16), int(r["end"], 16), r["mapping"]) for r in hot("0:1")["ranges"]]
+    for start, n in guest.hot_runs:
+        lo, hi = start << PAGE_SHIFT, (start + n) << PAGE_SHIFT
+        assert any(a <= lo and hi <= b and label == "guest:pc.ram" for a, b, label in got), hex(lo)
+    assert all(b <= GUEST_MIB * MiB for _, b, _ in got)       # guest-physical, not host VAs
+    idle = [(int(r["start"], 16), int(r["end"], 16)) for r in hot("1:2")["ranges"]]
+    for start, n in guest.hot_runs:
+        lo, hi = start << PAGE_SHIFT, (start + n) << PAGE_SHIFT
+        assert not any(a < hi and lo < b for a, b in idle)
+    assert main(["report", str(path), "info"]) == 0
+    assert "addresses are guest-physical" in capsys.readouterr().out
+
+
+def test_hot_cli_takes_vm(guest, capsys):
+    capsys.readouterr()
+    assert main(["hot", "--vm", str(guest.pid), "-n", "1", "-i", "0.2", "--cold", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    # init is blocked in read(): its pages are resident and idle -> cold
+    assert {r["mapping"] for r in d["ranges"]} == {"guest:pc.ram"}
+    assert all(int(r["end"], 16) <= GUEST_MIB * MiB for r in d["ranges"])
+
+
 def test_vmm_exits_mid_scan_clean_stop(guest):
     """Last: kills the nested guest while `idlemap wss --vm` is scanning it."""
     wss = subprocess.Popen([sys.executable, "-m", "idlemap", "wss", "--vm", str(guest.pid), "0.1", "--json"],

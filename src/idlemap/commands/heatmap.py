@@ -11,6 +11,7 @@ EXAMPLES = """\
   idlemap heatmap -p 1234 -i 0.2 -n 100 --png heat.png
   idlemap heatmap 1234 -o app.rec           # keep the rounds (idlemap report app.rec heatmap)
   idlemap heatmap 1234 --json               # the matrix behind the picture
+  idlemap heatmap --vm 4321 --png vm.png    # a VMM: guest-physical address x time
 """
 
 

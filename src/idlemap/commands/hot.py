@@ -13,6 +13,7 @@ EXAMPLES = """\
   idlemap hot 1234 --histogram       # pages by access count and idle age
   idlemap hot 1234 -o app.rec        # also keep the rounds as a record file
   idlemap hot 1234 --json
+  idlemap hot --vm 4321              # PID is a VMM: hot guest-physical ranges of its guest
 """
 
 

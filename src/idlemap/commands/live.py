@@ -21,7 +21,8 @@ def scan_and_show(kind: str, args) -> int:
     if getattr(args, "output", None):
         try:
             writer = RecordWriter(args.output, make_meta(sc.proc, sc.backend_name, sc.granularity,
-                                                         interval, args.rounds, sc.tlb_flush, auto))
+                                                         interval, args.rounds, sc.tlb_flush, auto,
+                                                         guest=sc.guest))
         except BaseException:
             sc.close()
             raise

@@ -22,6 +22,7 @@ EXAMPLES = """\
   idlemap record 1234 -n 60 --auto-interval # pick the interval first (rule: docs/reports.md)
   idlemap record 1234 --range 0x7f0000000000-0x7f0040000000   # only that VA range
   idlemap record 1234 --backend clear_refs  # no page_idle: per-mapping totals (wss report only)
+  idlemap record --vm 4321 -n 60            # a VMM: its guest's RAM by guest-physical address
 Ctrl-C or SIGTERM stops recording; every finished round is already in the
 file (each round is appended whole and synced), and a killed recorder leaves
 a file that reads back with all of its finished rounds.
@@ -48,9 +49,12 @@ def add_scan_arguments(p, default_rounds: int | None) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", *backends.BACKENDS],
                    help="how to measure (default auto: page_idle if available, else clear_refs)")
     p.add_argument("--tlb-flush", default="none", choices=["none", "soft-dirty"],
-                   help="page_idle only: flush the target's TLB after marking (see docs/tlb.md)")
+                   help="page_idle and clear_refs: flush the target's TLB after marking (see docs/tlb.md)")
     p.add_argument("--range", action="append", default=[], metavar="LO-HI", dest="scan_range",
-                   help="only scan this VA range (repeatable; page_idle only)")
+                   help="only scan this VA range (repeatable; page_idle only; with --vm a guest-physical range)")
+    p.add_argument("--vm", action="store_true",
+                   help="PID is a VMM (QEMU, Firecracker...): scan its guest RAM, in guest-physical terms")
+    p.add_argument("--qmp", metavar="SOCKET", help="with --vm: QEMU's QMP socket, for the exact layout")
 
 
 def add_arguments(p) -> None:
@@ -77,8 +81,19 @@ def open_scanner(args, need_per_page: bool = False, with_pss: bool = False) -> t
         raise UsageError("need 0 < --min-interval <= --max-interval")
     ranges = [parse_range(r) for r in args.scan_range] or None
     proc = identify(pid)
+    guest = None
+    if args.vm:
+        from ..vmtarget import describe, find_guest_ram, restrict
+        guest = restrict(find_guest_ram(describe(pid), args.qmp), ranges)
+        ranges = None
+    elif args.qmp:
+        raise UsageError("--qmp goes with --vm")
     sc = Scanner(proc, backend=args.backend, need_per_page=need_per_page, tlb_flush=args.tlb_flush,
-                 ranges=ranges, with_pss=with_pss)
+                 ranges=ranges, with_pss=with_pss, guest=guest)
+    if guest is not None and not getattr(args, "json", False):
+        from ..vmtarget import layout_summary
+        print(f"PID {pid} is a VM: {layout_summary(guest)}; addresses below are guest-physical.",
+              file=sys.stderr, flush=True)
     interval, auto = args.interval, None
     if args.auto_interval:
         if sys.stderr.isatty():
@@ -100,7 +115,7 @@ def run(args) -> int:
     sc, interval, auto = open_scanner(args, with_pss=args.pss)
     path = args.output or f"idlemap-{sc.proc.pid}.rec"
     meta = make_meta(sc.proc, sc.backend_name, sc.granularity, interval, args.rounds,
-                     sc.tlb_flush, auto)
+                     sc.tlb_flush, auto, guest=sc.guest)
     try:
         writer = RecordWriter(path, meta, fsync=not args.no_sync)
     except BaseException:

@@ -126,6 +126,10 @@ def _info(rec, args) -> int:
           f"kernel {m.kernel}")
     print(f"backend:     {m.backend} (granularity {m.granularity}), page size {m.page_size}, "
           f"tlb flush {m.tlb_flush}")
+    if m.extra.get("address_space") == "guest-physical":
+        g = m.extra.get("guest") or {}
+        print(f"guest:       a VM ({g.get('vmm', '?')}, {g.get('accel', '?')}) with "
+              f"{human_bytes(g.get('ram_bytes', 0))} of RAM; addresses are guest-physical")
     print(f"interval:    {m.interval_s:g} s" + (" (chosen by --auto-interval)" if m.auto_interval else ""))
     planned = f" of {m.rounds_planned} planned" if m.rounds_planned else ""
     print(f"rounds:      {len(rec)}{planned}; {state}" + (f"; ended: {rec.end_reason}" if rec.end_reason else ""))
