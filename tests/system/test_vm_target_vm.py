@@ -400,6 +400,36 @@ def test_hot_cli_takes_vm(guest, capsys):
     assert all(int(r["end"], 16) <= GUEST_MIB * MiB for r in d["ranges"])
 
 
+def test_top_and_exporter_have_a_row_per_guest(guest):
+    """The system-wide pass (top, exporter) with --vms: the VMM's guest RAM
+    gets its own row, measured in the same global mark and read."""
+    from idlemap.backends.system import PageIdleSystemScanner, Selection
+    from idlemap.services.exporter import ExporterState, make_collector
+    sc = PageIdleSystemScanner(Selection(pids=frozenset({guest.pid})), guests=True, tlb_flush="soft-dirty")
+    with sc:
+        sc.mark()
+        guest.touch_hot()
+        s = sc.sample(remark=False)
+    assert [g.pid for g in s.guests] == [guest.pid]
+    g = s.guests[0]
+    print(f"\nsystem pass: guest WSS {g.wss_bytes / MiB:.2f} MiB of {g.rss_bytes / MiB:.1f} MiB resident; "
+          f"VMM process WSS {s.processes[0].wss_bytes / MiB:.2f} MiB")
+    assert g.vmm == "qemu" and g.ram_bytes == GUEST_MIB * MiB
+    assert abs(g.wss_bytes - HOT_MIB * MiB) <= 0.05 * HOT_MIB * MiB
+    assert s.processes[0].wss_bytes >= g.wss_bytes        # the VMM's row holds the guest and QEMU itself
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+    st = ExporterState("page_idle", "page", "1s")
+    st.record(s)
+    reg = CollectorRegistry()
+    reg.register(make_collector(st, guests=True))
+    lines = generate_latest(reg).decode().splitlines()
+    wss = [ln for ln in lines if ln.startswith("idlemap_guest_wss_bytes{") and f'pid="{guest.pid}"' in ln]
+    assert len(wss) == 1 and 'vmm="qemu"' in wss[0] and float(wss[0].split()[-1]) == g.wss_bytes
+    ram = [ln for ln in lines if ln.startswith("idlemap_guest_ram_bytes{")]
+    assert len(ram) == 1 and float(ram[0].split()[-1]) == GUEST_MIB * MiB
+
+
 def test_vmm_exits_mid_scan_clean_stop(guest):
     """Last: kills the nested guest while `idlemap wss --vm` is scanning it."""
     wss = subprocess.Popen([sys.executable, "-m", "idlemap", "wss", "--vm", str(guest.pid), "0.1", "--json"],

@@ -14,6 +14,8 @@ from idlemap.kernel.maps import PAGE_SIZE
 from idlemap.kernel.tasks import TaskInfo, descendants, parse_cgroup, parse_stat
 from idlemap.render import top as render
 
+MiB = 1 << 20
+
 P = PAGE_SIZE
 
 
@@ -219,3 +221,36 @@ def test_is_loopback():
     from idlemap.services.exporter import is_loopback
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1") and not is_loopback("example")
+
+
+def test_guest_rows_in_exporter_top_and_json():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from idlemap.analysis.system import GuestUsage
+    from idlemap.services.exporter import ExporterState, make_collector
+    g = GuestUsage(300, "qemu", "web1", "kvm", 4096 * MiB, 3000 * MiB, 1000 * MiB, 10.0)
+    s = sample()
+    s.guests = [g]
+    st = ExporterState("page_idle", "page", "10s")
+    st.record(s)
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(make_collector(st, guests=True))
+    text = generate_latest(reg).decode()
+    assert 'idlemap_guest_wss_bytes{guest="web1",pid="300",vmm="qemu",window="10s"} 1.048576e+09' in text
+    assert 'idlemap_guest_cold_bytes{guest="web1",pid="300",vmm="qemu",window="10s"} 2.097152e+09' in text
+    assert 'idlemap_guest_ram_bytes{guest="web1",pid="300",vmm="qemu"} 4.294967296e+09' in text
+    reg2 = CollectorRegistry(auto_describe=False)
+    reg2.register(make_collector(st))               # not asked: no guest series
+    assert "idlemap_guest_" not in generate_latest(reg2).decode()
+    f = render.frame(s)
+    vm = f.blocks[-1]
+    assert vm.columns[0][0] == "VMM_PID" and vm.rows == [["300", "4096.00", "3000.00", "1000.00", "2000.00",
+                                                          "kvm", "qemu web1"]]
+    assert render.as_json(s, "wss", 0, False, 1)["guests"][0]["cold_bytes"] == 2000 * MiB
+
+
+def test_guest_ram_mask_over_merged_runs():
+    from idlemap.backends.system import _Run, _inside
+    runs = [_Run(0x100, 0x10, 0), _Run(0x200, 0x20, 0x10)]        # pages 0x100.. and 0x200..
+    m = _inside(runs, 0x30, [(0x108 << 12, 0x204 << 12)])
+    assert np.flatnonzero(m).tolist() == list(range(8, 16)) + list(range(16, 20))

@@ -105,6 +105,29 @@ class CgroupUsage:
                 "wss_pss_bytes": self.wss_pss_bytes}
 
 
+@dataclass(frozen=True, slots=True)
+class GuestUsage:
+    """A VM in one window: its VMM's guest RAM only (not the VMM's own heap
+    or code), measured in the same global pass as the processes."""
+    pid: int                  # the VMM
+    vmm: str                  # qemu, firecracker ...
+    name: str                 # guest name (QEMU -name), "" if none
+    accel: str                # kvm, tcg, unknown
+    ram_bytes: int            # guest RAM size
+    rss_bytes: int            # guest RAM resident on the host
+    wss_bytes: int            # guest RAM accessed during the window
+    window_s: float
+
+    @property
+    def cold_bytes(self) -> int:
+        return max(0, self.rss_bytes - self.wss_bytes)
+
+    def as_dict(self) -> dict:
+        return {"pid": self.pid, "vmm": self.vmm, "name": self.name, "accel": self.accel,
+                "ram_bytes": self.ram_bytes, "rss_bytes": self.rss_bytes, "wss_bytes": self.wss_bytes,
+                "cold_bytes": self.cold_bytes, "window_s": round(self.window_s, 4)}
+
+
 @dataclass(slots=True)
 class SystemSample:
     """One system-wide window."""
@@ -114,6 +137,7 @@ class SystemSample:
     window_s: float               # mark -> read
     processes: list[ProcessUsage]
     cgroups: list[CgroupUsage] = field(default_factory=list)
+    guests: list[GuestUsage] = field(default_factory=list)   # VMs, when asked for
     total_rss_bytes: int = 0      # every reported process, shared pages once where known
     total_wss_bytes: int = 0
     scan_s: float = 0.0           # wall time of the round's work (walk + bitmap + attribution)

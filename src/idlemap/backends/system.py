@@ -95,11 +95,12 @@ class SystemScanner(abc.ABC):
         self.close()
 
 
-def tracked_frames(spans, entries: np.ndarray, use_kpageflags: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def tracked_frames(spans, entries: np.ndarray, use_kpageflags: bool = True,
+                   with_index: bool = False):
     """(pfns, pages) of the frames page_idle tracks for these pagemap entries:
     every present small page, and for a PMD-mapped THP only its head frame
     (the kernel keeps the idle flag there; tails always read "not idle")
-    standing for 512 pages."""
+    standing for 512 pages.  ``with_index``: also the entries' positions."""
     present = (entries & pm.PRESENT) != 0
     heads = find_huge_blocks(spans, entries) if entries.size else np.empty(0, np.int64)
     if heads.size and use_kpageflags:
@@ -111,6 +112,8 @@ def tracked_frames(spans, entries: np.ndarray, use_kpageflags: bool = True) -> t
         present[tails] = False
         pages[heads] = HPAGE_PAGES
     idx = np.nonzero(present)[0]
+    if with_index:
+        return entries[idx] & pm.PFN_MASK, pages[idx], idx
     return entries[idx] & pm.PFN_MASK, pages[idx]
 
 
@@ -156,10 +159,12 @@ class _Run:
 
 
 def walk_process(pid: int, use_kpageflags: bool = True, cache: dict | None = None,
-                 key: object = None) -> an.ProcFrames:
+                 key: object = None, guest_ranges: list[tuple[int, int]] | None = None):
     """Read one process's maps and pagemap -> its frames.  Raises
     NoSuchProcess (incl. TargetExited) if it is gone, AccessDenied.
-    ``cache`` (with ``key``) keeps the parsed map of an unchanged process."""
+    ``cache`` (with ``key``) keeps the parsed map of an unchanged process.
+    With ``guest_ranges`` (a VMM's guest RAM, host VA ranges) the result is
+    (all frames, the guest RAM's frames): one walk serves both."""
     with proc_errors(pid, "the memory map"):
         with open(f"/proc/{pid}/maps", "rb") as f:
             text = f.read()
@@ -178,8 +183,24 @@ def walk_process(pid: int, use_kpageflags: bool = True, cache: dict | None = Non
     with pm.Pagemap(pid) as pmap:
         for r in runs:
             pmap.read(r.first_vpn, r.npages, entries[r.offset:r.offset + r.npages])
-    pfns, pages = tracked_frames(runs, entries, use_kpageflags)
-    return an.ProcFrames.from_tracked(pfns, pages)
+    if guest_ranges is None:
+        pfns, pages = tracked_frames(runs, entries, use_kpageflags)
+        return an.ProcFrames.from_tracked(pfns, pages)
+    pfns, pages, idx = tracked_frames(runs, entries, use_kpageflags, with_index=True)
+    inside = _inside(runs, entries.size, guest_ranges)[idx]
+    return an.ProcFrames.from_tracked(pfns, pages), an.ProcFrames.from_tracked(pfns[inside], pages[inside])
+
+
+def _inside(runs, n: int, ranges: list[tuple[int, int]]) -> np.ndarray:
+    """Mask of the entries (laid out as ``runs``) whose page lies in ``ranges`` (VAs)."""
+    mask = np.zeros(n, dtype=bool)
+    for r in runs:
+        for lo, hi in ranges:
+            a = max(r.first_vpn, lo >> PAGE_SHIFT)
+            b = min(r.first_vpn + r.npages, hi >> PAGE_SHIFT)
+            if a < b:
+                mask[r.offset + a - r.first_vpn:r.offset + b - r.first_vpn] = True
+    return mask
 
 
 class _Round:
@@ -188,6 +209,7 @@ class _Round:
     def __init__(self):
         self.tasks: list[TaskInfo] = []
         self.frames: list[an.ProcFrames] = []
+        self.guests: list[tuple[object, an.ProcFrames] | None] = []   # (GuestLayout, frames) of VMMs
         self.cgroups: list[str] = []
         self.vanished = 0
         self.denied = 0
@@ -201,8 +223,15 @@ class PageIdleSystemScanner(SystemScanner):
         summary="one global page_idle mark and read per window over the union of all processes' frames")
 
     def __init__(self, selection: Selection | None = None, pss: bool = False, cgroups: bool = False,
-                 mark: str = "frames", drain_lru: bool = True):
+                 mark: str = "frames", drain_lru: bool = True, guests: bool = False,
+                 tlb_flush: str = "none"):
         super().__init__(selection, pss, cgroups)
+        if tlb_flush not in ("none", "soft-dirty"):
+            raise UsageError("tlb flush must be none or soft-dirty")
+        self.tlb_flush = tlb_flush
+        # guests: also a row per VM (a VMM's guest RAM only), from the same walk.
+        self.guests = guests
+        self._layouts: dict = {}
         if mark not in MARK_MODES:
             raise UsageError(f"mark mode must be one of {', '.join(MARK_MODES)}")
         self.mark_mode = mark
@@ -224,8 +253,10 @@ class PageIdleSystemScanner(SystemScanner):
             # the cache cannot grow as processes come and go.
             if t.key in cache:
                 self._maps_cache[t.key] = cache[t.key]
+            layout = self._layout(t) if self.guests else None
             try:
-                f = walk_process(t.pid, self._use_kpf, self._maps_cache, t.key)
+                f = walk_process(t.pid, self._use_kpf, self._maps_cache, t.key,
+                                 layout.hva_ranges() if layout is not None else None)
             except NoSuchProcess:
                 r.vanished += 1
                 continue
@@ -235,12 +266,36 @@ class PageIdleSystemScanner(SystemScanner):
             except OSError as e:
                 r.errors.append(f"reading PID {t.pid}'s pagemap failed: {os.strerror(e.errno or 0)}")
                 continue
+            if layout is not None:
+                f, g = f
+                r.guests.append((layout, g))
+            else:
+                r.guests.append(None)
             r.tasks.append(t)
             r.frames.append(f)
             r.cgroups.append(read_cgroup(t.pid))
         return r
 
-    def _set(self, union: np.ndarray) -> None:
+    def _layout(self, t: TaskInfo):
+        """The guest layout of a VMM process (None for any other process),
+        found once per process: a VMM's RAM mappings do not move."""
+        if t.key not in self._layouts:
+            from ..errors import IdlemapError
+            from ..vmtarget import describe, find_guest_ram, vmm_kind
+            layout = None
+            # The name first (no syscall): describe() reads argv and exe.  A
+            # QEMU renamed with -name ...,process=X is missed here.
+            if vmm_kind((), comm=t.comm) is not None:
+                try:
+                    layout = find_guest_ram(describe(t.pid))
+                except (IdlemapError, OSError):
+                    layout = None       # gone, or no guest RAM found
+            if len(self._layouts) > 4096:
+                self._layouts.clear()
+            self._layouts[t.key] = layout
+        return self._layouts[t.key]
+
+    def _set(self, union: np.ndarray, tasks: list[TaskInfo] = ()) -> None:
         if self.drain_lru:
             # Fresh pages wait in per-CPU batches, invisible to page_idle,
             # until drained (KERNEL.md): one drain for the whole system.
@@ -260,11 +315,21 @@ class PageIdleSystemScanner(SystemScanner):
                     raise
         else:
             self.bitmap.set_idle(union)
+        if self.tlb_flush == "soft-dirty":
+            # As IdleBitmap's: each process's TLB flushed after the mark
+            # (clear_refs=4 ends in flush_tlb_mm), so translations cached
+            # before it cannot hide accesses (docs/tlb.md).  Costs one
+            # page-table walk per process and clears their soft-dirty bits.
+            for t in tasks:
+                try:
+                    cr.clear_refs(t.pid, cr.CLEAR_SOFT_DIRTY)
+                except (NoSuchProcess, AccessDenied, OSError):
+                    pass                # gone or not ours: its row says so at the read
         self.marked_at = time.monotonic()
 
     def mark(self) -> None:
         r = self._walk()
-        self._set(an.union_of(r.frames))
+        self._set(an.union_of(r.frames), r.tasks)
         self._marked = {t.key for t in r.tasks}
 
     def sample(self, remark: bool = True) -> an.SystemSample:
@@ -278,21 +343,26 @@ class PageIdleSystemScanner(SystemScanner):
         window = now - self.marked_at
         marked = self._marked
         if remark:
-            self._set(union)
+            self._set(union, r.tasks)
             self._marked = {t.key for t in r.tasks}
         mapcount = None
         if self.pss:
             from ..kernel import kpagecount
             mapcount = kpagecount.read_counts(union)
-        rows, rep_frames = [], []
+        rows, rep_frames, guests = [], [], []
         new = 0
-        for t, f, cg in zip(r.tasks, r.frames, r.cgroups):
+        for t, f, cg, g in zip(r.tasks, r.frames, r.cgroups, r.guests):
             if t.key not in marked:
                 new += 1
                 continue
             rss, wss, pss, wpss = an.attribute(f, union, idle, mapcount)
             rows.append(an.ProcessUsage(t.pid, t.comm, cg, rss, wss, window, pss, wpss))
             rep_frames.append(f)
+            if g is not None:
+                layout, gf = g
+                grss, gwss, _, _ = an.attribute(gf, union, idle, None)
+                guests.append(an.GuestUsage(t.pid, layout.vmm, layout.name, layout.accel,
+                                            layout.ram_bytes, grss, gwss, window))
         if new == 0:      # the usual case: the union is exactly the reported frames
             total_rss = int(union_pages.sum()) * PAGE_SIZE
             total_wss = int(union_pages[~idle].sum()) * PAGE_SIZE
@@ -301,7 +371,7 @@ class PageIdleSystemScanner(SystemScanner):
         cgs = an.cgroup_usage_exact(rows, rep_frames, union, idle) if self.cgroups else []
         return an.SystemSample(
             backend=self.name, granularity=self.caps.granularity, time_s=now, window_s=window,
-            processes=rows, cgroups=cgs, total_rss_bytes=total_rss, total_wss_bytes=total_wss,
+            processes=rows, cgroups=cgs, guests=guests, total_rss_bytes=total_rss, total_wss_bytes=total_wss,
             scan_s=time.monotonic() - t0, frames=int(union.size), new_processes=new,
             vanished=r.vanished, denied=r.denied, errors=r.errors)
 

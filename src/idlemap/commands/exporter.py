@@ -16,6 +16,7 @@ EXAMPLES = """\
   idlemap exporter --cgroups                # per cgroup v2 group instead of per process
   idlemap exporter --pids 1234,5678 --pss   # two processes, with PSS-weighted figures
   idlemap exporter --listen 0.0.0.0:9466    # every interface (default: loopback only)
+  idlemap exporter --vms                    # also idlemap_guest_* series per VM (guest RAM only)
   curl -s 127.0.0.1:9466/metrics | grep ^idlemap_
 See docs/fleet.md for systemd, Kubernetes, PromQL and a Grafana dashboard.
 """
@@ -47,7 +48,7 @@ def run(args) -> int:
     choice, scanner = make_scanner(args, cgroups=args.cgroups)
     state = svc.ExporterState(choice.cls.name, choice.cls.caps.granularity, f"{args.interval:g}s")
     collector = svc.make_collector(state, processes=not args.cgroups, cgroups=args.cgroups,
-                                   top_n=args.top_n, sort=args.sort, pss=args.pss)
+                                   top_n=args.top_n, sort=args.sort, pss=args.pss, guests=args.vms)
     stop = threading.Event()
     with scanner:
         server, bound = svc.serve(host, port, collector)

@@ -6,8 +6,7 @@ import sys
 import time
 
 from ..analysis.system import SORT_KEYS
-from ..backends import BACKENDS
-from ..backends.system import MARK_MODES, Selection, choose_system
+from ..backends.system import MARK_MODES, SYSTEM_BACKENDS, Selection, choose_system
 from ..errors import NoSuchProcess, UsageError
 from ..kernel.tasks import read_task
 from ..render import top as render
@@ -21,6 +20,7 @@ EXAMPLES = """\
   idlemap top 5 1 --cgroups --json  # one 5 s window, processes and cgroups, JSON
   idlemap top --pss                 # shared pages weighted by 1/mapcount too
   idlemap top --tree 1234           # only PID 1234 and its descendants
+  idlemap top --vms                 # also a table of VMs: each VMM's guest RAM only
 With page_idle (CONFIG_IDLE_PAGE_TRACKING, root) each window costs one global
 mark and one read of the bitmap, whatever the number of processes; without
 it idlemap falls back to clear_refs per process and says so.
@@ -46,8 +46,14 @@ def add_selection_arguments(p) -> None:
                    help="only PID and its descendants, as they come and go (repeatable)")
     p.add_argument("--pss", action="store_true",
                    help="also PSS-weighted figures: a page shared by k mappings counts 1/k in each")
-    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
+    p.add_argument("--backend", default="auto", choices=["auto", *SYSTEM_BACKENDS],
                    help="auto: page_idle (one global pass) if available, else clear_refs per process")
+    p.add_argument("--vms", action="store_true",
+                   help="page_idle: also a row per virtual machine -- a VMM's guest RAM only -- from "
+                        "the same pass (docs/vms.md)")
+    p.add_argument("--tlb-flush", default="none", choices=["none", "soft-dirty"],
+                   help="page_idle: flush each process's TLB after the mark (see docs/tlb.md; clears "
+                        "their soft-dirty bits)")
     p.add_argument("--mark", default="frames", choices=MARK_MODES,
                    help="page_idle: mark the union of all processes' frames (default), or the whole "
                         "frame range holding them (one contiguous write, also marks page cache)")
@@ -71,7 +77,13 @@ def selection_from(args) -> Selection:
 
 def make_scanner(args, cgroups: bool):
     choice = choose_system(args.backend)
-    kw = {"mark": args.mark} if choice.cls.name == "page_idle" else {}
+    if args.vms and choice.cls.name != "page_idle":
+        raise UsageError("--vms needs the page_idle backend (clear_refs cannot tell guest RAM apart "
+                         "and does not see a KVM guest's accesses)")
+    if args.tlb_flush != "none" and choice.cls.name != "page_idle":
+        raise UsageError("--tlb-flush goes with the page_idle backend")
+    kw = ({"mark": args.mark, "guests": args.vms, "tlb_flush": args.tlb_flush}
+          if choice.cls.name == "page_idle" else {})
     return choice, choice.cls(selection_from(args), pss=args.pss, cgroups=cgroups, **kw)
 
 

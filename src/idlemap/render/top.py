@@ -69,6 +69,12 @@ def frame(s: SystemSample, sort: str = "wss", n: int = 0, pss: bool = False,
                 r += [mb(c.pss_bytes), mb(c.wss_pss_bytes)]
             crows.append(r + [c.cgroup or "-"])
         blocks.append(Block(ccols, crows))
+    if s.guests:
+        gcols = [("VMM_PID", 7), ("RAM(MB)", 10), ("RSS(MB)", 10), ("WSS(MB)", 10), ("COLD(MB)", 10),
+                 ("ACCEL", -5), ("VM", -1)]
+        grows = [[str(g.pid), mb(g.ram_bytes), mb(g.rss_bytes), mb(g.wss_bytes), mb(g.cold_bytes), g.accel,
+                  f"{g.vmm} {g.name}".strip()] for g in sorted(s.guests, key=lambda g: -g.wss_bytes)]
+        blocks.append(Block(gcols, grows))
     return Frame(title, notes, blocks)
 
 
@@ -95,6 +101,8 @@ def as_json(s: SystemSample, sort: str, n: int, cgroups: bool, round_no: int) ->
          "errors": s.errors, "processes": [p.as_dict() for p in sort_rows(s.processes, sort, n)]}
     if cgroups:
         d["cgroups"] = [c.as_dict() for c in sort_rows(s.cgroups, sort, n)]
+    if s.guests:
+        d["guests"] = [g.as_dict() for g in s.guests]
     return d
 
 

@@ -93,7 +93,7 @@ class ExporterState:
 
 
 def make_collector(state: ExporterState, processes: bool = True, cgroups: bool = False,
-                   top_n: int = 0, sort: str = "rss", pss: bool = False):
+                   top_n: int = 0, sort: str = "rss", pss: bool = False, guests: bool = False):
     """A prometheus_client Collector over ``state`` (imported lazily: the
     client is an optional dependency)."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
@@ -179,6 +179,22 @@ def make_collector(state: ExporterState, processes: bool = True, cgroups: bool =
                     cr.add_metric([c.cgroup], c.rss_bytes)
                     cn.add_metric([c.cgroup], c.nprocs)
                 yield from (cw, cc, cr, cn)
+            if guests:
+                glab = ["pid", "vmm", "guest"]
+                gw = GaugeMetricFamily("idlemap_guest_wss_bytes", "Guest RAM the VM accessed during the "
+                                       "window (its VMM's guest RAM mappings only)", labels=glab + ["window"])
+                gc = GaugeMetricFamily("idlemap_guest_cold_bytes", "Guest RAM resident on the host and not "
+                                       "accessed during the window", labels=glab + ["window"])
+                gr = GaugeMetricFamily("idlemap_guest_rss_bytes", "Guest RAM resident on the host",
+                                       labels=glab)
+                gs = GaugeMetricFamily("idlemap_guest_ram_bytes", "Guest RAM size", labels=glab)
+                for g in s.guests:
+                    lab = [str(g.pid), g.vmm, g.name]
+                    gw.add_metric(lab + [w], g.wss_bytes)
+                    gc.add_metric(lab + [w], g.cold_bytes)
+                    gr.add_metric(lab, g.rss_bytes)
+                    gs.add_metric(lab, g.ram_bytes)
+                yield from (gw, gc, gr, gs)
 
     return IdlemapCollector()
 
