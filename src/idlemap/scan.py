@@ -81,7 +81,7 @@ class Scanner:
 
     def __init__(self, proc: ProcessId, backend: str = "auto", need_per_page: bool = False,
                  tlb_flush: str = "none", ranges: Iterable[tuple[int, int]] | None = None,
-                 with_pss: bool = False, guest=None):
+                 with_pss: bool = False, guest=None, backend_kw: dict | None = None):
         """``guest``: a vmtarget.GuestLayout -- ``proc`` is its VMM and the
         rounds come in guest-physical terms (spans are guest RAM regions)."""
         self.proc = proc
@@ -93,7 +93,7 @@ class Scanner:
         if guest is not None:
             from .vmtarget import GuestBackend
             kw = {"tlb_flush": self.tlb_flush} if self.tlb_flush != "none" else {}
-            self.backend = GuestBackend(cls, proc, guest, **kw)
+            self.backend = GuestBackend(cls, proc, guest, **kw, **(backend_kw or {}))
         elif cls.name == "page_idle":
             self.backend = cls(proc, ranges=self.ranges, tlb_flush=tlb_flush, with_pss=with_pss)
         else:
@@ -101,7 +101,8 @@ class Scanner:
                 from .errors import UsageError
                 raise UsageError("--range needs a per-page backend (page_idle); "
                                  f"{cls.name} measures whole mappings")
-            self.backend = cls(proc, tlb_flush=self.tlb_flush) if cls.name == "clear_refs" else cls(proc)
+            kw = {"tlb_flush": self.tlb_flush} if cls.name == "clear_refs" else {}
+            self.backend = cls(proc, **kw, **(backend_kw or {}))   # backend_kw: e.g. DAMON settings
         self.index = 0
         self.started_at: float | None = None
 

@@ -6,6 +6,7 @@ compared byte for byte after.  No test here depends on timing except
 "DAMON sees a continuously hot range", which asks only that every hot page
 be seen at some point in several seconds of 5 ms sampling.
 """
+import json
 import os
 import signal
 import subprocess
@@ -155,6 +156,30 @@ def test_refuses_a_kdamond_someone_else_started(pristine, workload):
         if ds.read(f"{kd}/0/state") == "on":
             w.write(f"{kd}/0/state", "off")
         w.write(f"{kd}/nr_kdamonds", 0)
+
+
+def test_cli_settings_reach_the_kdamond_and_the_output(pristine, workload):
+    """--damon-* options: the kdamond runs with them (read back from sysfs
+    mid-scan) and every JSON row says which settings produced it."""
+    p = subprocess.Popen([sys.executable, "-m", "idlemap", "wss", "--backend", "damon", str(workload.pid),
+                          "0.5", "3", "--json", "--damon-sample", "2", "--damon-aggr", "40",
+                          "--damon-regions", "20-200"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        row = json.loads(p.stdout.readline())
+        f = ds.KdamondFiles(0)          # ours: DAMON was unused before (pristine)
+        live = {os.path.relpath(path, f.ctx + "/monitoring_attrs"): open(path).read().strip()
+                for path in (f.sample_us, f.aggr_us, f.min_nr_regions, f.max_nr_regions)}
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err
+    assert live == {"intervals/sample_us": "2000", "intervals/aggr_us": "40000",
+                    "nr_regions/min": "20", "nr_regions/max": "200"}
+    assert row["backend"] == "damon"
+    assert row["damon"]["sample_us"] == 2000 and row["damon"]["min_nr_regions"] == 20
 
 
 def test_exact_mode_says_the_kernel_lacks_it(pristine, workload):

@@ -168,3 +168,43 @@ def test_refusal_sentence_mentions_missing_vaddr():
     infos = [ds.KdamondInfo(0, "on", 5, "paddr", 0, ())]
     msg = _refusal(infos, "; this kernel also lacks DAMON vaddr (CONFIG_DAMON_VADDR is not set)")
     assert msg.endswith("(CONFIG_DAMON_VADDR is not set)")
+
+
+def _args(**kw):
+    import argparse
+
+    from idlemap.commands import add_damon_arguments
+    p = argparse.ArgumentParser()
+    add_damon_arguments(p)
+    argv = []
+    for k, v in kw.items():
+        flag = "--" + k.replace("_", "-")
+        argv += [flag] if v is True else [flag, str(v)]
+    return p.parse_args(argv)
+
+
+def test_damon_options_become_settings():
+    from idlemap.commands import damon_kwargs
+    s = damon_kwargs(_args(damon_sample=2, damon_aggr=50, damon_regions="20-200", damon_estimator="median"),
+                     "damon")["settings"]
+    assert (s.attrs.sample_us, s.attrs.aggr_us, s.attrs.update_us) == (2000, 50000, 1_000_000)
+    assert (s.attrs.min_nr_regions, s.attrs.max_nr_regions, s.estimator, s.exact) == (20, 200, "median", False)
+    d = damon_kwargs(_args(), "damon")["settings"]           # no option: idlemap's defaults
+    assert (d.attrs.min_nr_regions, d.attrs.max_nr_regions, d.attrs.sample_us) == (100, 1000, 5000)
+    assert damon_kwargs(_args(damon_exact=True), "damon")["settings"].exact
+
+
+@pytest.mark.parametrize("kw,backend,msg", [
+    ({"damon_regions": "10-100"}, "page_idle", "--damon-regions goes with --backend damon"),
+    ({"damon_exact": True}, "clear_refs", "--damon-exact goes with --backend damon"),
+    ({"damon_regions": "ten"}, "damon", "bad --damon-regions"),
+    ({"damon_regions": "2-100"}, "damon", "at least 3 regions"),
+    ({"damon_sample": 50, "damon_aggr": 10}, "damon", "at least the sampling interval"),
+])
+def test_damon_options_refused_with_one_sentence(kw, backend, msg):
+    from idlemap.commands import damon_kwargs
+    from idlemap.errors import UsageError
+    with pytest.raises(UsageError) as ei:
+        damon_kwargs(_args(**kw), backend)
+    assert msg in str(ei.value)
+    assert damon_kwargs(_args(), backend if backend != "damon" else "page_idle") == {}

@@ -33,3 +33,50 @@ def parse_range(text: str) -> tuple[int, int]:
     if hi <= lo:
         raise UsageError(f"bad range {text!r}: END must be above START")
     return lo, hi
+
+
+# -- DAMON settings, shared by the commands that take --backend damon ----------
+def add_damon_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("DAMON (--backend damon; defaults: idlemap's, see docs/accuracy.md)")
+    g.add_argument("--damon-sample", type=float, metavar="MS", help="sampling interval (default 5 ms)")
+    g.add_argument("--damon-aggr", type=float, metavar="MS", help="aggregation interval (default 100 ms)")
+    g.add_argument("--damon-update", type=float, metavar="MS", help="regions update interval (default 1000 ms)")
+    g.add_argument("--damon-regions", metavar="MIN-MAX",
+                   help="region count bounds (default 100-1000; DAMON's own default is 10-1000)")
+    g.add_argument("--damon-estimator", choices=["union", "median"],
+                   help="window from aggregations: union (default) or median (DAMON's snapshot view)")
+    g.add_argument("--damon-exact", action="store_true",
+                   help="also exact accessed bytes per window from a DAMOS 'young' filter (Linux 6.14+)")
+
+
+DAMON_OPTS = ("damon_sample", "damon_aggr", "damon_update", "damon_regions", "damon_estimator")
+
+
+def damon_kwargs(args, backend_name: str) -> dict:
+    """``{"settings": DamonSettings}`` for the damon backend from the
+    --damon-* options; {} for other backends (which refuse those options)."""
+    given = [o for o in DAMON_OPTS if getattr(args, o, None) is not None] + (
+        ["damon_exact"] if getattr(args, "damon_exact", False) else [])
+    if backend_name != "damon":
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} goes with --backend damon")
+        return {}
+    import dataclasses
+
+    from ..backends.damon import DamonSettings
+    base = DamonSettings()
+    a = base.attrs
+    ms = lambda v, d: d if v is None else int(round(v * 1000))   # noqa: E731 - ms -> us
+    lo, hi = a.min_nr_regions, a.max_nr_regions
+    if args.damon_regions is not None:
+        try:
+            lo, hi = (int(x) for x in args.damon_regions.split("-", 1))
+        except ValueError:
+            raise UsageError(f"bad --damon-regions {args.damon_regions!r}: expected MIN-MAX, e.g. 100-1000") from None
+    attrs = dataclasses.replace(a, sample_us=ms(args.damon_sample, a.sample_us), aggr_us=ms(args.damon_aggr, a.aggr_us),
+                                update_us=ms(args.damon_update, a.update_us), min_nr_regions=lo, max_nr_regions=hi)
+    why = attrs.validate()
+    if why:
+        raise UsageError(f"bad DAMON settings: {why}")
+    return {"settings": dataclasses.replace(base, attrs=attrs, estimator=args.damon_estimator or base.estimator,
+                                            exact=args.damon_exact)}

@@ -13,7 +13,7 @@ from ..render.progress import Progress
 from ..render.text import json_line
 from ..render.units import human_bytes
 from ..scan import Scanner, calibrate
-from . import parse_range, pid_arg, take_pid
+from . import add_damon_arguments, damon_kwargs, parse_range, pid_arg, take_pid
 
 HELP = "record rounds of a process's page accesses to a file, for `idlemap report`"
 EXAMPLES = """\
@@ -55,6 +55,7 @@ def add_scan_arguments(p, default_rounds: int | None) -> None:
     p.add_argument("--vm", action="store_true",
                    help="PID is a VMM (QEMU, Firecracker...): scan its guest RAM, in guest-physical terms")
     p.add_argument("--qmp", metavar="SOCKET", help="with --vm: QEMU's QMP socket, for the exact layout")
+    add_damon_arguments(p)
 
 
 def add_arguments(p) -> None:
@@ -89,7 +90,8 @@ def open_scanner(args, need_per_page: bool = False, with_pss: bool = False) -> t
     elif args.qmp:
         raise UsageError("--qmp goes with --vm")
     sc = Scanner(proc, backend=args.backend, need_per_page=need_per_page, tlb_flush=args.tlb_flush,
-                 ranges=ranges, with_pss=with_pss, guest=guest)
+                 ranges=ranges, with_pss=with_pss, guest=guest,
+                 backend_kw=damon_kwargs(args, backends.choose(args.backend).cls.name))
     if guest is not None and not getattr(args, "json", False):
         from ..vmtarget import layout_summary
         print(f"PID {pid} is a VM: {layout_summary(guest)}; addresses below are guest-physical.",

@@ -8,7 +8,7 @@ from ..analysis.wss import profile_windows, summarize, top_mappings
 from ..errors import NoSuchProcess, UsageError
 from ..kernel.process import identify
 from ..render.text import MB, Table, json_line, mb
-from . import pid_arg, take_pid
+from . import add_damon_arguments, damon_kwargs, pid_arg, take_pid
 
 HELP = "working-set size of a process: Est(s), RSS, PSS and referenced MB per window"
 EXAMPLES = """\
@@ -18,6 +18,7 @@ EXAMPLES = """\
   idlemap wss 1234 -P 10           # profile: windows of 0.01, 0.02, ... 5.12 s
   idlemap wss 1234 1 3 --by-mapping --json   # JSON lines, per mapping
   idlemap wss 1234 --backend clear_refs      # no page_idle? exact per-mapping totals
+  idlemap wss 1234 5 --backend damon --damon-regions 10-1000   # DAMON regions, its default bounds
   idlemap wss --vm 1234 1 10       # PID is a VMM: the guest's WSS, rows by guest RAM region
 """
 SCHEMA = "idlemap.wss/1"
@@ -45,6 +46,7 @@ def add_arguments(p) -> None:
     p.add_argument("--vm", action="store_true",
                    help="PID is a VMM (QEMU, Firecracker...): measure its guest RAM, in guest-physical terms")
     p.add_argument("--qmp", metavar="SOCKET", help="with --vm: QEMU's QMP socket, for the exact layout")
+    add_damon_arguments(p)
 
 
 def _sample_json(s, args) -> dict:
@@ -53,6 +55,8 @@ def _sample_json(s, args) -> dict:
          "ref_bytes": s.accessed_bytes, "scan_cpu_s": round(s.scan_s, 6)}
     if args.vm:
         d["address_space"] = "guest-physical"    # by_mapping start/end are GPAs
+    if s.backend == "damon" and getattr(args, "_damon_settings", None) is not None:
+        d["damon"] = args._damon_settings.as_dict()   # the settings behind these figures
     if args.by_mapping:
         d["by_mapping"] = [
             {"start": f"{u.mapping.start:#x}", "end": f"{u.mapping.end:#x}", "label": u.mapping.label,
@@ -75,6 +79,10 @@ def run(args) -> int:
     proc = identify(pid)
     choice = backends.choose(args.backend)
     kw = {"tlb_flush": args.tlb_flush} if choice.cls.name in ("page_idle", "clear_refs") else {}
+    kw.update(damon_kwargs(args, choice.cls.name))
+    if choice.cls.name == "damon":
+        from ..backends.damon import DamonSettings
+        args._damon_settings = kw.get("settings") or DamonSettings()
     if args.vm:
         from ..vmtarget import layout_summary, open_guest_backend
         backend = open_guest_backend(choice.cls, proc, args.qmp, **kw)
@@ -92,6 +100,8 @@ def run(args) -> int:
         print(f"Watching PID {pid} ({proc.comm}) with the {choice.cls.name} backend "
               f"[{choice.reason}]; page-level detail: {'yes' if choice.cls.caps.per_page else f'no (per {choice.cls.caps.granularity})'}. "
               "Ctrl-C to end.")
+        if choice.cls.name == "damon":
+            print(f"DAMON: {args._damon_settings.describe()}")
         table.header()
 
     def emit(s) -> None:
