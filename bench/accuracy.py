@@ -45,7 +45,7 @@ if BENCH not in sys.path:
 if os.path.join(REPO, "src") not in sys.path:
     sys.path.insert(0, os.path.join(REPO, "src"))
 
-from common import run_in_vm  # noqa: E402
+from common import add_run_arguments, elsewhere, run_in_vm, save_here  # noqa: E402
 from idlemap.workload import PAGE, Workload, _Child, _touch  # noqa: E402
 
 MiB = 1 << 20
@@ -626,9 +626,7 @@ def show(res: dict, args) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--here", action="store_true", help="run on this kernel instead of the test VM")
-    p.add_argument("--vm", action="store_true", help="run in the test VM (the default without page_idle)")
-    p.add_argument("--result-dir", help="(internal) where --here writes results.json")
+    add_run_arguments(p, DOC, RESULTS)
     p.add_argument("--workloads", default="", help="comma list of workload names (default: all)")
     p.add_argument("--backends", default="page_idle,page_idle+soft-dirty,clear_refs,damon,damon:100-1000",
                    help="comma list from: " + ", ".join(BACKEND_CHOICES))
@@ -645,19 +643,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--damon-min-regions", type=int, default=10)
     p.add_argument("--damon-max-regions", type=int, default=1000)
     p.add_argument("--mem-mib", type=int, default=3072)
-    p.add_argument("--timeout-s", type=float, default=3600)
-    p.add_argument("--doc", default=DOC)
-    p.add_argument("--no-doc", action="store_true")
-    p.add_argument("--results", default=RESULTS, help="where the host keeps the raw results (JSON)")
-    p.add_argument("--render-only", action="store_true", help="re-render the doc from --results, run nothing")
     args = p.parse_args(argv)
-    if args.render_only:
-        with open(args.results) as f:
-            return show(json.load(f), args)
-    if not args.here:
-        from idlemap.kernel.page_idle import available
-        if args.vm or not available():
-            return in_vm(args)
+    rc = elsewhere(args, show, in_vm)
+    if rc is not None:
+        return rc
     t0 = time.monotonic()
     rows = run_here(args)
     meta = {"kernel": os.uname().release, "cpus": os.cpu_count(), "size_mib": args.size_mib,
@@ -667,9 +656,7 @@ def main(argv: list[str] | None = None) -> int:
             "damon_max_regions": args.damon_max_regions, "repeat": args.repeat,
             "repeat_damon": args.repeat_damon,
             "runtime_s": round(time.monotonic() - t0), "command": "python bench/accuracy.py"}
-    if args.result_dir:
-        with open(os.path.join(args.result_dir, "results.json"), "w") as f:
-            json.dump({"rows": rows, "meta": meta}, f)
+    save_here(args, rows, meta)
     print("\n".join(table(rows, meta)))
     print("\n".join(damon_table(rows, meta)))
     return 0

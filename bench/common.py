@@ -57,3 +57,35 @@ def _keep_partial(rows_path: str, results: str) -> None:
     with open(keep, "w") as f:
         json.dump({"rows": rows, "meta": {"partial": True}}, f, indent=1)
     print(f"kept {len(rows)} rows in {os.path.relpath(keep, REPO)}", file=sys.stderr)
+
+
+def add_run_arguments(p, doc: str, results: str) -> None:
+    """Where a VM-backed bench runs and where its outputs go."""
+    p.add_argument("--here", action="store_true", help="run on this kernel instead of the test VM")
+    p.add_argument("--vm", action="store_true", help="run in the test VM (the default without page_idle)")
+    p.add_argument("--result-dir", help="(internal) where --here writes results.json")
+    p.add_argument("--timeout-s", type=float, default=3600)
+    p.add_argument("--doc", default=doc)
+    p.add_argument("--no-doc", action="store_true")
+    p.add_argument("--results", default=results, help="where the host keeps the raw results (JSON)")
+    p.add_argument("--render-only", action="store_true", help="re-render the doc from --results, run nothing")
+
+
+def elsewhere(args, render, in_vm) -> int | None:
+    """Render-only or run in the VM (the host has no page_idle) and return
+    the exit status; None: measure here."""
+    if args.render_only:
+        with open(args.results) as f:
+            return render(json.load(f), args)
+    if not args.here:
+        from idlemap.kernel.page_idle import available
+        if args.vm or not available():
+            return in_vm(args)
+    return None
+
+
+def save_here(args, rows: list, meta: dict) -> None:
+    """In the VM: hand rows and metadata to the host through --result-dir."""
+    if args.result_dir:
+        with open(os.path.join(args.result_dir, "results.json"), "w") as f:
+            json.dump({"rows": rows, "meta": meta}, f)

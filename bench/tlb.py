@@ -47,7 +47,7 @@ REPO = os.path.dirname(BENCH)
 sys.path[:0] = [p for p in (BENCH, os.path.join(REPO, "src")) if p not in sys.path]
 
 from accuracy import PatternWorkload  # noqa: E402
-from common import run_in_vm  # noqa: E402
+from common import add_run_arguments, elsewhere, run_in_vm, save_here  # noqa: E402
 
 MiB = 1 << 20
 PAGE = 4096
@@ -199,35 +199,22 @@ def in_vm(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--here", action="store_true")
-    p.add_argument("--vm", action="store_true")
-    p.add_argument("--result-dir")
+    add_run_arguments(p, DOC, RESULTS)
     p.add_argument("--hot-pages", default="8,64,512,4096,16384")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--size-mib", type=int, default=64)
     p.add_argument("--window-s", type=float, default=0.5)
     p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--timeout-s", type=float, default=3600)
-    p.add_argument("--doc", default=DOC)
-    p.add_argument("--no-doc", action="store_true")
-    p.add_argument("--results", default=RESULTS)
-    p.add_argument("--render-only", action="store_true")
     args = p.parse_args(argv)
-    if args.render_only:
-        with open(args.results) as f:
-            return render(json.load(f), args)
-    if not args.here:
-        from idlemap.kernel.page_idle import available
-        if args.vm or not available():
-            return in_vm(args)
+    rc = elsewhere(args, render, in_vm)
+    if rc is not None:
+        return rc
     t0 = time.monotonic()
     rows = run_here(args)
     meta = {"kernel": os.uname().release, "cpus": os.cpu_count(), "size_mib": args.size_mib,
             "window_s": args.window_s, "repeat": args.repeat, "runtime_s": round(time.monotonic() - t0),
             "command": "python bench/tlb.py"}
-    if args.result_dir:
-        with open(os.path.join(args.result_dir, "results.json"), "w") as f:
-            json.dump({"rows": rows, "meta": meta}, f)
+    save_here(args, rows, meta)
     print("\n".join(table(summarize(rows))))
     return 0
 
