@@ -134,3 +134,22 @@ def test_bad_options(capsys, phases):
 def test_record_bad_target(capsys):
     rc, _, err = cli(capsys, "record", "999999999", "-n", "1")
     assert rc != 0 and "no process with PID 999999999" in err
+
+
+def test_report_wss_png(capsys, phases, tmp_path):
+    """The WSS-over-time picture: written, and the series behind it is the
+    per-round WSS and RSS (phases: A 1024 pages, B 1524, then A+C)."""
+    path, truth = phases
+    png = tmp_path / "wss.png"
+    rc, out, _ = cli(capsys, "report", path, "wss", "--json", "--png", str(png))
+    d = json.loads(out)
+    assert rc == 0 and d["png"] == str(png)
+    wss = [s["wss_bytes"] // PAGE_SIZE for s in d["series"]]
+    assert wss[:10] == [int(truth["A"].sum())] * 10 and wss[10:20] == [int(truth["B"].sum())] * 10
+    assert all(s["rss_bytes"] >= s["wss_bytes"] for s in d["series"])
+    if _has_mpl():
+        from matplotlib import image
+        img = image.imread(str(png))
+        assert img.shape[1] == 1200 and img.shape[0] == 500        # 12 x 5 in at 100 dpi
+    rc, out, _ = cli(capsys, "report", path, "wss", "--png", str(tmp_path / "w2.png"))
+    assert rc == 0 and "wrote " in out and (tmp_path / "w2.png").exists() == _has_mpl()

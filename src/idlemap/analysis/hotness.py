@@ -454,6 +454,7 @@ class WssReport:
     series_time_s: list[float]        # end of each window, seconds since the first window began
     series_bytes: list[int]
     by_mapping: list[MappingWss]
+    series_rss_bytes: list[int] = field(default_factory=list)   # RSS at the end of each window
 
 
 TREND_FLAT_PCT = 10.0
@@ -500,7 +501,8 @@ def wss_report(h: History) -> WssReport:
         anon=Percentiles.of([r.anon_accessed_bytes for r in rs]),
         file=Percentiles.of([r.file_accessed_bytes for r in rs]),
         rss=Percentiles.of([r.rss_bytes for r in rs]), trend=trend_of(t, y),
-        series_time_s=[round(float(x), 6) for x in t], series_bytes=[int(v) for v in y], by_mapping=by_map)
+        series_time_s=[round(float(x), 6) for x in t], series_bytes=[int(v) for v in y], by_mapping=by_map,
+        series_rss_bytes=[int(r.rss_bytes) for r in rs])
 
 
 # -- heatmap -----------------------------------------------------------------------

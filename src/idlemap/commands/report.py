@@ -31,6 +31,7 @@ EXAMPLES = """\
   idlemap report app.rec cold --max-count 1    # resident, accessed in at most one round
   idlemap report app.rec hot --rounds 10:20    # only rounds 10..19 (a phase)
   idlemap report app.rec histogram --png hist.png
+  idlemap report app.rec wss --png wss.png        # WSS and RSS over time, p50/p95 lines
   idlemap report app.rec heatmap --png heat.png   # terminal heatmap + PNG
   idlemap report app.rec heatmap --range 0x7f0000000000-0x7f0040000000
   idlemap report app.rec wss --json            # every report has --json
@@ -163,11 +164,17 @@ def show(kind: str, h: H.History, args, source: dict, window: tuple[int | None, 
             "round_range": [h.first_round, h.first_round + h.nrounds]}
     if kind == "wss":
         r = H.wss_report(h)
+        png = getattr(args, "png", None)
+        if png:
+            RT.wss_png(r, png, f"{_title(source)}: working set over {r.rounds} windows "
+                               f"of {r.interval_mean_s:.3g} s")
         if args.json:
-            print(json.dumps({**head, **RT.wss_json(r, args.top)}))
+            print(json.dumps({**head, **RT.wss_json(r, args.top), **({"png": png} if png else {})}))
         else:
             print(f"working set of {_title(source)}, rounds {h.first_round}..{h.first_round + h.nrounds - 1}")
             RT.print_wss(r, args.top)
+            if png:
+                print(f"\nwrote {png}")
         return 0
     h.require_per_page(f"the {kind} report")
     stats = H.page_stats(h)

@@ -47,7 +47,8 @@ def wss_json(r: WssReport, top: int) -> dict:
                       "first_quarter_mean_bytes": round(r.trend.first_quarter_mean_bytes),
                       "last_quarter_mean_bytes": round(r.trend.last_quarter_mean_bytes),
                       "change_pct": round(r.trend.change_pct, 3), "direction": r.trend.direction},
-            "series": [{"t_s": t, "wss_bytes": b} for t, b in zip(r.series_time_s, r.series_bytes)],
+            "series": [{"t_s": t, "wss_bytes": b, **({"rss_bytes": r.series_rss_bytes[i]} if r.series_rss_bytes else {})}
+                       for i, (t, b) in enumerate(zip(r.series_time_s, r.series_bytes))],
             "by_mapping": [{"label": m.label, "kind": m.kind, "start": f"{m.start:#x}",
                             "rss_last_bytes": m.rss_last_bytes, **pct(m.accessed)}
                            for m in r.by_mapping[:top or None]]}
@@ -152,6 +153,28 @@ def print_histograms(h: Histograms, out: IO[str] | None = None) -> None:
     out.write("\nby idle age (rounds since the last access, at the last round):\n")
     labels = [str(a) for a in range(len(h.by_idle_age))] + ["never"]
     _bars(out, "IDLE", labels, [int(x) for x in h.by_idle_age] + [h.never_accessed], h.population_pages, ps)
+
+
+def wss_png(r: WssReport, path: str, title: str = "") -> None:
+    """Working set and RSS over time, with the WSS p50 and p95 as lines."""
+    Figure, Canvas = load_matplotlib()
+    fig = Figure(figsize=(12, 5), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    t = np.asarray(r.series_time_s)
+    ax.plot(t, np.asarray(r.series_bytes) / MiB, color="#d95f02", lw=1.6, marker="." if t.size <= 60 else None,
+            label="WSS (accessed in the window)")
+    if r.series_rss_bytes:
+        ax.plot(t, np.asarray(r.series_rss_bytes) / MiB, color="#7570b3", lw=1.2, ls="--", label="RSS")
+    for q, v, style in (("p50", r.wss.p50, ":"), ("p95", r.wss.p95, "-.")):
+        ax.axhline(v / MiB, color="#1b9e77", lw=1, ls=style, label=f"WSS {q} {human_bytes(v)}")
+    ax.set_xlabel("time (s since the first window began)")
+    ax.set_ylabel("MiB")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title or f"working set over {r.rounds} windows of {r.interval_mean_s:.3g} s "
+                          f"(trend: {r.trend.direction})")
+    _save(fig, Canvas, path)
 
 
 def histograms_png(h: Histograms, path: str, title: str = "") -> None:
