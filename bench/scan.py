@@ -368,6 +368,8 @@ def phase_b(t: Target, reps: int, exe: str, py: bool, published: bool = True) ->
     mark leaves every LRU frame of the machine idle-flagged, so idlemap's
     reads here also pay rmap walks for idle-flagged neighbours of its
     frames: these idlemap figures are, if anything, pessimistic."""
+    if reps <= 0:
+        return []
     huge = target_huge(t)
     bm = IdleBitmap(t.pid)
     try:

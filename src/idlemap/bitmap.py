@@ -18,6 +18,7 @@ Kernel behaviour handled here (each measured in the test VM, see docs/):
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -72,55 +73,133 @@ def spans_for(maps: Sequence[Mapping], ranges: Iterable[tuple[int, int]] | None)
     return out
 
 
-def find_huge_blocks(spans: Sequence[Span], entries: np.ndarray) -> np.ndarray:
-    """Flat indices of the first page of every 2 MiB-aligned run of 512
-    present pages whose frames are consecutive from a 512-aligned frame:
-    the shape of a PMD-mapped THP.  Callers confirm with kpageflags."""
+def block_starts(spans: Sequence[Span]) -> np.ndarray:
+    """Flat index of the first page of every 2 MiB-aligned block of 512
+    pages that lies wholly inside one span, ascending."""
     starts, counts = [], []
     for s in spans:
-        if s.npages >= HPAGE_PAGES:
+        npages = s.npages
+        if npages >= HPAGE_PAGES:
             a0 = (-s.first_vpn) % HPAGE_PAGES
-            nb = (s.npages - a0) // HPAGE_PAGES
+            nb = (npages - a0) // HPAGE_PAGES
             if nb > 0:
                 starts.append(s.offset + a0)
                 counts.append(nb)
     if not starts:
         return np.empty(0, np.int64)
-    # Every aligned block of every span at once, filtered on two entries per
-    # block: head present on a 512-aligned frame, last page 511 frames on.
     counts_a = np.array(counts, np.int64)
     k = np.arange(int(counts_a.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts_a) - counts_a, counts_a)
-    blocks = np.repeat(np.array(starts, np.int64), counts_a) + k * HPAGE_PAGES
+    return np.repeat(np.array(starts, np.int64), counts_a) + k * HPAGE_PAGES
+
+
+# Candidate blocks are checked this many at a time in a reused buffer (256
+# KiB of entries): no fresh 2 MiB temporaries per GiB of THP to fault in.
+_CHECK_BLOCKS = 64
+
+try:        # memcmp: the cheapest exact "same bytes as last walk?" (~2x numpy's pass)
+    import ctypes
+    _memcmp = ctypes.CDLL(None).memcmp
+    _memcmp.restype = ctypes.c_int
+    _memcmp.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+except (ImportError, OSError, AttributeError, TypeError):     # pragma: no cover
+    _memcmp = None
+
+
+class _BlockMemo:
+    """The verdicts of the last walk's 512-entry checks, with a copy of the
+    entries they were made on: a chunk of candidate blocks whose entries
+    are byte-for-byte the same gets the same verdict (it is a function of
+    those entries alone) without the check's three passes over them."""
+
+    __slots__ = ("prev", "chunks")
+
+    def __init__(self):
+        self.prev = np.empty(0, np.uint64)
+        self.chunks: dict[int, tuple[int, np.ndarray]] = {}
+
+
+def find_huge_blocks(spans: Sequence[Span], entries: np.ndarray, blocks: np.ndarray | None = None,
+                     scratch: np.ndarray | None = None, memo: _BlockMemo | None = None) -> np.ndarray:
+    """Flat indices of the first page of every 2 MiB-aligned run of 512
+    present pages whose frames are consecutive from a 512-aligned frame:
+    the shape of a PMD-mapped THP.  Callers confirm with kpageflags.
+
+    ``blocks`` (``block_starts(spans)``, when the caller keeps it between
+    walks), ``scratch`` (a uint64 buffer of at least 64*512 entries) and
+    ``memo`` (kept between walks of the same process) only save work."""
+    if blocks is None:
+        blocks = block_starts(spans)
+    if not blocks.size:
+        return np.empty(0, np.int64)
+    # Filter every aligned block on two entries: head present on a
+    # 512-aligned frame, last page 511 frames on.
     hk = entries[blocks] & _KEEP
     ok = (hk >= _PRESENT_BIT) & ((hk & _HMASK) == 0) & ((entries[blocks + (HPAGE_PAGES - 1)] & _KEEP) == hk + _HLAST)
     cand = blocks[ok]
     if not cand.size:
         return cand
+    if scratch is None or scratch.size < _CHECK_BLOCKS * HPAGE_PAGES:
+        scratch = np.empty(_CHECK_BLOCKS * HPAGE_PAGES, np.uint64)
+    good = np.empty(cand.size, np.bool_)
+    hi = np.empty(_CHECK_BLOCKS, np.uint64)
+    lo = np.empty(_CHECK_BLOCKS, np.uint64)
+    if memo is not None and _memcmp is not None:
+        if memo.prev.size < entries.size:
+            memo.prev = np.empty(entries.size + entries.size // 8, np.uint64)
+            memo.chunks = {}
+        old, new = memo.chunks, {}
+        ep, pp = entries.ctypes.data, memo.prev.ctypes.data
+    else:
+        memo = None
     # Check the candidates in runs of adjacent blocks, as (n, 512) views.
+    # Entry j of a THP must be the head's entry + j in the present bit and
+    # the frame (PTE-mapped pieces of a THP may differ in soft-dirty or
+    # exclusive bits).  The head's frame is 512-aligned, so + j is XOR j:
+    # entry_j XOR j must equal the head's entry in every bit of _KEEP, i.e.
+    # the row's OR and AND agree on them (row j=0 is the head itself).
     bounds = np.concatenate(([0], np.flatnonzero(np.diff(cand) != HPAGE_PAGES) + 1, [cand.size])).tolist()
-    heads = []
     for a, b in zip(bounds[:-1], bounds[1:]):
-        base = int(cand[a])
-        sub = entries[base:base + (b - a) * HPAGE_PAGES].reshape(b - a, HPAGE_PAGES)
-        # A PMD-mapped THP has the same flag bits on all 512 entries, so
-        # entry j == head entry + j: one subtract and compare per page.
-        good = ((sub - _HAR) == sub[:, :1]).all(axis=1)
-        if not good.all():
-            # PTE-mapped pieces of a THP may differ in soft-dirty/exclusive
-            # bits: compare present bit and frame only.
-            bad = np.flatnonzero(~good)
-            sb = sub[bad] & _KEEP
-            good[bad] = ((sb - _HAR) == sb[:, :1]).all(axis=1)
-        heads.append(base + np.flatnonzero(good) * HPAGE_PAGES)
-    return np.concatenate(heads)
+        for c in range(a, b, _CHECK_BLOCKS):
+            d = min(b, c + _CHECK_BLOCKS)
+            nb = d - c
+            base = int(cand[c])
+            if memo is not None:
+                hit = old.get(base)
+                if hit is not None and hit[0] == nb and \
+                        _memcmp(ep + 8 * base, pp + 8 * base, 8 * nb * HPAGE_PAGES) == 0:
+                    good[c:d] = hit[1]
+                    new[base] = hit
+                    continue
+            sub = entries[base:base + nb * HPAGE_PAGES].reshape(nb, HPAGE_PAGES)
+            sc = scratch[:nb * HPAGE_PAGES].reshape(nb, HPAGE_PAGES)
+            np.bitwise_xor(sub, _HAR, out=sc)
+            h = np.bitwise_or.reduce(sc, axis=1, out=hi[:nb])
+            l_ = np.bitwise_and.reduce(sc, axis=1, out=lo[:nb])
+            np.bitwise_xor(h, l_, out=h)
+            np.bitwise_and(h, _KEEP, out=h)
+            np.equal(h, 0, out=good[c:d])
+            if memo is not None:
+                memo.prev[base:base + nb * HPAGE_PAGES] = entries[base:base + nb * HPAGE_PAGES]
+                new[base] = (nb, good[c:d].copy())
+    if memo is not None:
+        memo.chunks = new
+    return cand[good]
 
 
-def _blocks_mask(n: int, heads: np.ndarray) -> np.ndarray:
-    """Bool mask of the 512-page blocks starting at ``heads`` (disjoint)."""
-    d = np.zeros(n + 1, np.int8)
-    d[heads] = 1
-    d[heads + HPAGE_PAGES] -= 1
-    return np.cumsum(d[:n], dtype=np.int8).view(np.bool_)
+def _set_blocks(arr: np.ndarray, heads: np.ndarray, value) -> None:
+    """``arr[h:h + 512] = value`` for every h of ``heads`` (ascending,
+    disjoint blocks inside ``arr``).  Heads with the same offset modulo 512
+    are rows of one (m, 512) view of ``arr``: one fancy assignment each
+    (a span's heads all share one), no pass over the whole array."""
+    if not heads.size:
+        return
+    res = heads & (HPAGE_PAGES - 1)
+    r0 = int(res[0])
+    groups = [(r0, heads)] if (res == r0).all() else [(int(r), heads[res == r]) for r in np.unique(res)]
+    for r, hs in groups:
+        rows = (hs - r) // HPAGE_PAGES
+        m = int(rows.max()) + 1
+        arr[r:r + m * HPAGE_PAGES].reshape(m, HPAGE_PAGES)[rows] = value
 
 
 def _top_bytes(entries: np.ndarray) -> np.ndarray:
@@ -175,10 +254,24 @@ class IdleBitmap:
         self._span_io: tuple[list[int], list[int]] = ([], [])
         self._reserved: list[Mapping] = []
         self._last_plan: tuple[np.ndarray, object] | None = None
+        # Per walk, reused: the span layout's aligned 2 MiB blocks (while
+        # the layout is unchanged), scratch for the THP check and the
+        # tracked mask, /proc/kpageflags kept open.
+        self._walk_io: tuple | None = None
+        self._blocks_io: tuple | None = None
+        self._blocks = np.empty(0, np.int64)
+        self._check_buf = np.empty(_CHECK_BLOCKS * HPAGE_PAGES, np.uint64)
+        self._memo = _BlockMemo()
+        self._top_buf = np.empty(0, np.uint8)
+        self._cache: _WalkState | None = None
+        self._kpf_fd = -1
 
     def close(self) -> None:
         self._bitmap.close()
         self._pagemap.close()
+        if self._kpf_fd >= 0:
+            os.close(self._kpf_fd)
+            self._kpf_fd = -1
 
     def __enter__(self) -> "IdleBitmap":
         return self
@@ -247,49 +340,95 @@ class IdleBitmap:
 
     def _walk(self, ranges) -> tuple[list[Span], np.ndarray]:
         check_same(self.proc)
-        spans, (firsts, counts) = self._spans_now(ranges)
+        spans, io = self._spans_now(ranges)
+        firsts, counts = io
         total = sum(counts)
         if self._entries.size < total:
             self._entries = np.empty(total + total // 8, dtype=np.uint64)
         entries = self._entries[:total]
         self._pagemap.read_ranges(firsts, counts, entries)
+        self._walk_io = io
         return spans, entries
 
-    def _frames(self, spans, entries, top=None):
-        """-> (present, huge, tracked_idx, tracked_pfns, block_heads)"""
+    def _candidates(self, spans, entries) -> np.ndarray:
+        """find_huge_blocks for this walk (the span layout's blocks kept)."""
+        if not (self.detect_thp and entries.size >= HPAGE_PAGES):
+            return np.empty(0, np.int64)
+        io = self._walk_io
+        if self._blocks_io is not io and self._blocks_io != io:
+            self._blocks = block_starts(spans)
+            self._blocks_io = io
+        return find_huge_blocks(spans, entries, self._blocks, self._check_buf, self._memo)
+
+    def _confirm(self, cand: np.ndarray, entries: np.ndarray) -> np.ndarray:
+        """The candidates kpageflags calls THP heads, asked on every walk:
+        a THP split in place keeps its frames (and its pagemap entries)."""
+        if cand.size and self._has_kpf:
+            try:
+                if self._kpf_fd < 0:
+                    self._kpf_fd = kpageflags.open_flags()
+                flags = kpageflags.read_flags(entries[cand] & pm.PFN_MASK, fd=self._kpf_fd)
+                return cand[(flags & np.uint64(kpageflags.THP | kpageflags.COMPOUND_HEAD)) != 0]
+            except Exception:       # no kpageflags: trust the frame layout
+                self._has_kpf = False
+        return cand
+
+    def _state(self, spans, entries) -> "_WalkState":
+        """What this walk's entries say: present, swapped, the THP heads,
+        the tracked mask (every present page but the 511 tails of each THP)
+        and the tracked frames.  The arrays are shared with the next walks:
+        callers copy before handing them out and never write to them.
+
+        Everything here but the heads is a function of the entries (and the
+        span layout) alone: when they are byte-for-byte those of the last
+        walk (one memcmp), only kpageflags is asked again, and if it names
+        the same heads the last walk's state is this one's."""
         n = entries.size
-        if top is None:
-            top = _top_bytes(entries)
-        present = top >= _PRESENT_BYTE
-        heads = np.empty(0, np.int64)
-        if self.detect_thp and n >= HPAGE_PAGES:
-            heads = find_huge_blocks(spans, entries)
-            if heads.size and self._has_kpf:
-                try:
-                    flags = kpageflags.read_flags(entries[heads] & pm.PFN_MASK)
-                    heads = heads[(flags & np.uint64(kpageflags.THP | kpageflags.COMPOUND_HEAD)) != 0]
-                except Exception:       # no kpageflags: trust the frame layout
-                    self._has_kpf = False
-        if heads.size:
-            huge = _blocks_mask(n, heads)
-            # Huge blocks are all present: XOR drops them, then the heads
-            # come back -- one frame per THP, the 511 tails are skipped.
-            tracked = present ^ huge
-            tracked[heads] = True
+        io = self._walk_io
+        memo = self._memo
+        c = self._cache
+        same = (c is not None and c.n == n and c.detect_thp == self.detect_thp
+                and (c.io is io or c.io == io) and memo.prev.size >= n
+                and _memcmp(entries.ctypes.data, memo.prev.ctypes.data, 8 * n) == 0)
+        if not same:
+            self._cache = c = None
+        cand = c.cand if c is not None else self._candidates(spans, entries)
+        heads = self._confirm(cand, entries)
+        if c is not None and np.array_equal(heads, c.heads):
+            return c
+        if c is not None:
+            present, swapped = c.present, c.swapped
         else:
-            huge = np.zeros(n, dtype=bool)
-            tracked = present
-        tracked_idx = np.flatnonzero(tracked)
-        pfns = entries[tracked_idx]
+            if self._top_buf.size < n:
+                self._top_buf = np.empty(n + n // 8, np.uint8)
+            top = self._top_buf[:n]
+            np.copyto(top, entries.view(np.uint8)[7::8] if _LITTLE else _top_bytes(entries))
+            present = top >= _PRESENT_BYTE
+            swapped = np.bitwise_and(top, _SWAPPED_BYTE, out=top).astype(np.bool_)
+        tracked = present.copy()
+        if heads.size:
+            # Huge blocks are all present: clear them, then the heads come
+            # back -- one frame per THP, the 511 tails are skipped.
+            _set_blocks(tracked, heads, False)
+            tracked[heads] = True
+        pfns = entries[tracked]
         np.bitwise_and(pfns, pm.PFN_MASK, out=pfns)
-        return present, huge, tracked_idx, pfns, heads
+        st = _WalkState(io, n, self.detect_thp, cand, heads, present, swapped, tracked, pfns)
+        if _memcmp is not None:
+            if c is None:
+                if memo.prev.size < n:
+                    memo.prev = np.empty(n + n // 8, np.uint64)
+                    memo.chunks = {}
+                memo.prev[:n] = entries
+            self._cache = st
+        return st
 
     def _plan(self, pfns: np.ndarray):
         """The I/O plan for these frames; the last one again when the frames
         are the same (a read right after a mark, or the next round's mark:
         pages rarely move between the two)."""
         last = self._last_plan
-        if last is not None and last[0].size == pfns.size and np.array_equal(last[0], pfns):
+        if last is not None and (last[0] is pfns or last[0].size == pfns.size and np.array_equal(last[0], pfns)):
             return last[1]
         plan = self._bitmap.plan(pfns)
         self._last_plan = (pfns, plan)
@@ -300,7 +439,7 @@ class IdleBitmap:
         """Mark every present page in ``ranges`` (default: all mappings) idle.
         Returns the number of frames marked."""
         spans, entries = self._walk(ranges)
-        _, _, _, pfns, _ = self._frames(spans, entries)
+        pfns = self._state(spans, entries).pfns
         self._set(self._plan(pfns))
         return int(pfns.size)
 
@@ -317,7 +456,9 @@ class IdleBitmap:
         spans, entries = self._walk(ranges)
         if not spans:
             return 0
-        present, huge, tidx, pfns, heads = self._frames(spans, entries)
+        st = self._state(spans, entries)
+        heads, pfns = st.heads, st.pfns
+        tidx = np.flatnonzero(st.tracked)
         vpn = np.empty(entries.size, dtype=np.int64)
         for s in spans:
             vpn[s.offset:s.offset + s.npages] = np.arange(s.first_vpn, s.first_vpn + s.npages)
@@ -353,25 +494,33 @@ class IdleBitmap:
         """Which pages are idle now.  With ``remark`` the same frames are
         marked idle again right after reading (the next window starts)."""
         spans, entries = self._walk(ranges)
-        top = _top_bytes(entries)
-        present, huge, tidx, pfns, heads = self._frames(spans, entries, top)
+        n = entries.size
+        st = self._state(spans, entries)
+        heads, pfns = st.heads, st.pfns
         plan = self._plan(pfns)
         idle_t = self._bitmap.read_plan(plan)
         now = time.monotonic()
-        idle = np.zeros(entries.size, dtype=bool)
-        idle[tidx] = idle_t
+        idle = np.zeros(n, dtype=bool)
+        idle[st.tracked] = idle_t
+        huge = np.zeros(n, dtype=bool)
         if heads.size:
             # Tail pages share the head's answer: the kernel keeps one flag per THP.
-            idle_heads = heads[idle[heads]]
-            if idle_heads.size:
-                idle |= _blocks_mask(entries.size, idle_heads)
-        if entries.size and not present.any():
+            _set_blocks(idle, heads[idle[heads]], True)
+            _set_blocks(huge, heads, True)
+        if n and not pfns.size:
             check_same(self.proc)      # an exiting process reads as all holes
         window = now - self.marked_at if self.marked_at is not None else 0.0
-        swapped = (top & _SWAPPED_BYTE) != 0
         if remark:
             self._set(plan)
-        return IdleMap(self.proc.pid, spans, present, idle, huge, swapped, now, window)
+        return IdleMap(self.proc.pid, spans, st.present.copy(), idle, huge, st.swapped.copy(), now, window)
+
+
+class _WalkState:
+    __slots__ = ("io", "n", "detect_thp", "cand", "heads", "present", "swapped", "tracked", "pfns")
+
+    def __init__(self, io, n, detect_thp, cand, heads, present, swapped, tracked, pfns):
+        self.io, self.n, self.detect_thp, self.cand, self.heads = io, n, detect_thp, cand, heads
+        self.present, self.swapped, self.tracked, self.pfns = present, swapped, tracked, pfns
 
 
 def _smaps_kb(data: bytes, field: bytes, start: int, end: int) -> int:

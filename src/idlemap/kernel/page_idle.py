@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 from ..errors import AccessDenied, FeatureMissing
-from .frames import SYSFS_IO_CAP, buffer_index, pieces, pread_pieces, pwrite_pieces, word_runs
+from .frames import SYSFS_IO_CAP, buffer_index, pieces, pread_joined, pread_pieces, pwrite_pieces, word_runs
 
 PATH = "/sys/kernel/mm/page_idle/bitmap"
 
@@ -63,9 +63,10 @@ class FramePlan:
     pieces of each direction: reads skip more of the unused words.
     """
 
-    __slots__ = ("npfns", "words", "bitpos", "write", "read")
+    __slots__ = ("npfns", "words", "bitpos", "write", "read", "_read_index")
 
     def __init__(self, pfns: np.ndarray):
+        self._read_index = None
         pfns = np.asarray(pfns)
         if pfns.dtype != np.uint64:
             pfns = pfns.astype(np.uint64)
@@ -119,6 +120,17 @@ class FramePlan:
     def nsyscalls(self) -> int:
         """Syscalls of one write plus one read (without short transfers)."""
         return len(self.write[2]) + len(self.read[2])
+
+    @property
+    def read_index(self) -> np.ndarray:
+        """Position in ``words`` of each word the read pieces bring, in
+        order (the pieces' data concatenated lands at these positions)."""
+        if self._read_index is None:
+            bo = np.asarray(self.read[1], np.int64) >> 3
+            ln = np.asarray(self.read[2], np.int64) >> 3
+            total = int(ln.sum())
+            self._read_index = np.arange(total, dtype=np.int64) + np.repeat(bo - (np.cumsum(ln) - ln), ln)
+        return self._read_index
 
     def extract(self, buf: np.ndarray) -> np.ndarray:
         """Bit of each planned frame in a buffer laid out like ``words``."""
@@ -176,7 +188,13 @@ class PageIdleBitmap:
             self._rbuf = np.zeros(n, np.uint64)     # reused between rounds
         buf = self._rbuf[:n]
         buf.fill(0)                                 # words past max_pfn read as 0
-        self.syscalls += pread_pieces(self.fd, buf, *plan.read)
+        data = pread_joined(self.fd, plan.read[0], plan.read[2])
+        if data is not None:
+            self.syscalls += len(plan.read[2])
+            buf[plan.read_index] = np.frombuffer(data, np.uint64)
+        else:       # a short read (max_pfn): again, piece by piece
+            buf.fill(0)
+            self.syscalls += pread_pieces(self.fd, buf, *plan.read)
         return plan.extract(buf)
 
     def set_idle(self, pfns: np.ndarray) -> None:

@@ -32,6 +32,8 @@ class Pagemap:
 
     def __init__(self, pid: int):
         self.pid = pid
+        self._runs_key: tuple[list, list] | None = None
+        self._runs: list = []
         with proc_errors(pid, "pagemap"):
             self.fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
 
@@ -74,14 +76,23 @@ class Pagemap:
         consecutive slices of ``out``.  Ranges that touch in VA (a library's
         r-x/r--/rw- mappings, a heap next to its neighbour) are read with the
         same syscalls."""
-        runs = []
-        pos = 0
-        for first, n in zip(first_pages, npages):
-            if runs and runs[-1][0] + runs[-1][1] == first:
-                runs[-1][1] += n
-            else:
-                runs.append([first, n, pos])
-            pos += n
+        first_pages = first_pages if isinstance(first_pages, list) else [int(x) for x in first_pages]
+        npages = npages if isinstance(npages, list) else [int(x) for x in npages]
+        last = self._runs_key
+        if last is not None and last[0] == first_pages and last[1] == npages:
+            runs = self._runs
+        else:
+            runs = []
+            pos = 0
+            for first, n in zip(first_pages, npages):
+                if runs and runs[-1][0] + runs[-1][1] == first:
+                    runs[-1][1] += n
+                else:
+                    runs.append([first, n, pos])
+                pos += n
+            # The same ranges again (an unchanged memory map): same runs.
+            self._runs_key = (list(first_pages), list(npages))
+            self._runs = runs
         with proc_errors(self.pid, "pagemap"):
             for first, n, at in runs:
                 self._read(first, n, out[at:at + n])
