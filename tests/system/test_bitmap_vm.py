@@ -214,3 +214,44 @@ def test_target_exit_mid_scan_page_idle():
     assert err.strip() == f"idlemap: process {w.pid} exited during the scan"
     assert "page_idle backend" in out[0]
     assert "windows of" in rest
+
+
+def test_thp_split_in_place_is_seen_at_once():
+    """A THP split in place keeps its frames, so its pagemap entries do not
+    change: only kpageflags tells.  The same IdleBitmap (whose walks reuse
+    what unchanged entries gave last time) must see the split at the next
+    walk and from then track the 512 pages one by one."""
+    from idlemap.kernel import process_madvise as pmad
+    H = HPAGE_PAGES * PAGE_SIZE
+    with Workload() as w:
+        lo = w.map("t", 8, "thp")                   # four 2 MiB THPs
+        w.touch("t")
+        rng = [(lo, lo + 4 * H)]
+        with IdleBitmap(w.pid, tlb_flush="soft-dirty") as bm:
+            for _ in range(2):                      # the second walk reuses the first's work
+                bm.mark_idle(rng)
+                m = bm.read(rng)
+            assert m.huge.all() and m.present.all() and m.idle.all()
+            # MADV_PAGEOUT of one 4 KiB page of THP 1 splits it (and pages that
+            # page out if there is swap; the test VM may have none here).
+            pfd = pmad.pidfd_open(w.pid)
+            try:
+                res = pmad.process_madvise(pfd, w.pid, np.array([lo + H + 7 * PAGE_SIZE]),
+                                           np.array([PAGE_SIZE]), pmad.MADV_PAGEOUT)
+            finally:
+                os.close(pfd)
+            assert not res.failed and res.advised_bytes == PAGE_SIZE
+            bm.mark_idle(rng)
+            first = HPAGE_PAGES + 3                 # another page of the split THP
+            w.touch("t", 1, first, 1)
+            m = bm.read(rng)
+    blk = slice(HPAGE_PAGES, 2 * HPAGE_PAGES)
+    assert m.huge[:HPAGE_PAGES].all() and m.huge[2 * HPAGE_PAGES:].all()
+    assert not m.huge[blk].any(), "the split THP still reads as huge"
+    gone = HPAGE_PAGES + 7
+    assert m.present[gone] != m.swapped[gone]      # paged out to swap, or kept (no swap)
+    acc = np.flatnonzero(m.accessed)
+    assert acc.tolist() == [first], f"accessed pages after the split: {acc[:10].tolist()}"
+    others = np.ones(m.npages, bool)
+    others[[first, gone]] = False
+    assert m.present[others].all() and m.idle[others].all()
