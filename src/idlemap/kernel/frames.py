@@ -32,11 +32,22 @@ def word_runs(words: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
     return starts, ends - starts
 
 
+def run_offsets(lengths) -> np.ndarray:
+    """Where each run starts in the concatenation of runs of these lengths."""
+    lengths = np.asarray(lengths, np.int64)
+    return np.cumsum(lengths) - lengths
+
+
+def index_in_runs(lengths) -> np.ndarray:
+    """0, 1, ..., n - 1 for each run of length n, concatenated."""
+    lengths = np.asarray(lengths, np.int64)
+    return np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(run_offsets(lengths), lengths)
+
+
 def buffer_index(words: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Position of each word (any order) inside the concatenation of the runs."""
     run_of = np.searchsorted(starts, words, side="right") - 1
-    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    return offsets[run_of] + (words - starts[run_of])
+    return run_offsets(lengths)[run_of] + (words - starts[run_of])
 
 
 def pieces(starts: np.ndarray, lengths: np.ndarray, buf_starts: np.ndarray, item: int = 8,
@@ -51,8 +62,7 @@ def pieces(starts: np.ndarray, lengths: np.ndarray, buf_starts: np.ndarray, item
         return foff.tolist(), boff.tolist(), nbytes.tolist()
     k = (nbytes + cap - 1) // cap                 # pieces per run
     run = np.repeat(np.arange(k.size), k)
-    j = np.arange(int(k.sum()), dtype=np.int64) - np.repeat(np.cumsum(k) - k, k)
-    step = j * cap
+    step = index_in_runs(k) * cap
     size = np.minimum(cap, nbytes[run] - step)
     return (foff[run] + step).tolist(), (boff[run] + step).tolist(), size.tolist()
 
@@ -104,18 +114,14 @@ def pwrite_pieces(fd: int, buf: np.ndarray, file_offs: list[int], buf_offs: list
     return calls
 
 
-def _concat_starts(lengths: np.ndarray) -> np.ndarray:
-    return np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-
-
 def pread_runs(fd: int, starts: np.ndarray, lengths: np.ndarray, item: int = 8,
                cap: int | None = None) -> np.ndarray:
     """Read runs of ``item``-byte records into one uint64 array (zero past EOF)."""
     buf = np.zeros(int(np.sum(lengths)) * item // 8, dtype=np.uint64)
-    pread_pieces(fd, buf, *pieces(starts, lengths, _concat_starts(lengths), item, cap))
+    pread_pieces(fd, buf, *pieces(starts, lengths, run_offsets(lengths), item, cap))
     return buf
 
 
 def pwrite_runs(fd: int, starts: np.ndarray, lengths: np.ndarray, buf: np.ndarray,
                 item: int = 8, cap: int | None = None) -> None:
-    pwrite_pieces(fd, buf, *pieces(starts, lengths, _concat_starts(lengths), item, cap))
+    pwrite_pieces(fd, buf, *pieces(starts, lengths, run_offsets(lengths), item, cap))

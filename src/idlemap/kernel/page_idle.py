@@ -22,7 +22,8 @@ import sys
 import numpy as np
 
 from ..errors import AccessDenied, FeatureMissing
-from .frames import SYSFS_IO_CAP, buffer_index, pieces, pread_joined, pread_pieces, pwrite_pieces, word_runs
+from .frames import (SYSFS_IO_CAP, buffer_index, index_in_runs, pieces, pread_joined, pread_pieces,
+                     pwrite_pieces, run_offsets, word_runs)
 
 PATH = "/sys/kernel/mm/page_idle/bitmap"
 
@@ -104,7 +105,7 @@ class FramePlan:
             uw = w[first].astype(np.int64)
             marks = np.bitwise_or.reduceat(np.left_shift(np.uint64(1), s & _U64_63), first)
             starts, lengths = word_runs(uw, MAX_GAP_WORDS)
-            buf_starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+            buf_starts = run_offsets(lengths)
             words = np.zeros(int(lengths.sum()), np.uint64)
             words[buffer_index(uw, starts, lengths)] = marks
             pos = buffer_index((pfns >> _U64_6).astype(np.int64), starts, lengths)
@@ -128,8 +129,7 @@ class FramePlan:
         if self._read_index is None:
             bo = np.asarray(self.read[1], np.int64) >> 3
             ln = np.asarray(self.read[2], np.int64) >> 3
-            total = int(ln.sum())
-            self._read_index = np.arange(total, dtype=np.int64) + np.repeat(bo - (np.cumsum(ln) - ln), ln)
+            self._read_index = np.repeat(bo, ln) + index_in_runs(ln)
         return self._read_index
 
     def extract(self, buf: np.ndarray) -> np.ndarray:
@@ -192,8 +192,7 @@ class PageIdleBitmap:
         if data is not None:
             self.syscalls += len(plan.read[2])
             buf[plan.read_index] = np.frombuffer(data, np.uint64)
-        else:       # a short read (max_pfn): again, piece by piece
-            buf.fill(0)
+        else:       # a short read (max_pfn): again, piece by piece (buf is still all zero)
             self.syscalls += pread_pieces(self.fd, buf, *plan.read)
         return plan.extract(buf)
 
