@@ -87,22 +87,23 @@ class Scanner:
         self.proc = proc
         self.choice = backends.choose(backend, need_per_page=need_per_page)
         cls = self.choice.cls
-        self.tlb_flush = tlb_flush if cls.name in ("page_idle", "clear_refs") else "none"
+        self.tlb_flush = tlb_flush if cls.caps.tlb_flush else "none"
         self.ranges = merge_ranges(ranges)
         self.guest = guest
+        kw = dict(backend_kw or {})          # backend_kw: e.g. DAMON settings
+        if cls.caps.tlb_flush:
+            kw["tlb_flush"] = self.tlb_flush
         if guest is not None:
             from .vmtarget import GuestBackend
-            kw = {"tlb_flush": self.tlb_flush} if self.tlb_flush != "none" else {}
-            self.backend = GuestBackend(cls, proc, guest, **kw, **(backend_kw or {}))
+            self.backend = GuestBackend(cls, proc, guest, **kw)
         elif cls.name == "page_idle":
-            self.backend = cls(proc, ranges=self.ranges, tlb_flush=tlb_flush, with_pss=with_pss)
+            self.backend = cls(proc, ranges=self.ranges, with_pss=with_pss, **kw)
         else:
             if self.ranges is not None:
                 from .errors import UsageError
                 raise UsageError("--range needs a per-page backend (page_idle); "
                                  f"{cls.name} measures whole mappings")
-            kw = {"tlb_flush": self.tlb_flush} if cls.name == "clear_refs" else {}
-            self.backend = cls(proc, **kw, **(backend_kw or {}))   # backend_kw: e.g. DAMON settings
+            self.backend = cls(proc, **kw)
         self.index = 0
         self.started_at: float | None = None
 

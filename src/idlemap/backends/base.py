@@ -15,6 +15,7 @@ class Capabilities:
     needs_root: bool
     sees_guest_accesses: bool  # accesses by a KVM guest through EPT/NPT
     summary: str              # one line for `doctor` and `--backend auto`
+    tlb_flush: bool = False   # takes tlb_flush="soft-dirty": flush the target's TLB after marking
 
 
 class Backend(abc.ABC):

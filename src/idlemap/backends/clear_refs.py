@@ -23,7 +23,7 @@ class ClearRefsBackend(Backend):
     name = "clear_refs"
     caps = Capabilities(
         granularity="mapping", per_page=False, needs_root=False, sees_guest_accesses=False,
-        summary="exact referenced bytes per mapping (clear_refs + smaps), no per-page map")
+        summary="exact referenced bytes per mapping (clear_refs + smaps), no per-page map", tlb_flush=True)
 
     def __init__(self, proc, tlb_flush: str = "none"):
         super().__init__(proc)

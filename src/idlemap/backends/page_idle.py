@@ -40,7 +40,7 @@ class PageIdleBackend(Backend):
     name = "page_idle"
     caps = Capabilities(
         granularity="page", per_page=True, needs_root=True, sees_guest_accesses=True,
-        summary="exact per-page idle bitmap (pagemap + /sys/kernel/mm/page_idle/bitmap)")
+        summary="exact per-page idle bitmap (pagemap + /sys/kernel/mm/page_idle/bitmap)", tlb_flush=True)
 
     def __init__(self, proc, ranges=None, tlb_flush: str = "none", with_pss: bool = True):
         super().__init__(proc)

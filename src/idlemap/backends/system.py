@@ -220,7 +220,8 @@ class PageIdleSystemScanner(SystemScanner):
     name = "page_idle"
     caps = Capabilities(
         granularity="page", per_page=True, needs_root=True, sees_guest_accesses=True,
-        summary="one global page_idle mark and read per window over the union of all processes' frames")
+        summary="one global page_idle mark and read per window over the union of all processes' frames",
+        tlb_flush=True)
 
     def __init__(self, selection: Selection | None = None, pss: bool = False, cgroups: bool = False,
                  mark: str = "frames", drain_lru: bool = True, guests: bool = False,

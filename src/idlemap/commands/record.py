@@ -91,7 +91,7 @@ def open_scanner(args, need_per_page: bool = False, with_pss: bool = False) -> t
         raise UsageError("--qmp goes with --vm")
     sc = Scanner(proc, backend=args.backend, need_per_page=need_per_page, tlb_flush=args.tlb_flush,
                  ranges=ranges, with_pss=with_pss, guest=guest,
-                 backend_kw=damon_kwargs(args, backends.choose(args.backend).cls.name))
+                 backend_kw=damon_kwargs(args, args.backend))   # "auto" never picks damon
     if guest is not None and not getattr(args, "json", False):
         from ..vmtarget import layout_summary
         print(f"PID {pid} is a VM: {layout_summary(guest)}; addresses below are guest-physical.",

@@ -80,7 +80,7 @@ def make_scanner(args, cgroups: bool):
     if args.vms and choice.cls.name != "page_idle":
         raise UsageError("--vms needs the page_idle backend (clear_refs cannot tell guest RAM apart "
                          "and does not see a KVM guest's accesses)")
-    if args.tlb_flush != "none" and choice.cls.name != "page_idle":
+    if args.tlb_flush != "none" and not choice.cls.caps.tlb_flush:
         raise UsageError("--tlb-flush goes with the page_idle backend")
     kw = ({"mark": args.mark, "guests": args.vms, "tlb_flush": args.tlb_flush}
           if choice.cls.name == "page_idle" else {})

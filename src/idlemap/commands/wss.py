@@ -49,14 +49,14 @@ def add_arguments(p) -> None:
     add_damon_arguments(p)
 
 
-def _sample_json(s, args) -> dict:
+def _sample_json(s, args, damon=None) -> dict:
     d = {"schema": SCHEMA, "pid": s.pid, "backend": s.backend, "time": time.time(),
          "est_s": round(s.window_s, 6), "rss_bytes": s.rss_bytes, "pss_bytes": s.pss_bytes,
          "ref_bytes": s.accessed_bytes, "scan_cpu_s": round(s.scan_s, 6)}
     if args.vm:
         d["address_space"] = "guest-physical"    # by_mapping start/end are GPAs
-    if s.backend == "damon" and getattr(args, "_damon_settings", None) is not None:
-        d["damon"] = args._damon_settings.as_dict()   # the settings behind these figures
+    if damon is not None:
+        d["damon"] = damon.as_dict()            # the settings behind these figures
     if args.by_mapping:
         d["by_mapping"] = [
             {"start": f"{u.mapping.start:#x}", "end": f"{u.mapping.end:#x}", "label": u.mapping.label,
@@ -78,11 +78,9 @@ def run(args) -> int:
         raise UsageError("interval and count must be positive")
     proc = identify(pid)
     choice = backends.choose(args.backend)
-    kw = {"tlb_flush": args.tlb_flush} if choice.cls.name in ("page_idle", "clear_refs") else {}
+    kw = {"tlb_flush": args.tlb_flush} if choice.cls.caps.tlb_flush else {}
     kw.update(damon_kwargs(args, choice.cls.name))
-    if choice.cls.name == "damon":
-        from ..backends.damon import DamonSettings
-        args._damon_settings = kw.get("settings") or DamonSettings()
+    damon = kw.get("settings")          # DamonSettings with --backend damon, else None
     if args.vm:
         from ..vmtarget import layout_summary, open_guest_backend
         backend = open_guest_backend(choice.cls, proc, args.qmp, **kw)
@@ -100,14 +98,14 @@ def run(args) -> int:
         print(f"Watching PID {pid} ({proc.comm}) with the {choice.cls.name} backend "
               f"[{choice.reason}]; page-level detail: {'yes' if choice.cls.caps.per_page else f'no (per {choice.cls.caps.granularity})'}. "
               "Ctrl-C to end.")
-        if choice.cls.name == "damon":
-            print(f"DAMON: {args._damon_settings.describe()}")
+        if damon is not None:
+            print(f"DAMON: {damon.describe()}")
         table.header()
 
     def emit(s) -> None:
         samples.append(s)
         if args.json:
-            json_line(_sample_json(s, args))
+            json_line(_sample_json(s, args, damon))
             return
         pct = 100.0 * s.accessed_bytes / s.rss_bytes if s.rss_bytes else 0.0
         table.row(([time.strftime("%H:%M:%S")] if args.timestamp else []) +
