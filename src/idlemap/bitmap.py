@@ -245,6 +245,7 @@ class IdleBitmap:
             self._bitmap.close()
             raise
         self.marked_at: float | None = None
+        self.last_marked = 0      # frames written by the last mark or re-mark
         self._has_kpf = True
         # Reused between rounds: the pagemap buffer (no page faults on a
         # fresh array every scan) and the spans of an unchanged memory map.
@@ -479,10 +480,15 @@ class IdleBitmap:
             self._set(self._bitmap.plan(sel))   # not _plan: a subset must not evict the full plan
         return int(sel.size)
 
-    def _set(self, plan) -> None:
+    def _set(self, plan, after_read: bool = False) -> None:
         if self.drain_lru:
             lru.drain_all()
-        self._bitmap.set_plan(plan)
+        if after_read:
+            # Frames that just read idle are already marked: only the others
+            # are written (PageIdleBitmap.remark_plan says why that is exact).
+            self.last_marked = self._bitmap.remark_plan(plan)
+        else:
+            self.last_marked = self._bitmap.set_plan(plan)
         if self.tlb_flush == "soft-dirty":
             # clear_refs=4 ends with flush_tlb_mm() on the target's mm, so
             # translations cached before the mark cannot hide accesses.
@@ -491,8 +497,11 @@ class IdleBitmap:
         self.marked_at = time.monotonic()
 
     def read(self, ranges: Iterable[tuple[int, int]] | None = None, remark: bool = False) -> IdleMap:
-        """Which pages are idle now.  With ``remark`` the same frames are
-        marked idle again right after reading (the next window starts)."""
+        """Which pages are idle now.  With ``remark`` the next window starts
+        right after reading: the frames that read accessed are marked idle
+        again, and those that read idle, still marked, are left as they are
+        (half the kernel's work for an idle frame, and nothing accessed in
+        between is lost)."""
         spans, entries = self._walk(ranges)
         n = entries.size
         st = self._state(spans, entries)
@@ -511,7 +520,7 @@ class IdleBitmap:
             check_same(self.proc)      # an exiting process reads as all holes
         window = now - self.marked_at if self.marked_at is not None else 0.0
         if remark:
-            self._set(plan)
+            self._set(plan, after_read=True)
         return IdleMap(self.proc.pid, spans, st.present.copy(), idle, huge, st.swapped.copy(), now, window)
 
 

@@ -255,3 +255,37 @@ def test_thp_split_in_place_is_seen_at_once():
     others = np.ones(m.npages, bool)
     others[[first, gone]] = False
     assert m.present[others].all() and m.idle[others].all()
+
+
+@pytest.mark.parametrize("thp", [False, True], ids=["4k", "thp"])
+def test_windows_in_a_row_are_exact_with_idle_frames_left_marked(thp):
+    """read(remark=True) re-marks only the frames that read accessed; the
+    idle ones keep the mark the kernel left them.  Window after window, with
+    the access pattern moving, every window must still be bit for bit the
+    pages touched in it -- nothing carried over, nothing lost."""
+    opt = "thp" if thp else "nothp"
+    g = HPAGE_PAGES if thp else 1           # the unit of one idle flag
+    n = 32 * g
+    with Workload() as w:
+        a = w.map("a", n * PAGE_SIZE / MiB, opt)
+        w.touch("a")
+        rng = [(a, a + n * PAGE_SIZE)]
+        units = n // g
+        even = np.arange(units) % 2 == 0
+        first8 = np.arange(units) < 8
+        patterns = [even, ~even, np.zeros(units, bool), first8, np.ones(units, bool), even]
+        with IdleBitmap(w.pid, tlb_flush="soft-dirty") as bm:
+            bm.mark_idle(rng)
+            frames = bm.last_marked
+            assert frames == units
+            for i, want_units in enumerate(patterns):
+                for u in np.flatnonzero(want_units):
+                    w.touch("a", 1, int(u) * g, 1)
+                m = bm.read(rng, remark=True)
+                assert m.present.all() and bool(m.huge.all()) == thp
+                want = np.repeat(want_units, g)
+                got = m.accessed
+                assert np.array_equal(got, want), \
+                    f"window {i}: {np.flatnonzero(got != want)[:10].tolist()} wrong"
+                # Only what read accessed was written again.
+                assert bm.last_marked == int(want_units.sum()), (i, bm.last_marked)

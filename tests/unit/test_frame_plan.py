@@ -99,3 +99,50 @@ def test_piece_io_on_a_real_file(tmp_path):
         assert not out[1024 + 192:].any()
     finally:
         os.close(fd)
+
+
+def test_remark_writes_only_frames_that_did_not_read_idle(tmp_path):
+    """After read_plan, remark_plan sends the plan's words minus the bits
+    that read 1 (idle), and no syscall for a piece left all zero.  On a
+    plain file standing in for the bitmap, only to see what is written."""
+    from idlemap.kernel.page_idle import PageIdleBitmap
+    rng = np.random.default_rng(3)
+    # two far-apart groups: two write pieces
+    pfns = np.concatenate((np.arange(64, 64 + 2000), np.arange(1 << 16, (1 << 16) + 2000))).astype(np.uint64)
+    path = tmp_path / "bitmap"
+    path.write_bytes(bytes(8 * ((1 << 16) // 64 + 64)))
+    plan = FramePlan(pfns)
+    idle = rng.random(pfns.size) < 0.5
+    idle[2000:] = True                       # the second group all idle
+    before = np.zeros(path.stat().st_size // 8, np.uint64)
+    for p in pfns[idle]:
+        before[int(p) >> 6] |= np.uint64(1) << np.uint64(int(p) & 63)
+    path.write_bytes(before.tobytes())
+    with PageIdleBitmap(str(path)) as bm:
+        got = bm.read_plan(plan)
+        assert np.array_equal(got, idle)
+        calls = bm.syscalls
+        assert bm.remark_plan(plan) == int((~idle).sum())
+        wrote = bm.syscalls - calls
+    after = np.frombuffer(path.read_bytes(), np.uint64)
+    # the first group's words now hold exactly its frames that read 0
+    want = np.zeros_like(before)
+    for p in pfns[~idle]:
+        want[int(p) >> 6] |= np.uint64(1) << np.uint64(int(p) & 63)
+    assert np.array_equal(after[:64], want[:64])
+    # the all-idle group's piece was not written: its words are unchanged
+    assert np.array_equal(after[1024:], before[1024:])
+    assert wrote == 1
+
+
+def test_remark_without_the_read_marks_everything(tmp_path):
+    from idlemap.kernel.page_idle import PageIdleBitmap
+    path = tmp_path / "bitmap"
+    path.write_bytes(bytes(8 * 64))
+    pfns = np.arange(100, 300, dtype=np.uint64)
+    plan = FramePlan(pfns)
+    with PageIdleBitmap(str(path)) as bm:
+        assert bm.remark_plan(plan) == 200
+    words = np.frombuffer(path.read_bytes(), np.uint64)
+    assert np.array_equal(words[1:5], plan.words)       # frames 100..299: words 1..4
+    assert not words[5:].any() and not words[0]

@@ -296,7 +296,9 @@ class PageIdleSystemScanner(SystemScanner):
             self._layouts[t.key] = layout
         return self._layouts[t.key]
 
-    def _set(self, union: np.ndarray, tasks: list[TaskInfo] = ()) -> None:
+    def _set(self, union: np.ndarray, tasks: list[TaskInfo] = (), read_plan=None) -> None:
+        """Mark the union's frames idle; with ``read_plan`` (the plan the
+        union was just read with) only those that did not read idle."""
         if self.drain_lru:
             # Fresh pages wait in per-CPU batches, invisible to page_idle,
             # until drained (KERNEL.md): one drain for the whole system.
@@ -314,6 +316,8 @@ class PageIdleSystemScanner(SystemScanner):
             except OSError as e:
                 if e.errno != errno.ENXIO:
                     raise
+        elif read_plan is not None:
+            self.bitmap.remark_plan(read_plan)      # idle frames are still marked
         else:
             self.bitmap.set_idle(union)
         if self.tlb_flush == "soft-dirty":
@@ -339,12 +343,13 @@ class PageIdleSystemScanner(SystemScanner):
         t0 = time.monotonic()
         r = self._walk()
         union, union_pages = an.union_with_pages(r.frames)
-        idle = self.bitmap.read_idle(union)
+        plan = self.bitmap.plan(union)
+        idle = self.bitmap.read_plan(plan)
         now = time.monotonic()
         window = now - self.marked_at
         marked = self._marked
         if remark:
-            self._set(union, r.tasks)
+            self._set(union, r.tasks, plan)
             self._marked = {t.key for t in r.tasks}
         mapcount = None
         if self.pss:

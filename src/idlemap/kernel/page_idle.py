@@ -152,6 +152,7 @@ class PageIdleBitmap:
             raise AccessDenied(path, "page idle tracking needs root") from None
         self.syscalls = 0
         self._rbuf = np.zeros(0, np.uint64)
+        self._read_of: FramePlan | None = None     # the plan whose words _rbuf holds
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -168,12 +169,51 @@ class PageIdleBitmap:
     def plan(pfns: np.ndarray) -> FramePlan:
         return FramePlan(pfns)
 
-    def set_plan(self, plan: FramePlan) -> None:
-        """Mark the planned frames idle."""
+    def set_plan(self, plan: FramePlan) -> int:
+        """Mark the planned frames idle.  Returns how many were asked for."""
         if not plan.npfns:
-            return
+            return 0
+        self._write(plan.words, plan.write)
+        return plan.npfns
+
+    def remark_plan(self, plan: FramePlan) -> int:
+        """Right after ``read_plan(plan)``: mark idle again the planned frames
+        that did not read idle, and only those.  Returns how many.
+
+        Why skipping the others is exact: a frame reads idle only if its
+        idle flag is still set and the read's own rmap walk found no
+        accessed bit (the walk clears what it finds, and clears the flag of
+        a frame it found accessed).  Marking it again would walk the same
+        rmap to clear nothing and set a flag already set, so its state is
+        already that of a freshly marked frame -- and an access in the
+        instant between the read and the write is kept for the next window
+        instead of being wiped.  In a steady run of windows this saves the
+        mark's rmap walk for every idle frame: the write costs the accessed
+        frames only."""
+        if not plan.npfns:
+            return 0
+        if self._read_of is not plan:       # not what the buffer holds: mark them all
+            return self.set_plan(plan)
+        self._read_of = None
+        n = plan.words.size
+        words = np.bitwise_and(plan.words, np.invert(self._rbuf[:n]))
+        foff, boff, size = plan.write
+        # Pieces left all zero are skipped (a zero word costs the kernel 64
+        # bit tests, a piece a syscall).  Bytes between pieces are unused
+        # words, zero in plan.words, so summing across them adds nothing.
+        nz = np.add.reduceat(words != 0, np.asarray(boff, np.intp) >> 3)
+        keep = np.flatnonzero(nz)
+        if keep.size < len(size):
+            foff, boff, size = ([foff[i] for i in keep], [boff[i] for i in keep],
+                                [size[i] for i in keep])
+        if size:
+            self._write(words, (foff, boff, size))
+        le = words if _LITTLE else words.byteswap()
+        return int(np.unpackbits(le.view(np.uint8)).sum())
+
+    def _write(self, words: np.ndarray, write) -> None:
         try:
-            self.syscalls += pwrite_pieces(self.fd, plan.words, *plan.write)
+            self.syscalls += pwrite_pieces(self.fd, words, *write)
         except OSError as e:
             if e.errno == errno.ENXIO:   # a frame past max_pfn: memory hot-removed?
                 return
@@ -187,6 +227,7 @@ class PageIdleBitmap:
         if self._rbuf.size < n:
             self._rbuf = np.zeros(n, np.uint64)     # reused between rounds
         buf = self._rbuf[:n]
+        self._read_of = plan
         buf.fill(0)                                 # words past max_pfn read as 0
         data = pread_joined(self.fd, plan.read[0], plan.read[2])
         if data is not None:
