@@ -14,6 +14,9 @@ child that maps memory and touches exactly the pages it is told to):
     read), for dense 4K and THP targets and a sparse one (256 MiB used inside
     a 1 TiB PROT_NONE/NORESERVE reservation), with idlemap's user and system
     CPU (getrusage RUSAGE_THREAD);
+  * idlemap's steady-state window ("idlemap-window"): windows in a row, each
+    ended by read(remark=True), which re-marks only what read accessed --
+    what a monitor pays per interval after its first window;
   * the same cycle done by the two baselines, in C (bench/baselines.c,
     compiled here with cc): per-page (wss-v1) and whole-bitmap (wss-v2), and
     in Python, so the language's share is visible;
@@ -160,6 +163,34 @@ def idlemap_cycle(bm: IdleBitmap, t: Target) -> dict:
             "target_huge_pages": int(np.count_nonzero(huge)), "syscalls": bm._bitmap.syscalls}
 
 
+def idlemap_window(bm: IdleBitmap, t: Target, mark_first: bool = False) -> dict:
+    """One window of continuous monitoring, what `idlemap wss/record/top`
+    pay every interval: the target touches, then ``read(remark=True)`` ends
+    the window and starts the next (re-marking only the frames that read
+    accessed).  ``mark_first`` (untimed) puts the frames back in the state
+    the last window's re-mark left them, when another tool ran in between
+    (phase B): every frame marked, no accessed bit set."""
+    if mark_first:
+        bm.mark_idle()
+    t.touch_window()
+    u0, s0 = rusage()
+    c0 = time.perf_counter()
+    m = bm.read(remark=True)
+    c1 = time.perf_counter()
+    u1, s1 = rusage()
+    present, idle, huge = target_view(m, t.lo, t.hi)
+    truth = truth_accessed(t, huge)
+    wrong = int(np.count_nonzero((present & ~idle) != truth)) + int(np.count_nonzero(~present))
+    return {"mark_s": None, "read_s": c1 - c0, "cycle_s": c1 - c0, "user_s": u1 - u0, "sys_s": s1 - s0,
+            "exact": wrong == 0, "wrong_pages": wrong, "frames_marked": bm.last_marked,
+            "process_pages": m.npages, "process_present": int(np.count_nonzero(m.present)),
+            "target_huge_pages": int(np.count_nonzero(huge)), "syscalls": bm._bitmap.syscalls}
+
+
+WINDOW_NOTE = ("steady-state window: read(remark=True), which re-marks only the frames that read "
+               "accessed; READ_s is the read and the re-mark")
+
+
 def build_baselines(cc: str, outdir: str) -> str:
     exe = os.path.join(outdir, "baselines")
     src = os.path.join(HERE, "baselines.c")
@@ -197,7 +228,8 @@ def c_cycle(exe: str, algo: str, t: Target, huge: np.ndarray) -> dict:
 def summarize(tool: str, lang: str, reps: list[dict], note: str = "") -> dict:
     out = {"tool": tool, "lang": lang, "note": note, "reps": len(reps)}
     for k in ("mark_s", "read_s", "cycle_s"):
-        out[k] = statistics.median(r[k] for r in reps)
+        vals = [r[k] for r in reps if r[k] is not None]
+        out[k] = statistics.median(vals) if vals else None
     out["cycle_s_all"] = [round(r["cycle_s"], 5) for r in reps]
     if all("user_s" in r for r in reps):
         user = sum(r["user_s"] for r in reps)
@@ -215,7 +247,7 @@ def summarize(tool: str, lang: str, reps: list[dict], note: str = "") -> dict:
             out[k] = reps[-1][k]
     if "syscalls" in reps[-1]:
         out["syscalls_per_cycle"] = (reps[-1]["syscalls"] - (reps[-2]["syscalls"] if len(reps) > 1 and
-                                     tool == "idlemap" else 0))
+                                     tool.startswith("idlemap") else 0))
     return out
 
 
@@ -343,12 +375,17 @@ def phase_a(t: Target, reps: int, exe: str, v1: bool, py: bool, v1pub: bool = Fa
         if py:
             out.append(summarize("wss-v1", "python", [py_cycle(py_v1, t, huge)]))
         ims += [idlemap_cycle(bm, t) for _ in range(reps - reps // 2)]
+        # Then windows in a row, as a monitor runs: one mark, then each
+        # window's read re-marks for the next (the first is warm-up).
+        bm.mark_idle()
+        idlemap_window(bm, t)
+        wins = [idlemap_window(bm, t) for _ in range(reps)]
     finally:
         bm.close()
     im = summarize("idlemap", "python", ims, "clean machine, per-page baselines run mid-way")
     im["first_cycle_s"] = first["cycle_s"]
     im["target_pagemap_read_s"] = pagemap_read_s(t)
-    return [im] + out
+    return [im, summarize("idlemap-window", "python", wins, WINDOW_NOTE)] + out
 
 
 def run_before(t: Target, reps: int, before) -> dict:
@@ -374,14 +411,16 @@ def phase_b(t: Target, reps: int, exe: str, py: bool, published: bool = True) ->
     bm = IdleBitmap(t.pid)
     try:
         idlemap_cycle(bm, t)
-        v2s, ims, pubs = [], [], []
+        v2s, ims, wins, pubs = [], [], [], []
         for r in range(reps):
             v2s.append(c_cycle(exe, "v2", t, huge))
             ims.append(idlemap_cycle(bm, t))
+            wins.append(idlemap_window(bm, t, mark_first=True))
             if r < 2 and published:
                 pubs.append(c_cycle(exe, "v2pub", t, huge))
         out = [summarize("wss-v2", "c", v2s),
-               summarize("idlemap", "python", ims, "alternating with wss-v2")]
+               summarize("idlemap", "python", ims, "alternating with wss-v2"),
+               summarize("idlemap-window", "python", wins, WINDOW_NOTE + "; alternating with wss-v2")]
         if pubs:
             out.append(summarize("wss-v2-as-published", "c", pubs, "bitmap read 8 bytes per call"))
         if py:
@@ -473,18 +512,21 @@ def _label(frame: str) -> str:
         text = src[int(line) - 1] if line.isdigit() and 0 < int(line) <= len(src) else ""
         if "preadv(" in text or "pwritev(" in text:
             return SYSCALL_LINES[name]
+    if name.endswith("<listcomp>") and path == "idlemap/kernel/frames.py":
+        return "kernel: page_idle/kpageflags read (pread)"
     return frame
 
 
 def run_profile(t: Target, seconds: float, outdir: str) -> dict:
-    """Sample mark+read cycles with py-spy (outside the process: no
-    instrumentation overhead, which under TCG would swamp the Python part)
-    and rank where the samples land."""
+    """Sample steady-state windows (read(remark=True), what a monitor runs
+    every interval) with py-spy (outside the process: no instrumentation
+    overhead, which under TCG would swamp the Python part) and rank where
+    the samples land."""
     spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
     raw = os.path.join(outdir, f"profile-{t.mib}{'thp' if t.thp else ''}.txt")
     bm = IdleBitmap(t.pid)
     bm.mark_idle()
-    bm.read()
+    bm.read(remark=True)
     p = subprocess.Popen([spy, "record", "--pid", str(os.getpid()), "--format", "raw", "-o", raw,
                           "--rate", "250", "--nonblocking", "--idle"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -492,9 +534,8 @@ def run_profile(t: Target, seconds: float, outdir: str) -> dict:
     t0 = time.perf_counter()
     ncycles = 0
     while time.perf_counter() - t0 < seconds:
-        bm.mark_idle()
         t.touch_window()
-        bm.read()
+        bm.read(remark=True)
         ncycles += 1
     wall = time.perf_counter() - t0
     p.send_signal(2)
@@ -565,8 +606,8 @@ def print_table(doc: dict) -> None:
             ns = r["cycle_s"] / c["target_pages"] * 1e9
             vs = ratio(r["cycle_s"], im["cycle_s"]) if im and r is not im else None
             us = r.get("user_share")
-            log(f"{c['name'][:26]:<26} {r['phase']} {r['tool'] + ('' if r['lang'] == 'c' or r['tool'] == 'idlemap' else '.py'):<12} "
-                f"{r['mark_s']:>8.3f} {r['read_s']:>8.3f} {r['cycle_s']:>8.3f} {ns:>8.0f} "
+            log(f"{c['name'][:26]:<26} {r['phase']} {r['tool'] + ('' if r['lang'] == 'c' or r['tool'].startswith('idlemap') else '.py'):<12} "
+                f"{fmt(r['mark_s']):>8} {r['read_s']:>8.3f} {r['cycle_s']:>8.3f} {ns:>8.0f} "
                 f"{(f'{us * 100:.0f}' if us is not None else '-'):>6} {str(r['exact']):>6} "
                 f"{(f'{vs:.1f}x' if vs else ''):>8}")
     if doc.get("slowdown"):

@@ -480,15 +480,19 @@ class IdleBitmap:
             self._set(self._bitmap.plan(sel))   # not _plan: a subset must not evict the full plan
         return int(sel.size)
 
-    def _set(self, plan, after_read: bool = False) -> None:
+    def _set(self, plan, idle: np.ndarray | None = None) -> None:
+        """Mark the plan's frames; with ``idle`` (what the read of this plan
+        just gave) only those that did not read idle."""
         if self.drain_lru:
             lru.drain_all()
-        if after_read:
-            # Frames that just read idle are already marked: only the others
-            # are written (PageIdleBitmap.remark_plan says why that is exact).
-            self.last_marked = self._bitmap.remark_plan(plan)
-        else:
+        # Frames that just read idle are already marked: only the others
+        # are written (PageIdleBitmap.remark_plan says why that is exact).
+        if idle is None:
             self.last_marked = self._bitmap.set_plan(plan)
+        elif self._bitmap.remark_plan(plan):
+            self.last_marked = int(idle.size - np.count_nonzero(idle))
+        else:                   # the read was not of this plan: all were marked
+            self.last_marked = plan.npfns
         if self.tlb_flush == "soft-dirty":
             # clear_refs=4 ends with flush_tlb_mm() on the target's mm, so
             # translations cached before the mark cannot hide accesses.
@@ -520,7 +524,7 @@ class IdleBitmap:
             check_same(self.proc)      # an exiting process reads as all holes
         window = now - self.marked_at if self.marked_at is not None else 0.0
         if remark:
-            self._set(plan, after_read=True)
+            self._set(plan, idle_t)
         return IdleMap(self.proc.pid, spans, st.present.copy(), idle, huge, st.swapped.copy(), now, window)
 
 

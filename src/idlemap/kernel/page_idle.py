@@ -176,9 +176,10 @@ class PageIdleBitmap:
         self._write(plan.words, plan.write)
         return plan.npfns
 
-    def remark_plan(self, plan: FramePlan) -> int:
+    def remark_plan(self, plan: FramePlan) -> bool:
         """Right after ``read_plan(plan)``: mark idle again the planned frames
-        that did not read idle, and only those.  Returns how many.
+        that did not read idle, and only those.  False if the last read was
+        not of this plan: then every planned frame was marked.
 
         Why skipping the others is exact: a frame reads idle only if its
         idle flag is still set and the read's own rmap walk found no
@@ -191,9 +192,10 @@ class PageIdleBitmap:
         mark's rmap walk for every idle frame: the write costs the accessed
         frames only."""
         if not plan.npfns:
-            return 0
+            return True
         if self._read_of is not plan:       # not what the buffer holds: mark them all
-            return self.set_plan(plan)
+            self.set_plan(plan)
+            return False
         self._read_of = None
         n = plan.words.size
         words = np.bitwise_and(plan.words, np.invert(self._rbuf[:n]))
@@ -208,8 +210,7 @@ class PageIdleBitmap:
                                 [size[i] for i in keep])
         if size:
             self._write(words, (foff, boff, size))
-        le = words if _LITTLE else words.byteswap()
-        return int(np.unpackbits(le.view(np.uint8)).sum())
+        return True
 
     def _write(self, words: np.ndarray, write) -> None:
         try:
