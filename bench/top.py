@@ -126,9 +126,10 @@ class PerProcessMethod:
         for pid in self.pids:
             f = walk_process(pid)
             self.frames_sum += f.size
-            self.bm.read_idle(f.pfns)
+            plan = self.bm.plan(f.pfns)
+            self.bm.read_plan(plan)
             lru.drain_all()
-            self.bm.set_idle(f.pfns)
+            self.bm.remark_plan(plan)       # only what read accessed, as the others do
 
     def close(self):
         self.bm.close()

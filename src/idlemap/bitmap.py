@@ -514,7 +514,10 @@ class IdleBitmap:
         idle_t = self._bitmap.read_plan(plan)
         now = time.monotonic()
         idle = np.zeros(n, dtype=bool)
-        idle[st.tracked] = idle_t
+        if st.tidx is not None:
+            idle[st.tidx] = idle_t          # few tracked pages (THP): index, not a mask pass over n
+        else:
+            idle[st.tracked] = idle_t
         huge = np.zeros(n, dtype=bool)
         if heads.size:
             # Tail pages share the head's answer: the kernel keeps one flag per THP.
@@ -529,11 +532,15 @@ class IdleBitmap:
 
 
 class _WalkState:
-    __slots__ = ("io", "n", "detect_thp", "cand", "heads", "present", "swapped", "tracked", "pfns")
+    __slots__ = ("io", "n", "detect_thp", "cand", "heads", "present", "swapped", "tracked", "pfns", "tidx")
 
     def __init__(self, io, n, detect_thp, cand, heads, present, swapped, tracked, pfns):
         self.io, self.n, self.detect_thp, self.cand, self.heads = io, n, detect_thp, cand, heads
         self.present, self.swapped, self.tracked, self.pfns = present, swapped, tracked, pfns
+        # Where the tracked pages are, when they are few (THP: one in 512):
+        # scattering the answer by index then beats a mask pass over n
+        # (measured 11 vs 77 us for 8 Ki of 290 Ki pages, natively).
+        self.tidx = np.flatnonzero(tracked) if pfns.size * 8 < n else None
 
 
 def _smaps_kb(data: bytes, field: bytes, start: int, end: int) -> int:

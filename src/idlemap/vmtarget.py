@@ -155,7 +155,8 @@ def vmm_kind(argv: Sequence[str], exe: str = "", comm: str = "") -> tuple[str, s
     return None
 
 
-def _exe(pid: int) -> str:
+def executable(pid: int) -> str:
+    """The path of the process's executable; "" if it cannot be read."""
     try:
         return os.readlink(f"/proc/{pid}/exe")
     except OSError:
@@ -166,7 +167,7 @@ def describe(pid: int) -> VmmProcess:
     """The VMM behind ``pid``; BadInput if it is not one we know."""
     proc = identify(pid)
     argv = cmdline(pid)
-    found = vmm_kind(argv, _exe(pid), proc.comm)
+    found = vmm_kind(argv, executable(pid), proc.comm)
     if found is None:
         raise BadInput(f"process {pid} ({proc.comm}) is not a virtual machine monitor idlemap knows "
                        "(QEMU, Firecracker, cloud-hypervisor, crosvm); `idlemap vms` lists them")
@@ -180,7 +181,7 @@ def list_vmms() -> list[VmmProcess]:
         argv = cmdline(pid)
         if not argv:
             continue            # kernel thread, zombie, or gone
-        found = vmm_kind(argv, _exe(pid))
+        found = vmm_kind(argv, executable(pid))
         if found is None:
             continue
         try:

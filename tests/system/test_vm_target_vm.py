@@ -209,7 +209,10 @@ class NestedGuest:
                 "-kernel", kernel, "-initrd", str(cpio),
                 "-append", "console=ttyS0 quiet loglevel=1 panic=-1 i8042.noaux i8042.nokbd "
                            "transparent_hugepage=never",
-                "-serial", "stdio", "-qmp", f"unix:{self.qmp},server=on,wait=off"]
+                "-serial", "stdio", "-qmp", f"unix:{self.qmp},server=on,wait=off",
+                # Renamed, as many deployments do: its comm is no VMM's name,
+                # so finding it takes the executable (top --vms) or argv.
+                "-name", "nested,process=nested-vm"]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, preexec_fn=_no_thp)
         self.pid = self.proc.pid
@@ -405,6 +408,8 @@ def test_top_and_exporter_have_a_row_per_guest(guest):
     gets its own row, measured in the same global mark and read."""
     from idlemap.backends.system import PageIdleSystemScanner, Selection
     from idlemap.services.exporter import ExporterState, make_collector
+    with open(f"/proc/{guest.pid}/comm") as f:
+        assert f.read().strip() == "nested-vm"         # found by its executable, not its name
     sc = PageIdleSystemScanner(Selection(pids=frozenset({guest.pid})), guests=True, tlb_flush="soft-dirty")
     with sc:
         sc.mark()

@@ -282,11 +282,12 @@ class PageIdleSystemScanner(SystemScanner):
         found once per process: a VMM's RAM mappings do not move."""
         if t.key not in self._layouts:
             from ..errors import IdlemapError
-            from ..vmtarget import describe, find_guest_ram, vmm_kind
+            from ..vmtarget import describe, executable, find_guest_ram, vmm_kind
             layout = None
-            # The name first (no syscall): describe() reads argv and exe.  A
-            # QEMU renamed with -name ...,process=X is missed here.
-            if vmm_kind((), comm=t.comm) is not None:
+            # The name first (no syscall), then the executable: a QEMU
+            # started with -name ...,process=X has another name but the
+            # same exe.  One readlink per process, once: the answer is kept.
+            if vmm_kind((), comm=t.comm) is not None or vmm_kind((), exe=executable(t.pid)) is not None:
                 try:
                     layout = find_guest_ram(describe(t.pid))
                 except (IdlemapError, OSError):
