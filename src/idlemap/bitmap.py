@@ -377,8 +377,9 @@ class IdleBitmap:
     def _state(self, spans, entries) -> "_WalkState":
         """What this walk's entries say: present, swapped, the THP heads,
         the tracked mask (every present page but the 511 tails of each THP)
-        and the tracked frames.  The arrays are shared with the next walks:
-        callers copy before handing them out and never write to them.
+        and the tracked frames.  The arrays are shared with the next walks
+        and never written: present and swapped (and the state's huge mask)
+        go out in IdleMaps as they are, read-only.
 
         Everything here but the heads is a function of the entries (and the
         span layout) alone: when they are byte-for-byte those of the last
@@ -406,6 +407,10 @@ class IdleBitmap:
             np.copyto(top, _top_bytes(entries))
             present = top >= _PRESENT_BYTE
             swapped = np.bitwise_and(top, _SWAPPED_BYTE, out=top).astype(np.bool_)
+        # Handed out as they are (no copy per read): read-only, so no
+        # caller can change what the next walks reuse.
+        present.flags.writeable = False
+        swapped.flags.writeable = False
         tracked = present.copy()
         if heads.size:
             # Huge blocks are all present: clear them, then the heads come
@@ -518,21 +523,21 @@ class IdleBitmap:
             idle[st.tidx] = idle_t          # few tracked pages (THP): index, not a mask pass over n
         else:
             idle[st.tracked] = idle_t
-        huge = np.zeros(n, dtype=bool)
         if heads.size:
             # Tail pages share the head's answer: the kernel keeps one flag per THP.
             _set_blocks(idle, heads[idle[heads]], True)
-            _set_blocks(huge, heads, True)
+        huge = st.huge_pages()
         if n and not pfns.size:
             check_same(self.proc)      # an exiting process reads as all holes
         window = now - self.marked_at if self.marked_at is not None else 0.0
         if remark:
             self._set(plan, idle_t)
-        return IdleMap(self.proc.pid, spans, st.present.copy(), idle, huge, st.swapped.copy(), now, window)
+        return IdleMap(self.proc.pid, spans, st.present, idle, huge, st.swapped, now, window)
 
 
 class _WalkState:
-    __slots__ = ("io", "n", "detect_thp", "cand", "heads", "present", "swapped", "tracked", "pfns", "tidx")
+    __slots__ = ("io", "n", "detect_thp", "cand", "heads", "present", "swapped", "tracked", "pfns", "tidx",
+                 "_huge")
 
     def __init__(self, io, n, detect_thp, cand, heads, present, swapped, tracked, pfns):
         self.io, self.n, self.detect_thp, self.cand, self.heads = io, n, detect_thp, cand, heads
@@ -541,6 +546,17 @@ class _WalkState:
         # scattering the answer by index then beats a mask pass over n
         # (measured 11 vs 77 us for 8 Ki of 290 Ki pages, natively).
         self.tidx = np.flatnonzero(tracked) if pfns.size * 8 < n else None
+        self._huge = None
+
+    def huge_pages(self) -> np.ndarray:
+        """Per page: inside a THP (read-only, made once per state)."""
+        if self._huge is None:
+            h = np.zeros(self.n, dtype=bool)
+            if self.heads.size:
+                _set_blocks(h, self.heads, True)
+            h.flags.writeable = False
+            self._huge = h
+        return self._huge
 
 
 def _smaps_kb(data: bytes, field: bytes, start: int, end: int) -> int:

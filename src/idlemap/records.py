@@ -33,7 +33,9 @@ class IdleMap:
     Per page (flat arrays, one entry per page of every span, in VA order):
     ``present`` (a frame is mapped), ``idle`` (present and not accessed since
     the last mark; THP tails share their head's answer), ``huge`` (part of a
-    transparent huge page) and ``swapped``.
+    transparent huge page) and ``swapped``.  The arrays may be read-only
+    (IdleBitmap shares present/huge/swapped between reads of an unchanged
+    memory map): copy before changing one.
     """
     pid: int
     spans: list[Span]

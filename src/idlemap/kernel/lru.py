@@ -19,25 +19,32 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_move_pages = 279          # x86_64
 MPOL_MF_MOVE = 1 << 1
 
-_page: mmap.mmap | None = None
+# The page and the syscall's argument arrays, built once: this runs every
+# window, and under TCG building the ctypes objects cost more than the two
+# syscalls (~1.5 ms a call, measured in the test VM).
+_args: tuple | None = None
+
+
+def _setup() -> tuple:
+    page = mmap.mmap(-1, mmap.PAGESIZE)
+    page[0] = 1
+    pages = (ctypes.c_void_p * 1)(ctypes.addressof(ctypes.c_char.from_buffer(page)))
+    return page, pages, (ctypes.c_int * 1)(-1), (ctypes.c_int * 1)(-1)
 
 
 def drain_all() -> bool:
     """Drain every CPU's LRU batches; False if the kernel has no move_pages
     (CONFIG_MIGRATION off) -- callers then accept a few untracked pages."""
-    global _page
-    if _page is None:
-        _page = mmap.mmap(-1, mmap.PAGESIZE)
-        _page[0] = 1
-    addr = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(_page)))
-    pages = (ctypes.c_void_p * 1)(addr)
-    status = (ctypes.c_int * 1)(-1)
+    global _args
+    if _args is None:
+        _args = _setup()
+    _, pages, status, nodes = _args
     # First ask where the page is (nodes=NULL), then "move" it there.
+    status[0] = -1
     if _libc.syscall(_SYS_move_pages, 0, 1, pages, None, status, 0) != 0 or status[0] < 0:
         return False
-    nodes = (ctypes.c_int * 1)(status[0])
-    rc = _libc.syscall(_SYS_move_pages, 0, 1, pages, nodes, status, MPOL_MF_MOVE)
-    return rc == 0
+    nodes[0] = status[0]
+    return _libc.syscall(_SYS_move_pages, 0, 1, pages, nodes, status, MPOL_MF_MOVE) == 0
 
 
 def drain_by_sysctl() -> None:
