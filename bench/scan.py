@@ -141,6 +141,17 @@ def truth_accessed(t: Target, huge: np.ndarray) -> np.ndarray:
 # "exact", ...}.  Cases interleave reps of different tools, so that the
 # host's load (other VMs on the same two cores) hits every tool alike.
 
+def idlemap_verdict(bm: IdleBitmap, t: Target, m) -> dict:
+    """What one idlemap read says of the target, checked against the pages
+    it touched (bit for bit), and the process's size."""
+    present, idle, huge = target_view(m, t.lo, t.hi)
+    truth = truth_accessed(t, huge)
+    wrong = int(np.count_nonzero((present & ~idle) != truth)) + int(np.count_nonzero(~present))
+    return {"exact": wrong == 0, "wrong_pages": wrong,
+            "process_pages": m.npages, "process_present": int(np.count_nonzero(m.present)),
+            "target_huge_pages": int(np.count_nonzero(huge)), "syscalls": bm._bitmap.syscalls}
+
+
 def idlemap_cycle(bm: IdleBitmap, t: Target) -> dict:
     u0, s0 = rusage()
     c0 = time.perf_counter()
@@ -153,14 +164,9 @@ def idlemap_cycle(bm: IdleBitmap, t: Target) -> dict:
     m = bm.read()
     c3 = time.perf_counter()
     u3, s3 = rusage()
-    present, idle, huge = target_view(m, t.lo, t.hi)
-    truth = truth_accessed(t, huge)
-    wrong = int(np.count_nonzero((present & ~idle) != truth)) + int(np.count_nonzero(~present))
     return {"mark_s": c1 - c0, "read_s": c3 - c2, "cycle_s": (c1 - c0) + (c3 - c2),
             "user_s": (u1 - u0) + (u3 - u2), "sys_s": (s1 - s0) + (s3 - s2),
-            "exact": wrong == 0, "wrong_pages": wrong, "frames_marked": marked,
-            "process_pages": m.npages, "process_present": int(np.count_nonzero(m.present)),
-            "target_huge_pages": int(np.count_nonzero(huge)), "syscalls": bm._bitmap.syscalls}
+            "frames_marked": marked, **idlemap_verdict(bm, t, m)}
 
 
 def idlemap_window(bm: IdleBitmap, t: Target, mark_first: bool = False) -> dict:
@@ -178,13 +184,8 @@ def idlemap_window(bm: IdleBitmap, t: Target, mark_first: bool = False) -> dict:
     m = bm.read(remark=True)
     c1 = time.perf_counter()
     u1, s1 = rusage()
-    present, idle, huge = target_view(m, t.lo, t.hi)
-    truth = truth_accessed(t, huge)
-    wrong = int(np.count_nonzero((present & ~idle) != truth)) + int(np.count_nonzero(~present))
     return {"mark_s": None, "read_s": c1 - c0, "cycle_s": c1 - c0, "user_s": u1 - u0, "sys_s": s1 - s0,
-            "exact": wrong == 0, "wrong_pages": wrong, "frames_marked": bm.last_marked,
-            "process_pages": m.npages, "process_present": int(np.count_nonzero(m.present)),
-            "target_huge_pages": int(np.count_nonzero(huge)), "syscalls": bm._bitmap.syscalls}
+            "frames_marked": bm.last_marked, **idlemap_verdict(bm, t, m)}
 
 
 WINDOW_NOTE = ("steady-state window: read(remark=True), which re-marks only the frames that read "

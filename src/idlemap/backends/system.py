@@ -284,10 +284,10 @@ class PageIdleSystemScanner(SystemScanner):
             from ..errors import IdlemapError
             from ..vmtarget import describe, executable, find_guest_ram, vmm_kind
             layout = None
-            # The name first (no syscall), then the executable: a QEMU
-            # started with -name ...,process=X has another name but the
-            # same exe.  One readlink per process, once: the answer is kept.
-            if vmm_kind((), comm=t.comm) is not None or vmm_kind((), exe=executable(t.pid)) is not None:
+            # The executable as well as the name: a QEMU started with
+            # -name ...,process=X has another name but the same exe.  One
+            # readlink per process, once: the answer is kept.
+            if vmm_kind((), executable(t.pid), t.comm) is not None:
                 try:
                     layout = find_guest_ram(describe(t.pid))
                 except (IdlemapError, OSError):
