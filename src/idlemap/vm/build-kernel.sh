@@ -43,10 +43,14 @@ while read -r line; do
     esac
 done < "$HERE/kernel.fragment"
 [ $missing = 0 ] || exit 1
-make -s -j"$(nproc)" bzImage >&2
+make -s -j"$(nproc)" bzImage modules >&2
 mkdir -p "$OUT.tmp"
 cp arch/x86/boot/bzImage "$OUT.tmp/bzImage"
 cp .config "$OUT.tmp/config"
 make -s kernelversion > "$OUT.tmp/version"
+# Keep the configured tree (less its object files) so out-of-tree modules
+# (idlemap's kmod/) build against exactly this kernel: make -C $OUT/build M=...
+find . \( -name '*.o' -o -name 'vmlinux*' -o -name '*.a' \) -type f -delete
+cd ..; mv "$SRC_PKG" "$OUT.tmp/build"
 rm -rf "$OUT"; mv "$OUT.tmp" "$OUT"
 echo "$OUT/bzImage"
