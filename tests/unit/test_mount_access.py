@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from idlemap.kernel.creds import Creds, parse_status
-from idlemap.services.access import Caller, Target, may_read
+from idlemap.services.access import Caller, Target, may_read, may_read_frames
 
 STATUS = """\
 Name:\tsleep
@@ -59,11 +59,44 @@ ROOT = Caller(uid=0, gid=0, tgid=1, cap_sys_ptrace=True)
     (USER, Target(creds(), True), 0, True, ""),
     # root without CAP_SYS_PTRACE (dropped) is just uid 0
     (Caller(0, 0, 7, cap_sys_ptrace=False), Target(creds(), True), None, False, "does not own"),
-    # unknown caller details: uid 0 stands for the capability
-    (Caller(0, 0), Target(creds(), True), None, True, ""),
+    # unknown caller details (PID not visible, status unreadable): no
+    # capability, even for uid 0 -- fail closed
+    (Caller(0, 0), Target(creds(), True), None, False, "lacks CAP_SYS_PTRACE"),
     (Caller(1000, 100), Target(creds(), True, ancestors=(600,)), 1, False, "not an ancestor"),
 ])
 def test_may_read(caller, target, scope, allowed, why):
     d = may_read(caller, target, scope)
+    assert d.allowed is allowed
+    assert why in d.reason
+
+
+# Per-page idle data (page_idle): root-only, as in the kernel.
+ALL_CAPS = (1 << 41) - 1
+ADMIN = Caller(0, 0, tgid=1, cap_sys_ptrace=True, cap_eff=ALL_CAPS)
+USER_SELF = Caller(1000, 100, tgid=500, cap_sys_ptrace=False, cap_eff=0)
+
+
+@pytest.mark.parametrize("caller, target, allowed, why", [
+    (ADMIN, Target(creds(), True), True, "CAP_SYS_ADMIN"),
+    (ADMIN, Target(creds(uids=(0,) * 4, gids=(0,) * 4), False), True, ""),
+    # an unprivileged user, even for its own process (the shared-file side
+    # channel: its own mapping of a file other users touch)
+    (USER_SELF, Target(creds(pid=500), True), False, "lacks CAP_SYS_ADMIN"),
+    (USER_SELF, Target(creds(pid=501), True), False, "lacks CAP_SYS_ADMIN"),
+    (USER_SELF, Target(creds(pid=501, uids=(0,) * 4, gids=(0,) * 4), True), False, "does not own"),
+    # root whose capabilities could not be verified: refused
+    (Caller(0, 0, tgid=1, cap_sys_ptrace=True), Target(creds(), True), False, "could not be verified"),
+    (Caller(0, 0), Target(creds(), True), False, ""),
+    # uid 0 without CAP_SYS_ADMIN (a container's root with dropped capabilities)
+    (Caller(0, 0, 7, True, ALL_CAPS & ~(1 << 21)), Target(creds(), True), False, "lacks CAP_SYS_ADMIN"),
+    # CAP_SYS_ADMIN without being uid 0 needs CAP_DAC_OVERRIDE to open page_idle
+    (Caller(1000, 100, 500, True, 1 << 21 | 1 << 19), Target(creds(pid=500), True), False,
+     "CAP_DAC_OVERRIDE"),
+    (Caller(1000, 100, 500, True, 1 << 21 | 1 << 19 | 1 << 1), Target(creds(pid=500), True), True, ""),
+    # a capable caller still needs the ptrace-read rules (Yama 2 without CAP_SYS_PTRACE)
+    (Caller(1000, 100, 600, False, 1 << 21 | 1 << 1), Target(creds(), True), False, "ptrace_scope=2"),
+])
+def test_may_read_frames(caller, target, allowed, why):
+    d = may_read_frames(caller, target, 2 if "ptrace_scope" in why else None)
     assert d.allowed is allowed
     assert why in d.reason

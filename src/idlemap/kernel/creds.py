@@ -82,3 +82,17 @@ def yama_ptrace_scope() -> int | None:
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
+
+
+def user_ns(pid: int | str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the process's user namespace; None when the
+    kernel has no user namespaces (CONFIG_USER_NS off: no /proc/PID/ns/user,
+    so every process is in the initial one).  Raises OSError if the
+    process is gone or the file cannot be read."""
+    try:
+        st = os.stat(f"/proc/{pid}/ns/user")
+    except FileNotFoundError:
+        if os.path.isdir(f"/proc/{pid}"):
+            return None
+        raise
+    return st.st_dev, st.st_ino

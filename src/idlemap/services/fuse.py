@@ -12,8 +12,13 @@ semantics live in ``services.procfiles``; access rules in
   sizes through unchanged (no page cache), which the RFC's EINVAL rules and
   the stream semantics of idle_pages need;
 * the permission check happens at open, with the caller's credentials from
-  the request, as /proc/PID/pagemap does it (later reads are not
-  re-checked: an open descriptor keeps its rights, like in procfs);
+  the request, as /proc/PID/pagemap does it; per-page idle data
+  (idle_bitmap, idle_pages, wss with page_idle) additionally needs what
+  the kernel asks for page_idle and page frames (CAP_SYS_ADMIN, root):
+  ``access.may_read_frames``;
+* an open file stays bound to the process image it was checked against
+  (``procfiles.ImageBinding``, checked before and after every request):
+  after an exec it answers EACCES, as /proc's descriptors stop answering;
 * work that touches page tables runs in a worker thread, so one long read
   does not stall other callers; requests on one open file are serialised.
 """
@@ -33,8 +38,8 @@ from ..kernel import creds as kcreds
 from ..kernel.process import ProcessId, identify, list_pids
 from . import access
 from ..bitmap import IdleBitmap
-from .procfiles import (BITMAP_FILE_BYTES, BitmapFile, FileOpError, IdlePagesFile, MarkLog,
-                        WssFile, errno_of)
+from .procfiles import (BITMAP_FILE_BYTES, BitmapFile, FileOpError, IdlePagesFile, ImageBinding,
+                        MarkLog, WssFile, errno_of)
 
 log = logging.getLogger("idlemap.mount")
 
@@ -73,11 +78,12 @@ def is_user_process(proc: ProcessId) -> bool:
 
 
 class _Handle:
-    def __init__(self, kind: int, proc: ProcessId, file):
+    def __init__(self, kind: int, proc: ProcessId, file, binding: ImageBinding):
         import trio
         self.kind = kind
         self.proc = proc
         self.file = file
+        self.binding = binding
         self.lock = trio.Lock()
 
 
@@ -94,6 +100,10 @@ def build_operations(config: MountConfig):
             self.next_fh = 1
             self.marks = MarkLog({})
             self.yama = kcreds.yama_ptrace_scope()
+            try:
+                self.user_ns = kcreds.user_ns("self")
+            except OSError:
+                self.user_ns = ("unknown",)      # matches no caller: nobody's capabilities count
             self._warned_page_idle = False
             self._t0 = time.time_ns()
 
@@ -212,22 +222,42 @@ def build_operations(config: MountConfig):
             return s
 
         # -- access ------------------------------------------------------------
-        def _decide(self, pid: int, ctx) -> access.Decision:
+        def _caller(self, ctx) -> access.Caller:
+            """The requester, with its capabilities only when verified (fail
+            closed): FUSE gives the caller's fsuid/fsgid and its thread ID in
+            the daemon's PID namespace (0 if it is not visible there)."""
+            unknown = access.Caller(uid=ctx.uid, gid=ctx.gid)
+            if ctx.pid <= 0:
+                return unknown
+            try:
+                cc = kcreds.read_creds(ctx.pid)
+                ns = kcreds.user_ns(ctx.pid)
+            except (OSError, KeyError, ValueError, IndexError):
+                return unknown
+            # The same process as the request's (not a PID reused since):
+            # its fsuid/fsgid are the ones the kernel put in the request.
+            if (cc.uids[3], cc.gids[3]) != (ctx.uid, ctx.gid):
+                return unknown
+            if ns != self.user_ns:
+                # Capabilities held in a child user namespace (unshare -U)
+                # give nothing over processes or page_idle outside it.
+                return access.Caller(ctx.uid, ctx.gid, cc.tgid, cap_sys_ptrace=False)
+            return access.Caller(ctx.uid, ctx.gid, cc.tgid, cc.has_cap_sys_ptrace, cc.cap_eff)
+
+        def _needs_frames(self, kind: int) -> bool:
+            """Does this file hand out per-page idle data (page_idle)?"""
+            return kind in NEEDS_PAGE_IDLE or (kind == WSS and self.config.backend == "page_idle")
+
+        def _decide(self, pid: int, ctx, kind: int) -> access.Decision:
             try:
                 tc = kcreds.read_creds(pid)
                 owner = kcreds.proc_owner(pid)
-            except OSError:
+            except (OSError, KeyError, ValueError, IndexError):
                 raise pyfuse3.FUSEError(errno.ENOENT) from None
             dumpable = owner == (tc.uids[1], tc.gids[1])
             anc = kcreds.ancestors(pid) if self.yama == 1 else ()
-            caller = access.Caller(uid=ctx.uid, gid=ctx.gid)
-            if ctx.pid > 0:
-                try:
-                    cc = kcreds.read_creds(ctx.pid)
-                    caller = access.Caller(ctx.uid, ctx.gid, cc.tgid, cc.has_cap_sys_ptrace)
-                except (OSError, KeyError, ValueError):
-                    pass
-            return access.may_read(caller, access.Target(tc, dumpable, anc), self.yama)
+            rule = access.may_read_frames if self._needs_frames(kind) else access.may_read
+            return rule(self._caller(ctx), access.Target(tc, dumpable, anc), self.yama)
 
         async def access(self, inode, mode, ctx):
             if inode == ROOT_INODE:
@@ -237,7 +267,7 @@ def build_operations(config: MountConfig):
                 return not (mode & os.W_OK)
             if mode & os.W_OK and kind != IDLE_BITMAP:
                 return False
-            return self._decide(pid, ctx).allowed
+            return self._decide(pid, ctx, kind).allowed
 
         async def open(self, inode, flags, ctx):
             pid, kind = split_inode(inode)
@@ -247,12 +277,24 @@ def build_operations(config: MountConfig):
             if writing and kind != IDLE_BITMAP:
                 raise pyfuse3.FUSEError(errno.EACCES)
             proc = self._proc(pid)
-            d = self._decide(pid, ctx)
-            if not d.allowed:
-                log.info("denied %s of PID %d to uid %d (pid %d): %s",
-                         NAMES[kind].decode(), pid, ctx.uid, ctx.pid, d.reason)
-                raise pyfuse3.FUSEError(errno.EACCES)
+            # Bind first, decide second, verify the binding last: whatever
+            # the target executes meanwhile, the descriptor answers only for
+            # the image whose credentials were checked (ImageBinding).
+            try:
+                binding = ImageBinding(proc)
+            except (IdlemapError, OSError) as e:
+                raise pyfuse3.FUSEError(errno_of(e)) from None
+            try:
+                d = self._decide(pid, ctx, kind)
+                if not d.allowed:
+                    log.info("denied %s of PID %d to uid %d (pid %d): %s",
+                             NAMES[kind].decode(), pid, ctx.uid, ctx.pid, d.reason)
+                    raise pyfuse3.FUSEError(errno.EACCES)
+            except BaseException:
+                binding.close()
+                raise
             if kind in NEEDS_PAGE_IDLE and self.config.backend != "page_idle":
+                binding.close()
                 if not self._warned_page_idle:
                     log.warning("%s", PAGE_IDLE_MISSING)
                     self._warned_page_idle = True
@@ -260,13 +302,22 @@ def build_operations(config: MountConfig):
             try:
                 f = await trio.to_thread.run_sync(self._make_file, kind, proc)
             except (IdlemapError, OSError) as e:
+                binding.close()
                 if isinstance(e, FeatureMissing) and not self._warned_page_idle:
                     log.warning("%s", e)
                     self._warned_page_idle = True
                 raise pyfuse3.FUSEError(errno_of(e)) from None
+            try:
+                binding.check()
+            except (IdlemapError, FileOpError, OSError) as e:
+                log.info("denied %s of PID %d to uid %d (pid %d): %s",
+                         NAMES[kind].decode(), pid, ctx.uid, ctx.pid, e)
+                f.close()
+                binding.close()
+                raise pyfuse3.FUSEError(errno_of(e)) from None
             fh = self.next_fh
             self.next_fh += 1
-            self.handles[fh] = _Handle(kind, proc, f)
+            self.handles[fh] = _Handle(kind, proc, f, binding)
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
         def _make_file(self, kind: int, proc: ProcessId):
@@ -284,9 +335,17 @@ def build_operations(config: MountConfig):
             h = self.handles.get(fh)
             if h is None:
                 raise pyfuse3.FUSEError(errno.EBADF)
+            def bound():
+                # Before: nothing is read or marked for a new image.  After:
+                # nothing read across an exec is handed out.
+                h.binding.check()
+                out = fn(*args)
+                h.binding.check()
+                return out
+
             async with h.lock:
                 try:
-                    return await trio.to_thread.run_sync(fn, *args)
+                    return await trio.to_thread.run_sync(bound)
                 except (IdlemapError, FileOpError, OSError) as e:
                     log.debug("%s of %s for PID %d: %s", what, NAMES[h.kind].decode(), h.proc.pid, e)
                     raise pyfuse3.FUSEError(errno_of(e)) from None
@@ -313,6 +372,7 @@ def build_operations(config: MountConfig):
             if h is not None:
                 async with h.lock:
                     await trio.to_thread.run_sync(h.file.close)
+                    h.binding.close()
 
     return IdlemapFS()
 

@@ -15,6 +15,7 @@ is filled with a constant (holes read idle, not present).
 from __future__ import annotations
 
 import errno
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import numpy as np
 
 from .. import idle_pages as ip
 from ..bitmap import HPAGE_PAGES, IdleBitmap
-from ..errors import AccessDenied, FeatureMissing, NoSuchProcess, proc_errors
+from ..errors import AccessDenied, FeatureMissing, NoSuchProcess, PidReused, TargetExited, proc_errors
 from ..kernel import pagemap as pm
 from ..kernel import smaps
 from ..kernel.maps import PAGE_SHIFT, PAGE_SIZE
@@ -148,6 +149,74 @@ class MappedCache:
 
     def invalidate(self) -> None:
         self.next_off = -1
+
+
+# -- binding an open file to the process image it was checked against -------
+# Fields of /proc/PID/stat that describe the mm (start_code, end_code,
+# start_stack, start_data, end_data, start_brk, arg_start, arg_end,
+# env_start, env_end): set by exec for the new image, never changed by the
+# process afterwards without CAP_SYS_RESOURCE (prctl PR_SET_MM).  Field 22
+# (starttime) tells PID reuse; it does not change on exec.
+_MM_FIELDS = (26, 27, 28, 45, 46, 47, 48, 49, 50, 51)
+
+
+def image_key(pid: int, start_ticks: int) -> tuple:
+    """What identifies the process image (mm) of PID now: the mm fields of
+    its stat and the (device, inode) of its executable.  Raises
+    TargetExited / PidReused when PID is no longer the process that
+    started at ``start_ticks``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        exe = os.stat(f"/proc/{pid}/exe")
+    except (FileNotFoundError, ProcessLookupError):
+        raise TargetExited(pid) from None
+    rest = data[data.rindex(b")") + 2:].split()
+    if int(rest[19]) != start_ticks:
+        raise PidReused(pid)
+    if rest[0] in (b"Z", b"X"):
+        raise TargetExited(pid)
+    return tuple(int(rest[n - 3]) for n in _MM_FIELDS) + (exe.st_dev, exe.st_ino)
+
+
+class ImageBinding:
+    """Ties an open mount file to the process image it was checked against,
+    as /proc ties /proc/PID/pagemap to the mm it checked at open.
+
+    At creation (before the access decision) it keeps an open descriptor of
+    /proc/PID/pagemap -- the kernel binds that descriptor to the mm of the
+    moment, and once that mm is gone (an exec replaced it) reads through it
+    return 0 bytes -- and the image key above.  ``check()`` runs before and
+    after every request: the image must be the one bound at open (key
+    unchanged, which also catches an exec whose old mm lives on in a
+    CLONE_VM sibling) and that mm still alive.  Otherwise EACCES: the
+    descriptor no longer answers and a fresh open is checked afresh
+    (/proc's own pagemap and mem descriptors read 0 bytes then; an error is
+    clearer than an end of file in the middle of a 4 GiB bitmap, and a
+    write returning 0 would spin a write loop).
+    """
+
+    def __init__(self, proc: ProcessId):
+        self.proc = proc
+        self.key = image_key(proc.pid, proc.start_ticks)
+        with proc_errors(proc.pid, "pagemap"):
+            self.fd = os.open(f"/proc/{proc.pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+
+    def check(self) -> None:
+        try:
+            alive = len(os.pread(self.fd, 8, 0)) == 8
+        except OSError:
+            alive = False
+        # Exit and PID reuse first: they keep their ESRCH.
+        key = image_key(self.proc.pid, self.proc.start_ticks)
+        if key != self.key or not alive:
+            raise FileOpError(errno.EACCES, f"process {self.proc.pid} has executed a new program "
+                                            "since this file was opened; open it again")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 _FILL: dict[int, bytes] = {}
@@ -409,4 +478,4 @@ def wss_line(proc: ProcessId, bitmap: IdleBitmap | None, marks: MarkLog, backend
 
 
 __all__ = ["BITMAP_FILE_BYTES", "TASK_SIZE", "BitmapFile", "FileOpError", "IdlePagesFile",
-           "MarkLog", "WssFile", "errno_of"]
+           "ImageBinding", "MarkLog", "WssFile", "errno_of", "image_key"]
