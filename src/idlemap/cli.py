@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 
-from .errors import IdlemapError
+from .errors import IdlemapError, UsageError
 
 # One module per subcommand (idlemap/commands/NAME.py), each with
 # ``HELP``, ``EXAMPLES``, ``add_arguments(parser)`` and ``run(args) -> int``.
@@ -35,8 +36,17 @@ Per-process idle page tracking, indexed by virtual address: the
 /proc/PID/idle_bitmap that Linux never merged, on today's kernels."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as one sentence (``idlemap: ...``, exit 2) like every
+    other error, instead of a usage block and a second line."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog.removeprefix('idlemap').strip() + ': ' if self.prog != 'idlemap' else ''}"
+                         f"{message} (see '{self.prog} --help')")
+
+
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="idlemap", description=DESCRIPTION,
+    p = _Parser(prog="idlemap", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Run 'idlemap COMMAND --help' for a command's options and examples.")
     from . import __version__
@@ -62,23 +72,80 @@ def _selected(argv: list[str]) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    # SIGTERM behaves like Ctrl-C: commands print what they gathered.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(_selected(argv))
-    args = parser.parse_args(argv)
-    if not getattr(args, "_run", None):
-        parser.print_help()
-        return 2
+INTERRUPTED = 130     # 128 + SIGINT, what shells report for Ctrl-C
+INTERNAL = 70        # sysexits' EX_SOFTWARE: a bug in idlemap
+
+_signalled: int | None = None
+
+
+def _on_signal(signum, frame) -> None:
+    # SIGTERM behaves like Ctrl-C: commands catch KeyboardInterrupt and
+    # print or keep what they gathered; main() then exits 130 whatever the
+    # command returned, because the run did not finish as asked.
+    global _signalled
+    _signalled = signum
+    raise KeyboardInterrupt
+
+
+def _on_late_signal(signum, frame) -> None:
+    # After main() has its answer: note the signal, raise nothing (a
+    # KeyboardInterrupt here would be a traceback outside any handler).
+    global _signalled
+    _signalled = signum
+
+
+def _say(msg: str) -> None:
     try:
+        sys.stdout.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        print(f"idlemap: {msg}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; every outcome is an exit code from errors.EXIT_CODES."""
+    global _signalled
+    # First thing, before argument parsing and the command's imports
+    # (numpy, matplotlib: most of the first half second): Ctrl-C or SIGTERM
+    # at any moment gives 130 and no traceback.
+    _signalled = None
+    prev = {}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        try:
+            prev[s] = signal.signal(s, _on_signal)
+        except ValueError:       # not the main thread (an embedding caller): leave signals alone
+            break
+    try:
+        rc = _main(argv)
+    except KeyboardInterrupt:
+        rc = INTERRUPTED
+    finally:
+        for s, h in prev.items():
+            # In-process callers (tests) get their handlers back; as a
+            # program, a signal from here to exit is only noted.
+            signal.signal(s, h if argv is not None else _on_late_signal)
+    if _signalled is not None and rc == 0:
+        rc = INTERRUPTED
+    return rc
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        argv = sys.argv[1:] if argv is None else argv
+        parser = build_parser(_selected(argv))
+        args = parser.parse_args(argv)
+        if not getattr(args, "_run", None):
+            parser.print_help()
+            return 2
         return int(args._run(args) or 0)
     except IdlemapError as e:
-        sys.stdout.flush()
-        print(f"idlemap: {e}", file=sys.stderr)
+        _say(str(e))
         return e.exit_code
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
     except BrokenPipeError:
         # `idlemap wss ... | head`: the reader left; not an error of ours.
         try:
@@ -86,6 +153,22 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             pass
         return 0
+    except MemoryError:
+        _say("out of memory: the input or the options ask for more memory than this machine has")
+        return 69
+    except Exception as e:  # noqa: BLE001 -- the promise: no traceback reaches a user
+        if _signalled is not None:
+            # A KeyboardInterrupt raised inside an import can come out
+            # wrapped (a dataclass's __set_name__ gives RuntimeError).
+            return INTERRUPTED
+        if isinstance(e, OSError):
+            _say(f"{(e.strerror or str(e)).lower()}" + (f": {e.filename}" if e.filename else ""))
+            return 74
+        _say(f"internal error ({type(e).__name__}: {e}); please report it with the command line "
+             "(IDLEMAP_DEBUG=1 shows the traceback)")
+        if os.environ.get("IDLEMAP_DEBUG"):
+            raise
+        return INTERNAL
 
 
 if __name__ == "__main__":

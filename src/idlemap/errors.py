@@ -68,6 +68,48 @@ class BadInput(IdlemapError):
     exit_code = 65
 
 
+class KernelThread(UsageError):
+    """A kernel thread has no user memory: every command refuses it alike."""
+
+    def __init__(self, pid: int, comm: str = ""):
+        self.pid = pid
+        name = f" ({comm})" if comm else ""
+        super().__init__(f"PID {pid}{name} is a kernel thread: it has no user memory to measure")
+
+
+class WriteDenied(AccessDenied):
+    """No permission to create or replace an output file (exit 77 like any permission error)."""
+
+    def __init__(self, msg: str):
+        IdlemapError.__init__(self, msg)
+
+
+class CannotWrite(IdlemapError):
+    """An output could not be created or written: read-only file system,
+    full device, I/O error.  73 is sysexits' EX_CANTCREAT."""
+
+    exit_code = 73
+
+
+# The exit-code table (README "Exit codes"); cli.main is the only place
+# that returns these.  Kept here as data so the README and tests can be
+# checked against one list.
+EXIT_CODES = {
+    0: "success",
+    1: "the target process does not exist, exited during the run, or its PID was reused",
+    2: "usage: a bad option, value, path or target (including a kernel thread)",
+    65: "bad input data: a record file that is corrupt, or not a record",
+    69: "unavailable: the kernel lacks a feature the command needs, or there is not enough memory",
+    70: "internal error in idlemap (a bug: please report it)",
+    73: "cannot create or write an output file (read-only file system, no space)",
+    74: "an operating-system error nothing above covers (the sentence names it)",
+    75: "temporary failure: try again later (e.g. DAMON is busy with another user)",
+    77: "permission denied",
+    125: "the test VM could not run the command",
+    130: "interrupted by Ctrl-C or SIGTERM (what was gathered is still printed or kept)",
+}
+
+
 @contextlib.contextmanager
 def proc_errors(pid: int, what: str) -> Iterator[None]:
     """Translate OSErrors raised while touching /proc/PID/* into idlemap errors.

@@ -138,28 +138,36 @@ class RecordWriter:
     ...     for r in scanner.run(30, 1.0):
     ...         w.add(r)
 
-    An existing file at ``path`` is renamed to ``path + ".old"`` first
-    (like ``perf record``), so a repeated command never destroys a recording.
+    The header goes to a new file next to ``path``, which then replaces
+    ``path`` (see idlemap.outputs): an existing record there is kept as
+    ``path.1`` (then ``.2``, ...), so a repeated command never destroys a
+    recording, and anything that is not a regular file (a device, a FIFO,
+    a symlink, a directory) is refused with one sentence, never replaced.
     """
 
     def __init__(self, path: str, meta: dict, fsync: bool = True, level: int = ZLIB_LEVEL):
+        from . import outputs
         self.path = path
         self.fsync = fsync
         self.level = level
-        if os.path.lexists(path) and not os.path.isdir(path):
-            os.replace(path, path + ".old")
-        try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except IsADirectoryError:
-            raise BadInput(f"cannot write the record to {path}: it is a directory") from None
-        except PermissionError:
-            raise AccessDenied(f"{path} for writing", "choose another -o path") from None
-        except FileNotFoundError:
-            raise BadInput(f"cannot write the record to {path}: its directory does not exist") from None
-        js = json.dumps(meta, separators=(",", ":")).encode()
+        js = json.dumps(meta, separators=(",", ":"), allow_nan=False).encode()
         head = HEADER.pack(MAGIC, VERSION_MAJOR, VERSION_MINOR, 0, len(js))
+        out = outputs.Output(path, "the record", keep_old=True)
+        self._fd = out.fd
         self._size = 0
-        self._write(head + js + U32.pack(zlib.crc32(head + js)))
+        try:
+            self._write(head + js + U32.pack(zlib.crc32(head + js)))
+            # Published only once the header is on disk: the file at
+            # ``path`` is a readable record from its first instant, and
+            # rounds are appended to it in place (crash safety, below).
+            out.publish()
+        except OSError as e:
+            out.discard()
+            raise outputs._error(e, path, "the record") from None
+        except BaseException:
+            out.discard()
+            raise
+        self.kept_as = out.kept
         self._layouts: dict[tuple, int] = {}
         self._prev: tuple[np.ndarray, list[np.ndarray]] | None = None
         self.rounds = 0
@@ -219,7 +227,11 @@ class RecordWriter:
             data = lframe + _frame(b"R", scalars)
         else:
             data = self._page_round(m, scalars)
-        self._write(data)
+        try:
+            self._write(data)
+        except OSError as e:        # ENOSPC, EIO: one sentence; the finished rounds stay readable
+            from .outputs import _error
+            raise _error(e, self.path, "the record") from None
         self.rounds += 1
         return len(data)
 
@@ -274,6 +286,9 @@ class RecordWriter:
         self.closed = True
         try:
             self._write(_frame(b"E", {"rounds": self.rounds, "reason": reason, "end_time": time.time()}))
+        except OSError as e:        # the rounds before stay readable (a file without an end frame)
+            from .outputs import _error
+            raise _error(e, self.path, "the record") from None
         finally:
             os.close(self._fd)
 

@@ -59,12 +59,17 @@ def test_round_trip_mapping_granularity(tmp_path):
         same_round(a, b)
 
 
-def test_existing_file_is_kept_as_old(tmp_path):
+def test_existing_file_is_kept_numbered(tmp_path):
     p = tmp_path / "x.rec"
     p.write_bytes(b"precious")
     recgen.write(p, recgen.changing_rounds(2))
-    assert (tmp_path / "x.rec.old").read_bytes() == b"precious"
+    assert (tmp_path / "x.rec.1").read_bytes() == b"precious"
     assert len(open_record(p)) == 2
+    recgen.write(p, recgen.changing_rounds(3))      # a third run destroys neither earlier one
+    assert (tmp_path / "x.rec.1").read_bytes() == b"precious"
+    assert len(open_record(tmp_path / "x.rec.2")) == 2
+    assert len(open_record(p)) == 3
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
 
 
 def frames_end(path):

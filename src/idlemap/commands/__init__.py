@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 
+from .. import validate
 from ..errors import UsageError
 
 
 def pid_arg(p: argparse.ArgumentParser) -> None:
     """bcc grammar: ``cmd [-p PID] ...`` or ``cmd PID ...``."""
-    p.add_argument("-p", "--pid", dest="pid_opt", type=int, metavar="PID", help="target process")
+    p.add_argument("-p", "--pid", dest="pid_opt", type=validate.pid, metavar="PID", help="target process")
 
 
 def take_pid(args, positional: list) -> tuple[int, list]:
@@ -21,6 +22,17 @@ def take_pid(args, positional: list) -> tuple[int, list]:
         return int(positional[0]), positional[1:]
     except ValueError:
         raise UsageError(f"PID must be a number, not {positional[0]!r}") from None
+
+
+def user_target(pid: int):
+    """The target's ProcessId, refusing a kernel thread the same way (exit 2)
+    in every command: it has no user memory, so any answer would be zeros."""
+    from ..errors import KernelThread
+    from ..kernel.process import identify
+    proc = identify(pid)
+    if proc.is_kernel_thread:
+        raise KernelThread(proc.pid, proc.comm)
+    return proc
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -38,9 +50,9 @@ def parse_range(text: str) -> tuple[int, int]:
 # -- DAMON settings, shared by the commands that take --backend damon ----------
 def add_damon_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("DAMON (--backend damon; defaults: idlemap's, see docs/accuracy.md)")
-    g.add_argument("--damon-sample", type=float, metavar="MS", help="sampling interval (default 5 ms)")
-    g.add_argument("--damon-aggr", type=float, metavar="MS", help="aggregation interval (default 100 ms)")
-    g.add_argument("--damon-update", type=float, metavar="MS", help="regions update interval (default 1000 ms)")
+    g.add_argument("--damon-sample", type=validate.number(0, 1e9, "milliseconds"), metavar="MS", help="sampling interval (default 5 ms)")
+    g.add_argument("--damon-aggr", type=validate.number(0, 1e9, "milliseconds"), metavar="MS", help="aggregation interval (default 100 ms)")
+    g.add_argument("--damon-update", type=validate.number(0, 1e9, "milliseconds"), metavar="MS", help="regions update interval (default 1000 ms)")
     g.add_argument("--damon-regions", metavar="MIN-MAX",
                    help="region count bounds (default 100-1000; DAMON's own default is 10-1000)")
     g.add_argument("--damon-estimator", choices=["union", "median"],

@@ -7,11 +7,13 @@ import time
 
 import numpy as np
 
+from .. import outputs, validate
 from ..bitmap import IdleBitmap, require_page_idle
 from ..errors import BadInput, UsageError
 from ..kernel.maps import PAGE_SHIFT, PAGE_SIZE
 from ..kernel.process import cmdline, identify
 from . import parse_range, pid_arg, take_pid
+from . import user_target
 
 HELP = "mark a process's pages idle, wait, and dump its idle + present bitmaps in the RFC layout"
 EXAMPLES = """\
@@ -37,9 +39,11 @@ def add_arguments(p) -> None:
     p.add_argument("args", nargs="*", metavar="PID")
     p.add_argument("--range", action="append", default=[], metavar="START-END",
                    help="VA range (repeatable; default: every mapping)")
-    p.add_argument("--wait", type=float, default=1.0, metavar="S",
+    p.add_argument("--wait", type=validate.seconds(lo_ok=True), default=1.0, metavar="S",
                    help="seconds between marking idle and reading (default 1)")
-    p.add_argument("-o", "--output", required=True, metavar="FILE")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", type=outputs.arg("the idle bitmap"),
+                   help="the idle bitmap; FILE.present and FILE.json are written next to it "
+                        "(each replaces only a regular file)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--tlb-flush", default="none", choices=["none", "soft-dirty"])
     p.add_argument("--vm", action="store_true",
@@ -63,19 +67,30 @@ def word_ranges(spans) -> list[tuple[int, int]]:
 
 def write_sparse(path: str, idle_map, present_path: str) -> int:
     """Write idle/present words at their RFC offsets; returns bytes written."""
+    # New files next to the targets, renamed over them only when whole
+    # (idlemap.outputs: a device or FIFO at the path is refused, not replaced).
+    from ..outputs import Output, _error
     written = 0
-    fds = [os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) for p in (path, present_path)]
+    outs = [Output(path, "the idle bitmap"), Output(present_path, "the present bitmap")]
     try:
         for lo, hi in word_ranges(idle_map.spans):
             idle, present = idle_map.rfc_words(lo, hi, holes_idle=False)
             off = (lo >> PAGE_SHIFT) // 8
-            os.pwrite(fds[0], idle.tobytes(), off)
-            os.pwrite(fds[1], present.tobytes(), off)
+            os.pwrite(outs[0].fd, idle.tobytes(), off)
+            os.pwrite(outs[1].fd, present.tobytes(), off)
             written += idle.nbytes
         # Make the file length reach the top of the last range, like /proc.
-    finally:
-        for fd in fds:
-            os.close(fd)
+    except OSError as e:
+        for o in outs:
+            o.discard()
+        raise _error(e, path, "the idle bitmap") from None
+    except BaseException:
+        for o in outs:
+            o.discard()
+        raise
+    for o in outs:
+        o.close()
+        o.publish()
     return written
 
 
@@ -84,8 +99,8 @@ def run(args) -> int:
     if rest:
         raise UsageError("too many arguments: idlemap bitmap PID -o FILE")
     ranges = [parse_range(r) for r in args.range] or None
+    proc = user_target(pid)        # a kernel thread: exit 2, as in every command
     require_page_idle()
-    proc = identify(pid)
     layout, gpa_ranges = None, ranges
     if args.vm:
         from ..vmtarget import describe, find_guest_ram, gpa_ranges_to_hva, idle_map_to_gpa, layout_json
@@ -114,7 +129,8 @@ def run(args) -> int:
             "files": {"idle": args.output, "present": args.output + ".present"}, "bytes_written": nbytes}
     if layout is not None:
         meta.update(address_space="guest-physical", layout=layout_json(layout))
-    with open(args.output + ".json", "w") as f:
+    from ..outputs import writing
+    with writing(args.output + ".json", "the bitmap's description", text=True) as f:
         json.dump(meta, f, indent=1)
     if args.json:
         print(json.dumps(meta))

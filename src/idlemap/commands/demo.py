@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from .. import validate
 from ..backends import why_not
 from ..backends.clear_refs import ClearRefsBackend
 from ..backends.page_idle import PageIdleBackend
@@ -31,10 +32,10 @@ MiB = 1 << 20
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--size-mib", type=int, default=1024, help="memory the workload maps and touches (default 1024)")
-    p.add_argument("--hot-mib", type=int, default=256, help="part of it kept hot (default 256)")
-    p.add_argument("--interval", type=float, default=1.0, help="window length in seconds (default 1)")
-    p.add_argument("--windows", type=int, default=3, help="windows to measure (default 3)")
+    p.add_argument("--size-mib", type=validate.whole(1, 1 << 30, "a size in MiB"), default=1024, help="memory the workload maps and touches (default 1024)")
+    p.add_argument("--hot-mib", type=validate.whole(1, 1 << 30, "a size in MiB"), default=256, help="part of it kept hot (default 256)")
+    p.add_argument("--interval", type=validate.interval, default=1.0, help="window length in seconds (default 1)")
+    p.add_argument("--windows", type=validate.count, default=3, help="windows to measure (default 3)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--here", action="store_true", help="run on this kernel (needs page_idle and root)")
@@ -54,12 +55,32 @@ def run(args) -> int:
         raise UsageError("need 0 < --hot-mib <= --size-mib, and positive --windows and --interval")
     f = probe()
     local_ok = why_not("page_idle", f) is None
-    if args.vm or (not local_ok and not args.here):
+    in_vm = args.vm or (not local_ok and not args.here)
+    # Refused here in one sentence rather than met as ENOMEM in the
+    # workload (or QEMU's own message) after a boot.
+    need = max(2048, args.size_mib * 2 + 1024) if in_vm else args.size_mib
+    have = _mem_total_mib()
+    if have and need > have:
+        where = "the test VM for it would need" if in_vm else "it needs"
+        raise UsageError(f"--size-mib {args.size_mib} is too large: {where} {need} MiB and this machine "
+                         f"has {have} MiB of memory")
+    if in_vm:
         return _in_vm(args, why_not("page_idle", f))
     if not local_ok:
         from ..bitmap import require_page_idle
         require_page_idle()
     return _here(args)
+
+
+def _mem_total_mib() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _in_vm(args, reason) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 import threading
 
+from .. import validate
 from ..analysis.system import SORT_KEYS
 from ..errors import UsageError
 from ..services import exporter as svc
@@ -25,11 +26,11 @@ See docs/fleet.md for systemd, Kubernetes, PromQL and a Grafana dashboard.
 def add_arguments(p) -> None:
     p.add_argument("--listen", default=svc.DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"where to serve /metrics (default {svc.DEFAULT_LISTEN}; loopback unless told)")
-    p.add_argument("--interval", type=float, default=30.0, metavar="S",
+    p.add_argument("--interval", type=validate.interval, default=30.0, metavar="S",
                    help="window length in seconds (default 30); the window label says it")
     p.add_argument("--cgroups", action="store_true",
                    help="series per cgroup v2 group instead of per process (fewer series)")
-    p.add_argument("--top-n", type=int, default=0, metavar="N",
+    p.add_argument("--top-n", type=validate.limit, default=0, metavar="N",
                    help="only the N largest processes/groups by --sort (default 0: all)")
     p.add_argument("--sort", default="rss", choices=SORT_KEYS,
                    help="what --top-n ranks by (default rss: the same series from window to window)")

@@ -1,6 +1,7 @@
 """idlemap heatmap PID: scan N rounds, then draw the VA x time heatmap."""
 from __future__ import annotations
 
+from .. import outputs
 from .live import scan_and_show
 from .record import add_scan_arguments
 from .report import add_picture_options
@@ -17,7 +18,8 @@ EXAMPLES = """\
 
 def add_arguments(p) -> None:
     add_scan_arguments(p, 30)
-    p.add_argument("-o", "--output", metavar="FILE", help="also write the rounds to a record file")
+    p.add_argument("-o", "--output", metavar="FILE", type=outputs.arg("the record"),
+                   help="also write the rounds to a record file")
     p.add_argument("--json", action="store_true", help="the heatmap matrix as one JSON object")
     add_picture_options(p, "also write the heatmap as a PNG (needs matplotlib)")
 

@@ -1,6 +1,7 @@
 """idlemap hot PID: scan N rounds, then report hot (or cold) ranges."""
 from __future__ import annotations
 
+from .. import outputs
 from .live import scan_and_show
 from .record import add_scan_arguments
 from .report import add_threshold_options
@@ -21,9 +22,10 @@ def add_arguments(p) -> None:
     add_scan_arguments(p, 10)
     p.add_argument("--cold", action="store_true", help="list cold ranges instead of hot ones")
     p.add_argument("--histogram", action="store_true", help="print the access-count/idle-age histograms instead")
-    p.add_argument("-o", "--output", metavar="FILE", help="also write the rounds to a record file")
+    p.add_argument("-o", "--output", metavar="FILE", type=outputs.arg("the record"),
+                   help="also write the rounds to a record file")
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
-    p.add_argument("--png", metavar="FILE", help="with --histogram: also write a PNG")
+    p.add_argument("--png", metavar="FILE", type=outputs.arg("the PNG"), help="with --histogram: also write a PNG")
     add_threshold_options(p)
 
 

@@ -1,13 +1,14 @@
 """idlemap mount: the RFC's /proc/PID/idle_bitmap (and idle_pages) for every process, over FUSE."""
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import logging.handlers
 import os
 import sys
 
-from .. import backends
+from .. import backends, outputs
 from ..errors import AccessDenied, IdlemapError
 
 HELP = "mount a FUSE file system with DIR/<pid>/idle_bitmap, present_bitmap, idle_pages and wss"
@@ -27,7 +28,7 @@ SCHEMA = "idlemap.mount/1"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("mountpoint", metavar="DIR", help="an existing, empty directory")
+    p.add_argument("mountpoint", metavar="DIR", type=_mountpoint_arg, help="an existing, empty directory")
     p.add_argument("--backend", default="auto", choices=["auto", "page_idle", "clear_refs"],
                    help="auto (default): page_idle if the kernel has it; with clear_refs only "
                         "present_bitmap and wss work")
@@ -37,17 +38,38 @@ def add_arguments(p) -> None:
                    help="stay in the foreground, log to stderr; Ctrl-C or SIGTERM unmounts")
     p.add_argument("--tlb-flush", default="none", choices=["none", "soft-dirty"],
                    help="flush the target's TLB after each mark (see docs/tlb.md)")
-    p.add_argument("--log", metavar="FILE", help="log here (default: stderr in the foreground, "
+    p.add_argument("--log", metavar="FILE", type=outputs.arg("the log"),
+                   help="append the log to this regular file (default: stderr in the foreground, "
                                                   "syslog in the background)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every failed request")
     p.add_argument("--json", action="store_true", help=f"print the 'mounted' line as JSON (schema {SCHEMA})")
+
+
+def _mountpoint_arg(text: str) -> str:
+    # The help promises an empty directory: "" would mount over the
+    # current directory, and a non-empty one would hide its files.
+    if not text:
+        raise argparse.ArgumentTypeError("the mount point is empty; give an existing, empty directory")
+    try:
+        if os.path.ismount(text):
+            return text          # check_mountpoint says "already a mount point"
+        entries = os.listdir(text)
+    except OSError:
+        return text              # missing, not a directory, a dead mount: check_mountpoint says which
+    if entries:
+        raise argparse.ArgumentTypeError(f"{text} is not empty ({len(entries)} entries); "
+                                         "give an existing, empty directory")
+    return text
 
 
 def _logging(args, background: bool) -> None:
     root = logging.getLogger("idlemap")
     root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if args.log:
-        h: logging.Handler = logging.FileHandler(args.log)
+        try:
+            h: logging.Handler = logging.FileHandler(args.log)
+        except OSError as e:     # checked at parsing; this is a permission or read-only file system
+            raise outputs._error(e, args.log, "the log") from None
     elif not background:
         h = logging.StreamHandler(sys.stderr)
     elif os.path.exists("/dev/log"):

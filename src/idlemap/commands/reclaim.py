@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..actions import ReclaimConfig, Reclaimer, check_target, run_rounds
 from ..bitmap import TLB_FLUSH_MODES, require_page_idle
+from .. import validate
 from ..errors import TargetExited, UsageError
 from ..kernel.process import identify
 from ..render import actions as ra
@@ -26,18 +27,18 @@ doubles, the rate halves) and after 3 back-offs stops.  See docs/actions.md.
 def add_arguments(p) -> None:
     pid_arg(p)
     p.add_argument("args", nargs="*", metavar="PID")
-    p.add_argument("--cold-for", type=int, required=True, metavar="N",
+    p.add_argument("--cold-for", type=validate.rounds, required=True, metavar="N",
                    help="rounds a page must stay idle before it is reclaimed")
     p.add_argument("--mode", choices=["pageout", "cold"], default="pageout",
                    help="pageout: reclaim now (swap out / drop); cold: deactivate only (default pageout)")
-    p.add_argument("--limit-mb-per-s", type=float, metavar="R",
+    p.add_argument("--limit-mb-per-s", type=validate.number(0, 1 << 40, "MB per second"), metavar="R",
                    help="advise at most R MB per second (R x period per round)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    p.add_argument("--period", type=float, metavar="S",
+    p.add_argument("--period", type=validate.interval, metavar="S",
                    help="run continuously, one round every S seconds, until Ctrl-C/SIGTERM")
-    p.add_argument("--count", type=int, metavar="N",
+    p.add_argument("--count", type=validate.count, metavar="N",
                    help="stop after N rounds (default without --period: N+3, or N with --dry-run)")
-    p.add_argument("--max-refault-pct", type=float, default=5.0, metavar="P",
+    p.add_argument("--max-refault-pct", type=validate.percent, default=5.0, metavar="P",
                    help="back off when more than P%% of recently reclaimed pages come back (default 5)")
     p.add_argument("--range", action="append", default=[], metavar="START-END",
                    help="only this VA range (repeatable; default: every mapping)")

@@ -5,7 +5,7 @@ import os
 import sys
 import time
 
-from .. import backends
+from .. import backends, outputs, validate
 from ..errors import NoSuchProcess, UsageError
 from ..kernel.process import identify
 from ..recordfile import RecordWriter, make_meta
@@ -14,6 +14,7 @@ from ..render.text import json_line
 from ..render.units import human_bytes
 from ..scan import Scanner, calibrate
 from . import add_damon_arguments, damon_kwargs, parse_range, pid_arg, take_pid
+from . import user_target
 
 HELP = "record rounds of a process's page accesses to a file, for `idlemap report`"
 EXAMPLES = """\
@@ -34,17 +35,17 @@ SUMMARY_SCHEMA = "idlemap.record.summary/1"
 def add_scan_arguments(p, default_rounds: int | None) -> None:
     pid_arg(p)
     p.add_argument("target", nargs="?", metavar="PID", help="target process (or -p PID)")
-    p.add_argument("-i", "--interval", type=float, default=1.0, metavar="S",
+    p.add_argument("-i", "--interval", type=validate.interval, default=1.0, metavar="S",
                    help="round length in seconds (default 1)")
-    p.add_argument("-n", "--rounds", type=int, default=default_rounds, metavar="N",
+    p.add_argument("-n", "--rounds", type=validate.rounds, default=default_rounds, metavar="N",
                    help="number of rounds (default: " + (str(default_rounds) if default_rounds else
                                                           "until Ctrl-C") + ")")
     p.add_argument("--auto-interval", action="store_true",
                    help="choose the interval first: the shortest window whose working set a window "
                         "twice as long would grow by < 25%% (docs/reports.md)")
-    p.add_argument("--min-interval", type=float, default=0.1, metavar="S",
+    p.add_argument("--min-interval", type=validate.interval, default=0.1, metavar="S",
                    help="--auto-interval: shortest window tried (default 0.1)")
-    p.add_argument("--max-interval", type=float, default=30.0, metavar="S",
+    p.add_argument("--max-interval", type=validate.interval, default=30.0, metavar="S",
                    help="--auto-interval: longest window tried (default 30)")
     p.add_argument("--backend", default="auto", choices=["auto", *backends.BACKENDS],
                    help="how to measure (default auto: page_idle if available, else clear_refs)")
@@ -60,8 +61,9 @@ def add_scan_arguments(p, default_rounds: int | None) -> None:
 
 def add_arguments(p) -> None:
     add_scan_arguments(p, None)
-    p.add_argument("-o", "--output", metavar="FILE", help="record file (default idlemap-PID.rec; "
-                   "an existing one is renamed to FILE.old)")
+    p.add_argument("-o", "--output", metavar="FILE", type=outputs.arg("the record"),
+                   help="record file (default idlemap-PID.rec; an existing record is kept as FILE.1, "
+                   "then FILE.2 ...; a device, FIFO, symlink or directory is refused)")
     p.add_argument("--json", action="store_true",
                    help=f"a JSON line per round written (schema {SCHEMA}) and a summary line")
     p.add_argument("--no-sync", action="store_true",
@@ -81,7 +83,7 @@ def open_scanner(args, need_per_page: bool = False, with_pss: bool = False) -> t
     if args.auto_interval and not 0 < args.min_interval <= args.max_interval:
         raise UsageError("need 0 < --min-interval <= --max-interval")
     ranges = [parse_range(r) for r in args.scan_range] or None
-    proc = identify(pid)
+    proc = user_target(pid)
     guest = None
     if args.vm:
         from ..vmtarget import describe, find_guest_ram, restrict

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 
+from .. import outputs, validate
 from ..analysis import hotness as H
 from ..errors import UsageError
 from ..recordfile import open_record
@@ -47,25 +48,25 @@ def add_window_options(p) -> None:
 
 def add_threshold_options(p) -> None:
     g = p.add_argument_group("hot/cold thresholds")
-    g.add_argument("--min-count", type=int, metavar="K",
+    g.add_argument("--min-count", type=validate.whole(0, validate.MAX_COUNT, "a number of rounds"), metavar="K",
                    help="hot: accessed in at least K rounds (default: every round)")
-    g.add_argument("--max-count", type=int, default=0, metavar="K",
+    g.add_argument("--max-count", type=validate.whole(0, validate.MAX_COUNT, "a number of rounds"), default=0, metavar="K",
                    help="cold: accessed in at most K rounds (default 0: never)")
-    g.add_argument("--min-idle", type=int, metavar="R",
+    g.add_argument("--min-idle", type=validate.whole(0, validate.MAX_COUNT, "a number of rounds"), metavar="R",
                    help="cold: also idle for at least R rounds at the end")
-    g.add_argument("--merge-gap", type=int, default=0, metavar="PAGES",
+    g.add_argument("--merge-gap", type=validate.pages, default=0, metavar="PAGES",
                    help="join ranges of one mapping separated by at most PAGES pages (default 0)")
-    g.add_argument("--limit", type=int, default=40, metavar="N",
+    g.add_argument("--limit", type=validate.limit, default=40, metavar="N",
                    help="ranges printed (default 40; 0: all; --json always lists all)")
     g.add_argument("--sort", choices=["va", "size"], default="va", help="range order (default va)")
 
 
 def add_picture_options(p, png_help: str = "also write a PNG (needs matplotlib)") -> None:
     g = p.add_argument_group("histogram/heatmap pictures")
-    g.add_argument("--png", metavar="FILE", help=png_help)
-    g.add_argument("--rows", type=int, metavar="N", help="terminal heatmap rows (default: fits the terminal)")
-    g.add_argument("--cols", type=int, metavar="N", help="terminal heatmap columns (default: fits the terminal)")
-    g.add_argument("--png-rows", type=int, default=320, metavar="N", help="PNG heatmap rows (default 320)")
+    g.add_argument("--png", metavar="FILE", type=outputs.arg("the PNG"), help=png_help)
+    g.add_argument("--rows", type=validate.rows, metavar="N", help="terminal heatmap rows (default: fits the terminal)")
+    g.add_argument("--cols", type=validate.columns, metavar="N", help="terminal heatmap columns (default: fits the terminal)")
+    g.add_argument("--png-rows", type=validate.whole(1, 10_000, "a number of rows"), default=320, metavar="N", help="PNG heatmap rows (default 320)")
     g.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                    help="terminal heatmap colours (default auto: when stdout is a terminal)")
 
@@ -74,7 +75,7 @@ def add_arguments(p) -> None:
     p.add_argument("file", help="record file written by `idlemap record`")
     p.add_argument("kind", choices=KINDS, help="which report")
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
-    p.add_argument("--top", type=int, default=12, metavar="N", help="wss: mappings shown (default 12; 0: all)")
+    p.add_argument("--top", type=validate.limit, default=12, metavar="N", help="wss: mappings shown (default 12; 0: all)")
     p.add_argument("--salvage", action="store_true",
                    help="read a damaged file up to its first bad frame instead of refusing it")
     add_window_options(p)

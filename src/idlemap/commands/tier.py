@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..actions import TierConfig, Tierer, check_target, run_rounds
 from ..bitmap import TLB_FLUSH_MODES, require_page_idle
+from .. import validate
 from ..errors import TargetExited, UsageError
 from ..kernel.process import identify
 from ..render import actions as ra
@@ -27,18 +28,18 @@ that cannot move are reported by move_pages status (-EBUSY, -ENOMEM,
 def add_arguments(p) -> None:
     pid_arg(p)
     p.add_argument("args", nargs="*", metavar="PID")
-    p.add_argument("--fast", type=int, required=True, metavar="NODE", help="NUMA node for hot pages")
-    p.add_argument("--slow", type=int, required=True, metavar="NODE", help="NUMA node for cold pages")
-    p.add_argument("--hot-rounds", type=int, default=2, metavar="H",
+    p.add_argument("--fast", type=validate.whole(0, 1023, "a NUMA node number"), required=True, metavar="NODE", help="NUMA node for hot pages")
+    p.add_argument("--slow", type=validate.whole(0, 1023, "a NUMA node number"), required=True, metavar="NODE", help="NUMA node for cold pages")
+    p.add_argument("--hot-rounds", type=validate.rounds, default=2, metavar="H",
                    help="hot: accessed in each of the last H rounds (default 2)")
-    p.add_argument("--cold-rounds", type=int, default=3, metavar="C",
+    p.add_argument("--cold-rounds", type=validate.rounds, default=3, metavar="C",
                    help="cold: idle in each of the last C rounds (default 3)")
-    p.add_argument("--max-mb-per-period", type=float, metavar="M",
+    p.add_argument("--max-mb-per-period", type=validate.number(0, 1 << 40, "MB"), metavar="M",
                    help="move at most M MB per round (default: no cap)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, move nothing")
-    p.add_argument("--period", type=float, metavar="S",
+    p.add_argument("--period", type=validate.interval, metavar="S",
                    help="run continuously, one round every S seconds, until Ctrl-C/SIGTERM")
-    p.add_argument("--count", type=int, metavar="N",
+    p.add_argument("--count", type=validate.count, metavar="N",
                    help="stop after N rounds (default without --period: when nothing is left to move)")
     p.add_argument("--range", action="append", default=[], metavar="START-END",
                    help="only this VA range (repeatable; default: every mapping)")

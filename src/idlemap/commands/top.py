@@ -5,6 +5,7 @@ import shutil
 import sys
 import time
 
+from .. import validate
 from ..analysis.system import SORT_KEYS
 from ..backends.system import MARK_MODES, SYSTEM_BACKENDS, Selection, choose_system
 from ..errors import NoSuchProcess, UsageError
@@ -42,7 +43,7 @@ def pid_list(text: str) -> list[int]:
 def add_selection_arguments(p) -> None:
     p.add_argument("--pids", action="append", metavar="PID[,PID...]",
                    help="only these processes (repeatable)")
-    p.add_argument("--tree", action="append", type=int, metavar="PID",
+    p.add_argument("--tree", action="append", type=validate.pid, metavar="PID",
                    help="only PID and its descendants, as they come and go (repeatable)")
     p.add_argument("--pss", action="store_true",
                    help="also PSS-weighted figures: a page shared by k mappings counts 1/k in each")
@@ -94,7 +95,7 @@ def add_arguments(p) -> None:
     p.add_argument("--cgroups", action="store_true", help="also a table of cgroup v2 groups")
     p.add_argument("--json", action="store_true", help=f"one JSON object per window (schema {SCHEMA})")
     p.add_argument("--sort", default="wss", choices=SORT_KEYS, help="largest first by this (default wss)")
-    p.add_argument("-n", type=int, default=None, metavar="N",
+    p.add_argument("-n", type=validate.limit, default=None, metavar="N",
                    help="rows per table (default: what fits on a terminal, all otherwise; 0: all)")
     add_selection_arguments(p)
 
@@ -102,13 +103,8 @@ def add_arguments(p) -> None:
 def parse_interval(rest: list[str], default: float) -> tuple[float, int | None]:
     if len(rest) > 2:
         raise UsageError("too many arguments: expected [interval [count]]")
-    try:
-        interval = float(rest[0]) if rest else default
-        count = int(rest[1]) if len(rest) > 1 else None
-    except ValueError:
-        raise UsageError("interval must be seconds (e.g. 0.5) and count a whole number") from None
-    if not interval > 0 or (count is not None and count <= 0):
-        raise UsageError("interval and count must be positive")
+    interval = validate.parse(rest[0], validate.interval, "interval") if rest else default
+    count = validate.parse(rest[1], validate.count, "count") if len(rest) > 1 else None
     return interval, count
 
 

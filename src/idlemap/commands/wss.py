@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import time
 
-from .. import backends
+from .. import backends, validate
 from ..analysis.wss import profile_windows, summarize, top_mappings
 from ..errors import NoSuchProcess, UsageError
 from ..kernel.process import identify
 from ..render.text import MB, Table, json_line, mb
 from . import add_damon_arguments, damon_kwargs, pid_arg, take_pid
+from . import user_target
 
 HELP = "working-set size of a process: Est(s), RSS, PSS and referenced MB per window"
 EXAMPLES = """\
@@ -31,12 +32,12 @@ def add_arguments(p) -> None:
                    help="target PID, window length in seconds (default 1), number of windows (default: until Ctrl-C)")
     p.add_argument("-C", "--cumulative", action="store_true",
                    help="mark once; each row shows everything referenced since the start")
-    p.add_argument("-P", "--profile", type=int, metavar="N",
+    p.add_argument("-P", "--profile", type=validate.whole(1, 32, "a number of profile windows"), metavar="N",
                    help="profile: N windows of power-of-two lengths from --profile-base")
-    p.add_argument("--profile-base", type=float, default=0.01, metavar="S",
+    p.add_argument("--profile-base", type=validate.interval, default=0.01, metavar="S",
                    help="first profile window in seconds (default 0.01)")
     p.add_argument("--by-mapping", action="store_true", help="break each window down by mapping")
-    p.add_argument("--top", type=int, default=10, metavar="N", help="mappings shown with --by-mapping (default 10)")
+    p.add_argument("--top", type=validate.limit, default=10, metavar="N", help="mappings shown with --by-mapping (default 10)")
     p.add_argument("--json", action="store_true", help=f"JSON lines (schema {SCHEMA})")
     p.add_argument("-T", "--timestamp", action="store_true", help="print a wall-clock time column")
     p.add_argument("--backend", default="auto", choices=["auto", *backends.BACKENDS],
@@ -69,14 +70,12 @@ def run(args) -> int:
     pid, rest = take_pid(args, args.args)
     if len(rest) > 2:
         raise UsageError("too many arguments: idlemap wss PID [interval [count]]")
-    try:
-        interval = float(rest[0]) if rest else 1.0
-        count = int(rest[1]) if len(rest) > 1 else None
-    except ValueError:
-        raise UsageError("interval must be seconds (e.g. 0.5) and count a whole number") from None
-    if interval <= 0 or (count is not None and count <= 0):
-        raise UsageError("interval and count must be positive")
-    proc = identify(pid)
+    interval = validate.parse(rest[0], validate.interval, "interval") if rest else 1.0
+    count = validate.parse(rest[1], validate.count, "count") if len(rest) > 1 else None
+    if args.profile and args.profile_base * 2 ** (args.profile - 1) > validate.WEEK_S:
+        raise UsageError(f"-P {args.profile} with --profile-base {args.profile_base:g} s would need a window "
+                         "longer than a week; use fewer windows")
+    proc = user_target(pid)
     choice = backends.choose(args.backend)
     kw = {"tlb_flush": args.tlb_flush} if choice.cls.caps.tlb_flush else {}
     kw.update(damon_kwargs(args, choice.cls.name))

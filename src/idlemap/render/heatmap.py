@@ -36,13 +36,12 @@ def load_matplotlib():
 
 
 def _save(fig, canvas_cls, path: str) -> None:
+    # Through idlemap.outputs like every path option: a new file renamed
+    # over ``path`` when whole; devices, FIFOs, directories refused.
+    from ..outputs import writing
     canvas_cls(fig)
-    try:
-        fig.savefig(path, format="png")
-    except FileNotFoundError:
-        raise UsageError(f"cannot write {path}: its directory does not exist") from None
-    except PermissionError:
-        raise UsageError(f"cannot write {path}: permission denied") from None
+    with writing(path, "the PNG") as f:
+        fig.savefig(f, format="png")
 
 
 def heatmap_png(data: HeatmapData, path: str, title: str = "", subtitle: str = "") -> tuple[float, float, float, float]:
