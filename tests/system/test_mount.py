@@ -17,12 +17,20 @@ import pytest
 
 from idlemap.kernel import page_idle
 from idlemap.workload import Workload
-from mounthelp import Mount, Users, check_as, errno_name, word_range
+from mounthelp import (UNPRIV, CPrograms, ExecTarget, Mount, Users, check_as, errno_name,
+                       hold_across_exec, word_range)
 
+try:
+    import pyfuse3  # noqa: F401 -- only whether the fuse extra is installed
+    HAVE_PYFUSE3 = True
+except ImportError:
+    HAVE_PYFUSE3 = False
+
+# Skipped per test, with the reason, never silently as a whole module.
 pytestmark = [pytest.mark.host,
               pytest.mark.skipif(os.geteuid() != 0, reason="idlemap mount needs root"),
-              pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse (CONFIG_FUSE_FS)")]
-pytest.importorskip("pyfuse3", reason="the fuse extra (pyfuse3) is not installed")
+              pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse (CONFIG_FUSE_FS)"),
+              pytest.mark.skipif(not HAVE_PYFUSE3, reason="the fuse extra (pyfuse3) is not installed")]
 
 FILE_BYTES = 1 << 32
 
@@ -165,6 +173,52 @@ def test_access_rules_per_caller(mount):
         assert "denied present_bitmap" in mount.log_text()
     finally:
         u.close()
+
+
+@pytest.fixture(scope="module")
+def progs():
+    p = CPrograms()
+    yield p
+    p.cleanup()
+
+
+@pytest.mark.parametrize("setuid", [True, False], ids=["setuid-exec", "plain-exec"])
+def test_open_file_stops_answering_after_exec(mount, progs, setuid):
+    """The audit's case: uid 4242 opens files of its own process, which then
+    executes another program (a setuid-root one, or a plain one): the open
+    descriptor must stop answering, as /proc's own descriptors do."""
+    target = ExecTarget(UNPRIV, progs.setuid_waiter if setuid else progs.waiter)
+    try:
+        got = hold_across_exec(progs, mount.dir, UNPRIV, target, ["present_bitmap", "wss"])
+    finally:
+        target.close()
+    assert got[("exec", "ids")] == ((UNPRIV, 0) if setuid else (UNPRIV, UNPRIV))
+    for name in ("present_bitmap", "wss"):
+        assert got[("before", name)][0] > 0, got                     # answered for the checked image
+        assert got[("after", name)] == (-1, errno.EACCES), got       # bound to it: no more answers
+    # What /proc does with the same descriptors: the mm it checked is gone, reads give 0 bytes;
+    # a fresh open is checked against the new image.
+    assert got[("before", "proc_maps")][0] > 0 and got[("after", "proc_maps")] == (0, 0), got
+    if setuid:
+        for name in ("present_bitmap", "wss", "proc_maps"):
+            assert got[("fresh", name)] == (-1, errno.EACCES), got   # not dumpable, other euid
+    else:
+        for name in ("present_bitmap", "wss", "proc_maps"):
+            assert got[("fresh", name)][0] > 0, got                  # still its own: open again
+    assert "executed a new program" in mount.log_text()
+
+
+def test_root_descriptor_is_bound_too(mount, progs):
+    """Root's descriptors follow the same rule (EACCES after the exec); a
+    fresh open gets the new image."""
+    target = ExecTarget(UNPRIV, progs.setuid_waiter)
+    try:
+        got = hold_across_exec(progs, mount.dir, 0, target, ["present_bitmap", "wss"])
+    finally:
+        target.close()
+    for name in ("present_bitmap", "wss"):
+        assert got[("before", name)][0] > 0 and got[("after", name)] == (-1, errno.EACCES), got
+        assert got[("fresh", name)][0] > 0, got
 
 
 def test_without_allow_other_only_root_gets_in():

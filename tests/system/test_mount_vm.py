@@ -10,6 +10,7 @@ after the mark cannot hide behind a cached translation (docs/tlb.md).
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import shutil
 import subprocess
@@ -22,13 +23,21 @@ from idlemap import idle_pages as ip
 from idlemap.bitmap import IdleBitmap
 from idlemap.kernel import page_idle
 from idlemap.workload import Workload
-from mounthelp import Mount, Users, check_as, word_range
+from mounthelp import UNPRIV, CPrograms, ExecTarget, Mount, Users, as_user, check_as, hold_across_exec, word_range
 
+try:
+    import pyfuse3  # noqa: F401 -- only whether the fuse extra is installed
+    HAVE_PYFUSE3 = True
+except ImportError:
+    HAVE_PYFUSE3 = False
+
+# Skipped per test with the reason, never silently as a whole module: in the
+# VM a skip of a vm test is a failure (tests/conftest.py).
 pytestmark = [pytest.mark.vm,
               pytest.mark.skipif(not page_idle.available(), reason="needs CONFIG_IDLE_PAGE_TRACKING "
                                  "(page_idle): runs in the test VM"),
-              pytest.mark.skipif(os.geteuid() != 0, reason="idlemap mount needs root")]
-pytest.importorskip("pyfuse3", reason="the fuse extra (pyfuse3) is not installed")
+              pytest.mark.skipif(os.geteuid() != 0, reason="idlemap mount needs root"),
+              pytest.mark.skipif(not HAVE_PYFUSE3, reason="the fuse extra (pyfuse3) is not installed")]
 
 PAGE = 4096
 FILE_BYTES = 1 << 32
@@ -248,14 +257,21 @@ def test_idle_pages_decodes_to_the_bitmap_with_thp(mount):
 
 
 def test_access_rules_idle_bitmap(mount):
+    """Per-page idle data is root-only, as page_idle is in the kernel: an
+    unprivileged user gets none, not even of its own processes; the present
+    bitmap follows pagemap's ptrace rules."""
     u = Users()
     try:
         n = "idle_bitmap"
         got = check_as(Users.A, mount.dir, [(u.root.pid, n), (u.b.pid, n), (u.a.pid, n),
-                                            (u.nondumpable.pid, n), ("SELF", n), (u.a.pid, "idle_pages")])
-        assert got == {f"{u.root.pid}/{n}": "EACCES", f"{u.b.pid}/{n}": "EACCES", f"{u.a.pid}/{n}": "ok",
-                       f"{u.nondumpable.pid}/{n}": "EACCES", f"SELF/{n}": "ok",
-                       f"{u.a.pid}/idle_pages": "ok"}
+                                            (u.nondumpable.pid, n), ("SELF", n), (u.a.pid, "idle_pages"),
+                                            (u.a.pid, "wss"), (u.a.pid, "present_bitmap"),
+                                            ("SELF", "present_bitmap")])
+        assert got == {f"{u.root.pid}/{n}": "EACCES", f"{u.b.pid}/{n}": "EACCES", f"{u.a.pid}/{n}": "EACCES",
+                       f"{u.nondumpable.pid}/{n}": "EACCES", f"SELF/{n}": "EACCES",
+                       f"{u.a.pid}/idle_pages": "EACCES", f"{u.a.pid}/wss": "EACCES",
+                       f"{u.a.pid}/present_bitmap": "ok", "SELF/present_bitmap": "ok"}
+        assert "lacks CAP_SYS_ADMIN" in mount.log_text()
         for p in (u.root, u.a, u.b, u.nondumpable):
             fd = os.open(mount.path(p.pid, n), os.O_RDONLY)
             try:
@@ -264,3 +280,130 @@ def test_access_rules_idle_bitmap(mount):
                 os.close(fd)
     finally:
         u.close()
+
+
+@pytest.fixture(scope="module")
+def progs():
+    p = CPrograms()
+    yield p
+    p.cleanup()
+
+
+@pytest.fixture
+def shared_file():
+    """A world-readable 8 MiB file (2048 pages) in a directory everyone can reach."""
+    d = tempfile.mkdtemp(prefix="idlemap-shared-")
+    os.chmod(d, 0o755)
+    path = os.path.join(d, "data")
+    with open(path, "wb") as f:
+        f.write(b"\x5a" * (8 << 20))
+    os.chmod(path, 0o644)
+    yield path
+    shutil.rmtree(d)
+
+
+def run_probe(progs, mount, shared_file, uid):
+    """The audit's attack: the probe (a C program run as ``uid``) maps the
+    file read-only and tries the mount's files of its own process; while its
+    mark is in place, this process (root's) touches the first half of the
+    same file through its own mapping.  Returns {name: line fields} and, under
+    "root_present", how many pages of each half are present in root's own
+    mapping: the pages with a young PTE since the mark (those root touched,
+    plus the neighbours the kernel's fault-around mapped young with them)."""
+    with open(shared_file, "rb") as f:
+        m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    try:
+        probe = subprocess.Popen([progs.probe, mount.dir, shared_file], cwd="/", stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **as_user(uid))
+        lines = []
+        for line in probe.stdout:
+            lines.append(line)
+            if line.strip() == "marked":
+                npages = len(m) // PAGE
+                for i in range(npages // 2):          # root's accesses: the first half only
+                    m[i * PAGE]
+                break
+        rest, err = probe.communicate("go\n", timeout=300)
+        root_present = present_halves(shared_file, len(m) // PAGE)
+    finally:
+        m.close()
+    assert probe.returncode == 0, (lines, rest, err)
+    out = {"root_present": root_present}
+    for line in lines + rest.splitlines():
+        parts = line.split()
+        if parts and "=" in line:
+            out.setdefault(parts[0], []).append(dict(x.split("=", 1) for x in parts[1:] if "=" in x))
+    return out
+
+
+def present_halves(path: str, npages: int) -> tuple[int, int]:
+    """Pages of each half of ``path`` present in this process's mapping of it."""
+    from idlemap.kernel import pagemap as pm
+    with open("/proc/self/maps") as f:
+        start = next(int(ln.split("-")[0], 16) for ln in f if ln.rstrip().endswith(path))
+    with pm.Pagemap(os.getpid()) as pmap:
+        present = (pmap.read(start >> 12, npages) & pm.PRESENT) != 0
+    return int(present[:npages // 2].sum()), int(present[npages // 2:].sum())
+
+
+def test_unprivileged_user_learns_nothing_from_a_shared_file(mount, progs, shared_file):
+    """uid 4242 maps root's world-readable file and tries to mark and read
+    its own pages' idle bits (which would tell which pages root touched, and
+    clear root's accessed bits): refused at open, nothing marked, 0 bits
+    learned; only the present bitmap (what pagemap gives it) is served."""
+    got = run_probe(progs, mount, shared_file, UNPRIV)
+    assert [d["open"] for d in got["idle_bitmap"]] == [str(errno.EACCES)] * 2, got   # O_RDWR, O_RDONLY
+    assert got["idle_pages"][0]["open"] == str(errno.EACCES), got
+    assert got["wss"][0]["open"] == str(errno.EACCES), got
+    assert "learned" not in got, got                                   # 0 bits learned
+    assert got["present_bitmap"][0] == {"open": "0", "io": "0", "n": got["present_bitmap"][0]["n"],
+                                        "present": str(2048)}, got
+    print("uid 4242:", got)
+
+
+def test_root_gets_exact_data_on_the_shared_file(mount, progs, shared_file):
+    """The positive case of the test above: root (CAP_SYS_ADMIN, as page_idle
+    itself requires) gets the exact answer -- the half root's other process
+    touched reads accessed, the untouched half idle."""
+    got = run_probe(progs, mount, shared_file, 0)
+    assert all(d["open"] == "0" for name in ("idle_bitmap", "idle_pages", "wss", "present_bitmap")
+               for d in got[name]), got
+    learned = got["learned"][0]
+    first, second = got["root_present"]
+    assert first == 1024                          # root touched every page of the first half
+    # Exact: accessed = what has a young PTE anywhere since the mark = root's
+    # pages (the second half only where fault-around mapped a neighbour).
+    assert (int(learned["first"]), int(learned["second"])) == (first, second), got
+    print("root:", got)
+
+
+@pytest.mark.parametrize("holder, setuid", [(UNPRIV, True), (UNPRIV, False), (0, True), (0, False)],
+                         ids=["uid4242-setuid-exec", "uid4242-plain-exec", "root-setuid-exec",
+                              "root-plain-exec"])
+def test_open_file_stops_answering_after_exec(mount, progs, holder, setuid):
+    """The audit's case: files of a uid-4242 process are opened (by uid 4242
+    itself: what it may open; by root: every file), then the process executes
+    a setuid-root program or a plain one.  The open descriptors must stop
+    answering (EACCES), as /proc's own do (they read 0 bytes then); a fresh
+    open is checked against the new image."""
+    names = ["present_bitmap", "idle_pages", "idle_bitmap", "wss"]
+    target = ExecTarget(UNPRIV, progs.setuid_waiter if setuid else progs.waiter)
+    try:
+        got = hold_across_exec(progs, mount.dir, holder, target, names)
+    finally:
+        target.close()
+    assert got[("exec", "ids")] == ((UNPRIV, 0) if setuid else (UNPRIV, UNPRIV))
+    served = names if holder == 0 else ["present_bitmap"]
+    for name in names:
+        if name in served:
+            assert got[("before", name)][0] > 0, (name, got)
+            assert got[("after", name)] == (-1, errno.EACCES), (name, got)
+        else:                                   # per-page idle data: refused at open already
+            assert got[("before", name)] == (-1, 0) and got[("after", name)] == (-1, 0), (name, got)
+            assert got[("fresh", name)] == (-1, errno.EACCES), (name, got)
+    assert got[("after", "proc_maps")] == (0, 0) and got[("after", "proc_pagemap")] == (0, 0), got
+    for name in served + ["proc_maps"]:
+        if holder == 0 or not setuid:
+            assert got[("fresh", name)][0] > 0, (name, got)
+        else:
+            assert got[("fresh", name)] == (-1, errno.EACCES), (name, got)
