@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -219,6 +221,14 @@ def test_root_descriptor_is_bound_too(mount, progs):
     for name in ("present_bitmap", "wss"):
         assert got[("before", name)][0] > 0 and got[("after", name)] == (-1, errno.EACCES), got
         assert got[("fresh", name)][0] > 0, got
+
+
+def test_help_states_the_access_rules():
+    r = subprocess.run([sys.executable, "-m", "idlemap", "mount", "--help"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "per-page idle data stays root-only" in text and "after an exec it answers EACCES" in text
 
 
 def test_without_allow_other_only_root_gets_in():

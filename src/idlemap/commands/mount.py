@@ -21,8 +21,13 @@ Files (docs/fuse.md): idle_bitmap is the RFC's bitmap -- u64 words, 64 pages
 per word, byte offset b covers virtual pages from b*8, 1 = idle (holes read
 idle); writing 1 bits marks those pages idle; offsets and sizes must be
 multiples of 8.  present_bitmap tells holes from idle pages.  idle_pages is
-the run-length stream of docs/idle_pages.md.  Access is as for
-/proc/PID/pagemap: root, or the owner where ptrace would be allowed.
+the run-length stream of docs/idle_pages.md.
+Access (docs/fuse.md): per-page idle data -- idle_bitmap, idle_pages, and wss
+with page_idle -- only for root (CAP_SYS_ADMIN), as the kernel keeps
+page_idle: frames of shared files would tell other users' accesses.  Other
+users get present_bitmap (and wss with clear_refs) of processes they may
+ptrace, as /proc/PID/pagemap.  An open file is bound to the program the
+process ran when it was opened: after an exec it answers EACCES.
 """
 SCHEMA = "idlemap.mount/1"
 
@@ -33,7 +38,8 @@ def add_arguments(p) -> None:
                    help="auto (default): page_idle if the kernel has it; with clear_refs only "
                         "present_bitmap and wss work")
     p.add_argument("--allow-other", action="store_true",
-                   help="let every user in (access is still checked per caller, like pagemap)")
+                   help="let other users in: they get present_bitmap (and wss with clear_refs) of "
+                        "processes they may ptrace; per-page idle data stays root-only")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground, log to stderr; Ctrl-C or SIGTERM unmounts")
     p.add_argument("--tlb-flush", default="none", choices=["none", "soft-dirty"],
