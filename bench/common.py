@@ -21,7 +21,8 @@ def emit_json(doc: dict, out: str | None) -> None:
     print(text)
 
 
-def run_in_vm(script: str, args, mem_mib: int, drop: tuple[str, ...] = ("--vm",)) -> dict | int:
+def run_in_vm(script: str, args, mem_mib: int, drop: tuple[str, ...] = ("--vm",),
+              numa_nodes: int = 1) -> dict | int:
     """Run ``script --here`` in the test VM with this process's arguments;
     return its results.json (also saved to ``args.results``), or an exit
     status when the run failed.  Rows the script streamed to rows.jsonl
@@ -32,7 +33,8 @@ def run_in_vm(script: str, args, mem_mib: int, drop: tuple[str, ...] = ("--vm",)
         argv = [vm.real_python(), os.path.abspath(script), "--here", "--result-dir", out, "--no-doc"]
         argv += [a for a in sys.argv[1:] if a not in drop + ("--no-doc",)]   # the host writes the doc
         print(f"running in the test VM ({mem_mib} MiB, TCG): {' '.join(argv[1:])}", flush=True)
-        rc = vm.run(argv, mem_mib=mem_mib, rw_dirs=[out], cwd=REPO, timeout_s=args.timeout_s)
+        rc = vm.run(argv, mem_mib=mem_mib, rw_dirs=[out], cwd=REPO, timeout_s=args.timeout_s,
+                    numa_nodes=numa_nodes)
         path = os.path.join(out, "results.json")
         if rc != 0 or not os.path.exists(path):
             print(f"the run in the VM failed (exit status {rc})", file=sys.stderr)

@@ -28,7 +28,7 @@ from .kernel import numa, smaps
 from .kernel import pagemap as pm
 from .kernel import process_madvise as pmad
 from .kernel.maps import PAGE_SHIFT, PAGE_SIZE, read_maps
-from .kernel.process import ProcessId, check_same
+from .kernel.process import ProcessId, check_same, fault_counts
 from .records import IdleMap
 from .scan import Scanner
 
@@ -51,10 +51,13 @@ class PageRounds:
     by virtual address carried from round to round."""
 
     def __init__(self, proc: ProcessId, ranges: Iterable[tuple[int, int]] | None = None,
-                 tlb_flush: str = "none"):
+                 tlb_flush: str = "auto", unsafe_no_tlb_flush: bool = False):
         self.proc = proc
+        # acting=True: these readings decide what is paged out or moved, so
+        # they must be flushed (tlb.resolve refuses otherwise, docs/tlb.md).
         self.scanner = Scanner(proc, backend="page_idle", need_per_page=True, tlb_flush=tlb_flush,
-                               ranges=ranges)
+                               ranges=ranges, acting=True, unsafe_no_tlb_flush=unsafe_no_tlb_flush)
+        self.tlb = self.scanner.tlb
         self.state: pol.PageState | None = None
         self.map: IdleMap | None = None
         self.round = 0
@@ -115,7 +118,8 @@ class ReclaimConfig:
     dry_run: bool = False
     ranges: list[tuple[int, int]] | None = None
     refault_pct: float = 5.0
-    tlb_flush: str = "none"
+    tlb_flush: str = "auto"                 # tlb.MODES less "none": actions need flushed readings
+    unsafe_no_tlb_flush: bool = False
 
 
 @dataclass
@@ -136,6 +140,7 @@ class ReclaimRound:
     failed: list[tuple[int, int, str]] = field(default_factory=list)
     note: str = ""
     dry_run: bool = False
+    major_faults: int = 0         # the target's major faults during this round's window
 
 
 @dataclass
@@ -155,6 +160,8 @@ class ReclaimSummary:
     backoffs: int
     cold_for_final: int
     stop_reason: str
+    major_faults: int = 0         # the target's major faults from the start to its last round
+    tlb_flush: str = "soft-dirty"   # what each round's mark was followed by ("none": unsafe)
 
     @property
     def refault_pct(self) -> float:
@@ -182,9 +189,12 @@ class Reclaimer:
             check_same(proc)
             self.pagemap = pm.Pagemap(proc.pid)
             self._closers.append(self.pagemap.close)
-            self.rounds = PageRounds(proc, cfg.ranges, cfg.tlb_flush)
+            self.rounds = PageRounds(proc, cfg.ranges, cfg.tlb_flush, cfg.unsafe_no_tlb_flush)
             self._closers.append(self.rounds.close)
             roll = smaps.read_rollup(proc.pid)
+            # The target's major faults (pages brought back from swap or
+            # disk): the kernel's own measure of what reclaim cost it.
+            self.majflt_start = self._majflt_last = fault_counts(proc.pid)[1]
         except BaseException:
             self.close()
             raise
@@ -208,11 +218,15 @@ class Reclaimer:
     def _round(self) -> ReclaimRound:
         m, st = self.rounds.next()
         r = self.rounds.round
+        majflt = fault_counts(self.proc.pid)[1]
+        major, self._majflt_last = majflt - self._majflt_last, majflt
         accessed = m.present & ~m.idle
         back = pol.take_refaults(st, accessed)
         backoffs = self.guard.backoffs
         was_stopped = self.guard.stopped
-        pol.guard_refaults(self.guard, r, back)
+        # Judged only once something was advised: before that, the
+        # target's major faults are its own business (file reads...).
+        pol.guard_refaults(self.guard, r, back, major if self.advised_pages else 0)
         note = self.guard.reason if (self.guard.backoffs != backoffs or self.guard.stopped != was_stopped) else ""
         if self.guard.stopped:
             cand = np.zeros(m.npages, dtype=bool)
@@ -242,7 +256,7 @@ class Reclaimer:
             cold_pages=int(np.count_nonzero(cand)), advised_pages=int(idx.size),
             ranges_start=starts, ranges_bytes=lengths, range_labels=range_labels(m, first),
             accepted_bytes=accepted, reclaimed_pages=reclaimed, refault_pages=refaults,
-            failed=failed, note=note, dry_run=self.cfg.dry_run)
+            failed=failed, note=note, dry_run=self.cfg.dry_run, major_faults=major)
         return out
 
     def _not_resident(self, m: IdleMap, idx: np.ndarray) -> int:
@@ -273,7 +287,8 @@ class Reclaimer:
             reclaimed_bytes=self.reclaimed_pages * PAGE_SIZE, refault_bytes=self.refault_pages * PAGE_SIZE,
             rss_before_bytes=self.rss_before, swap_before_bytes=self.swap_before,
             rss_after_bytes=rss, swap_after_bytes=swap, backoffs=self.guard.backoffs,
-            cold_for_final=self.guard.cold_for, stop_reason=self.guard.reason if self.guard.stopped else stop_reason)
+            cold_for_final=self.guard.cold_for, stop_reason=self.guard.reason if self.guard.stopped else stop_reason,
+            major_faults=self._majflt_last - self.majflt_start, tlb_flush=self.rounds.tlb.flush)
 
     def close(self) -> None:
         for c in reversed(self._closers):
@@ -303,7 +318,8 @@ class TierConfig:
     dry_run: bool = False
     ranges: list[tuple[int, int]] | None = None
     cooldown_rounds: int | None = None      # default max(hot_rounds, cold_rounds)
-    tlb_flush: str = "none"
+    tlb_flush: str = "auto"
+    unsafe_no_tlb_flush: bool = False
 
     @property
     def cooldown(self) -> int:
@@ -360,7 +376,7 @@ class Tierer:
                 raise UsageError(f"NUMA node {n} is not online here (online: "
                                  f"{','.join(map(str, online)) or 'none'})")
         self.proc, self.cfg = proc, cfg
-        self.rounds = PageRounds(proc, cfg.ranges, cfg.tlb_flush)
+        self.rounds = PageRounds(proc, cfg.ranges, cfg.tlb_flush, cfg.unsafe_no_tlb_flush)
         try:
             self.before = placement(proc, cfg.ranges)
             self.mem_before = {n: numa.node_memory(n).used_bytes for n in (cfg.fast, cfg.slow)}

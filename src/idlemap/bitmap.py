@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from .errors import FeatureMissing, proc_errors
-from .kernel import clear_refs as cr
+from . import tlb
 from .kernel import kpageflags, lru
 from .kernel import pagemap as pm
 from .kernel.frames import index_in_runs
@@ -499,10 +499,9 @@ class IdleBitmap:
         else:                   # the read was not of this plan: all were marked
             self.last_marked = plan.npfns
         if self.tlb_flush == "soft-dirty":
-            # clear_refs=4 ends with flush_tlb_mm() on the target's mm, so
-            # translations cached before the mark cannot hide accesses.
-            # Cost: the target's soft-dirty bits are cleared too.
-            cr.clear_refs(self.proc.pid, cr.CLEAR_SOFT_DIRTY)
+            # After the mark, so translations cached before it cannot hide
+            # accesses (tlb.py; the order matters: docs/tlb.md).
+            tlb.flush(self.proc.pid, self.proc.start_ticks)
         self.marked_at = time.monotonic()
 
     def read(self, ranges: Iterable[tuple[int, int]] | None = None, remark: bool = False) -> IdleMap:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from . import backends
+from . import backends, tlb
 from .kernel.process import ProcessId
 from .records import IdleMap, MappingUsage, WssSample
 
@@ -80,14 +80,20 @@ class Scanner:
     """Rounds of one backend over one process (see the module docstring)."""
 
     def __init__(self, proc: ProcessId, backend: str = "auto", need_per_page: bool = False,
-                 tlb_flush: str = "none", ranges: Iterable[tuple[int, int]] | None = None,
-                 with_pss: bool = False, guest=None, backend_kw: dict | None = None):
+                 tlb_flush: str = "auto", ranges: Iterable[tuple[int, int]] | None = None,
+                 with_pss: bool = False, guest=None, backend_kw: dict | None = None,
+                 acting: bool = False, unsafe_no_tlb_flush: bool = False):
         """``guest``: a vmtarget.GuestLayout -- ``proc`` is its VMM and the
-        rounds come in guest-physical terms (spans are guest RAM regions)."""
+        rounds come in guest-physical terms (spans are guest RAM regions).
+        ``tlb_flush`` is what the user asked for (tlb.MODES); ``acting``:
+        the rounds decide reclaim or tiering, so they must be flushed
+        (tlb.resolve refuses otherwise)."""
         self.proc = proc
         self.choice = backends.choose(backend, need_per_page=need_per_page)
         cls = self.choice.cls
-        self.tlb_flush = tlb_flush if cls.caps.tlb_flush else "none"
+        self.tlb = tlb.resolve(proc, tlb_flush, can_flush=cls.caps.tlb_flush, acting=acting,
+                               unsafe=unsafe_no_tlb_flush, what=f"{cls.name} backend")
+        self.tlb_flush = self.tlb.flush
         self.ranges = merge_ranges(ranges)
         self.guest = guest
         kw = dict(backend_kw or {})          # backend_kw: e.g. DAMON settings

@@ -68,6 +68,13 @@ class HotSet:
         if not line.startswith("ready"):
             self.close()
             raise AssertionError(f"hotset did not start: {line!r}")
+        self.addr = int(line.split()[1], 16)      # the data: hot set first, then the cold
+        self.passes_addr = int(line.split()[2], 16)
+
+    def passes(self) -> int:
+        """Full passes over the hot set so far (the loop's own counter)."""
+        with open(f"/proc/{self.pid}/mem", "rb", buffering=0) as f:
+            return int.from_bytes(os.pread(f.fileno(), 8, self.passes_addr), "little")
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -7,11 +7,16 @@
  * libc pages), so a measured WSS must be within that of HOT MiB: the
  * exact "truth" the system-wide tests compare against.
  *   hotset HOT_MIB COLD_MIB
+ * "ready DATA PASSES": the data's address and that of a counter of full
+ * passes over the hot set (read through /proc/PID/mem: the loop's speed,
+ * so a benchmark can tell what a scan costs the target).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+static volatile unsigned long passes;
 
 int main(int argc, char **argv)
 {
@@ -30,9 +35,11 @@ int main(int argc, char **argv)
     madvise((void *)p, hot + cold, MADV_NOHUGEPAGE);   /* 4 KiB pages: the hard case */
     for (size_t off = 0; off < hot + cold; off += page)
         p[off] = 1;
-    printf("ready %p\n", (void *)p);
+    printf("ready %p %p\n", (void *)p, (void *)&passes);
     fflush(stdout);
-    for (;;)
+    for (;;) {
         for (size_t off = 0; off < hot; off += page)
             p[off]++;
+        passes++;
+    }
 }

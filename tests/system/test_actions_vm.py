@@ -29,7 +29,6 @@ pytestmark = [pytest.mark.vm, pytest.mark.skipif(
 MiB = 1 << 20
 TOTAL_MIB = int(os.environ.get("IDLEMAP_ACTIONS_MIB", "256"))
 HOT_MIB = TOTAL_MIB // 4
-ZRAM = "/sys/block/zram0"
 
 
 def pages(mib):
@@ -39,34 +38,6 @@ def pages(mib):
 def report(name, **figures):
     """Figures for the record: pytest -s shows them (one JSON line)."""
     print(json.dumps({"test": name, **figures}), flush=True)
-
-
-@pytest.fixture(scope="module")
-def zram_swap():
-    """1 GiB of swap on zram (CONFIG_ZRAM, CRYPTO_LZO), removed afterwards."""
-    if not os.path.exists(ZRAM):
-        if not os.path.exists("/sys/class/zram-control/hot_add"):
-            pytest.skip("no zram: CONFIG_ZRAM is not set")
-        with open("/sys/class/zram-control/hot_add") as f:
-            f.read()
-    with open(f"{ZRAM}/disksize", "w") as f:
-        f.write("1G")
-    subprocess.run(["mkswap", "/dev/zram0"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["swapon", "/dev/zram0"], check=True)
-    try:
-        yield "/dev/zram0"
-    finally:
-        subprocess.run(["swapoff", "/dev/zram0"], check=False)
-        with open(f"{ZRAM}/reset", "w") as f:
-            f.write("1")
-
-
-@pytest.fixture(scope="module")
-def two_nodes():
-    nodes = numa.online_nodes()
-    if len(nodes) < 2:
-        pytest.skip("one NUMA node: boot the VM with --numa 2 (CONFIG_NUMA, ACPI_NUMA)")
-    return nodes[:2]
 
 
 def residency(pid, addr, npages):

@@ -131,6 +131,27 @@ def test_guard_backs_off_then_stops():
     assert g.stopped and g.backoffs == 2 and g.reason.startswith("stopped")
 
 
+def test_guard_judges_major_faults_too():
+    """The target's own major faults count as pages that came back, even
+    when the bitmap saw no access (a reading the TLB hid)."""
+    g = pol.RefaultGuard(cold_for=2, rate_bytes_per_s=None, threshold_pct=5.0, min_pages=100)
+    pol.guard_advised(g, 1, 1000)
+    pol.guard_refaults(g, 2, {}, major_faults=40)     # 4%: not above
+    assert g.backoffs == 0 and g.window_ratio(2) == (40, 1000)
+    pol.guard_refaults(g, 3, {1: 5}, major_faults=30)  # 70 of 1000: 7%
+    assert g.backoffs == 1 and not g.stopped
+
+
+def test_guard_stops_at_once_on_heavy_damage():
+    """Damage over four times the threshold stops acting the round it shows,
+    without trying slower first."""
+    g = pol.RefaultGuard(cold_for=2, rate_bytes_per_s=None, threshold_pct=5.0, min_pages=100)
+    pol.guard_advised(g, 1, 1000)
+    pol.guard_refaults(g, 2, {}, major_faults=600)
+    assert g.stopped and g.backoffs == 0
+    assert "60.0%" in g.reason and "major faults" in g.reason
+
+
 def test_guard_window_forgets_old_rounds():
     g = pol.RefaultGuard(cold_for=1, rate_bytes_per_s=None, window_rounds=3, min_pages=1)
     pol.guard_advised(g, 1, 100)

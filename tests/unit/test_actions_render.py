@@ -13,7 +13,7 @@ def rround(**kw):
     base = dict(round=3, time_s=0.0, cold_for=2, present_pages=2560, swapped_pages=0, cold_pages=512,
                 advised_pages=512, ranges_start=np.array([0x7f0000000000, 0x7f0000400000]),
                 ranges_bytes=np.array([1 * MB, 1 * MB]), range_labels=["[anon]", "/lib/x.so"],
-                accepted_bytes=2 * MB, reclaimed_pages=500, refault_pages=3)
+                accepted_bytes=2 * MB, reclaimed_pages=500, refault_pages=3, major_faults=7)
     base.update(kw)
     return ReclaimRound(**base)
 
@@ -25,7 +25,8 @@ def test_reclaim_row_and_plan():
     ra.reclaim_row(t, rround())
     head, row = buf.getvalue().splitlines()
     assert head.split()[:4] == ["ROUND", "RSS(MB)", "SWAP(MB)", "COLD(MB)"]
-    assert row.split() == ["3", "10.00", "0.00", "2.00", "2.00", "2", "1.95", "0.01"]
+    assert row.split() == ["3", "10.00", "0.00", "2.00", "2.00", "2", "1.95", "0.01", "7"]
+    assert head.split()[-2] == "MAJFLT"
     plan = ra.reclaim_plan(rround(), "pageout")
     assert plan[0].startswith("round 3: advised 2.00 MB in 2 ranges (MADV_PAGEOUT)")
     assert plan[1].split() == ["pageout", "0x7f0000000000-0x7f0000100000", "1.00", "MB", "[anon]"]

@@ -148,29 +148,41 @@ class RefaultGuard:
     reason: str = ""
     advised: dict[int, int] = field(default_factory=dict)    # round -> pages advised
     refaults: dict[int, int] = field(default_factory=dict)   # round advised -> pages back
+    # round -> the target's major faults in that round's window: the
+    # kernel's count of pages brought back, independent of our own reading
+    major: dict[int, int] = field(default_factory=dict)
 
     def window_ratio(self, round_no: int) -> tuple[int, int]:
         """(refaulted, advised) over pages advised in the last window_rounds."""
         lo = round_no - self.window_rounds
         adv = sum(v for r, v in self.advised.items() if r > lo)
         back = sum(v for r, v in self.refaults.items() if r > lo)
+        # Whichever says more came back: a page paged out and touched again
+        # is a major fault even if our reading missed the access.
+        back = max(back, sum(v for r, v in self.major.items() if r > lo))
         return back, adv
 
 
-def guard_refaults(g: RefaultGuard, round_no: int, refaults_by_round: dict[int, int]) -> RefaultGuard:
+def guard_refaults(g: RefaultGuard, round_no: int, refaults_by_round: dict[int, int],
+                   major_faults: int = 0) -> RefaultGuard:
     """Record this round's refaults (keyed by the round the pages were
-    advised in); back off, or stop, if the ratio over the window is above
-    the threshold.  Call before choosing this round's pages.  Mutates and
-    returns ``g``."""
+    advised in) and the target's major faults during its window; back off,
+    or stop, if the ratio over the window is above the threshold.  Call
+    every round, before choosing this round's pages, so acting stops the
+    round after damage shows.  Mutates and returns ``g``."""
     for r, c in refaults_by_round.items():
         g.refaults[r] = g.refaults.get(r, 0) + c
+    if major_faults:
+        g.major[round_no] = g.major.get(round_no, 0) + major_faults
     back, adv = g.window_ratio(round_no)
     if not g.stopped and adv >= g.min_pages and 100.0 * back > g.threshold_pct * adv:
         pct = 100.0 * back / adv
-        if g.backoffs >= g.max_backoffs:
+        # Damage several times the threshold is no time to try again slower.
+        if g.backoffs >= g.max_backoffs or pct > 4 * g.threshold_pct:
             g.stopped = True
-            g.reason = (f"stopped: {pct:.1f}% of recently reclaimed pages came back after "
-                        f"{g.backoffs} back-offs (threshold {g.threshold_pct:g}%)")
+            g.reason = (f"stopped: {pct:.1f}% of recently reclaimed pages came back ({back} pages: refaults "
+                        f"or the target's major faults) after {g.backoffs} back-offs "
+                        f"(threshold {g.threshold_pct:g}%)")
         else:
             g.backoffs += 1
             g.cold_for *= 2
@@ -182,8 +194,9 @@ def guard_refaults(g: RefaultGuard, round_no: int, refaults_by_round: dict[int, 
             # Judge the new settings on their own pages only.
             g.advised.clear()
             g.refaults.clear()
+            g.major.clear()
     lo = round_no - g.window_rounds
-    for d in (g.advised, g.refaults):
+    for d in (g.advised, g.refaults, g.major):
         for r in [r for r in d if r <= lo]:
             del d[r]
     return g

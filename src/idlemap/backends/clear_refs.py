@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+from .. import tlb
 from ..kernel import clear_refs as cr
 from ..kernel import smaps
 from ..kernel.process import check_same
@@ -37,7 +38,7 @@ class ClearRefsBackend(Backend):
         if self.tlb_flush == "soft-dirty":
             # clear_refs=1 clears the young bits without flushing the TLB;
             # only the soft-dirty clear ends in flush_tlb_mm() (docs/tlb.md).
-            cr.clear_refs(self.proc.pid, cr.CLEAR_SOFT_DIRTY)
+            tlb.flush(self.proc.pid, self.proc.start_ticks)
         self._marked_at = time.monotonic()
 
     def mark(self) -> None:

@@ -33,6 +33,7 @@ import numpy as np
 from ..analysis import system as an
 from ..bitmap import find_huge_blocks
 from ..errors import AccessDenied, NoSuchProcess, UsageError, proc_errors
+from .. import tlb
 from ..kernel import clear_refs as cr
 from ..kernel import kpageflags, lru, smaps
 from ..kernel import pagemap as pm
@@ -328,7 +329,7 @@ class PageIdleSystemScanner(SystemScanner):
             # page-table walk per process and clears their soft-dirty bits.
             for t in tasks:
                 try:
-                    cr.clear_refs(t.pid, cr.CLEAR_SOFT_DIRTY)
+                    tlb.flush(t.pid, t.start_ticks)
                 except (NoSuchProcess, AccessDenied, OSError):
                     pass                # gone or not ours: its row says so at the read
         self.marked_at = time.monotonic()

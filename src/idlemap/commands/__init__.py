@@ -92,3 +92,43 @@ def damon_kwargs(args, backend_name: str) -> dict:
         raise UsageError(f"bad DAMON settings: {why}")
     return {"settings": dataclasses.replace(base, attrs=attrs, estimator=args.damon_estimator or base.estimator,
                                             exact=args.damon_exact)}
+
+
+# -- the TLB flush (tlb.py), one option for every command that marks pages ----
+TLB_HELP = ("flush the target's TLB after each mark so hot pages cached there cannot read idle: "
+            "auto (default) = soft-dirty unless another tool uses the target's soft-dirty bits; "
+            "soft-dirty = clear_refs 4 (costs a minor fault per page written per window on kernels "
+            "with CONFIG_MEM_SOFT_DIRTY)")
+
+
+def add_tlb_arguments(p: argparse.ArgumentParser, acting: bool = False, default: str = "auto") -> None:
+    """--tlb-flush for every command that marks pages; actions never run
+    unflushed except with --unsafe-no-tlb-flush (docs/tlb.md)."""
+    if acting:
+        p.add_argument("--tlb-flush", default=default, choices=["auto", "soft-dirty"], help=TLB_HELP)
+        p.add_argument("--unsafe-no-tlb-flush", action="store_true",
+                       help="act on unflushed readings: hot pages cached in the TLB can read idle and be "
+                            "paged out or moved (prints a warning)")
+    else:
+        p.add_argument("--tlb-flush", default=default, choices=["auto", "soft-dirty", "none"],
+                       help=TLB_HELP + "; none = never flush (readings may be low; the output says so)")
+
+
+def tlb_policy(args, proc, backend_cls, acting: bool = False):
+    """The resolved tlb.TlbPolicy for these options, this target and backend."""
+    from ..tlb import resolve
+    return resolve(proc, args.tlb_flush, can_flush=backend_cls.caps.tlb_flush, acting=acting,
+                   unsafe=getattr(args, "unsafe_no_tlb_flush", False), what=f"{backend_cls.name} backend")
+
+
+def tlb_note(policy, json_mode: bool = False) -> None:
+    """Say once that readings may be hidden by the TLB (JSON rows carry
+    tlb_exact instead); a warning for --unsafe-no-tlb-flush goes to stderr
+    in every mode."""
+    import sys
+    if policy.exact:
+        return
+    if policy.note.startswith("warning:"):
+        print(f"idlemap: {policy.note}", file=sys.stderr, flush=True)
+    elif not json_mode:
+        print(f"note: {policy.note}", flush=True)

@@ -12,7 +12,7 @@ from ..bitmap import IdleBitmap, require_page_idle
 from ..errors import BadInput, UsageError
 from ..kernel.maps import PAGE_SHIFT, PAGE_SIZE
 from ..kernel.process import cmdline, identify
-from . import parse_range, pid_arg, take_pid
+from . import add_tlb_arguments, parse_range, pid_arg, take_pid, tlb_note, tlb_policy
 from . import user_target
 
 HELP = "mark a process's pages idle, wait, and dump its idle + present bitmaps in the RFC layout"
@@ -45,7 +45,7 @@ def add_arguments(p) -> None:
                    help="the idle bitmap; FILE.present and FILE.json are written next to it "
                         "(each replaces only a regular file)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--tlb-flush", default="none", choices=["none", "soft-dirty"])
+    add_tlb_arguments(p)
     p.add_argument("--vm", action="store_true",
                    help="PID is a VMM: bitmap of its guest RAM indexed by guest-physical frame")
     p.add_argument("--qmp", metavar="SOCKET", help="with --vm: QEMU's QMP socket, for the exact layout")
@@ -110,7 +110,10 @@ def run(args) -> int:
             raise BadInput("the given range(s) hold no guest RAM (`idlemap vms PID` shows where it is)")
     elif args.qmp:
         raise UsageError("--qmp goes with --vm")
-    with IdleBitmap(proc, tlb_flush=args.tlb_flush) as bm:
+    from ..backends.page_idle import PageIdleBackend
+    policy = tlb_policy(args, proc, PageIdleBackend)
+    tlb_note(policy, args.json)
+    with IdleBitmap(proc, tlb_flush=policy.flush) as bm:
         bm.mark_idle(ranges)
         time.sleep(max(0.0, args.wait))
         m = bm.read(ranges)
@@ -122,7 +125,7 @@ def run(args) -> int:
     present = int(np.count_nonzero(m.present))
     idle = int(np.count_nonzero(m.present & m.idle))
     meta = {"schema": SCHEMA, "pid": pid, "comm": proc.comm, "cmdline": cmdline(pid),
-            "page_size": PAGE_SIZE, "window_s": round(m.window_s, 6), "time": time.time(),
+            "page_size": PAGE_SIZE, "window_s": round(m.window_s, 6), "time": time.time(), **policy.as_dict(),
             "ranges": [[f"{s.start:#x}", f"{s.end:#x}", s.mapping.label] for s in m.spans],
             "pages": m.npages, "present_pages": present, "idle_pages": idle,
             "accessed_pages": present - idle, "huge_pages_4k": int(np.count_nonzero(m.huge)),

@@ -47,7 +47,8 @@ def run(args) -> int:
     host, port = svc.parse_listen(args.listen)
     svc.require_client()
     choice, scanner = make_scanner(args, cgroups=args.cgroups)
-    state = svc.ExporterState(choice.cls.name, choice.cls.caps.granularity, f"{args.interval:g}s")
+    state = svc.ExporterState(choice.cls.name, choice.cls.caps.granularity, f"{args.interval:g}s",
+                              tlb_flushed=scanner.tlb.exact)
     collector = svc.make_collector(state, processes=not args.cgroups, cgroups=args.cgroups,
                                    top_n=args.top_n, sort=args.sort, pss=args.pss, guests=args.vms)
     stop = threading.Event()
@@ -58,6 +59,8 @@ def run(args) -> int:
         print(f"idlemap exporter: http://{where}:{bound}/metrics{warn}; backend {choice.cls.name} "
               f"({choice.cls.caps.granularity} granularity) [{choice.reason}]; "
               f"{args.interval:g} s windows", file=sys.stderr, flush=True)
+        if not scanner.tlb.exact:
+            print(f"idlemap exporter: note: {scanner.tlb.note}", file=sys.stderr, flush=True)
         try:
             svc.scan_loop(scanner, state, args.interval, stop)
         except KeyboardInterrupt:

@@ -10,6 +10,7 @@ import sys
 
 from .. import backends, outputs
 from ..errors import AccessDenied, IdlemapError
+from . import add_tlb_arguments
 
 HELP = "mount a FUSE file system with DIR/<pid>/idle_bitmap, present_bitmap, idle_pages and wss"
 EXAMPLES = """\
@@ -42,8 +43,7 @@ def add_arguments(p) -> None:
                         "processes they may ptrace; per-page idle data stays root-only")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground, log to stderr; Ctrl-C or SIGTERM unmounts")
-    p.add_argument("--tlb-flush", default="none", choices=["none", "soft-dirty"],
-                   help="flush the target's TLB after each mark (see docs/tlb.md)")
+    add_tlb_arguments(p)
     p.add_argument("--log", metavar="FILE", type=outputs.arg("the log"),
                    help="append the log to this regular file (default: stderr in the foreground, "
                                                   "syslog in the background)")

@@ -1,14 +1,14 @@
 """idlemap reclaim: page out (or deactivate) pages idle for N rounds."""
 from __future__ import annotations
 
-from ..actions import ReclaimConfig, Reclaimer, check_target, run_rounds
-from ..bitmap import TLB_FLUSH_MODES, require_page_idle
 from .. import validate
+from ..actions import ReclaimConfig, Reclaimer, check_target, run_rounds
+from ..bitmap import require_page_idle
 from ..errors import TargetExited, UsageError
 from ..kernel.process import identify
 from ..render import actions as ra
 from ..render.text import json_line
-from . import parse_range, pid_arg, take_pid
+from . import add_tlb_arguments, parse_range, pid_arg, take_pid, tlb_note
 
 HELP = "proactive reclaim: process_madvise(MADV_PAGEOUT or MADV_COLD) on pages idle for N rounds"
 EXAMPLES = """\
@@ -46,8 +46,7 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true", help="allow PID 1")
     p.add_argument("--json", action="store_true", help=f"JSON lines ({ra.RECLAIM_ROUND_SCHEMA}, "
                    f"{ra.RECLAIM_SUMMARY_SCHEMA})")
-    p.add_argument("--tlb-flush", default="none", choices=TLB_FLUSH_MODES,
-                   help="flush the target's TLB after marking (see docs/tlb.md)")
+    add_tlb_arguments(p, acting=True)
 
 
 def config(args) -> ReclaimConfig:
@@ -66,7 +65,8 @@ def config(args) -> ReclaimConfig:
         rate_bytes_per_s=None if args.limit_mb_per_s is None else args.limit_mb_per_s * (1 << 20),
         period_s=args.period or 1.0, dry_run=args.dry_run,
         ranges=[parse_range(r) for r in args.range] or None,
-        refault_pct=args.max_refault_pct, tlb_flush=args.tlb_flush)
+        refault_pct=args.max_refault_pct, tlb_flush=args.tlb_flush,
+        unsafe_no_tlb_flush=args.unsafe_no_tlb_flush)
 
 
 def run(args) -> int:
@@ -81,6 +81,7 @@ def run(args) -> int:
     if count is None and args.period is None:
         count = cfg.cold_for if cfg.dry_run else cfg.cold_for + 3
     with Reclaimer(proc, cfg) as eng:
+        tlb_note(eng.rounds.tlb, args.json)     # the --unsafe-no-tlb-flush warning
         table = ra.reclaim_table(dry_run=cfg.dry_run)
         if not args.json:
             rate = "" if cfg.rate_bytes_per_s is None else f", at most {args.limit_mb_per_s:g} MB/s"

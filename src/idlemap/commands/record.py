@@ -13,7 +13,7 @@ from ..render.progress import Progress
 from ..render.text import json_line
 from ..render.units import human_bytes
 from ..scan import Scanner, calibrate
-from . import add_damon_arguments, damon_kwargs, parse_range, pid_arg, take_pid
+from . import add_damon_arguments, add_tlb_arguments, damon_kwargs, parse_range, pid_arg, take_pid, tlb_note
 from . import user_target
 
 HELP = "record rounds of a process's page accesses to a file, for `idlemap report`"
@@ -49,8 +49,7 @@ def add_scan_arguments(p, default_rounds: int | None) -> None:
                    help="--auto-interval: longest window tried (default 30)")
     p.add_argument("--backend", default="auto", choices=["auto", *backends.BACKENDS],
                    help="how to measure (default auto: page_idle if available, else clear_refs)")
-    p.add_argument("--tlb-flush", default="none", choices=["none", "soft-dirty"],
-                   help="page_idle and clear_refs: flush the target's TLB after marking (see docs/tlb.md)")
+    add_tlb_arguments(p)
     p.add_argument("--range", action="append", default=[], metavar="LO-HI", dest="scan_range",
                    help="only scan this VA range (repeatable; page_idle only; with --vm a guest-physical range)")
     p.add_argument("--vm", action="store_true",
@@ -94,6 +93,7 @@ def open_scanner(args, need_per_page: bool = False, with_pss: bool = False) -> t
     sc = Scanner(proc, backend=args.backend, need_per_page=need_per_page, tlb_flush=args.tlb_flush,
                  ranges=ranges, with_pss=with_pss, guest=guest,
                  backend_kw=damon_kwargs(args, args.backend))   # "auto" never picks damon
+    tlb_note(sc.tlb, getattr(args, "json", False))
     if guest is not None and not getattr(args, "json", False):
         from ..vmtarget import layout_summary
         print(f"PID {pid} is a VM: {layout_summary(guest)}; addresses below are guest-physical.",

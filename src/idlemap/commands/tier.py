@@ -1,14 +1,14 @@
 """idlemap tier: hot pages to the fast NUMA node, cold pages to the slow one."""
 from __future__ import annotations
 
-from ..actions import TierConfig, Tierer, check_target, run_rounds
-from ..bitmap import TLB_FLUSH_MODES, require_page_idle
 from .. import validate
+from ..actions import TierConfig, Tierer, check_target, run_rounds
+from ..bitmap import require_page_idle
 from ..errors import TargetExited, UsageError
 from ..kernel.process import identify
 from ..render import actions as ra
 from ..render.text import json_line
-from . import parse_range, pid_arg, take_pid
+from . import add_tlb_arguments, parse_range, pid_arg, take_pid, tlb_note
 
 HELP = "NUMA tiering: move_pages hot pages to the fast node and cold pages to the slow node"
 EXAMPLES = """\
@@ -47,8 +47,7 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true", help="allow PID 1")
     p.add_argument("--json", action="store_true", help=f"JSON lines ({ra.TIER_ROUND_SCHEMA}, "
                    f"{ra.TIER_SUMMARY_SCHEMA})")
-    p.add_argument("--tlb-flush", default="none", choices=TLB_FLUSH_MODES,
-                   help="flush the target's TLB after marking (see docs/tlb.md)")
+    add_tlb_arguments(p, acting=True)
 
 
 def config(args) -> TierConfig:
@@ -66,7 +65,8 @@ def config(args) -> TierConfig:
         fast=args.fast, slow=args.slow, hot_rounds=args.hot_rounds, cold_rounds=args.cold_rounds,
         cap_bytes=None if args.max_mb_per_period is None else int(args.max_mb_per_period * (1 << 20)),
         period_s=args.period or 1.0, dry_run=args.dry_run,
-        ranges=[parse_range(r) for r in args.range] or None, tlb_flush=args.tlb_flush)
+        ranges=[parse_range(r) for r in args.range] or None, tlb_flush=args.tlb_flush,
+        unsafe_no_tlb_flush=args.unsafe_no_tlb_flush)
 
 
 def run(args) -> int:
@@ -87,6 +87,7 @@ def run(args) -> int:
         return cfg.dry_run or (r.promote_pages + r.demote_pages == 0)
 
     with Tierer(proc, cfg) as eng:
+        tlb_note(eng.rounds.tlb, args.json)     # the --unsafe-no-tlb-flush warning
         table = ra.tier_table(dry_run=cfg.dry_run)
         if not args.json:
             cap = "" if cfg.cap_bytes is None else f", at most {args.max_mb_per_period:g} MB per round"

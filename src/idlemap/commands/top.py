@@ -12,6 +12,7 @@ from ..errors import NoSuchProcess, UsageError
 from ..kernel.tasks import read_task
 from ..render import top as render
 from ..render.text import json_line
+from ..tlb import resolve
 
 HELP = "every process (and cgroup) by working set: RSS, WSS and cold MB per window, like top"
 EXAMPLES = """\
@@ -52,9 +53,13 @@ def add_selection_arguments(p) -> None:
     p.add_argument("--vms", action="store_true",
                    help="page_idle: also a row per virtual machine -- a VMM's guest RAM only -- from "
                         "the same pass (docs/vms.md)")
+    # Unflushed by default, unlike the per-process commands: a system-wide
+    # flush would clear the soft-dirty bits of every process on the machine
+    # (other tools' state) and walk each one's page tables every window
+    # (docs/tlb.md).  The output says its readings may be low.
     p.add_argument("--tlb-flush", default="none", choices=["none", "soft-dirty"],
-                   help="page_idle: flush each process's TLB after the mark (see docs/tlb.md; clears "
-                        "their soft-dirty bits)")
+                   help="page_idle: flush each process's TLB after the mark (default none: the output "
+                        "says readings may be low; soft-dirty clears every process's soft-dirty bits)")
     p.add_argument("--mark", default="frames", choices=MARK_MODES,
                    help="page_idle: mark the union of all processes' frames (default), or the whole "
                         "frame range holding them (one contiguous write, also marks page cache)")
@@ -85,7 +90,9 @@ def make_scanner(args, cgroups: bool):
         raise UsageError("--tlb-flush goes with the page_idle backend")
     kw = ({"mark": args.mark, "guests": args.vms, "tlb_flush": args.tlb_flush}
           if choice.cls.name == "page_idle" else {})
-    return choice, choice.cls(selection_from(args), pss=args.pss, cgroups=cgroups, **kw)
+    scanner = choice.cls(selection_from(args), pss=args.pss, cgroups=cgroups, **kw)
+    scanner.tlb = resolve(None, args.tlb_flush, can_flush=True, what=f"{choice.cls.name} backend")
+    return choice, scanner
 
 
 def add_arguments(p) -> None:
@@ -120,6 +127,8 @@ def run(args) -> int:
     if n is None:
         n = render.rows_that_fit(shutil.get_terminal_size().lines, args.cgroups) if tty else 0
     intro = (f"backend {choice.cls.name}: {choice.cls.caps.summary} [{choice.reason}]")
+    if not scanner.tlb.exact:
+        intro += f"\nnote: {scanner.tlb.note}"
     view = None
     rounds = 0
     try:
@@ -139,10 +148,11 @@ def run(args) -> int:
                 t_next = time.monotonic() + interval
                 rounds += 1
                 if args.json:
-                    json_line(render.as_json(s, args.sort, n, args.cgroups, rounds))
+                    json_line({**render.as_json(s, args.sort, n, args.cgroups, rounds), **scanner.tlb.as_dict()})
                     continue
                 f = render.frame(s, args.sort, n, args.pss, args.cgroups, rounds,
-                                 subtitle=f"[{choice.reason}]" if view is not None else "")
+                                 subtitle=(f"[{choice.reason}]" + ("" if scanner.tlb.exact else " [TLB not flushed: "
+                                           "may read low]")) if view is not None else "")
                 if view is not None:
                     view.show(f)
                 else:

@@ -8,7 +8,7 @@ from ..analysis.wss import profile_windows, summarize, top_mappings
 from ..errors import NoSuchProcess, UsageError
 from ..kernel.process import identify
 from ..render.text import MB, Table, json_line, mb
-from . import add_damon_arguments, damon_kwargs, pid_arg, take_pid
+from . import add_damon_arguments, add_tlb_arguments, damon_kwargs, pid_arg, take_pid, tlb_note, tlb_policy
 from . import user_target
 
 HELP = "working-set size of a process: Est(s), RSS, PSS and referenced MB per window"
@@ -42,18 +42,17 @@ def add_arguments(p) -> None:
     p.add_argument("-T", "--timestamp", action="store_true", help="print a wall-clock time column")
     p.add_argument("--backend", default="auto", choices=["auto", *backends.BACKENDS],
                    help="how to measure (default auto: page_idle if available, else clear_refs)")
-    p.add_argument("--tlb-flush", default="none", choices=["none", "soft-dirty"],
-                   help="page_idle and clear_refs: flush the target's TLB after marking (see docs/tlb.md)")
+    add_tlb_arguments(p)
     p.add_argument("--vm", action="store_true",
                    help="PID is a VMM (QEMU, Firecracker...): measure its guest RAM, in guest-physical terms")
     p.add_argument("--qmp", metavar="SOCKET", help="with --vm: QEMU's QMP socket, for the exact layout")
     add_damon_arguments(p)
 
 
-def _sample_json(s, args, damon=None) -> dict:
+def _sample_json(s, args, policy, damon=None) -> dict:
     d = {"schema": SCHEMA, "pid": s.pid, "backend": s.backend, "time": time.time(),
          "est_s": round(s.window_s, 6), "rss_bytes": s.rss_bytes, "pss_bytes": s.pss_bytes,
-         "ref_bytes": s.accessed_bytes, "scan_cpu_s": round(s.scan_s, 6)}
+         "ref_bytes": s.accessed_bytes, "scan_cpu_s": round(s.scan_s, 6), **policy.as_dict()}
     if args.vm:
         d["address_space"] = "guest-physical"    # by_mapping start/end are GPAs
     if damon is not None:
@@ -77,7 +76,8 @@ def run(args) -> int:
                          "longer than a week; use fewer windows")
     proc = user_target(pid)
     choice = backends.choose(args.backend)
-    kw = {"tlb_flush": args.tlb_flush} if choice.cls.caps.tlb_flush else {}
+    policy = tlb_policy(args, proc, choice.cls)
+    kw = {"tlb_flush": policy.flush} if choice.cls.caps.tlb_flush else {}
     kw.update(damon_kwargs(args, choice.cls.name))
     damon = kw.get("settings")          # DamonSettings with --backend damon, else None
     if args.vm:
@@ -99,12 +99,14 @@ def run(args) -> int:
               "Ctrl-C to end.")
         if damon is not None:
             print(f"DAMON: {damon.describe()}")
+    tlb_note(policy, args.json)
+    if not args.json:
         table.header()
 
     def emit(s) -> None:
         samples.append(s)
         if args.json:
-            json_line(_sample_json(s, args, damon))
+            json_line(_sample_json(s, args, policy, damon))
             return
         pct = 100.0 * s.accessed_bytes / s.rss_bytes if s.rss_bytes else 0.0
         table.row(([time.strftime("%H:%M:%S")] if args.timestamp else []) +

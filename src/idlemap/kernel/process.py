@@ -49,6 +49,15 @@ def check_same(proc: ProcessId) -> None:
         raise TargetExited(proc.pid)
 
 
+def fault_counts(pid: int) -> tuple[int, int]:
+    """(minor, major) page faults of the process so far (stat fields 10
+    and 12).  A major fault is a page brought back from swap or disk: the
+    kernel's own count of what a reclaim cost the target."""
+    with proc_errors(pid, "the status"):
+        _, rest = _read_stat(pid)
+    return int(rest[7]), int(rest[9])
+
+
 def _is_kthread(pid: int) -> bool:
     # Kernel threads have no mm: their maps are empty and cmdline is empty;
     # PF_KTHREAD (0x00200000) in the flags field (9) is the exact test.

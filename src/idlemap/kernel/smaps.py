@@ -13,6 +13,9 @@ class SmapsEntry:
     # Field name -> bytes (values in kB in the file are converted); e.g.
     # Rss, Pss, Referenced, Anonymous, AnonHugePages, Swap, Shared_Clean...
     fields_bytes: dict[str, int] = field(default_factory=dict)
+    # The VmFlags mnemonics (rd wr ex ... sd): "sd" is VM_SOFTDIRTY, shown
+    # only on kernels with CONFIG_MEM_SOFT_DIRTY.
+    vm_flags: tuple[str, ...] = ()
 
     def get(self, name: str) -> int:
         return self.fields_bytes.get(name, 0)
@@ -36,6 +39,8 @@ def parse_smaps(text: str) -> list[SmapsEntry]:
         vals = rest.split()
         if entries and len(vals) == 2 and vals[1] == "kB":
             entries[-1].fields_bytes[name] = int(vals[0]) * 1024
+        elif entries and name == "VmFlags":
+            entries[-1].vm_flags = tuple(vals)
     return entries
 
 

@@ -24,13 +24,13 @@ def pmb(pages: int) -> str:
 def reclaim_table(out: IO[str] | None = None, dry_run: bool = False) -> Table:
     act = "PLAN(MB)" if dry_run else "ADVISED(MB)"
     return Table([("ROUND", 5), ("RSS(MB)", 9), ("SWAP(MB)", 9), ("COLD(MB)", 9), (act, 11),
-                  ("RANGES", 6), ("RECLAIMED(MB)", 13), ("REFAULT(MB)", 11), ("NOTE", -1)], out)
+                  ("RANGES", 6), ("RECLAIMED(MB)", 13), ("REFAULT(MB)", 11), ("MAJFLT", 7), ("NOTE", -1)], out)
 
 
 def reclaim_row(t: Table, r) -> None:
     t.row([r.round, pmb(r.present_pages), pmb(r.swapped_pages), pmb(r.cold_pages), pmb(r.advised_pages),
            len(r.ranges_start), "-" if r.dry_run else pmb(r.reclaimed_pages), pmb(r.refault_pages),
-           r.note or (f"{len(r.failed)} ranges refused" if r.failed else "")])
+           r.major_faults, r.note or (f"{len(r.failed)} ranges refused" if r.failed else "")])
 
 
 def plan_lines(ranges: list[tuple[str, int, int, str]]) -> list[str]:
@@ -60,7 +60,7 @@ def reclaim_round_json(r, with_ranges: bool) -> dict:
          "cold_bytes": r.cold_pages * PAGE_SIZE, "advised_bytes": r.advised_pages * PAGE_SIZE,
          "ranges": len(r.ranges_start), "accepted_bytes": r.accepted_bytes,
          "reclaimed_bytes": r.reclaimed_pages * PAGE_SIZE, "refault_bytes": r.refault_pages * PAGE_SIZE,
-         "refused": [{"start": f"{a:#x}", "bytes": n, "error": e} for a, n, e in r.failed], "note": r.note}
+         "major_faults": r.major_faults, "refused": [{"start": f"{a:#x}", "bytes": n, "error": e} for a, n, e in r.failed], "note": r.note}
     if with_ranges:
         d["plan"] = [{"start": f"{int(a):#x}", "bytes": int(n), "mapping": lab}
                      for a, n, lab in zip(r.ranges_start, r.ranges_bytes, r.range_labels)]
@@ -74,7 +74,8 @@ def reclaim_summary_json(s) -> dict:
             "refault_pct": round(s.refault_pct, 3), "rss_before_bytes": s.rss_before_bytes,
             "rss_after_bytes": s.rss_after_bytes, "swap_before_bytes": s.swap_before_bytes,
             "swap_after_bytes": s.swap_after_bytes, "backoffs": s.backoffs, "cold_for_final": s.cold_for_final,
-            "stop_reason": s.stop_reason}
+            "stop_reason": s.stop_reason, "major_faults": s.major_faults, "tlb_flush": s.tlb_flush,
+            "tlb_exact": s.tlb_flush != "none"}
 
 
 def reclaim_summary_lines(s) -> list[str]:
@@ -89,6 +90,11 @@ def reclaim_summary_lines(s) -> list[str]:
                      f"{mb(s.reclaimed_bytes if s.mode == 'pageout' else s.advised_bytes)} MB; "
                      f"came back hot {mb(s.refault_bytes)} MB ({s.refault_pct:.2f}%)")
     lines.append(f"RSS {mb(s.rss_before_bytes)} MB -> {after}; swap {mb(s.swap_before_bytes)} MB -> {swap_after}")
+    if not s.dry_run:
+        lines.append(f"the target took {s.major_faults} major faults during the run "
+                     f"(pages brought back from swap or disk, {pmb(s.major_faults)} MB at most)")
+    if s.tlb_flush == "none":
+        lines.append("readings were not TLB-flushed (--unsafe-no-tlb-flush): hot pages may have been paged out")
     if s.backoffs:
         lines.append(f"backed off {s.backoffs} times: a page is now cold after {s.cold_for_final} rounds")
     return lines

@@ -73,6 +73,7 @@ class ExporterState:
     backend: str
     granularity: str
     window: str                       # label value, e.g. "10s"
+    tlb_flushed: bool = False         # False: hot pages cached in the TLB may read idle
     sample: SystemSample | None = None
     scans_total: int = 0
     vanished_total: int = 0
@@ -117,6 +118,9 @@ def make_collector(state: ExporterState, processes: bool = True, cgroups: bool =
                 errs.add_metric([reason], v)
             yield errs
             yield CounterMetricFamily("idlemap_scans", "Windows completed", value=state.scans_total)
+            yield GaugeMetricFamily("idlemap_tlb_flushed", "1 if each mark is followed by a TLB flush; 0 if "
+                                    "hot pages cached in the TLB may read idle (WSS may read low)",
+                                    value=int(state.tlb_flushed))
             yield CounterMetricFamily("idlemap_processes_vanished",
                                       "Processes that exited while being scanned (not errors)",
                                       value=state.vanished_total)

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..tlb import resolve as resolve_tlb
 from ..errors import FeatureMissing, IdlemapError, NoSuchProcess, UsageError
 from ..kernel import creds as kcreds
 from ..kernel.process import ProcessId, identify, list_pids
@@ -65,7 +66,7 @@ class MountConfig:
     backend: str                 # "page_idle" or "clear_refs" (already chosen)
     backend_reason: str = ""
     allow_other: bool = False
-    tlb_flush: str = "none"
+    tlb_flush: str = "auto"
 
 
 def split_inode(inode: int) -> tuple[int, int]:
@@ -321,7 +322,9 @@ def build_operations(config: MountConfig):
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
         def _make_file(self, kind: int, proc: ProcessId):
-            tlb = self.config.tlb_flush
+            # auto: flushed unless this target's soft-dirty bits belong to
+            # another tool (tlb.py); decided per open file, per target.
+            tlb = resolve_tlb(proc, self.config.tlb_flush, can_flush=True).flush
             if kind == IDLE_BITMAP:
                 return BitmapFile(proc, "idle", IdleBitmap(proc, tlb_flush=tlb), self.marks)
             if kind == PRESENT_BITMAP:
