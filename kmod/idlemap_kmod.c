@@ -1,0 +1,611 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * idlemap_kmod: the kernel half of the 2018 /proc/PID/idle_bitmap RFC as a
+ * loadable module.  /dev/idlemap; a file descriptor is bound to one process
+ * (its struct pid) and reads/marks that process's pages by virtual address
+ * with the process's own page tables: no rmap walk, no frame numbers.
+ *
+ * Written against Linux 6.1 (x86-64).  What 6.1 does not export to
+ * modules, and what is used instead (docs/kmod.md has the argument):
+ *  - walk_page_range: a plain pgd/p4d/pud/pmd/pte walk, under the locks
+ *    mm/pagewalk.c's users take (mmap_lock read, pmd_lock for a huge PMD,
+ *    the PTE table lock for PTEs);
+ *  - __pmd_trans_huge_lock, pmd_clear_bad: their checks done here, without
+ *    ever clearing a "bad" entry;
+ *  - ptep/pmdp_test_and_clear_young (out of line on x86):
+ *    test_and_clear_bit(_PAGE_BIT_ACCESSED), which is what they do;
+ *  - flush_tlb_mm_range: an IPI running __flush_tlb_all (GPL export) on
+ *    every CPU that may cache the target's translations (flush_mm()).
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/bitmap.h>
+#include <linux/capability.h>
+#include <linux/fs.h>
+#include <linux/hugetlb.h>
+#include <linux/miscdevice.h>
+#include <linux/mm.h>
+#include <linux/mmap_lock.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/pgtable.h>
+#include <linux/pid.h>
+#include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
+#include <linux/sched/task.h>
+#include <linux/slab.h>
+#include <linux/smp.h>
+#include <linux/uaccess.h>
+#include <asm/tlbflush.h>
+
+#include "idlemap.h"
+
+#ifndef CONFIG_X86_64
+#error "idlemap_kmod: only x86-64 is written and tested (the accessed bit and TLB flush are arch code)"
+#endif
+
+/*
+ * One chunk: 4 KiB of each bitmap = 32768 pages = 128 MiB of address space
+ * per mmap_lock hold.  Between chunks the lock is dropped, results are
+ * copied out, and we reschedule and check for a fatal signal.
+ */
+#define CHUNK_BYTES		4096UL
+#define CHUNK_PAGES		(CHUNK_BYTES * BITS_PER_BYTE)
+/* Work bound per call: 2 Mi pages (8 GiB of address space, 256 KiB of bitmap). */
+#define MAX_PAGES_PER_CALL	(64UL * CHUNK_PAGES)
+/* Bitmaps cover user space rounded up to whole u64 words. */
+#define VA_LIMIT		round_up(TASK_SIZE_MAX, 64 * PAGE_SIZE)
+
+enum { BM_IDLE, BM_PRESENT, BM_HUGE, BM_SWAPPED, BM_N };
+
+struct idlemap_file {
+	struct mutex lock;		/* serialises every operation on this fd */
+	struct pid *pid;		/* bound target; a counted reference */
+	u32 mode;			/* IDLEMAP_MODE_* for pread */
+	unsigned long *buf[BM_N];	/* CHUNK_BYTES each: one chunk of output */
+	unsigned long *sel;		/* CHUNK_BYTES: one chunk of a pwrite */
+};
+
+struct walk {
+	unsigned long base;		/* VA of bit 0 of the chunk buffers */
+	unsigned long *bm[BM_N];	/* NULL: not wanted */
+	const unsigned long *sel;	/* pwrite: clear only pages whose bit is set */
+	bool clear;			/* test-and-clear accessed bits */
+	u64 nr_present, nr_idle;
+};
+
+static inline unsigned long bit_index(const struct walk *w, unsigned long addr)
+{
+	return (addr - w->base) >> PAGE_SHIFT;
+}
+
+static void set_bits(struct walk *w, int k, unsigned long i, unsigned long n)
+{
+	if (w->bm[k])
+		bitmap_set(w->bm[k], i, n);
+}
+
+/* A 2 MiB THP mapped by one PMD: one accessed bit, counted whole. */
+static void walk_huge_pmd(struct walk *w, pmd_t *pmd, pmd_t val,
+			  unsigned long addr, unsigned long end)
+{
+	unsigned long i = bit_index(w, addr), n = (end - addr) >> PAGE_SHIFT;
+	bool young = pmd_young(val);
+
+	if (w->clear && young &&
+	    (!w->sel || find_next_bit(w->sel, i + n, i) < i + n))
+		/* pmdp_test_and_clear_young() on x86, which is not exported */
+		young = test_and_clear_bit(_PAGE_BIT_ACCESSED, (unsigned long *)pmd);
+	w->nr_present += n;
+	set_bits(w, BM_PRESENT, i, n);
+	set_bits(w, BM_HUGE, i, n);
+	if (!young) {
+		w->nr_idle += n;
+		set_bits(w, BM_IDLE, i, n);
+	}
+}
+
+static void walk_ptes(struct walk *w, struct mm_struct *mm, pmd_t *pmd,
+		      unsigned long addr, unsigned long end)
+{
+	spinlock_t *ptl;
+	pte_t *start, *pte;
+
+	/* The PTE table lock, as mm/pagewalk.c users (clear_refs, pagemap) take it. */
+	start = pte = pte_offset_map_lock(mm, pmd, addr, &ptl);
+	for (; addr != end; pte++, addr += PAGE_SIZE) {
+		pte_t ptent = ptep_get(pte);
+		unsigned long i = bit_index(w, addr);
+		bool young;
+
+		if (pte_none(ptent))
+			continue;
+		if (!pte_present(ptent)) {
+			/* swap, migration or marker entry: pagemap calls these "swapped" */
+			if (w->bm[BM_SWAPPED])
+				__set_bit(i, w->bm[BM_SWAPPED]);
+			continue;
+		}
+		young = pte_young(ptent);
+		if (w->clear && young && (!w->sel || test_bit(i, w->sel)))
+			/* ptep_test_and_clear_young() on x86, which is not exported */
+			young = test_and_clear_bit(_PAGE_BIT_ACCESSED, (unsigned long *)&pte->pte);
+		w->nr_present++;
+		if (w->bm[BM_PRESENT])
+			__set_bit(i, w->bm[BM_PRESENT]);
+		if (!young) {
+			w->nr_idle++;
+			if (w->bm[BM_IDLE])
+				__set_bit(i, w->bm[BM_IDLE]);
+		}
+	}
+	pte_unmap_unlock(start, ptl);
+}
+
+static void walk_pmds(struct walk *w, struct mm_struct *mm, pud_t *pud,
+		      unsigned long addr, unsigned long end)
+{
+	pmd_t *pmd = pmd_offset(pud, addr);
+	unsigned long next;
+
+	do {
+		pmd_t val;
+
+		next = pmd_addr_end(addr, end);
+again:
+		/*
+		 * Under mmap_lock (read) a PTE table is never freed or replaced
+		 * by a huge PMD on 6.1 (collapse and retract take it for write),
+		 * but an empty PMD can become a huge one (a THP fault) and a
+		 * huge one can be split or zapped: decide on one snapshot, and
+		 * re-check a huge PMD under its lock as __pmd_trans_huge_lock does.
+		 */
+		val = READ_ONCE(*pmd);
+		if (pmd_none(val))
+			continue;
+		if (pmd_trans_huge(val) || pmd_devmap(val)) {
+			spinlock_t *ptl = pmd_lock(mm, pmd);
+
+			val = *pmd;
+			if (pmd_trans_huge(val)) {
+				walk_huge_pmd(w, pmd, val, addr, next);
+				spin_unlock(ptl);
+				continue;
+			}
+			spin_unlock(ptl);
+			if (pmd_devmap(val))	/* device memory (DAX): no struct page ageing */
+				continue;
+			goto again;	/* split meanwhile: now a PTE table, or none */
+		}
+		if (!pmd_present(val)) {
+			/* a THP under migration (pagemap: swapped), counted whole */
+			set_bits(w, BM_SWAPPED, bit_index(w, addr), (next - addr) >> PAGE_SHIFT);
+			continue;
+		}
+		if (pmd_bad(val))	/* never "fixed" here (pmd_clear_bad is not ours to call) */
+			continue;
+		walk_ptes(w, mm, pmd, addr, next);
+	} while (pmd++, addr = next, addr != end);
+}
+
+static void walk_puds(struct walk *w, struct mm_struct *mm, p4d_t *p4d,
+		      unsigned long addr, unsigned long end)
+{
+	pud_t *pud = pud_offset(p4d, addr);
+	unsigned long next;
+
+	do {
+		pud_t val = READ_ONCE(*pud);
+
+		next = pud_addr_end(addr, end);
+		/* 1 GiB leaves (hugetlb, DAX) are pud_bad() here: not walked */
+		if (pud_none(val) || pud_bad(val))
+			continue;
+		walk_pmds(w, mm, pud, addr, next);
+	} while (pud++, addr = next, addr != end);
+}
+
+static void walk_pgds(struct walk *w, struct mm_struct *mm,
+		      unsigned long addr, unsigned long end)
+{
+	pgd_t *pgd = pgd_offset(mm, addr);
+	unsigned long next;
+
+	do {
+		p4d_t *p4d;
+		unsigned long p4next, a = addr;
+
+		next = pgd_addr_end(addr, end);
+		if (pgd_none(*pgd) || pgd_bad(*pgd))
+			continue;
+		p4d = p4d_offset(pgd, a);
+		do {
+			p4next = p4d_addr_end(a, next);
+			if (p4d_none(*p4d) || p4d_bad(*p4d))
+				continue;
+			walk_puds(w, mm, p4d, a, p4next);
+		} while (p4d++, a = p4next, a != next);
+	} while (pgd++, addr = next, addr != end);
+}
+
+/* [start, end) under mmap_lock (read): only inside VMAs, never across one. */
+static void walk_vmas(struct walk *w, struct mm_struct *mm,
+		      unsigned long start, unsigned long end)
+{
+	struct vm_area_struct *vma;
+
+	for (vma = find_vma(mm, start); vma && vma->vm_start < end;
+	     vma = find_vma(mm, vma->vm_end)) {
+		unsigned long lo = max(start, vma->vm_start);
+		unsigned long hi = min(end, vma->vm_end);
+
+		/* No struct pages / device memory; hugetlb has its own locking (not walked yet). */
+		if (vma->vm_flags & (VM_PFNMAP | VM_IO) || is_vm_hugetlb_page(vma))
+			continue;
+		walk_pgds(w, mm, lo, hi);
+	}
+}
+
+/*
+ * Flush every TLB entry of mm on every CPU that may hold one.  6.1 exports
+ * neither flush_tlb_mm_range() nor (asm/tlbflush.h, #ifndef MODULE) the
+ * generation counter inc_mm_tlb_gen() that lets it skip CPUs.  Which CPUs
+ * may hold mm's translations:
+ *  - with PCID, any CPU that ran mm recently: up to TLB_NR_DYN_ASIDS (6)
+ *    address spaces stay tagged in each CPU's TLB after it switches away,
+ *    and only the per-CPU cpu_tlbstate (not exported) says which;
+ *  - without PCID, a CR3 switch drops them, so only CPUs with mm loaded
+ *    now: mm_cpumask(mm) (x86 clears the bit on switching away, and keeps
+ *    it for a CPU in lazy TLB mode, which is then flushed too).
+ * So: every online CPU with PCID, mm_cpumask otherwise; each runs
+ * __flush_tlb_all() (GPL export: INVPCID all-contexts or a CR4.PGE
+ * toggle, which drop every PCID's entries, global ones included).  The
+ * IPIs are waited for; smp_call_function_many's IPI is a full barrier
+ * after our page-table writes.  Cost: once per marking call, an IPI per
+ * CPU and a refill of its TLB.
+ */
+static void flush_ipi(void *info)
+{
+	__flush_tlb_all();
+}
+
+static void flush_mm(struct mm_struct *mm)
+{
+	if (boot_cpu_has(X86_FEATURE_PCID))
+		on_each_cpu(flush_ipi, NULL, true);
+	else
+		on_each_cpu_mask(mm_cpumask(mm), flush_ipi, NULL, true);
+}
+
+static struct mm_struct *target_mm(struct pid *pid)
+{
+	struct task_struct *task = get_pid_task(pid, PIDTYPE_PID);
+	struct mm_struct *mm;
+
+	if (!task)
+		return ERR_PTR(-ESRCH);
+	mm = get_task_mm(task);		/* NULL: exited (zombie) or a kernel thread */
+	put_task_struct(task);
+	return mm ? mm : ERR_PTR(-ESRCH);
+}
+
+/* Is the bound process still alive with this mm?  (exit_mm clears task->mm.) */
+static bool target_alive(struct pid *pid, struct mm_struct *mm)
+{
+	struct task_struct *task;
+	bool ok;
+
+	rcu_read_lock();
+	task = pid_task(pid, PIDTYPE_PID);
+	ok = task && READ_ONCE(task->mm) == mm;
+	rcu_read_unlock();
+	return ok;
+}
+
+/*
+ * Walk [start, end) chunk by chunk; bit 0 of every user buffer is the page
+ * at start.  out[k]: user buffers to fill (or NULL); sel: a user bitmap of
+ * pages to mark (pwrite) or NULL.  Returns the pages done (> 0) or -errno;
+ * stats get the counts.  A target that exits or execs mid-call is -ESRCH.
+ */
+static long run(struct idlemap_file *f, unsigned long start, unsigned long end,
+		void __user *const out[BM_N], const void __user *sel, bool clear,
+		struct idlemap_walk *stats)
+{
+	struct walk w = { .clear = clear };
+	struct mm_struct *mm;
+	unsigned long addr, cend;
+	long ret = 0;
+	int k;
+
+	if (!f->pid)
+		return -EBADFD;
+	mm = target_mm(f->pid);
+	if (IS_ERR(mm))
+		return PTR_ERR(mm);
+	end = min(end, start + MAX_PAGES_PER_CALL * PAGE_SIZE);
+	for (addr = start; addr < end; addr = cend) {
+		unsigned long npages, nbytes, off = ((addr - start) >> PAGE_SHIFT) / BITS_PER_BYTE;
+
+		cend = min(end, addr + CHUNK_PAGES * PAGE_SIZE);
+		npages = (cend - addr) >> PAGE_SHIFT;
+		nbytes = DIV_ROUND_UP(npages, 64) * 8;
+		w.base = addr;
+		for (k = 0; k < BM_N; k++) {
+			w.bm[k] = out[k] ? f->buf[k] : NULL;
+			if (w.bm[k])
+				memset(w.bm[k], 0, nbytes);
+		}
+		w.sel = NULL;
+		if (sel) {
+			if (copy_from_user(f->sel, sel + off, nbytes)) {
+				ret = -EFAULT;
+				break;
+			}
+			w.sel = f->sel;
+		}
+		ret = mmap_read_lock_killable(mm);
+		if (ret)
+			break;
+		if (!target_alive(f->pid, mm)) {
+			mmap_read_unlock(mm);
+			ret = -ESRCH;
+			break;
+		}
+		walk_vmas(&w, mm, addr, cend);
+		mmap_read_unlock(mm);
+		/* Copied out with no lock held: a fault here cannot nest in mmap_lock. */
+		for (k = 0; k < BM_N; k++) {
+			if (out[k] && copy_to_user(out[k] + off, f->buf[k], nbytes)) {
+				ret = -EFAULT;
+				break;
+			}
+		}
+		if (ret)
+			break;
+		if (fatal_signal_pending(current)) {
+			ret = -EINTR;
+			break;
+		}
+		cond_resched();
+	}
+	/*
+	 * Flush after any walk that marked: also when it stopped early (some
+	 * bits are cleared), and also when no bit was set -- reclaim and
+	 * page_idle clear accessed bits without a flush on x86, so a clear
+	 * bit does not mean no stale translation.
+	 */
+	if (clear && w.nr_present)
+		flush_mm(mm);
+	mmput(mm);
+	if (stats) {
+		stats->nr_present = w.nr_present;
+		stats->nr_idle = w.nr_idle;
+	}
+	return ret ? ret : (long)((min(addr, end) - start) >> PAGE_SHIFT);
+}
+
+/* RFC layout: byte offset b covers the pages from VA b << (3 + PAGE_SHIFT). */
+static long rfc_range(loff_t pos, size_t count, unsigned long *start, unsigned long *end)
+{
+	if (pos < 0 || pos % 8 || count % 8)
+		return -EINVAL;
+	if (pos >= (VA_LIMIT >> (PAGE_SHIFT + 3)))
+		return 0;
+	*start = (unsigned long)pos << (PAGE_SHIFT + 3);
+	count = min_t(size_t, count, (VA_LIMIT - *start) >> (PAGE_SHIFT + 3));
+	*end = *start + ((unsigned long)count << (PAGE_SHIFT + 3));
+	return 1;
+}
+
+static ssize_t idlemap_read(struct file *file, char __user *ubuf, size_t count, loff_t *ppos)
+{
+	struct idlemap_file *f = file->private_data;
+	void __user *out[BM_N] = { NULL };
+	unsigned long start, end;
+	long ret = rfc_range(*ppos, count, &start, &end);
+	bool present;
+
+	if (ret <= 0)
+		return ret;
+	if (mutex_lock_killable(&f->lock))
+		return -EINTR;
+	present = f->mode & IDLEMAP_MODE_PRESENT;
+	out[present ? BM_PRESENT : BM_IDLE] = ubuf;
+	ret = run(f, start, end, out, NULL, !present && (f->mode & IDLEMAP_MODE_REMARK), NULL);
+	mutex_unlock(&f->lock);
+	if (ret < 0)
+		return ret;
+	ret = ret / BITS_PER_BYTE;	/* pages -> bytes (whole words: multiples of 64 pages) */
+	*ppos += ret;
+	return ret;
+}
+
+static ssize_t idlemap_write(struct file *file, const char __user *ubuf, size_t count, loff_t *ppos)
+{
+	struct idlemap_file *f = file->private_data;
+	void __user *out[BM_N] = { NULL };
+	unsigned long start, end;
+	long ret = rfc_range(*ppos, count, &start, &end);
+
+	if (ret < 0)
+		return ret;
+	if (ret == 0)
+		return count ? -ENXIO : 0;	/* past user space, as page_idle's bitmap */
+	if (mutex_lock_killable(&f->lock))
+		return -EINTR;
+	ret = run(f, start, end, out, ubuf, true, NULL);
+	mutex_unlock(&f->lock);
+	if (ret < 0)
+		return ret;
+	ret = ret / BITS_PER_BYTE;
+	*ppos += ret;
+	return ret;
+}
+
+static long do_bind(struct idlemap_file *f, unsigned long arg)
+{
+	pid_t nr = (pid_t)arg;
+	struct pid *pid, *old;
+	struct task_struct *task;
+	struct mm_struct *mm;
+	bool kthread;
+
+	if (nr <= 0 || (unsigned long)nr != arg)
+		return -EINVAL;
+	pid = find_get_pid(nr);		/* in the caller's PID namespace */
+	if (!pid)
+		return -ESRCH;
+	task = get_pid_task(pid, PIDTYPE_PID);
+	if (!task) {
+		put_pid(pid);
+		return -ESRCH;
+	}
+	kthread = task->flags & PF_KTHREAD;
+	mm = get_task_mm(task);
+	put_task_struct(task);
+	if (!mm) {
+		put_pid(pid);
+		return kthread ? -EINVAL : -ESRCH;
+	}
+	mmput(mm);
+	old = f->pid;
+	f->pid = pid;			/* the reference is the fd's until release or rebind */
+	put_pid(old);
+	return 0;
+}
+
+static long do_walk(struct idlemap_file *f, struct idlemap_walk __user *uarg)
+{
+	struct idlemap_walk a;
+	void __user *out[BM_N];
+	long ret;
+
+	if (copy_from_user(&a, uarg, sizeof(a)))
+		return -EFAULT;
+	if (a.reserved || a.flags & ~IDLEMAP_WALK_CLEAR ||
+	    a.start % PAGE_SIZE || a.end % PAGE_SIZE || a.start > a.end || a.end > VA_LIMIT)
+		return -EINVAL;
+	out[BM_IDLE] = u64_to_user_ptr(a.idle);
+	out[BM_PRESENT] = u64_to_user_ptr(a.present);
+	out[BM_HUGE] = u64_to_user_ptr(a.huge);
+	out[BM_SWAPPED] = u64_to_user_ptr(a.swapped);
+	a.nr_present = a.nr_idle = 0;
+	a.next = a.start;
+	if (a.start < a.end) {
+		ret = run(f, a.start, a.end, out, NULL, a.flags & IDLEMAP_WALK_CLEAR, &a);
+		if (ret < 0)
+			return ret;
+		a.next = a.start + ((unsigned long)ret << PAGE_SHIFT);
+	}
+	if (copy_to_user(uarg, &a, sizeof(a)))
+		return -EFAULT;
+	return 0;
+}
+
+static long idlemap_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	struct idlemap_file *f = file->private_data;
+	long ret;
+
+	if (cmd == IDLEMAP_IOC_VERSION)
+		return IDLEMAP_API_VERSION;
+	if (mutex_lock_killable(&f->lock))
+		return -EINTR;
+	switch (cmd) {
+	case IDLEMAP_IOC_BIND:
+		ret = do_bind(f, arg);
+		break;
+	case IDLEMAP_IOC_SET_MODE:
+		if (arg & ~(unsigned long)(IDLEMAP_MODE_PRESENT | IDLEMAP_MODE_REMARK)) {
+			ret = -EINVAL;
+			break;
+		}
+		f->mode = arg;
+		ret = 0;
+		break;
+	case IDLEMAP_IOC_WALK:
+		ret = do_walk(f, (struct idlemap_walk __user *)arg);
+		break;
+	default:
+		ret = -ENOTTY;
+	}
+	mutex_unlock(&f->lock);
+	return ret;
+}
+
+static int idlemap_open(struct inode *inode, struct file *file)
+{
+	struct idlemap_file *f;
+	int k;
+
+	/* Page tables of any process: root only (ptrace_may_access is not exported). */
+	if (!capable(CAP_SYS_ADMIN))
+		return -EPERM;
+	f = kzalloc(sizeof(*f), GFP_KERNEL);
+	if (!f)
+		return -ENOMEM;
+	mutex_init(&f->lock);
+	for (k = 0; k < BM_N; k++)
+		f->buf[k] = kmalloc(CHUNK_BYTES, GFP_KERNEL);
+	f->sel = kmalloc(CHUNK_BYTES, GFP_KERNEL);
+	for (k = 0; k < BM_N; k++)
+		if (!f->buf[k])
+			goto nomem;
+	if (!f->sel)
+		goto nomem;
+	file->private_data = f;
+	return 0;
+nomem:
+	for (k = 0; k < BM_N; k++)
+		kfree(f->buf[k]);
+	kfree(f->sel);
+	kfree(f);
+	return -ENOMEM;
+}
+
+static int idlemap_release(struct inode *inode, struct file *file)
+{
+	struct idlemap_file *f = file->private_data;
+	int k;
+
+	put_pid(f->pid);		/* NULL-safe */
+	for (k = 0; k < BM_N; k++)
+		kfree(f->buf[k]);
+	kfree(f->sel);
+	kfree(f);
+	return 0;
+}
+
+static const struct file_operations idlemap_fops = {
+	.owner		= THIS_MODULE,	/* the module stays while an fd is open */
+	.open		= idlemap_open,
+	.release	= idlemap_release,
+	.read		= idlemap_read,
+	.write		= idlemap_write,
+	.unlocked_ioctl	= idlemap_ioctl,
+	.llseek		= default_llseek,
+};
+
+static struct miscdevice idlemap_dev = {
+	.minor	= MISC_DYNAMIC_MINOR,
+	.name	= "idlemap",
+	.fops	= &idlemap_fops,
+	.mode	= 0600,
+};
+
+static int __init idlemap_init(void)
+{
+	return misc_register(&idlemap_dev);
+}
+
+static void __exit idlemap_exit(void)
+{
+	misc_deregister(&idlemap_dev);
+}
+
+module_init(idlemap_init);
+module_exit(idlemap_exit);
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("idlemap: per-process idle page tracking indexed by virtual address");
+MODULE_VERSION("0.1");

@@ -1,0 +1,237 @@
+"""/dev/idlemap: idlemap's own kernel module (kmod/, docs/kmod.md), thin.
+
+The module walks one process's page tables by virtual address: the RFC's
+/proc/PID/idle_bitmap without frames, rmap or page_idle, and it flushes the
+TLB after clearing accessed bits.  Here: open the device, bind it to a
+process, and the three operations (RFC pread/pwrite, the one-walk ioctl),
+with errno turned into idlemap errors.  Also load/unload by system call
+(finit_module / delete_module), so no kmod package is needed.
+
+The numbers below are kmod/idlemap.h's; keep the two in step.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import struct
+
+import numpy as np
+
+from ..errors import AccessDenied, FeatureMissing, IdlemapError, NoSuchProcess, TargetExited, UsageError
+
+DEVICE = "/dev/idlemap"
+MODULE = "idlemap_kmod"
+API_VERSION = 1
+
+_MAGIC = 0xB7
+_WALK = struct.Struct("=6Q2I3Q")       # struct idlemap_walk, 80 bytes
+
+
+def _io(nr: int) -> int:
+    return (_MAGIC << 8) | nr
+
+
+def _iowr(nr: int, size: int) -> int:
+    return (3 << 30) | (size << 16) | (_MAGIC << 8) | nr
+
+
+IOC_VERSION = _io(0)
+IOC_BIND = _io(1)
+IOC_SET_MODE = _io(2)
+IOC_WALK = _iowr(3, _WALK.size)
+
+MODE_IDLE = 0x0
+MODE_PRESENT = 0x1
+MODE_REMARK = 0x100
+WALK_CLEAR = 0x1
+
+NOT_LOADED = "the idlemap kernel module is not loaded (`idlemap kmod build` then `idlemap kmod load`)"
+
+
+def loaded() -> bool:
+    return os.path.isdir(f"/sys/module/{MODULE}")
+
+
+def available() -> bool:
+    """The device exists (the module is loaded); opening it still needs root."""
+    return os.path.exists(DEVICE)
+
+
+class Device:
+    """One open /dev/idlemap bound to one process.
+
+    The module holds the process's ``struct pid``, so after ``bind`` a PID
+    reused by another process is never read: operations then fail with
+    ESRCH (:class:`TargetExited`).  Bind first, then compare /proc/PID/stat
+    with what you identified (``process.check_same``) to close the window
+    before the bind.
+    """
+
+    def __init__(self, pid: int | None = None):
+        try:
+            self.fd = os.open(DEVICE, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise FeatureMissing("idlemap kernel module", "/dev/idlemap is missing", NOT_LOADED) from None
+        except PermissionError:
+            raise AccessDenied(DEVICE, "it needs root (CAP_SYS_ADMIN)") from None
+        self.pid = 0
+        try:
+            v = fcntl.ioctl(self.fd, IOC_VERSION)
+            if v != API_VERSION:
+                raise IdlemapError(f"the loaded idlemap module speaks interface version {v}, this idlemap "
+                                   f"speaks {API_VERSION}: rebuild and reload it (`idlemap kmod build`, "
+                                   f"`idlemap kmod unload`, `idlemap kmod load`)")
+            if pid is not None:
+                self.bind(pid)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "Device":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _err(self, e: OSError) -> IdlemapError | OSError:
+        if e.errno == errno.ESRCH:
+            return TargetExited(self.pid)
+        if e.errno == errno.EBADFD:
+            return UsageError("the /dev/idlemap file is not bound to a process")
+        return e
+
+    def bind(self, pid: int) -> None:
+        try:
+            fcntl.ioctl(self.fd, IOC_BIND, pid)
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                raise NoSuchProcess(pid) from None
+            if e.errno == errno.EINVAL:
+                raise UsageError(f"PID {pid} has no user memory (a kernel thread)") from None
+            raise
+        self.pid = pid
+
+    def set_mode(self, mode: int) -> None:
+        fcntl.ioctl(self.fd, IOC_SET_MODE, mode)
+
+    # -- the RFC file interface ------------------------------------------------
+    def pread(self, nbytes: int, offset: int) -> bytes:
+        try:
+            return os.pread(self.fd, nbytes, offset)
+        except OSError as e:
+            raise self._err(e) from None
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        try:
+            return os.pwrite(self.fd, data, offset)
+        except OSError as e:
+            raise self._err(e) from None
+
+    # -- one walk, every bitmap ---------------------------------------------------
+    def walk(self, start: int, end: int, idle: np.ndarray | None = None, present: np.ndarray | None = None,
+             huge: np.ndarray | None = None, swapped: np.ndarray | None = None,
+             clear: bool = False) -> tuple[int, int]:
+        """Walk [start, end) once; fill the given bitmaps (uint64 arrays of at
+        least ceil(pages/64) words, bit i = page start + i pages); with
+        ``clear`` also clear the accessed bits tested (mark idle) and flush
+        the TLB.  Loops over the module's bounded calls.  Returns (present
+        pages, idle pages)."""
+        bufs = (idle, present, huge, swapped)
+        npages = (end - start) >> PAGE_SHIFT
+        for b in bufs:
+            if b is not None and (b.dtype != np.uint64 or b.size * 64 < npages or not b.flags.c_contiguous):
+                raise ValueError("bitmaps must be contiguous uint64 arrays of ceil(pages/64) words")
+        ptrs = [b.ctypes.data if b is not None else 0 for b in bufs]
+        flags = WALK_CLEAR if clear else 0
+        total_present = total_idle = 0
+        pos = start
+        while pos < end:
+            adv = ((pos - start) >> PAGE_SHIFT) // 8          # bytes into the bitmaps
+            arg = bytearray(_WALK.pack(pos, end, *[p + adv if p else 0 for p in ptrs], flags, 0, 0, 0, 0))
+            try:
+                fcntl.ioctl(self.fd, IOC_WALK, arg, True)
+            except OSError as e:
+                raise self._err(e) from None
+            nxt, n_present, n_idle = _WALK.unpack(arg)[-3:]
+            total_present += n_present
+            total_idle += n_idle
+            if nxt <= pos:              # cannot happen: the module always advances
+                raise IdlemapError("the idlemap module made no progress")
+            pos = nxt
+        return total_present, total_idle
+
+
+PAGE_SHIFT = os.sysconf("SC_PAGE_SIZE").bit_length() - 1
+
+
+# -- loading and unloading, by system call ------------------------------------------
+_SYS_FINIT_MODULE = 313      # x86-64
+_SYS_DELETE_MODULE = 176
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def load(path: str) -> None:
+    """finit_module(2) the .ko at ``path``; each refusal is one sentence."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        r = _libc.syscall(_SYS_FINIT_MODULE, fd, b"", 0)
+        err = ctypes.get_errno() if r != 0 else 0
+    finally:
+        os.close(fd)
+    if err:
+        raise load_error(err, path)
+
+
+def load_error(err: int, path: str) -> IdlemapError:
+    if err == errno.EEXIST:
+        return UsageError("the idlemap module is already loaded (`idlemap kmod status`)")
+    if err == errno.EPERM:
+        why = refusal_reason()
+        return AccessDenied(f"loading {path}", why or "loading modules needs root (CAP_SYS_MODULE)")
+    if err == errno.EKEYREJECTED or err == errno.ENOKEY:
+        return IdlemapError("the kernel refused the module's signature: Secure Boot or "
+                            "CONFIG_MODULE_SIG_FORCE require modules signed with an enrolled key")
+    if err == errno.ENOEXEC:
+        return IdlemapError(f"{path} was not built for this kernel ({os.uname().release}): "
+                            "rebuild it with `idlemap kmod build`")
+    return IdlemapError(f"loading {path} failed: {os.strerror(err)} (see `dmesg`)")
+
+
+def refusal_reason() -> str:
+    """Why this kernel refuses every module, or '' (read-only probes)."""
+    try:
+        with open("/proc/sys/kernel/modules_disabled") as f:
+            if f.read().strip() == "1":
+                return "module loading is disabled until reboot (/proc/sys/kernel/modules_disabled is 1)"
+    except OSError:
+        pass
+    try:
+        with open("/sys/kernel/security/lockdown") as f:
+            text = f.read()
+        if "[none]" not in text and "[" in text:
+            mode = text[text.index("[") + 1:text.index("]")]
+            return (f"the kernel is locked down ({mode}; /sys/kernel/security/lockdown), "
+                    "which refuses unsigned modules (Secure Boot)")
+    except OSError:
+        pass
+    return ""
+
+
+def unload() -> None:
+    r = _libc.syscall(_SYS_DELETE_MODULE, MODULE.encode(), os.O_NONBLOCK)
+    if r != 0:
+        err = ctypes.get_errno()
+        if err == errno.ENOENT:
+            raise UsageError("the idlemap module is not loaded")
+        if err == errno.EWOULDBLOCK or err == errno.EBUSY:
+            raise IdlemapError("the idlemap module is in use (a /dev/idlemap file is open): close it first")
+        if err == errno.EPERM:
+            raise AccessDenied(f"unloading {MODULE}", "unloading modules needs root (CAP_SYS_MODULE)")
+        raise IdlemapError(f"unloading {MODULE} failed: {os.strerror(err)}")

@@ -1,0 +1,135 @@
+"""Build idlemap's kernel module (kmod/) against a kernel tree, and find it.
+
+Builds go to a cache directory keyed by the kernel release and a hash of
+the sources (``$IDLEMAP_CACHE``, default /var/cache/idlemap, else the temp
+directory when that is read-only, as in the test VM), so ``idlemap kmod
+load`` finds the module built for the running kernel and an edited source
+builds again.  Each failure is one sentence (errors.IdlemapError).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .errors import FeatureMissing, IdlemapError, UsageError
+from .kernel.kmod import MODULE
+
+SOURCES = ("idlemap_kmod.c", "idlemap.h", "Makefile", "dkms.conf")
+
+
+def source_dir() -> Path:
+    """kmod/ of this checkout (the package is installed editable from it)."""
+    d = Path(__file__).resolve().parents[2] / "kmod"
+    if not (d / "idlemap_kmod.c").exists():
+        raise FeatureMissing("idlemap module source", "kmod/ is not next to this idlemap",
+                             "build from a checkout of idlemap (kmod/idlemap_kmod.c)")
+    return d
+
+
+def source_hash(src: Path | None = None) -> str:
+    src = src or source_dir()
+    h = hashlib.sha256()
+    for name in SOURCES:
+        h.update(name.encode() + b"\0" + (src / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def default_kdir(release: str | None = None) -> str:
+    return f"/lib/modules/{release or os.uname().release}/build"
+
+
+def tree_release(kdir: str) -> str:
+    """The release a kernel tree builds for (include/config/kernel.release)."""
+    try:
+        return Path(kdir, "include/config/kernel.release").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _roots() -> tuple[Path, Path]:
+    base = Path(os.environ.get("IDLEMAP_CACHE", "/var/cache/idlemap"))
+    return base / "kmod", Path(tempfile.gettempdir()) / "idlemap-kmod"
+
+
+def _cache_root() -> Path:
+    for root in _roots():
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = root / f".w{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+            return root
+        except OSError:
+            continue
+    raise IdlemapError("no writable directory to build the module in (set IDLEMAP_CACHE)")
+
+
+def built_path(release: str, src: Path | None = None) -> Path:
+    """Where the module for ``release`` is (or would be built): an existing
+    build in either cache first -- the test VM sees the host's cache read-only,
+    so a module built on the host (~2 s) saves building under TCG (~28 s)."""
+    name = f"{release}-{source_hash(src)}"
+    for root in _roots():
+        ko = root / name / f"{MODULE}.ko"
+        if ko.exists():
+            return ko
+    return _cache_root() / name / f"{MODULE}.ko"
+
+
+def build(kdir: str | None = None, log=None) -> Path:
+    """make -C KDIR M=<cache dir> modules; returns the .ko.  KDIR defaults to
+    the running kernel's headers."""
+    explicit = kdir is not None
+    kdir = kdir or default_kdir()
+    if not os.path.isfile(os.path.join(kdir, "Makefile")):
+        if explicit:
+            raise UsageError(f"{kdir} is not a configured kernel tree (no Makefile)")
+        rel = os.uname().release
+        raise FeatureMissing(f"kernel headers for {rel}", f"{kdir} is missing",
+                             f"install the package linux-headers-{rel} (apt-get install linux-headers-{rel})")
+    missing = [t for t in ("make", "gcc") if shutil.which(t) is None]
+    if missing:
+        raise FeatureMissing("C compiler", f"{' and '.join(missing)} not found",
+                             "install gcc and make (apt-get install gcc make)")
+    release = tree_release(kdir)
+    if not release:
+        raise UsageError(f"{kdir} is not a prepared kernel tree (no include/config/kernel.release)")
+    src = source_dir()
+    ko = built_path(release, src)
+    if ko.exists():
+        return ko
+    work = ko.parent
+    work.mkdir(parents=True, exist_ok=True)
+    for name in SOURCES:
+        shutil.copy2(src / name, work / name)
+    r = subprocess.run(["make", "-C", kdir, f"M={work}", "modules"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+    if log is not None:
+        log(r.stdout)
+    if r.returncode != 0 or not ko.exists():
+        err = next((ln.strip() for ln in r.stdout.splitlines() if re.search(r"error", ln, re.I)),
+                   r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "make failed")
+        raise IdlemapError(f"building the module against {kdir} failed: {err}")
+    return ko
+
+
+def vermagic(ko: Path) -> str:
+    """The kernel release a .ko was built for (its .modinfo vermagic=)."""
+    data = Path(ko).read_bytes()
+    i = data.find(b"vermagic=")
+    if i < 0:
+        return ""
+    j = data.find(b"\0", i)
+    return data[i + 9:j].decode("utf-8", "replace").split()[0]
+
+
+def vm_kernel_tree() -> str:
+    """The configured tree of idlemap's test-VM kernel (vm/build-kernel.sh)."""
+    script = Path(__file__).resolve().parent / "vm" / "build-kernel.sh"
+    r = subprocess.run(["bash", str(script), "--path"], stdout=subprocess.PIPE, text=True, check=True)
+    return str(Path(r.stdout.strip()).parent / "build")
