@@ -100,6 +100,24 @@ sys.stdin.read()
 """
 
 
+def check_with(prefix: list[str], mnt: str, targets: list[tuple[object, str]]) -> dict[str, str | None]:
+    """Like check_as, but the checker keeps the credentials ``prefix`` gives it
+    (e.g. setpriv dropping a capability, unshare -U making it root in a user
+    namespace); None if the prefix itself could not run here."""
+    code = CHECKER.replace("os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)",
+                           "pass")
+    assert code != CHECKER
+    # The checker needs the standard library only; the system's interpreter,
+    # unlike ours (maybe under /root), can be executed by any uid.
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    r = subprocess.run([*prefix, python, "-S", "-c", code, "-1", mnt, json.dumps(targets)],
+                       capture_output=True, text=True, timeout=120, cwd="/")
+    if r.returncode != 0 and not r.stdout:
+        return None
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
 def check_as(uid: int, mnt: str, targets: list[tuple[object, str]]) -> dict[str, str]:
     r = subprocess.run([sys.executable, "-S", "-c", CHECKER, str(uid), mnt, json.dumps(targets)],
                        capture_output=True, text=True, timeout=120, cwd="/")

@@ -19,7 +19,7 @@ import pytest
 
 from idlemap.kernel import page_idle
 from idlemap.workload import Workload
-from mounthelp import (UNPRIV, CPrograms, ExecTarget, Mount, Users, check_as, errno_name,
+from mounthelp import (UNPRIV, CPrograms, ExecTarget, Mount, Users, check_as, check_with, errno_name,
                        hold_across_exec, word_range)
 
 try:
@@ -221,6 +221,41 @@ def test_root_descriptor_is_bound_too(mount, progs):
     for name in ("present_bitmap", "wss"):
         assert got[("before", name)][0] > 0 and got[("after", name)] == (-1, errno.EACCES), got
         assert got[("fresh", name)][0] > 0, got
+
+
+def test_capabilities_held_in_a_user_namespace_count_for_nothing(mount):
+    """uid 4242 as root of its own user namespace (unshare -U -r: CapEff full
+    there) is still uid 4242 to the mount: it reads neither root's nor
+    another user's processes, and no per-page idle data."""
+    u = Users()
+    try:
+        prefix = ["setpriv", f"--reuid={UNPRIV}", f"--regid={UNPRIV}", "--clear-groups",
+                  "unshare", "--user", "--map-root-user"]
+        got = check_with(prefix, mount.dir, [(u.root.pid, "present_bitmap"), (u.b.pid, "present_bitmap"),
+                                             (u.root.pid, "idle_bitmap"), ("SELF", "idle_bitmap"),
+                                             ("SELF", "present_bitmap")])
+        if got is None:
+            pytest.skip("unprivileged user namespaces are disabled on this host")
+        assert got == {f"{u.root.pid}/present_bitmap": "EACCES", f"{u.b.pid}/present_bitmap": "EACCES",
+                       f"{u.root.pid}/idle_bitmap": "EACCES", "SELF/idle_bitmap": "EACCES",
+                       "SELF/present_bitmap": "ok"}
+    finally:
+        u.close()
+
+
+def test_root_without_cap_sys_admin_gets_no_idle_data(mount):
+    """uid 0 without CAP_SYS_ADMIN (a container's root) cannot use page_idle
+    itself, so the mount refuses it the idle files; it keeps what
+    CAP_SYS_PTRACE gives (present_bitmap of any process)."""
+    u = Users()
+    try:
+        got = check_with(["setpriv", "--bounding-set=-sys_admin", "--"], mount.dir,
+                         [(u.a.pid, "idle_bitmap"), (u.a.pid, "idle_pages"), (u.a.pid, "present_bitmap"),
+                          (u.root.pid, "present_bitmap")])
+        assert got == {f"{u.a.pid}/idle_bitmap": "EACCES", f"{u.a.pid}/idle_pages": "EACCES",
+                       f"{u.a.pid}/present_bitmap": "ok", f"{u.root.pid}/present_bitmap": "ok"}
+    finally:
+        u.close()
 
 
 def test_help_states_the_access_rules():

@@ -23,7 +23,8 @@ from idlemap import idle_pages as ip
 from idlemap.bitmap import IdleBitmap
 from idlemap.kernel import page_idle
 from idlemap.workload import Workload
-from mounthelp import UNPRIV, CPrograms, ExecTarget, Mount, Users, as_user, check_as, hold_across_exec, word_range
+from mounthelp import (UNPRIV, CPrograms, ExecTarget, Mount, Users, as_user, check_as, check_with,
+                       hold_across_exec, word_range)
 
 try:
     import pyfuse3  # noqa: F401 -- only whether the fuse extra is installed
@@ -407,3 +408,19 @@ def test_open_file_stops_answering_after_exec(mount, progs, holder, setuid):
             assert got[("fresh", name)][0] > 0, (name, got)
         else:
             assert got[("fresh", name)] == (-1, errno.EACCES), (name, got)
+
+
+def test_root_without_cap_sys_admin_gets_no_idle_data(mount):
+    """uid 0 without CAP_SYS_ADMIN (a container's root) could not use
+    page_idle itself: refused the idle files, with page_idle really there;
+    present_bitmap it keeps (CAP_SYS_PTRACE).  Full root: every file."""
+    u = Users()
+    try:
+        targets = [(u.a.pid, "idle_bitmap"), (u.a.pid, "idle_pages"), (u.a.pid, "wss"),
+                   (u.a.pid, "present_bitmap")]
+        got = check_with(["setpriv", "--bounding-set=-sys_admin", "--"], mount.dir, targets)
+        assert got == {f"{u.a.pid}/idle_bitmap": "EACCES", f"{u.a.pid}/idle_pages": "EACCES",
+                       f"{u.a.pid}/wss": "EACCES", f"{u.a.pid}/present_bitmap": "ok"}
+        assert set(check_with([], mount.dir, targets).values()) == {"ok"}
+    finally:
+        u.close()
