@@ -100,3 +100,40 @@ def test_may_read_frames(caller, target, allowed, why):
     d = may_read_frames(caller, target, 2 if "ptrace_scope" in why else None)
     assert d.allowed is allowed
     assert why in d.reason
+
+
+def test_image_binding_follows_exec_and_exit():
+    """An open mount file's binding: answers for the checked image, EACCES
+    once the process executed another program, ESRCH once it exited."""
+    import errno
+    import subprocess
+
+    from idlemap.errors import NoSuchProcess
+    from idlemap.kernel.process import identify
+    from idlemap.services.procfiles import FileOpError, ImageBinding, errno_of
+
+    p = subprocess.Popen(["/bin/sh", "-c", "read x; exec sleep 60"], stdin=subprocess.PIPE)
+    try:
+        b = ImageBinding(identify(p.pid))
+        b.check()
+        b.check()                                  # nothing changed: still answers
+        p.stdin.write(b"go\n")
+        p.stdin.flush()
+        for _ in range(500):                       # until sleep runs in place of sh
+            with open(f"/proc/{p.pid}/comm") as f:
+                if f.read().strip() == "sleep":
+                    break
+            __import__("time").sleep(0.01)
+        with pytest.raises(FileOpError) as e:
+            b.check()
+        assert e.value.errno == errno.EACCES and "executed a new program" in str(e.value)
+        ImageBinding(identify(p.pid)).check()      # a fresh binding: the new image
+        p.kill()
+        p.wait()
+        with pytest.raises(NoSuchProcess) as e2:
+            b.check()
+        assert errno_of(e2.value) == errno.ESRCH
+        b.close()
+    finally:
+        p.kill()
+        p.wait()

@@ -308,6 +308,9 @@ def build_operations(config: MountConfig):
                     log.warning("%s", e)
                     self._warned_page_idle = True
                 raise pyfuse3.FUSEError(errno_of(e)) from None
+            except BaseException:
+                binding.close()
+                raise
             try:
                 binding.check()
             except (IdlemapError, FileOpError, OSError) as e:
