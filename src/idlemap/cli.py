@@ -29,6 +29,7 @@ COMMANDS = {
     "exporter": "Prometheus metrics: WSS, cold and RSS bytes per process",
     "mount": "FUSE view: DIR/<pid>/idle_bitmap, present_bitmap, idle_pages, wss",
     "vms": "list VMM processes, or show one guest's RAM layout",
+    "kmod": "build, load, unload or inspect idlemap's kernel module (/dev/idlemap)",
 }
 
 DESCRIPTION = """\
@@ -129,7 +130,30 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(s, h if argv is not None else _on_late_signal)
     if _signalled is not None and rc == 0:
         rc = INTERRUPTED
+    if argv is None and _signalled is not None:
+        _exit_now(rc)
     return rc
+
+
+def _exit_now(rc: int) -> None:
+    """Exit with ``rc`` without the interpreter's finalisation.
+
+    CPython 3.11 remembers a KeyboardInterrupt raised inside code it runs
+    through PyRun_* (some imports do) even after that interrupt was caught,
+    and at exit turns any status into death by SIGINT (-2 to the parent,
+    no summary of ours changes that).  Only after a signal, and only as a
+    program: output is flushed and logging closed first."""
+    import logging
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 -- a closed pipe: nothing left to keep
+            pass
+    try:
+        logging.shutdown()
+    except Exception:  # noqa: BLE001
+        pass
+    os._exit(rc)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -16,8 +16,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .errors import FeatureMissing, IdlemapError, UsageError
-from .kernel.kmod import MODULE
+from .errors import IdlemapError, UsageError
+from .kernel.kmod import MODULE, Unavailable
 
 SOURCES = ("idlemap_kmod.c", "idlemap.h", "Makefile", "dkms.conf")
 
@@ -26,8 +26,8 @@ def source_dir() -> Path:
     """kmod/ of this checkout (the package is installed editable from it)."""
     d = Path(__file__).resolve().parents[2] / "kmod"
     if not (d / "idlemap_kmod.c").exists():
-        raise FeatureMissing("idlemap module source", "kmod/ is not next to this idlemap",
-                             "build from a checkout of idlemap (kmod/idlemap_kmod.c)")
+        raise Unavailable(f"the module's source is not next to this idlemap ({d} is missing): "
+                          "build from a checkout of idlemap")
     return d
 
 
@@ -90,12 +90,12 @@ def build(kdir: str | None = None, log=None) -> Path:
         if explicit:
             raise UsageError(f"{kdir} is not a configured kernel tree (no Makefile)")
         rel = os.uname().release
-        raise FeatureMissing(f"kernel headers for {rel}", f"{kdir} is missing",
-                             f"install the package linux-headers-{rel} (apt-get install linux-headers-{rel})")
+        raise Unavailable(f"no kernel headers for this kernel ({kdir} is missing): "
+                          f"install the package linux-headers-{rel}")
     missing = [t for t in ("make", "gcc") if shutil.which(t) is None]
     if missing:
-        raise FeatureMissing("C compiler", f"{' and '.join(missing)} not found",
-                             "install gcc and make (apt-get install gcc make)")
+        raise Unavailable(f"no C compiler to build the module ({' and '.join(missing)} not found): "
+                          "install gcc and make")
     release = tree_release(kdir)
     if not release:
         raise UsageError(f"{kdir} is not a prepared kernel tree (no include/config/kernel.release)")

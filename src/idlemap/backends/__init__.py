@@ -9,12 +9,14 @@ from .base import Backend, Capabilities
 from .clear_refs import ClearRefsBackend
 from .damon import DamonBackend
 from .damon import unavailable as damon_unavailable
+from .kmod import KmodBackend
 from .page_idle import PageIdleBackend
 
 BACKENDS: dict[str, type[Backend]] = {
     "page_idle": PageIdleBackend,
     "clear_refs": ClearRefsBackend,
     "damon": DamonBackend,
+    "kmod": KmodBackend,
 }
 
 PER_PAGE_HINT = ("`--backend clear_refs` gives exact totals per mapping, and `idlemap demo` "
@@ -40,6 +42,13 @@ def why_not(name: str, f: Features) -> str | None:
     if name == "clear_refs":
         if not f.clear_refs:
             return "this kernel has no /proc/PID/clear_refs (CONFIG_PROC_PAGE_MONITOR is not set)"
+        return None
+    if name == "kmod":
+        from ..kernel import kmod
+        if not kmod.available():
+            return kmod.NOT_LOADED
+        if not f.is_root:
+            return "the idlemap module's device (/dev/idlemap) needs root (CAP_SYS_ADMIN)"
         return None
     if name == "damon":
         err = damon_unavailable(f)      # reads only; a kdamond not ours comes first

@@ -16,6 +16,7 @@ class Capabilities:
     sees_guest_accesses: bool  # accesses by a KVM guest through EPT/NPT
     summary: str              # one line for `doctor` and `--backend auto`
     tlb_flush: bool = False   # takes tlb_flush="soft-dirty": flush the target's TLB after marking
+    flushes_tlb: bool = False  # flushes the target's TLB itself after every mark (kmod)
 
 
 class Backend(abc.ABC):

@@ -19,7 +19,7 @@ import struct
 
 import numpy as np
 
-from ..errors import AccessDenied, FeatureMissing, IdlemapError, NoSuchProcess, TargetExited, UsageError
+from ..errors import AccessDenied, IdlemapError, NoSuchProcess, TargetExited, UsageError
 
 DEVICE = "/dev/idlemap"
 MODULE = "idlemap_kmod"
@@ -50,6 +50,13 @@ WALK_CLEAR = 0x1
 NOT_LOADED = "the idlemap kernel module is not loaded (`idlemap kmod build` then `idlemap kmod load`)"
 
 
+class Unavailable(IdlemapError):
+    """Something the module needs is not here (the device, headers, a
+    compiler): exit 69 like FeatureMissing, in a sentence of its own."""
+
+    exit_code = 69
+
+
 def loaded() -> bool:
     return os.path.isdir(f"/sys/module/{MODULE}")
 
@@ -73,7 +80,7 @@ class Device:
         try:
             self.fd = os.open(DEVICE, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise FeatureMissing("idlemap kernel module", "/dev/idlemap is missing", NOT_LOADED) from None
+            raise Unavailable(NOT_LOADED) from None
         except PermissionError:
             raise AccessDenied(DEVICE, "it needs root (CAP_SYS_ADMIN)") from None
         self.pid = 0

@@ -1,0 +1,105 @@
+"""idlemap kmod: build, load, unload and inspect idlemap's kernel module."""
+from __future__ import annotations
+
+import json
+import os
+
+from .. import kmodbuild
+from ..errors import IdlemapError, UsageError
+from ..kernel import kmod
+
+HELP = """\
+idlemap's optional kernel module (kmod/, docs/kmod.md): /dev/idlemap walks a
+process's own page tables by virtual address and flushes the TLB after
+clearing accessed bits -- exact per-page tracking on kernels without
+page_idle, with no soft-dirty trick.  Root only.  `--backend kmod` uses it."""
+EXAMPLES = """\
+  idlemap kmod build                   # against /lib/modules/$(uname -r)/build
+  idlemap kmod build --kdir ~/linux    # against another configured tree
+  idlemap kmod load                    # the module built for this kernel
+  idlemap kmod status [--json]
+  idlemap kmod unload
+Install with DKMS instead (rebuilt on kernel upgrades): docs/kmod.md"""
+SCHEMA = "idlemap.kmod/1"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("action", choices=["build", "load", "unload", "status"])
+    p.add_argument("--kdir", metavar="DIR",
+                   help="kernel build tree (default /lib/modules/$(uname -r)/build)")
+    p.add_argument("--ko", metavar="FILE", help="load this .ko instead of the one built for this kernel")
+    p.add_argument("--verbose", action="store_true", help="build: show make's output")
+    p.add_argument("--json", action="store_true", help=f"status as JSON (schema {SCHEMA})")
+
+
+def run(args) -> int:
+    return {"build": _build, "load": _load, "unload": _unload, "status": _status}[args.action](args)
+
+
+def _build(args) -> int:
+    ko = kmodbuild.build(args.kdir, log=print if args.verbose else None)
+    rel, here = kmodbuild.vermagic(ko), os.uname().release
+    print(ko)
+    if rel != here:
+        print(f"note: built for {rel}; this kernel is {here}, so load it on a {rel} kernel")
+    return 0
+
+
+def _load(args) -> int:
+    here = os.uname().release
+    if kmod.loaded():
+        raise UsageError("the idlemap module is already loaded (`idlemap kmod status`)")
+    if args.ko:
+        ko = args.ko
+        if not os.path.isfile(ko):
+            raise UsageError(f"no such module file: {ko}")
+    else:
+        ko = str(kmodbuild.built_path(here))
+        if not os.path.isfile(ko):
+            raise UsageError(f"no idlemap module built for this kernel ({here}) from these sources: "
+                             f"run `idlemap kmod build` first")
+    why = kmod.refusal_reason()
+    if why:
+        raise IdlemapError(f"cannot load the module: {why}")
+    rel = kmodbuild.vermagic(ko)
+    if rel != here:
+        raise IdlemapError(f"{ko} was built for {rel}, but this kernel is {here}: "
+                           "rebuild it with `idlemap kmod build`")
+    kmod.load(ko)
+    print(f"loaded {ko}: {kmod.DEVICE}")
+    return 0
+
+
+def _unload(args) -> int:
+    kmod.unload()
+    print("unloaded")
+    return 0
+
+
+def _status(args) -> int:
+    here = os.uname().release
+    try:
+        ko = kmodbuild.built_path(here)
+        built = str(ko) if ko.exists() else ""
+    except IdlemapError:
+        built = ""
+    st = {
+        "schema": SCHEMA,
+        "kernel": here,
+        "loaded": kmod.loaded(),
+        "device": kmod.DEVICE if kmod.available() else "",
+        "built": built,
+        "headers": os.path.isfile(os.path.join(kmodbuild.default_kdir(here), "Makefile")),
+        "refused": kmod.refusal_reason(),
+    }
+    if args.json:
+        print(json.dumps(st))
+        return 0
+    print(f"kernel {here}")
+    print(f"module: {'loaded, ' + kmod.DEVICE if st['loaded'] else 'not loaded'}")
+    print(f"built for this kernel: {built or 'no (`idlemap kmod build`)'}")
+    if not st["headers"]:
+        print(f"headers: missing (install linux-headers-{here})")
+    if st["refused"]:
+        print(f"loading refused: {st['refused']}")
+    return 0
