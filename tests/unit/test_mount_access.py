@@ -107,10 +107,11 @@ def test_image_binding_follows_exec_and_exit():
     once the process executed another program, ESRCH once it exited."""
     import errno
     import subprocess
+    import time
 
     from idlemap.errors import NoSuchProcess
     from idlemap.kernel.process import identify
-    from idlemap.services.procfiles import FileOpError, ImageBinding, errno_of
+    from idlemap.services.procfiles import FileOpError, ImageBinding, errno_of, image_key
 
     p = subprocess.Popen(["/bin/sh", "-c", "read x; exec sleep 60"], stdin=subprocess.PIPE)
     try:
@@ -119,11 +120,15 @@ def test_image_binding_follows_exec_and_exit():
         b.check()                                  # nothing changed: still answers
         p.stdin.write(b"go\n")
         p.stdin.flush()
-        for _ in range(500):                       # until sleep runs in place of sh
-            with open(f"/proc/{p.pid}/comm") as f:
-                if f.read().strip() == "sleep":
-                    break
-            __import__("time").sleep(0.01)
+        # Until sleep runs in place of sh, its image complete: comm changes
+        # early in exec, the mm fields (start_code first) at the end of it.
+        prev = None
+        for _ in range(500):
+            key = image_key(p.pid, b.proc.start_ticks)
+            if key == prev and key[0] != 0 and key != b.key:
+                break
+            prev = key
+            time.sleep(0.02)
         with pytest.raises(FileOpError) as e:
             b.check()
         assert e.value.errno == errno.EACCES and "executed a new program" in str(e.value)

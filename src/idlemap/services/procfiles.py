@@ -196,11 +196,24 @@ class ImageBinding:
     write returning 0 would spin a write loop).
     """
 
+    EXEC_WAIT_S = 0.1
+
     def __init__(self, proc: ProcessId):
         self.proc = proc
         self.key = image_key(proc.pid, proc.start_ticks)
         with proc_errors(proc.pid, "pagemap"):
             self.fd = os.open(f"/proc/{proc.pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        # start_code 0: caught inside an exec, after the switch to the new mm
+        # (so the descriptor above is bound to it) but before the loader set
+        # the image up.  Wait for the image to be complete, briefly; if it
+        # never is, every request fails closed (EACCES).
+        deadline = time.monotonic() + self.EXEC_WAIT_S
+        if self.key[0] == 0:
+            while self.key[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.001)
+                self.key = image_key(proc.pid, proc.start_ticks)
+            time.sleep(0.001)        # the loader sets start_brk just after start_code
+            self.key = image_key(proc.pid, proc.start_ticks)
 
     def check(self) -> None:
         try:
