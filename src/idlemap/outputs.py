@@ -72,6 +72,7 @@ def arg(what: str):
             raise argparse.ArgumentTypeError(str(e)) from None
         return text
     parse.__name__ = "path"
+    parse.idlemap_path = True           # tests find every path option by this mark
     return parse
 
 
@@ -79,6 +80,9 @@ def _error(e: OSError, path: str, what: str) -> IdlemapError:
     """One sentence for an OSError met while creating or replacing ``path``."""
     why = e.strerror or str(e)
     if e.errno in (errno.ENOENT, errno.ENOTDIR):
+        if os.path.isdir(os.path.dirname(path) or "."):
+            # /proc, /sys: the directory is there but creates no files
+            return CannotWrite(f"cannot write {what} to {path}: its directory does not take new files")
         return UsageError(f"cannot write {what} to {path}: its directory does not exist")
     if e.errno == errno.EISDIR:
         return UsageError(f"refusing to write {what} to {path}: it is a directory")

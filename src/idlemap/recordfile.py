@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import platform
 import socket
+import stat
 import struct
 import time
 import zlib
@@ -41,8 +43,7 @@ from .analysis.layout import check_sorted, project, same
 from .analysis.usage import mapping_usage
 from .errors import AccessDenied, BadInput
 from .kernel.maps import PAGE_SHIFT, PAGE_SIZE, Mapping
-from .records import IdleMap, MappingUsage, Span, WssSample
-from .scan import Round
+from .records import IdleMap, MappingUsage, PackedRound, Round, Span, WssSample
 
 MAGIC = b"\x89IDLMAP\n"       # high bit and "\n": 7-bit or newline-mangling copies show at once
 VERSION_MAJOR = 1             # readers refuse another major version
@@ -60,6 +61,17 @@ MAX_META_BYTES = 16 << 20
 MAX_FRAME_BYTES = 1 << 30
 MAX_PAGES = 1 << 36            # 256 TiB of 4 KiB pages: beyond any real layout
 ZLIB_MAX_RATIO = 1032          # deflate cannot expand more: bounds what a blob may claim
+# Reading a file never needs more memory than READ_RATIO times its size
+# (docs/record-format.md), or READ_FLOOR for small files, so that a short
+# recording of a process with a large sparse heap still reads (128 MiB /
+# 20 B: 6.7 M pages, 25 GiB of address space).  What grows with a layout's
+# pages is decoding a round: current and previous packed bitmaps, and the
+# unpacked per-page arrays of Record.rounds() -- READ_BYTES_PER_PAGE bytes
+# per page (measured in tests/unit/test_record_bounds.py).
+READ_RATIO = 1000
+READ_FLOOR = 128 << 20
+READ_BYTES_PER_PAGE = 20       # measured ~18: two rounds alive (the caller's and the next) at ~9 each
+MAX_SECONDS = 1e11             # year 5138: any time or duration beyond is damage (and overflows datetime)
 ZLIB_LEVEL = 6
 
 SCHEMA_KEYS = ("pid", "comm", "cmdline", "kernel", "hostname", "backend", "granularity",
@@ -323,10 +335,10 @@ def _int(d: dict, key: str, lo: int = 0, hi: int = (1 << 64) - 1, optional: bool
     return v
 
 
-def _num(d: dict, key: str, default: float | None = None) -> float:
+def _num(d: dict, key: str, default: float | None = None, lo: float = -MAX_SECONDS) -> float:
     v = d.get(key, default)
-    if not (_is_int(v) or type(v) is float) or not math.isfinite(v):
-        raise _Corrupt(f"field {key!r} is {v!r}, not a number")
+    if not (_is_int(v) or type(v) is float) or not math.isfinite(v) or not lo <= v <= MAX_SECONDS:
+        raise _Corrupt(f"field {key!r} is {v!r}, not a number of seconds in [{lo:g}, {MAX_SECONDS:g}]")
     return float(v)
 
 
@@ -393,28 +405,6 @@ def _parse_layout(obj: dict) -> tuple[int, _Layout]:
 
 
 @dataclass(frozen=True)
-class PackedRound:
-    """A per-page round as stored: packed bit rows (little bit order, the
-    RFC's) over ``spans``, for bulk analysis (analysis.hotness.build_history)
-    without unpacking and repacking every page."""
-    index: int
-    wall_time_s: float
-    time_s: float
-    window_s: float
-    pss_bytes: int
-    scan_s: float
-    spans: list[Span]
-    npages: int
-    accessed: np.ndarray
-    present: np.ndarray
-    huge: np.ndarray
-    swapped: np.ndarray
-
-    def unpacked(self, which: str) -> np.ndarray:
-        return np.unpackbits(getattr(self, which), count=self.npages, bitorder="little").view(bool)
-
-
-@dataclass(frozen=True)
 class _RoundFrame:
     obj: dict
     layout: _Layout
@@ -426,7 +416,7 @@ class _RoundFrame:
 def _read_header(data: bytes, path: str) -> tuple[RecordMeta, int]:
     if len(data) == 0:
         raise BadInput(f"{path} is empty, not an idlemap record")
-    if not data.startswith(MAGIC[:min(len(data), len(MAGIC))]):
+    if data[:len(MAGIC)] != MAGIC[:min(len(data), len(MAGIC))]:
         raise BadInput(f"{path} is not an idlemap record (it does not start with the record magic)")
     if len(data) < HEADER.size + U32.size:
         raise BadInput(f"{path} is cut short inside its header ({len(data)} bytes): not a usable record")
@@ -459,8 +449,8 @@ def _read_header(data: bytes, path: str) -> tuple[RecordMeta, int]:
             version=(major, minor), pid=_int(obj, "pid", 0, 1 << 32), comm=_str(obj, "comm", ""),
             cmdline=cmd, kernel=_str(obj, "kernel", ""), hostname=_str(obj, "hostname", ""),
             backend=_str(obj, "backend"), granularity=gran, page_size=_int(obj, "page_size", 1, 1 << 40),
-            interval_s=_num(obj, "interval_s"), rounds_planned=planned,
-            start_time=_num(obj, "start_time"), tlb_flush=_str(obj, "tlb_flush", "none"),
+            interval_s=_num(obj, "interval_s", lo=0.0), rounds_planned=planned,
+            start_time=_num(obj, "start_time", lo=0.0), tlb_flush=_str(obj, "tlb_flush", "none"),
             idlemap_version=_str(obj, "idlemap_version", ""), auto_interval=auto,
             extra={k: v for k, v in obj.items() if k not in SCHEMA_KEYS and k != "auto_interval"})
     except _Corrupt as e:
@@ -474,7 +464,7 @@ def _read_header(data: bytes, path: str) -> tuple[RecordMeta, int]:
 class Record:
     """A record file opened for reading (see :func:`open_record`).
 
-    Iterating yields :class:`~idlemap.scan.Round` objects, exactly what a
+    Iterating yields :class:`~idlemap.records.Round` objects, exactly what a
     live :class:`~idlemap.scan.Scanner` yields: per-page rounds carry an
     :class:`~idlemap.records.IdleMap` and per-mapping totals, mapping-granular
     rounds only the totals.
@@ -484,6 +474,9 @@ class Record:
         self.path = path
         self.meta, off = _read_header(data, path)
         self._data = data
+        # Pages a round may declare: decoding one costs READ_BYTES_PER_PAGE
+        # a page, and the whole read stays within READ_RATIO x the file.
+        self.max_pages = max(READ_RATIO * len(data), READ_FLOOR) // READ_BYTES_PER_PAGE
         self._frames: list[_RoundFrame] = []
         self.complete = False            # an end frame was found: the recorder finished cleanly
         self.end_reason: str | None = None
@@ -535,6 +528,10 @@ class Record:
         blob = body[U32.size + jlen:]
         if kind == b"L":
             lid, lay = _parse_layout(obj)
+            if lay.npages > self.max_pages:
+                raise _Corrupt(f"a layout declares {lay.npages} pages, more than a {len(view)}-byte record can "
+                               f"hold (reading is bounded at {READ_RATIO}x the file's size, "
+                               f"{self.max_pages} pages here)")
             layouts[lid] = lay
         elif kind == b"R":
             self._add_round(obj, layouts, codec, blob, off)
@@ -685,6 +682,19 @@ class Record:
                       accessed_bytes=o["accessed_bytes"], by_mapping=by, idle_map=None, scan_s=o["scan_s"])
         return Round(i, o["wall_time_s"], s)
 
+    def history_bytes(self) -> int:
+        """About what analysis.hotness.build_history and its per-page
+        statistics need for every round of this record: two packed bit rows
+        per round over the largest layout, and ~24 bytes per page of counts.
+        A report checks it against the memory available before starting,
+        since it can exceed the reader's own bound (many rounds of a large,
+        stable address space compress to little on disk)."""
+        pp = [f for f in self._frames if "usage" not in f.obj]
+        if not pp:
+            return 0
+        n = max(f.layout.npages for f in pp)
+        return len(pp) * 2 * ((n + 7) // 8) + 24 * n
+
     def describe(self) -> dict:
         """Everything about the file except the rounds themselves."""
         return {"path": self.path, "format_version": f"{self.meta.version[0]}.{self.meta.version[1]}",
@@ -693,7 +703,13 @@ class Record:
                 "size_bytes": len(self._data)}
 
     def close(self) -> None:
-        self._data = b""
+        data, self._data = self._data, b""
+        self._frames = []
+        if isinstance(data, mmap.mmap):
+            try:
+                data.close()
+            except BufferError:      # a caller still holds a round's bytes: the GC unmaps it later
+                pass
 
     def __enter__(self) -> "Record":
         return self
@@ -713,14 +729,47 @@ def open_record(path: str | os.PathLike, salvage: bool = False) -> Record:
     """
     p = os.fspath(path)
     try:
-        with open(p, "rb") as f:
-            data = f.read()
+        # A FIFO, /dev/zero or a terminal is refused before it is opened
+        # (opening a FIFO for reading blocks until a writer comes); the open
+        # is non-blocking anyway, and the opened file is checked again, in
+        # case the path changed between the two.
+        _require_regular(p, os.stat(p).st_mode)
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
         raise BadInput(f"no such record file: {p}") from None
-    except IsADirectoryError:
-        raise BadInput(f"{p} is a directory, not a record file") from None
     except PermissionError:
         raise AccessDenied(p) from None
     except OSError as e:
-        raise BadInput(f"cannot read {p}: {e.strerror}") from None
-    return Record(p, data, salvage=salvage)
+        raise BadInput(f"cannot read {p}: {(e.strerror or str(e)).lower()}") from None
+    try:
+        st = os.fstat(fd)
+        _require_regular(p, st.st_mode)
+        if st.st_size == 0:
+            raise BadInput(f"{p} is empty, not an idlemap record")
+        # Mapped, not read: only the bytes the reader looks at are paged in,
+        # so a huge (or sparse) file costs what is parsed -- and a non-record
+        # is refused after its first bytes.
+        try:
+            data = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ)
+        except (OSError, ValueError, OverflowError) as e:
+            raise BadInput(f"cannot read {p}: {e}") from None
+    finally:
+        os.close(fd)
+    try:
+        return Record(p, data, salvage=salvage)
+    except BaseException:
+        try:
+            data.close()
+        except BufferError:         # the traceback still holds a view: unmapped when it goes
+            pass
+        raise
+
+
+def _require_regular(path: str, mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise BadInput(f"{path} is a directory, not a record file")
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+                else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "not a regular file")
+        raise BadInput(f"{path} is {kind}, not a record file (records are regular files)")

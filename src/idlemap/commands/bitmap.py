@@ -11,7 +11,7 @@ from .. import outputs, validate
 from ..bitmap import IdleBitmap, require_page_idle
 from ..errors import BadInput, UsageError
 from ..kernel.maps import PAGE_SHIFT, PAGE_SIZE
-from ..kernel.process import cmdline, identify
+from ..kernel.process import cmdline
 from . import add_tlb_arguments, parse_range, pid_arg, take_pid, tlb_note, tlb_policy
 from . import user_target
 

@@ -7,7 +7,6 @@ import time
 
 from .. import backends, outputs, validate
 from ..errors import NoSuchProcess, UsageError
-from ..kernel.process import identify
 from ..recordfile import RecordWriter, make_meta
 from ..render.progress import Progress
 from ..render.text import json_line

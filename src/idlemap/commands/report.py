@@ -106,11 +106,25 @@ def run(args) -> int:
         return _info(rec, args)
     if len(rec) == 0:
         raise UsageError(f"{args.file} holds no finished round yet")
+    _check_memory(rec, args.file)
     h = H.build_history(rec.packed_rounds(), pid=rec.meta.pid)
     source = {"record": os.path.abspath(args.file), "pid": rec.meta.pid, "comm": rec.meta.comm,
               "backend": rec.meta.backend, "interval_s": rec.meta.interval_s}
     return show(args.kind, h, args, source, window=parse_rounds(args.rounds),
                 va_ranges=[parse_range(r) for r in args.va_range])
+
+
+def _check_memory(rec, path: str) -> None:
+    # One sentence instead of a MemoryError (or the OOM killer) part-way.
+    need = rec.history_bytes()
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return
+    if need > avail:
+        raise UsageError(f"a report on the {len(rec)} rounds of {path} would need about {human_bytes(need)} "
+                         f"of memory and {human_bytes(avail)} is available")
 
 
 def _info(rec, args) -> int:

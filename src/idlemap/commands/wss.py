@@ -6,7 +6,6 @@ import time
 from .. import backends, validate
 from ..analysis.wss import profile_windows, summarize, top_mappings
 from ..errors import NoSuchProcess, UsageError
-from ..kernel.process import identify
 from ..render.text import MB, Table, json_line, mb
 from . import add_damon_arguments, add_tlb_arguments, damon_kwargs, pid_arg, take_pid, tlb_note, tlb_policy
 from . import user_target
