@@ -16,6 +16,7 @@ from ..errors import UsageError
 from ..kernel.features import probe
 from ..kernel.maps import PAGE_SHIFT
 from ..kernel.process import identify
+from ..tlb import resolve as resolve_tlb
 from ..workload import Workload
 
 HELP = "start a workload whose hot set is known, measure it, and print measured vs true"
@@ -119,7 +120,9 @@ def _here(args) -> int:
             print(f"{'WINDOW':>6} {'Est(s)':>7} {'TRUE_HOT(MiB)':>14} {'MEASURED(MiB)':>14} {'ERROR(%)':>9} "
                   f"{'HOT_PAGES_SEEN':>15} {'COLD_PAGES_IDLE':>16} {'PROC_WSS(MiB)':>14}", flush=True)
         results = []
-        with PageIdleBackend(proc, ranges=None) as be:
+        # The defaults every command uses: flushed after each mark (tlb.py).
+        policy = resolve_tlb(proc, "auto", can_flush=True)
+        with PageIdleBackend(proc, ranges=None, tlb_flush=policy.flush) as be:
             be.mark()
             for i in range(args.windows):
                 time.sleep(args.interval)
@@ -147,7 +150,7 @@ def _here(args) -> int:
                           f"{s.accessed_bytes / MiB:>14.1f}", flush=True)
             last_acc = acc
         # The same workload through clear_refs: exact per mapping, no page map.
-        with ClearRefsBackend(proc) as cb:
+        with ClearRefsBackend(proc, tlb_flush=policy.flush) as cb:
             cb.mark()
             time.sleep(args.interval)
             cs = cb.sample(remark=False)

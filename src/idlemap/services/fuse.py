@@ -33,12 +33,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..tlb import resolve as resolve_tlb
+from ..bitmap import IdleBitmap
 from ..errors import FeatureMissing, IdlemapError, NoSuchProcess, UsageError
 from ..kernel import creds as kcreds
 from ..kernel.process import ProcessId, identify, list_pids
+from ..tlb import resolve as resolve_tlb
 from . import access
-from ..bitmap import IdleBitmap
 from .procfiles import (BITMAP_FILE_BYTES, BitmapFile, FileOpError, IdlePagesFile, ImageBinding,
                         MarkLog, WssFile, errno_of)
 
@@ -334,7 +334,7 @@ def build_operations(config: MountConfig):
                 return BitmapFile(proc, "present")
             if kind == IDLE_PAGES:
                 return IdlePagesFile(proc, IdleBitmap(proc, tlb_flush=tlb))
-            bm = IdleBitmap(proc) if self.config.backend == "page_idle" else None
+            bm = IdleBitmap(proc, tlb_flush=tlb) if self.config.backend == "page_idle" else None
             return WssFile(proc, bm, self.marks, self.config.backend)
 
         async def _run(self, fh: int, what: str, fn: Callable, *args):
