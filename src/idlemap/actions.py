@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .analysis import actions as pol
-from .bitmap import HPAGE_PAGES, spans_for
+from .analysis.spans import HPAGE_PAGES, spans_for
 from .errors import NoSuchProcess, UsageError
 from .kernel import numa, smaps
 from .kernel import pagemap as pm

@@ -1,4 +1,6 @@
-"""Typed records passed between layers (kernel -> backends -> analysis -> render)."""
+"""Typed records passed between layers (kernel -> backends -> analysis -> render):
+what a window measured (WssSample, IdleMap, MappingUsage) and what a
+scanner or a record file hands on (Round, PackedRound)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -124,3 +126,67 @@ class WssSample:
     @property
     def idle_bytes(self) -> int:
         return max(0, self.rss_bytes - self.accessed_bytes)
+
+
+# Mapping kinds (kernel/maps.py) counted as file-backed in the anon/file
+# split: their pages are in the page cache (shmem is "file" to the kernel
+# too: pagemap bit 61, and it is reclaimed by swapping the page cache).
+FILE_KINDS = frozenset({"file", "shmem"})
+
+
+def usage_key(u: MappingUsage) -> tuple[int, str]:
+    """How a mapping is recognised across rounds: its start and label (the
+    heap keeps its start while its end grows)."""
+    return (u.mapping.start, u.mapping.label)
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """One scan window, from a live scanner or read back from a record.
+
+    ``sample`` is what the backend measured for the window that ended at
+    ``sample.time_s`` (CLOCK_MONOTONIC of the scanning host); per-page
+    detail is in ``sample.idle_map`` for page-granular backends, ``None``
+    for mapping-granular ones (clear_refs).
+    """
+    index: int                # 0-based round number
+    wall_time_s: float        # time.time() when the window closed
+    sample: WssSample
+
+    @property
+    def idle_map(self) -> IdleMap | None:
+        return self.sample.idle_map
+
+    @property
+    def accessed_bytes(self) -> int:
+        return self.sample.accessed_bytes
+
+    @property
+    def anon_accessed_bytes(self) -> int:
+        return sum(u.accessed_bytes for u in self.sample.by_mapping if u.mapping.kind not in FILE_KINDS)
+
+    @property
+    def file_accessed_bytes(self) -> int:
+        return sum(u.accessed_bytes for u in self.sample.by_mapping if u.mapping.kind in FILE_KINDS)
+
+
+@dataclass(frozen=True)
+class PackedRound:
+    """A per-page round as stored: packed bit rows (little bit order, the
+    RFC's) over ``spans``, for bulk analysis (analysis.hotness.build_history)
+    without unpacking and repacking every page."""
+    index: int
+    wall_time_s: float
+    time_s: float
+    window_s: float
+    pss_bytes: int
+    scan_s: float
+    spans: list[Span]
+    npages: int
+    accessed: np.ndarray
+    present: np.ndarray
+    huge: np.ndarray
+    swapped: np.ndarray
+
+    def unpacked(self, which: str) -> np.ndarray:
+        return np.unpackbits(getattr(self, which), count=self.npages, bitorder="little").view(bool)

@@ -24,57 +24,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from . import backends, tlb
+from .analysis.spans import merge_ranges
 from .kernel.process import ProcessId
-from .records import IdleMap, MappingUsage, WssSample
-
-# Mapping kinds (kernel/maps.py) counted as file-backed in the anon/file
-# split: their pages are in the page cache (shmem is "file" to the kernel
-# too: pagemap bit 61, and it is reclaimed by swapping the page cache).
-FILE_KINDS = frozenset({"file", "shmem"})
-
-
-@dataclass(frozen=True, slots=True)
-class Round:
-    """One scan window, from a live scanner or read back from a record.
-
-    ``sample`` is what the backend measured for the window that ended at
-    ``sample.time_s`` (CLOCK_MONOTONIC of the scanning host); per-page
-    detail is in ``sample.idle_map`` for page-granular backends, ``None``
-    for mapping-granular ones (clear_refs).
-    """
-    index: int                # 0-based round number
-    wall_time_s: float        # time.time() when the window closed
-    sample: WssSample
-
-    @property
-    def idle_map(self) -> IdleMap | None:
-        return self.sample.idle_map
-
-    @property
-    def accessed_bytes(self) -> int:
-        return self.sample.accessed_bytes
-
-    @property
-    def anon_accessed_bytes(self) -> int:
-        return sum(u.accessed_bytes for u in self.sample.by_mapping if u.mapping.kind not in FILE_KINDS)
-
-    @property
-    def file_accessed_bytes(self) -> int:
-        return sum(u.accessed_bytes for u in self.sample.by_mapping if u.mapping.kind in FILE_KINDS)
-
-
-def merge_ranges(ranges: Iterable[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
-    """Sorted, non-overlapping VA ranges (overlaps would count pages twice)."""
-    if ranges is None:
-        return None
-    out: list[list[int]] = []
-    for lo, hi in sorted((int(a), int(b)) for a, b in ranges):
-        if out and lo <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], hi)
-        else:
-            out.append([lo, hi])
-    return [(a, b) for a, b in out]
-
+from .records import Round
 
 class Scanner:
     """Rounds of one backend over one process (see the module docstring)."""
@@ -100,7 +52,7 @@ class Scanner:
         if cls.caps.tlb_flush:
             kw["tlb_flush"] = self.tlb_flush
         if guest is not None:
-            from .vmtarget import GuestBackend
+            from .backends.guest import GuestBackend
             self.backend = GuestBackend(cls, proc, guest, **kw)
         elif cls.name == "page_idle":
             self.backend = cls(proc, ranges=self.ranges, with_pss=with_pss, **kw)
@@ -240,9 +192,3 @@ def calibrate(scanner: Scanner, min_s: float = 0.1, max_s: float = 30.0,
         if c is not None:
             return c
         t = min(t * 2, max_s)
-
-
-def usage_key(u: MappingUsage) -> tuple[int, str]:
-    """How a mapping is recognised across rounds: its start and label (the
-    heap keeps its start while its end grows)."""
-    return (u.mapping.start, u.mapping.label)

@@ -10,10 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .backends.page_idle import usage_by_mapping
+from .analysis.usage import idle_map_usage
 from .kernel.maps import PAGE_SHIFT, Mapping, classify
-from .records import IdleMap, Span, WssSample
-from .scan import Round
+from .records import IdleMap, Round, Span, WssSample
 
 
 def mapping(start: int, size_bytes: int, path: str = "", perms: str = "rw-p") -> Mapping:
@@ -42,7 +41,7 @@ def make_round(index: int, sp: Sequence[Span], accessed: np.ndarray, present: np
                 zeros if swapped is None else swapped, t, interval_s)
     s = WssSample(pid=pid, backend="page_idle", time_s=t, window_s=interval_s,
                   rss_bytes=int(present.sum()) << PAGE_SHIFT, pss_bytes=-1,
-                  accessed_bytes=int(acc.sum()) << PAGE_SHIFT, by_mapping=usage_by_mapping(m),
+                  accessed_bytes=int(acc.sum()) << PAGE_SHIFT, by_mapping=idle_map_usage(m),
                   idle_map=m, scan_s=0.001)
     return Round(index, wall0 + (index + 1) * interval_s, s)
 

@@ -9,7 +9,8 @@ path).  Under TCG they are plain loads and stores of the QEMU process.
 
 This module finds the guest RAM mappings and the guest-physical ->
 host-virtual map (:class:`GuestLayout`), and turns the VA-indexed results
-of any backend into guest-physical terms:
+of any backend into guest-physical terms (backends/guest.py wraps a backend
+with it):
 
 >>> layout = find_guest_ram(pid)                    # or qmp="/run/vm.qmp"
 >>> bm = IdleBitmap(pid); bm.mark_idle(layout.hva_ranges()); ...
@@ -33,7 +34,6 @@ How the layout is found, most exact first:
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 import re
@@ -42,12 +42,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backends.base import Backend
-from .backends.page_idle import usage_by_mapping
-from .errors import BadInput, NoSuchProcess, UsageError, proc_errors
-from .kernel import smaps
+from .analysis.spans import merge_ranges
+from .analysis.usage import idle_map_usage
+from .errors import BadInput, NoSuchProcess, UsageError
 from .kernel.maps import PAGE_SHIFT, Mapping, read_maps
-from .kernel.process import ProcessId, cmdline, identify, list_pids
+from .kernel.process import cmdline, identify, list_pids
 from .records import IdleMap, MappingUsage, Span, WssSample
 
 MiB, GiB = 1 << 20, 1 << 30
@@ -60,7 +59,7 @@ _VMM_NAMES = {"firecracker": "firecracker", "cloud-hypervisor": "cloud-hyperviso
               "crosvm": "crosvm", "qemu-kvm": "qemu"}
 
 __all__ = ["GuestRamRegion", "GuestLayout", "VmmProcess", "find_guest_ram", "list_vmms",
-           "gpa_ranges_to_hva", "idle_map_to_gpa", "guest_sample", "GuestBackend",
+           "gpa_ranges_to_hva", "idle_map_to_gpa", "guest_sample",
            "x86_ram_split", "parse_qemu_argv"]
 
 
@@ -101,7 +100,7 @@ class GuestLayout:
 
     def hva_ranges(self) -> list[tuple[int, int]]:
         """Host VA ranges of all guest RAM, sorted and merged."""
-        return _merge((r.hva_start, r.hva_end) for r in self.regions)
+        return merge_ranges((r.hva_start, r.hva_end) for r in self.regions)
 
     def gpa_to_hva(self, gpa: int) -> int | None:
         for r in self.regions:
@@ -123,16 +122,6 @@ class VmmProcess:
     comm: str
     argv: tuple[str, ...]
     arch: str = ""            # QEMU target (x86_64, aarch64...), "" if unknown
-
-
-def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[list[int]] = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], hi)
-        else:
-            out.append([lo, hi])
-    return [(a, b) for a, b in out]
 
 
 # -- which processes are VMMs --------------------------------------------------
@@ -698,7 +687,7 @@ def gpa_ranges_to_hva(layout: GuestLayout, ranges: Iterable[tuple[int, int]] | N
             a, b = max(lo, r.gpa_start), min(hi, r.gpa_end)
             if a < b:
                 out.append((r.hva_start + a - r.gpa_start, r.hva_start + b - r.gpa_start))
-    return _merge(out)
+    return merge_ranges(out)
 
 
 def clip_regions(layout: GuestLayout, ranges: Iterable[tuple[int, int]] | None) -> list[GuestRamRegion]:
@@ -710,7 +699,7 @@ def clip_regions(layout: GuestLayout, ranges: Iterable[tuple[int, int]] | None) 
     out = []
     page = 1 << PAGE_SHIFT
     for r in regions:
-        for lo, hi in _merge((lo & ~(page - 1), (hi + page - 1) & ~(page - 1)) for lo, hi in ranges):
+        for lo, hi in merge_ranges((lo & ~(page - 1), (hi + page - 1) & ~(page - 1)) for lo, hi in ranges):
             a, b = max(lo, r.gpa_start), min(hi, r.gpa_end)
             if a < b:
                 out.append(GuestRamRegion(a, b - a, r.hva_start + a - r.gpa_start, r.backend_name))
@@ -779,7 +768,7 @@ def guest_sample(s: WssSample, layout: GuestLayout, pss_bytes: int | None = None
     """
     if s.idle_map is not None:
         gm = idle_map_to_gpa(s.idle_map, layout)
-        by_map = usage_by_mapping(gm)
+        by_map = idle_map_usage(gm)
         rss = int(np.count_nonzero(gm.present)) << PAGE_SHIFT
         acc = int(np.count_nonzero(gm.accessed)) << PAGE_SHIFT
         return WssSample(pid=s.pid, backend=s.backend, time_s=s.time_s, window_s=s.window_s,
@@ -798,58 +787,6 @@ def guest_sample(s: WssSample, layout: GuestLayout, pss_bytes: int | None = None
                      pss_bytes=sum(u.pss_bytes for u in rows) if all(u.pss_bytes >= 0 for u in rows) else -1,
                      accessed_bytes=sum(u.accessed_bytes for u in rows), by_mapping=rows,
                      idle_map=None, scan_s=s.scan_s)
-
-
-class GuestBackend(Backend):
-    """Any backend, aimed at a VMM's guest RAM and answering in guest terms.
-
-    Backends that take ``ranges`` (page_idle) scan only guest RAM; others
-    (clear_refs) measure the whole VMM and are cut down to its RAM mappings.
-    A backend that cannot see accesses made through EPT/NPT is refused for
-    a KVM guest instead of reporting it idle.
-    """
-
-    def __init__(self, inner_cls: type[Backend], proc: ProcessId, layout: GuestLayout, **kw):
-        super().__init__(proc)
-        if layout.accel == "kvm" and not inner_cls.caps.sees_guest_accesses:
-            raise UsageError(f"the {inner_cls.name} backend cannot see a KVM guest's accesses (they go "
-                             "through EPT/NPT page tables it does not age); use page_idle, see docs/vms.md")
-        self.layout = layout
-        self.name = inner_cls.name
-        self.caps = inner_cls.caps
-        params = inspect.signature(inner_cls.__init__).parameters
-        if "ranges" in params:
-            kw["ranges"] = layout.hva_ranges()
-        self._own_pss = "with_pss" in params
-        if self._own_pss:
-            kw["with_pss"] = False     # the VMM's whole-process PSS is not the guest's
-        self.inner = inner_cls(proc, **kw)
-
-    def mark(self) -> None:
-        self.inner.mark()
-
-    def sample(self, remark: bool = True) -> WssSample:
-        s = self.inner.sample(remark=remark)
-        return guest_sample(s, self.layout, self._pss() if self._own_pss else None)
-
-    def _pss(self) -> int:
-        """PSS of the VMM's guest RAM mappings (smaps has the mapcounts)."""
-        ranges = self.layout.hva_ranges()
-        with proc_errors(self.proc.pid, "smaps"):
-            entries = smaps.read_smaps(self.proc.pid)
-        return sum(e.get("Pss") for e in entries
-                   if any(lo < e.mapping.end and e.mapping.start < hi for lo, hi in ranges))
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-def open_guest_backend(inner_cls: type[Backend], pid: int | ProcessId, qmp: str | None = None,
-                       **kw) -> GuestBackend:
-    """find_guest_ram + GuestBackend: what `wss --vm` and the exporter need."""
-    proc = pid if isinstance(pid, ProcessId) else identify(pid)
-    layout = find_guest_ram(describe(proc.pid), qmp)
-    return GuestBackend(inner_cls, proc, layout, **kw)
 
 
 def layout_summary(layout: GuestLayout) -> str:

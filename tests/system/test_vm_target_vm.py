@@ -38,7 +38,8 @@ from idlemap.cli import main
 from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE
 from idlemap.kernel.page_idle import PATH as BITMAP_PATH
 from idlemap.kernel.process import identify
-from idlemap.vmtarget import GuestBackend, find_guest_ram, hot_gpa_ranges
+from idlemap.backends.guest import GuestBackend
+from idlemap.vmtarget import find_guest_ram, hot_gpa_ranges
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(
     not os.path.exists(BITMAP_PATH), reason="no page_idle: CONFIG_IDLE_PAGE_TRACKING is not set")]

@@ -6,8 +6,7 @@ import numpy as np
 from idlemap import synth
 from idlemap.kernel.maps import PAGE_SIZE
 from idlemap.recordfile import RecordWriter
-from idlemap.records import MappingUsage, WssSample
-from idlemap.scan import Round
+from idlemap.records import MappingUsage, Round, WssSample
 
 MiB = 1 << 20
 HEAP = 0x5555_0000_0000

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from idlemap.bitmap import HPAGE_PAGES, find_huge_blocks, spans_for
+from idlemap.analysis.spans import HPAGE_PAGES, find_huge_blocks, spans_for
 from idlemap.kernel import pagemap as pm
 from idlemap.kernel.frames import buffer_index, word_runs
 from idlemap.kernel.maps import PAGE_SIZE, Mapping

@@ -1,6 +1,6 @@
 """Hotness over time: pure functions over a series of scan rounds.
 
-Input: :class:`~idlemap.scan.Round` objects, from a live scanner or a
+Input: :class:`~idlemap.records.Round` objects, from a live scanner or a
 record file (the same objects either way).  :func:`build_history` puts
 every round's per-page bits on one common layout (the union of all the
 rounds' spans, labelled by mapping) as packed bit rows; everything else is
@@ -26,8 +26,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..kernel.maps import PAGE_SHIFT, PAGE_SIZE, Mapping
-from ..records import MappingUsage, Span
-from ..scan import FILE_KINDS, Round, usage_key
+from ..records import FILE_KINDS, MappingUsage, PackedRound, Round, Span, usage_key
 from .layout import npages_of, project, ranges_of, same, union
 from .usage import mapping_usage_packed
 
@@ -183,10 +182,9 @@ def _packed_info(p) -> RoundInfo:
 
 
 def build_history(rounds: Iterable, pid: int | None = None) -> History:
-    """Collect rounds into a :class:`History`: :class:`~idlemap.scan.Round`
+    """Collect rounds into a :class:`History`: :class:`~idlemap.records.Round`
     objects (live, or ``Record.rounds()``) or, faster for records,
     ``Record.packed_rounds()`` (bits stay packed)."""
-    from ..recordfile import PackedRound
     infos: list[RoundInfo] = []
     layouts: list[list[Span]] = []
     layout_ids: dict[tuple, int] = {}

@@ -7,20 +7,36 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..kernel.maps import PAGE_SHIFT
-from ..records import MappingUsage, Span
+from ..records import IdleMap, MappingUsage, Span
 
 
 def mapping_usage(spans: Sequence[Span], present: np.ndarray, accessed: np.ndarray,
                   swapped: np.ndarray) -> list[MappingUsage]:
-    """Like backends.page_idle.usage_by_mapping (spans of one mapping merged,
-    PSS unknown: -1), from flat bool arrays."""
+    """Per-mapping totals (spans of one mapping merged, PSS unknown: -1)
+    from flat bool arrays laid out as ``spans``."""
     if not spans:
         return []
     offs = np.fromiter((s.offset for s in spans), dtype=np.int64, count=len(spans))
-    p = np.add.reduceat(present, offs, dtype=np.int64).tolist()
-    a = np.add.reduceat(accessed, offs, dtype=np.int64).tolist()
-    w = np.add.reduceat(swapped, offs, dtype=np.int64).tolist()
+    ends = offs + np.fromiter((s.npages for s in spans), dtype=np.int64, count=len(spans))
+    if offs[0] == 0 and ends[-1] == present.size and (ends > offs).all() and (offs[1:] == ends[:-1]).all():
+        # The spans tile the arrays (the usual case): one reduceat per array.
+        p = np.add.reduceat(present, offs, dtype=np.int64).tolist()
+        a = np.add.reduceat(accessed, offs, dtype=np.int64).tolist()
+        w = np.add.reduceat(swapped, offs, dtype=np.int64).tolist()
+    else:
+        # Gaps, empty spans or a tail past the last span: reduceat would
+        # count what lies outside the spans, prefix sums do not.
+        def counts(arr: np.ndarray) -> list[int]:
+            cs = np.concatenate(([0], np.cumsum(arr, dtype=np.int64)))
+            return (cs[ends] - cs[offs]).tolist()
+        p, a, w = counts(present), counts(accessed), counts(swapped)
     return _merge(spans, p, a, w)
+
+
+def idle_map_usage(m: IdleMap) -> list[MappingUsage]:
+    """Per-mapping totals of one per-page reading: present, accessed
+    (present and not idle) and swapped pages."""
+    return mapping_usage(m.spans, m.present, m.accessed, m.swapped)
 
 
 def _merge(spans: Sequence[Span], p: list[int], a: list[int], w: list[int]) -> list[MappingUsage]:

@@ -46,7 +46,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..analysis.regions import batch_starts, bytes_within, covered_pages, merge_intervals
-from ..bitmap import spans_for
+from ..analysis.spans import spans_for
+from ..analysis.usage import idle_map_usage
 from ..errors import AccessDenied, FeatureMissing, IdlemapError, TargetExited, UsageError
 from ..kernel import damon_sysfs as ds
 from ..kernel import damon_trace as dt
@@ -56,7 +57,6 @@ from ..kernel.maps import PAGE_SHIFT, read_maps
 from ..kernel.process import ProcessId, check_same
 from ..records import IdleMap, MappingUsage, WssSample
 from .base import Backend, Capabilities
-from .page_idle import usage_by_mapping
 
 LOCK_NAME = b"\0idlemap-damon"
 ALTERNATIVE = "`--backend clear_refs` gives exact referenced bytes per mapping"
@@ -596,7 +596,7 @@ class DamonSession:
             accessed = covered_pages(spans, total, starts, ends) & present
             idle_map = IdleMap(proc.pid, spans, present, present & ~accessed,
                                np.zeros(total, dtype=bool), (entries & pm.SWAPPED) != 0, now, now - t0)
-            by_map = usage_by_mapping(idle_map)
+            by_map = idle_map_usage(idle_map)
             rss = int(np.count_nonzero(present)) << PAGE_SHIFT
             acc = int(np.count_nonzero(accessed)) << PAGE_SHIFT
         else:

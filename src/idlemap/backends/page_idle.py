@@ -13,27 +13,12 @@ import time
 
 import numpy as np
 
+from ..analysis.usage import idle_map_usage
 from ..bitmap import IdleBitmap
 from ..kernel import smaps
-from ..kernel.maps import PAGE_SHIFT, PAGE_SIZE
-from ..records import IdleMap, MappingUsage, WssSample
+from ..kernel.maps import PAGE_SHIFT
+from ..records import WssSample
 from .base import Backend, Capabilities
-
-
-def usage_by_mapping(m: IdleMap) -> list[MappingUsage]:
-    """Per-mapping totals from a per-page map (spans of one mapping merged)."""
-    acc: dict[int, list] = {}
-    for s in m.spans:
-        sl = m.span_slice(s)
-        p = int(np.count_nonzero(m.present[sl]))
-        a = int(np.count_nonzero(m.present[sl] & ~m.idle[sl]))
-        sw = int(np.count_nonzero(m.swapped[sl]))
-        cur = acc.setdefault(s.mapping.start, [s.mapping, 0, 0, 0])
-        cur[1] += p
-        cur[2] += a
-        cur[3] += sw
-    return [MappingUsage(mp, p * PAGE_SIZE, -1, a * PAGE_SIZE, (p - a) * PAGE_SIZE, sw * PAGE_SIZE)
-            for mp, p, a, sw in acc.values()]
 
 
 class PageIdleBackend(Backend):
@@ -57,7 +42,7 @@ class PageIdleBackend(Backend):
         c0 = time.process_time()
         m = self.bitmap.read(self.ranges, remark=remark)
         cost = time.process_time() - c0
-        by_map = usage_by_mapping(m)
+        by_map = idle_map_usage(m)
         rss = int(np.count_nonzero(m.present)) << PAGE_SHIFT
         pss = -1
         if self.with_pss:

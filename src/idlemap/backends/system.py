@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..analysis import system as an
-from ..bitmap import find_huge_blocks
+from ..analysis.spans import find_huge_blocks
 from ..errors import AccessDenied, NoSuchProcess, UsageError, proc_errors
 from .. import tlb
 from ..kernel import clear_refs as cr

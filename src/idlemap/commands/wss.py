@@ -80,7 +80,8 @@ def run(args) -> int:
     kw.update(damon_kwargs(args, choice.cls.name))
     damon = kw.get("settings")          # DamonSettings with --backend damon, else None
     if args.vm:
-        from ..vmtarget import layout_summary, open_guest_backend
+        from ..backends.guest import open_guest_backend
+        from ..vmtarget import layout_summary
         backend = open_guest_backend(choice.cls, proc, args.qmp, **kw)
         if not args.json:
             print(f"PID {pid} is a VM: {layout_summary(backend.layout)}; sizes below are the guest's RAM.")
