@@ -43,8 +43,7 @@ from .analysis.layout import check_sorted, project, same
 from .analysis.usage import mapping_usage
 from .errors import AccessDenied, BadInput
 from .kernel.maps import PAGE_SHIFT, PAGE_SIZE, Mapping
-from .records import IdleMap, MappingUsage, Span, WssSample
-from .scan import Round
+from .records import IdleMap, MappingUsage, PackedRound, Round, Span, WssSample
 
 MAGIC = b"\x89IDLMAP\n"       # high bit and "\n": 7-bit or newline-mangling copies show at once
 VERSION_MAJOR = 1             # readers refuse another major version
@@ -406,28 +405,6 @@ def _parse_layout(obj: dict) -> tuple[int, _Layout]:
 
 
 @dataclass(frozen=True)
-class PackedRound:
-    """A per-page round as stored: packed bit rows (little bit order, the
-    RFC's) over ``spans``, for bulk analysis (analysis.hotness.build_history)
-    without unpacking and repacking every page."""
-    index: int
-    wall_time_s: float
-    time_s: float
-    window_s: float
-    pss_bytes: int
-    scan_s: float
-    spans: list[Span]
-    npages: int
-    accessed: np.ndarray
-    present: np.ndarray
-    huge: np.ndarray
-    swapped: np.ndarray
-
-    def unpacked(self, which: str) -> np.ndarray:
-        return np.unpackbits(getattr(self, which), count=self.npages, bitorder="little").view(bool)
-
-
-@dataclass(frozen=True)
 class _RoundFrame:
     obj: dict
     layout: _Layout
@@ -487,7 +464,7 @@ def _read_header(data: bytes, path: str) -> tuple[RecordMeta, int]:
 class Record:
     """A record file opened for reading (see :func:`open_record`).
 
-    Iterating yields :class:`~idlemap.scan.Round` objects, exactly what a
+    Iterating yields :class:`~idlemap.records.Round` objects, exactly what a
     live :class:`~idlemap.scan.Scanner` yields: per-page rounds carry an
     :class:`~idlemap.records.IdleMap` and per-mapping totals, mapping-granular
     rounds only the totals.
