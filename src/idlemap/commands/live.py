@@ -56,7 +56,8 @@ def scan_and_show(kind: str, args) -> int:
                          ("limit", 40), ("sort", "va"), ("top", 12)):
         if not hasattr(args, opt):
             setattr(args, opt, default)
-    source = {"pid": sc.proc.pid, "comm": sc.proc.comm, "backend": sc.backend_name, "interval_s": interval}
+    source = {"pid": sc.proc.pid, "comm": sc.proc.comm, "backend": sc.backend_name, "interval_s": interval,
+              **sc.tlb.as_dict()}
     rc = show(kind, h, args, source)
     if writer and not args.json:
         print(f"rounds saved to {args.output}")

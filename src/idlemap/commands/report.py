@@ -109,7 +109,8 @@ def run(args) -> int:
     _check_memory(rec, args.file)
     h = H.build_history(rec.packed_rounds(), pid=rec.meta.pid)
     source = {"record": os.path.abspath(args.file), "pid": rec.meta.pid, "comm": rec.meta.comm,
-              "backend": rec.meta.backend, "interval_s": rec.meta.interval_s}
+              "backend": rec.meta.backend, "interval_s": rec.meta.interval_s,
+              "tlb_flush": rec.meta.tlb_flush, "tlb_exact": rec.meta.tlb_flush != "none"}
     return show(args.kind, h, args, source, window=parse_rounds(args.rounds),
                 va_ranges=[parse_range(r) for r in args.va_range])
 
@@ -177,6 +178,11 @@ def show(kind: str, h: H.History, args, source: dict, window: tuple[int | None, 
         h = h.restrict(va_ranges)
     head = {"schema": SCHEMA.format(kind=kind), "source": source,
             "round_range": [h.first_round, h.first_round + h.nrounds]}
+    if source.get("tlb_exact") is False and source.get("record") and not args.json:
+        # Said once (a live scan said it when it started), so an unflushed
+        # recording is never taken for exact.
+        print(f"note: these rounds were not TLB-flushed (tlb flush {source.get('tlb_flush')}): hot pages "
+              "cached in the TLB may read idle (docs/tlb.md)")
     if kind == "wss":
         r = H.wss_report(h)
         png = getattr(args, "png", None)
