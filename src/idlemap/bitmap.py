@@ -27,9 +27,9 @@ import numpy as np
 
 from .errors import FeatureMissing, proc_errors
 from . import tlb
-from .kernel import kpageflags, lru
+from .kernel import kpageflags, lru, maps, smaps
 from .kernel import pagemap as pm
-from .kernel.maps import PAGE_SHIFT, Mapping, parse_maps
+from .kernel.maps import PAGE_SHIFT, Mapping
 from .kernel.page_idle import PageIdleBitmap
 from .kernel.process import ProcessId, check_same, identify
 from .records import IdleMap, Span
@@ -148,14 +148,11 @@ class IdleBitmap:
     # -- the two pagemap-derived views -------------------------------------
     def _spans_now(self, ranges) -> tuple[list[Span], tuple[list[int], list[int]]]:
         """The spans to walk now, and their (first page, page count) lists."""
-        pid = self.proc.pid
-        with proc_errors(pid, "the memory map"):
-            with open(f"/proc/{pid}/maps", "rb") as f:
-                data = f.read()
+        data = maps.read_raw(self.proc.pid)
         rs = None if ranges is None else tuple(sorted((int(a), int(b)) for a, b in ranges))
         key = (data, rs)
         if key != self._spans_key:
-            self._spans = spans_for(parse_maps(data.decode("utf-8", "replace")), rs)
+            self._spans = spans_for(maps.parse_maps(data), rs)
             self._reserved = [s.mapping for s in self._spans
                               if s.mapping.perms[:3] == "---" and s.npages >= RESERVED_MIN_PAGES]
             self._spans_key = key
@@ -188,21 +185,7 @@ class IdleBitmap:
                 resident = int(f.read().split()[1])
         if hole_pages <= SMAPS_COST_PER_PAGE * resident:
             return set()
-        with proc_errors(pid, "smaps"):
-            with open(f"/proc/{pid}/smaps", "rb") as f:
-                data = f.read()
-        empty = set()
-        for m in self._reserved:
-            key = b"%08x-%08x " % (m.start, m.end)
-            i = data.find(key)
-            while i > 0 and data[i - 1] != 10:      # only at the start of a line
-                i = data.find(key, i + 1)
-            if i < 0:
-                continue          # the mapping changed since maps: read it
-            end = data.find(b"\nVmFlags:", i)
-            if _smaps_kb(data, b"\nRss:", i, end) == 0 and _smaps_kb(data, b"\nSwap:", i, end) == 0:
-                empty.add(m.start)
-        return empty
+        return smaps.unpopulated(pid, self._reserved)
 
     def _walk(self, ranges) -> tuple[list[Span], np.ndarray]:
         check_same(self.proc)
@@ -421,15 +404,6 @@ class _WalkState:
             h.flags.writeable = False
             self._huge = h
         return self._huge
-
-
-def _smaps_kb(data: bytes, field: bytes, start: int, end: int) -> int:
-    """Value of ``field`` (kB) in the smaps record at ``start``; -1 if absent."""
-    j = data.find(field, start, end if end > 0 else len(data))
-    if j < 0:
-        return -1
-    j += len(field)
-    return int(data[j:data.index(b"k", j)])
 
 
 def require_page_idle() -> None:

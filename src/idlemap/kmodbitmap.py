@@ -25,10 +25,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .bitmap import spans_for
-from .errors import proc_errors
+from .analysis.spans import spans_for
 from .kernel import kmod
-from .kernel.maps import PAGE_SHIFT, parse_maps
+from .kernel.maps import PAGE_SHIFT, parse_maps, read_raw
 from .kernel.process import ProcessId, check_same, identify
 from .records import IdleMap, Span
 
@@ -69,13 +68,10 @@ class KmodBitmap:
         self.close()
 
     def _spans(self, ranges) -> list[Span]:
-        pid = self.proc.pid
-        with proc_errors(pid, "the memory map"):
-            with open(f"/proc/{pid}/maps", "rb") as f:
-                data = f.read()
+        data = read_raw(self.proc.pid)
         if not data:
             check_same(self.proc)       # a zombie has an empty map
-        return spans_for(parse_maps(data.decode("utf-8", "replace")), ranges)
+        return spans_for(parse_maps(data), ranges)
 
     def mark_idle(self, ranges: Iterable[tuple[int, int]] | None = None) -> int:
         """Clear the accessed bit of every present page in ``ranges`` (default:

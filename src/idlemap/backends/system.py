@@ -32,14 +32,14 @@ import numpy as np
 
 from ..analysis import system as an
 from ..analysis.spans import find_huge_blocks
-from ..errors import AccessDenied, NoSuchProcess, UsageError, proc_errors
+from ..errors import AccessDenied, NoSuchProcess, UsageError
 from .. import tlb
 from ..kernel import clear_refs as cr
 from ..kernel import kpageflags, lru, smaps
 from ..kernel import pagemap as pm
 from ..kernel.features import Features, probe
 from ..kernel.frames import SYSFS_IO_CAP, pwrite_runs
-from ..kernel.maps import PAGE_SHIFT, PAGE_SIZE
+from ..kernel.maps import PAGE_SHIFT, PAGE_SIZE, read_raw, tracked_bounds
 from ..kernel.page_idle import PageIdleBitmap
 from ..kernel.tasks import TaskInfo, descendants, list_tasks, read_cgroup
 from .base import Capabilities
@@ -123,7 +123,6 @@ def tracked_frames(spans, entries: np.ndarray, use_kpageflags: bool = True,
 # cheaper than a syscall each (a Python process has ~300 mappings, most of
 # them touching their neighbours).
 MERGE_GAP_PAGES = 64
-_UNTRACKED = (b"[vvar]", b"[vdso]", b"[vsyscall]", b"[vvar_vclock]")
 
 
 def vma_ranges(maps_text: bytes) -> list[tuple[int, int]]:
@@ -133,17 +132,11 @@ def vma_ranges(maps_text: bytes) -> list[tuple[int, int]]:
     PROT_NONE mappings (guard pages, Go/Java/V8 address-space reservations,
     which can be huge and cannot be accessed), so the pagemap read is
     proportional to memory the process can use.  A lighter parse than
-    kernel.maps: a system-wide scan reads thousands of mappings per window
-    and needs only their bounds."""
+    kernel.maps (kernel.maps.tracked_bounds): a system-wide scan reads
+    thousands of mappings per window and needs only their bounds."""
     out: list[list[int]] = []
-    for line in maps_text.split(b"\n"):
-        if not line:
-            continue
-        rng, perms, rest = line.split(b" ", 2)
-        if perms[:3] == b"---" or rest.endswith(_UNTRACKED):
-            continue
-        lo, hi = rng.split(b"-")
-        first, end = int(lo, 16) >> PAGE_SHIFT, int(hi, 16) >> PAGE_SHIFT
+    for lo, hi in tracked_bounds(maps_text, accessible_only=True):
+        first, end = lo >> PAGE_SHIFT, hi >> PAGE_SHIFT
         if out and first - (out[-1][0] + out[-1][1]) <= MERGE_GAP_PAGES:
             out[-1][1] = end - out[-1][0]
         else:
@@ -166,9 +159,7 @@ def walk_process(pid: int, use_kpageflags: bool = True, cache: dict | None = Non
     ``cache`` (with ``key``) keeps the parsed map of an unchanged process.
     With ``guest_ranges`` (a VMM's guest RAM, host VA ranges) the result is
     (all frames, the guest RAM's frames): one walk serves both."""
-    with proc_errors(pid, "the memory map"):
-        with open(f"/proc/{pid}/maps", "rb") as f:
-            text = f.read()
+    text = read_raw(pid)
     hit = cache.get(key) if cache is not None else None
     if hit is not None and hit[0] == text:
         runs = hit[1]

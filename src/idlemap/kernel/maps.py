@@ -13,6 +13,13 @@ PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
 SPECIAL = {"[heap]": "heap", "[vdso]": "vdso", "[vvar]": "vvar", "[vsyscall]": "vsyscall",
            "[vvar_vclock]": "vvar"}
 
+# Mappings whose pages cannot be tracked: vsyscall is not in the page tables
+# of the process, and vvar/vdso pages are kernel pages, never on an LRU list.
+UNTRACKABLE_KINDS = frozenset({"vsyscall", "vvar", "vdso"})
+# The same, as the path field of a maps line (for the bytes-level parser).
+_UNTRACKABLE_PATHS = tuple(p.encode() for p, k in SPECIAL.items() if k in UNTRACKABLE_KINDS)
+_UNTRACKABLE_ENDINGS = tuple(b" " + p for p in _UNTRACKABLE_PATHS)
+
 
 @dataclass(frozen=True, slots=True)
 class Mapping:
@@ -61,7 +68,9 @@ def classify(path: str, perms: str, inode: int) -> str:
     return "other"
 
 
-def parse_maps(text: str) -> list[Mapping]:
+def parse_maps(text: str | bytes) -> list[Mapping]:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
     out = []
     for line in text.splitlines():
         if not line:
@@ -79,13 +88,41 @@ def parse_maps(text: str) -> list[Mapping]:
     return out
 
 
-def read_maps(pid: int) -> list[Mapping]:
+def read_raw(pid: int) -> bytes:
+    """The maps file as bytes: callers that cache a parse key it on these."""
     with proc_errors(pid, "the memory map"):
         with open(f"/proc/{pid}/maps", "rb") as f:
-            return parse_maps(f.read().decode("utf-8", "replace"))
+            return f.read()
+
+
+def read_maps(pid: int) -> list[Mapping]:
+    return parse_maps(read_raw(pid))
 
 
 def trackable(m: Mapping) -> bool:
-    """Mappings whose pages can be tracked: vsyscall is not in the page tables
-    of the process and vvar/vdso pages are kernel pages, never on an LRU list."""
-    return m.kind not in ("vsyscall", "vvar", "vdso")
+    """Mappings whose pages can be tracked (see UNTRACKABLE_KINDS)."""
+    return m.kind not in UNTRACKABLE_KINDS
+
+
+def tracked_bounds(data: bytes, accessible_only: bool = False) -> list[tuple[int, int]]:
+    """(start, end) of the trackable mappings of a maps file, in file order
+    (ascending): :func:`parse_maps` + :func:`trackable` reduced to the
+    bounds, for callers that read maps thousands of times (the system scan,
+    the FUSE mount's first look at a request).  ``accessible_only`` also
+    leaves out PROT_NONE mappings (guard pages, address-space reservations)."""
+    out = []
+    for line in data.split(b"\n"):
+        dash = line.find(b"-")
+        if dash <= 0:
+            continue
+        sp = line.index(b" ", dash)
+        if accessible_only and line[sp + 1:sp + 4] == b"---":
+            continue
+        # Only a line ending in " [vdso]" etc. can be one; its path field
+        # (the sixth, possibly with spaces) then tells it from a file so named.
+        if line.endswith(_UNTRACKABLE_ENDINGS):
+            parts = line.split(None, 5)
+            if len(parts) == 6 and parts[5].strip() in _UNTRACKABLE_PATHS:
+                continue
+        out.append((int(line[:dash], 16), int(line[dash + 1:sp], 16)))
+    return out

@@ -1,6 +1,7 @@
 """/proc/PID/smaps and smaps_rollup: per-mapping byte counters."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..errors import proc_errors
@@ -58,6 +59,45 @@ def read_smaps(pid: int) -> list[SmapsEntry]:
     with proc_errors(pid, "smaps"):
         with open(f"/proc/{pid}/smaps", "rb") as f:
             return parse_smaps(f.read().decode("utf-8", "replace"))
+
+
+def field_kb(data: bytes, name: bytes, start: int, end: int) -> int:
+    """Value (kB) of field ``name`` (b"\\nRss:") in the smaps record of
+    ``data`` (the raw file) between ``start`` and ``end``; -1 if absent.
+    Scans bytes, no decode or split: see :func:`unpopulated`."""
+    j = data.find(name, start, end if end > 0 else len(data))
+    if j < 0:
+        return -1
+    j += len(name)
+    return int(data[j:data.index(b"k", j)])
+
+
+def unpopulated(pid: int, mappings: Iterable[Mapping]) -> set[int]:
+    """Starts of those ``mappings`` that hold no page (Rss and Swap 0).
+
+    For a few big mappings among many: finds each record by its header
+    bytes instead of parsing the whole file (a process can have tens of
+    thousands of mappings, and this runs on every page-idle walk).  A
+    mapping whose bounds changed since the caller read maps is not named."""
+    with proc_errors(pid, "smaps"):
+        with open(f"/proc/{pid}/smaps", "rb") as f:
+            return unpopulated_in(f.read(), mappings)
+
+
+def unpopulated_in(data: bytes, mappings: Iterable[Mapping]) -> set[int]:
+    """:func:`unpopulated` over the raw bytes of an smaps file."""
+    empty = set()
+    for m in mappings:
+        key = b"%08x-%08x " % (m.start, m.end)
+        i = data.find(key)
+        while i > 0 and data[i - 1] != 10:      # only at the start of a line
+            i = data.find(key, i + 1)
+        if i < 0:
+            continue          # the mapping changed since maps: the caller reads it
+        end = data.find(b"\nVmFlags:", i)
+        if field_kb(data, b"\nRss:", i, end) == 0 and field_kb(data, b"\nSwap:", i, end) == 0:
+            empty.add(m.start)
+    return empty
 
 
 def read_rollup(pid: int) -> dict[str, int]:

@@ -27,7 +27,7 @@ from ..bitmap import HPAGE_PAGES, IdleBitmap
 from ..errors import AccessDenied, FeatureMissing, NoSuchProcess, PidReused, TargetExited, proc_errors
 from ..kernel import pagemap as pm
 from ..kernel import smaps
-from ..kernel.maps import PAGE_SHIFT, PAGE_SIZE
+from ..kernel.maps import PAGE_SHIFT, PAGE_SIZE, read_raw, tracked_bounds
 from ..kernel.process import ProcessId, check_same
 
 # Top of the user address space on x86-64 with 4-level page tables
@@ -100,25 +100,14 @@ def widen_huge(lo: int, hi: int) -> tuple[int, int]:
     return lo // HPAGE_VA * HPAGE_VA, -(-hi // HPAGE_VA) * HPAGE_VA
 
 
-def parse_mapped(text: bytes) -> list[tuple[int, int]]:
-    """/proc/PID/maps -> sorted (start, end) of the mappings whose pages can
-    be tracked (not [vdso]/[vvar]/[vsyscall]); a cheap first look that tells
-    whether a request touches any mapping at all."""
-    out = []
-    for line in text.splitlines():
-        dash = line.find(b"-")
-        if dash <= 0:
-            continue
-        if line.endswith(b"]") and b" [v" in line:      # [vdso], [vvar], [vvar_vclock], [vsyscall]
-            continue
-        out.append((int(line[:dash], 16), int(line[dash + 1:line.index(b" ", dash)], 16)))
-    return out
+# /proc/PID/maps -> sorted (start, end) of the mappings whose pages can be
+# tracked: a cheap first look that tells whether a request touches any
+# mapping at all.
+parse_mapped = tracked_bounds
 
 
 def read_mapped(pid: int) -> list[tuple[int, int]]:
-    with proc_errors(pid, "the memory map"):
-        with open(f"/proc/{pid}/maps", "rb") as f:
-            return parse_mapped(f.read())
+    return tracked_bounds(read_raw(pid))
 
 
 class MappedCache:
