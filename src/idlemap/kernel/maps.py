@@ -112,17 +112,17 @@ def tracked_bounds(data: bytes, accessible_only: bool = False) -> list[tuple[int
     leaves out PROT_NONE mappings (guard pages, address-space reservations)."""
     out = []
     for line in data.split(b"\n"):
-        dash = line.find(b"-")
-        if dash <= 0:
+        if not line:
             continue
-        sp = line.index(b" ", dash)
-        if accessible_only and line[sp + 1:sp + 4] == b"---":
+        rng, perms, rest = line.split(b" ", 2)
+        if accessible_only and perms[:3] == b"---":
             continue
         # Only a line ending in " [vdso]" etc. can be one; its path field
         # (the sixth, possibly with spaces) then tells it from a file so named.
-        if line.endswith(_UNTRACKABLE_ENDINGS):
+        if rest.endswith(_UNTRACKABLE_ENDINGS):
             parts = line.split(None, 5)
             if len(parts) == 6 and parts[5].strip() in _UNTRACKABLE_PATHS:
                 continue
-        out.append((int(line[:dash], 16), int(line[dash + 1:sp], 16)))
+        lo, hi = rng.split(b"-")
+        out.append((int(lo, 16), int(hi, 16)))
     return out
