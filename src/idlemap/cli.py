@@ -23,6 +23,7 @@ COMMANDS = {
     "report": "report on a record: wss, hot, cold, histogram, heatmap, info",
     "hot": "scan N rounds, then list hot (or cold) VA ranges by mapping",
     "heatmap": "scan N rounds, then draw accesses by address and time",
+    "advise": "how much memory could go: cold bytes and promotion rate per idle-age threshold",
     "reclaim": "page out pages idle for N rounds (process_madvise)",
     "tier": "move hot pages to the fast NUMA node, cold ones to the slow",
     "top": "every process (and cgroup) by working set, like top",
@@ -46,6 +47,11 @@ class _Parser(argparse.ArgumentParser):
                          f"{message} (see '{self.prog} --help')")
 
 
+# One unit convention everywhere (tables, headers, help): binary MiB written
+# "MiB", so a figure never reads 5% bigger or smaller than it is.
+UNITS_NOTE = "\nunits: sizes in MiB = 2^20 bytes (KiB, GiB likewise binary); JSON sizes are in bytes.\n"
+
+
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     p = _Parser(prog="idlemap", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -59,7 +65,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
             continue
         mod = importlib.import_module(f".commands.{name}", __package__)
         sp = sub.add_parser(name, help=summary, description=mod.HELP,
-                            epilog="examples:\n" + mod.EXAMPLES,
+                            epilog="examples:\n" + mod.EXAMPLES + UNITS_NOTE,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(sp)
         sp.set_defaults(_run=mod.run)

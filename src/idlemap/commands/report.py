@@ -22,8 +22,8 @@ from ..render import hotness as RT
 from ..render.units import human_bytes
 from . import parse_range
 
-HELP = "report on a record file: wss, hot, cold, histogram, heatmap or info"
-KINDS = ("wss", "hot", "cold", "histogram", "heatmap", "info")
+HELP = "report on a record file: wss, hot, cold, histogram, heatmap, advise or info"
+KINDS = ("wss", "hot", "cold", "histogram", "heatmap", "advise", "info")
 EXAMPLES = """\
   idlemap report app.rec info                  # what was recorded, how, how many rounds
   idlemap report app.rec wss                   # WSS p50/p90/p95/p99/max, trend, by mapping
@@ -36,6 +36,7 @@ EXAMPLES = """\
   idlemap report app.rec heatmap --png heat.png   # terminal heatmap + PNG
   idlemap report app.rec heatmap --range 0x7f0000000000-0x7f0040000000
   idlemap report app.rec wss --json            # every report has --json
+  idlemap report app.rec advise --target 0.2%/min   # savings per idle-age threshold (docs/advise.md)
 """
 SCHEMA = "idlemap.report.{kind}/1"
 
@@ -81,6 +82,8 @@ def add_arguments(p) -> None:
     add_window_options(p)
     add_threshold_options(p)
     add_picture_options(p)
+    from .advise import add_target_option
+    add_target_option(p)
 
 
 def parse_rounds(text: str | None) -> tuple[int | None, int | None]:
@@ -198,6 +201,9 @@ def show(kind: str, h: H.History, args, source: dict, window: tuple[int | None, 
                 print(f"\nwrote {png}")
         return 0
     h.require_per_page(f"the {kind} report")
+    if kind == "advise":
+        from .advise import show as advise_show
+        return advise_show(h, args, source, head)
     stats = H.page_stats(h)
     if kind in ("hot", "cold"):
         if kind == "hot":
