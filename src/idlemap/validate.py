@@ -18,7 +18,7 @@ from .errors import UsageError
 
 WEEK_S = 7 * 24 * 3600.0          # longest window any command takes: beyond it is a typo
 MAX_COUNT = 1 << 31               # rounds, windows, rows: more is never meant
-PID_MAX = (1 << 31) - 1          # pid_t; beyond PID_MAX_LIMIT is "no such process" (exit 1), not a typo
+PID_MAX = (1 << 63) - 1          # beyond the kernel's PID_MAX_LIMIT is "no such process" (exit 1), as for a PID argument
 
 
 def _fmt(v: float) -> str:

@@ -233,15 +233,27 @@ def test_repeated_record_keeps_every_recording(tmp_path, target, capsys):
 
 
 @needs_root
-def test_png_into_read_only_file_system(tmp_path, capsys):
+@pytest.mark.parametrize("opts, words", [("size=64k,ro", "read-only file system"), ("size=8k", "no space left")])
+def test_png_onto_read_only_or_full_file_system(tmp_path, opts, words, capsys):
     pytest.importorskip("matplotlib")
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "unit"))
     import recgen
     rec = tmp_path / "r.rec"
     recgen.write(rec, recgen.changing_rounds(4))
-    with tmpfs(tmp_path / "ro", "size=64k,ro"):
-        assert main(["report", str(rec), "histogram", "--png", str(tmp_path / "ro" / "h.png")]) == 73
-        assert "read-only file system" in one_line(capsys.readouterr().err)
+    with tmpfs(tmp_path / "fs", opts) as d:
+        assert main(["report", str(rec), "heatmap", "--png", str(d / "h.png")]) == 73
+        assert words in one_line(capsys.readouterr().err)
+        assert os.listdir(d) == []                  # no partial PNG, no temporary file
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["wss", "0", "1", "1"], 2), (["wss", "-p", "0", "1", "1"], 2),
+    (["wss", "-5", "1", "1"], 2), (["wss", "-p", "-5", "1", "1"], 2),
+    (["wss", "99999999999", "1", "1"], 1), (["wss", "-p", "99999999999", "1", "1"], 1),
+])
+def test_pid_as_argument_or_option_same_code(argv, code, capsys):
+    assert main(argv) == code
+    one_line(capsys.readouterr().err)
 
 
 def test_missing_directory_is_the_same_code_for_o_and_png(tmp_path, capsys):

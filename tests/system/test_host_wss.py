@@ -68,9 +68,10 @@ def test_target_exit_mid_scan_keeps_rows():
 
 
 @pytest.mark.skipif(HAS_PAGE_IDLE, reason="this kernel has page_idle")
-def test_per_page_command_refused_with_config_name():
+def test_per_page_command_refused_with_config_name(tmp_path):
+    # -o in a temporary directory, never the machine's /dev (issue 17)
     with Workload() as w:
-        p = subprocess.run([sys.executable, "-m", "idlemap", "bitmap", str(w.pid), "-o", "/dev/null"],
+        p = subprocess.run([sys.executable, "-m", "idlemap", "bitmap", str(w.pid), "-o", str(tmp_path / "b")],
                            capture_output=True, text=True)
     assert p.returncode == 69
     assert p.stderr.count("\n") == 1 and "CONFIG_IDLE_PAGE_TRACKING" in p.stderr

@@ -19,9 +19,12 @@ def take_pid(args, positional: list) -> tuple[int, list]:
     if not positional:
         raise UsageError("give the target's PID (idlemap CMD PID, or -p PID)")
     try:
-        return int(positional[0]), positional[1:]
+        pid = int(positional[0])
     except ValueError:
         raise UsageError(f"PID must be a number, not {positional[0]!r}") from None
+    if pid < 1:           # as -p PID (validate.pid): 0 and negatives are typos, not absent processes
+        raise UsageError(f"PID must be a positive number, not {positional[0]!r}")
+    return pid, positional[1:]
 
 
 def user_target(pid: int):
