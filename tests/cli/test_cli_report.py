@@ -80,7 +80,7 @@ def _has_mpl():
 def test_report_text_outputs(capsys, phases, tmp_path):
     path, _ = phases
     rc, out, _ = cli(capsys, "report", path, "wss")
-    assert rc == 0 and "p50(MB)" in out and "trend: rising" in out and "[anon]" in out
+    assert rc == 0 and "p50(MiB)" in out and "trend: rising" in out and "[anon]" in out
     rc, out, _ = cli(capsys, "report", path, "hot", "--rounds", "0:10")
     assert "hot pages (accessed in every one of 10 rounds): 4 MiB in 1 range" in out
     rc, out, _ = cli(capsys, "report", path, "heatmap", "--rows", "10", "--cols", "30", "--color", "never")

@@ -29,7 +29,7 @@ def test_gregg_columns_cumulative_and_profile(capsys):
         w.touch("a")
         assert main(["wss", "-p", str(w.pid), "0.05", "2", "-C"]) == 0
         out = capsys.readouterr().out
-        assert out.splitlines()[1].split() == ["Est(s)", "RSS(MB)", "PSS(MB)", "Ref(MB)", "Ref%"]
+        assert out.splitlines()[1].split() == ["Est(s)", "RSS(MiB)", "PSS(MiB)", "Ref(MiB)", "Ref%"]
         ests = [float(l.split()[0]) for l in out.splitlines()[2:4]]
         assert ests[1] > ests[0] * 1.5          # cumulative: windows grow from one start
         assert main(["wss", str(w.pid), "-P", "4", "--profile-base", "0.01"]) == 0

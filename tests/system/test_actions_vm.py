@@ -255,7 +255,7 @@ def test_dry_run_changes_nothing(cmd, zram_swap, two_nodes, capsys):
     # ...and the plan names the data mapping, all of it idle.
     assert "would" in out and "dry run" in out
     lines = [ln for ln in out.splitlines() if f"{a:#014x}" in ln]
-    assert lines and "32.00 MB" in lines[0]
+    assert lines and "32.00 MiB" in lines[0]
 
 
 def test_reclaim_command_pages_out_an_idle_mapping(zram_swap, capsys):
@@ -286,7 +286,7 @@ def test_tier_command_demotes_an_idle_mapping(two_nodes, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "placement settled" in out
     assert (where == slow).all()
-    assert out.count(" 4.00 ") >= 4            # 4 MB per round, 4 rounds
+    assert out.count(" 4.00 ") >= 4            # 4 MiB per round, 4 rounds
 
 
 @pytest.mark.parametrize("cmd", ["reclaim", "tier"])
@@ -314,5 +314,5 @@ def test_target_exit_mid_run_stops_cleanly_with_summary(cmd, zram_swap, two_node
     assert "Traceback" not in err
     assert err.strip() == f"idlemap: process {w.pid} exited during the scan"
     assert f"process {w.pid} exited" in text
-    assert ("RSS " if cmd == "reclaim" else "TARGET_AFTER(MB)") in text
+    assert ("RSS " if cmd == "reclaim" else "TARGET_AFTER(MiB)") in text
     assert "gone" in text

@@ -69,7 +69,7 @@ def test_top_clear_refs_on_host_says_so_and_measures():
     assert first.startswith("backend clear_refs:")
     if not page_idle.available():
         assert "CONFIG_IDLE_PAGE_TRACKING" in first
-    assert "RSS(MB)" in p.stdout and "WSS(MB)" in p.stdout and "COLD(MB)" in p.stdout
+    assert "RSS(MiB)" in p.stdout and "WSS(MiB)" in p.stdout and "COLD(MiB)" in p.stdout
     truth = w.hot_bytes
     for r in rounds:
         assert r["backend"] == "clear_refs" and r["granularity"] == "mapping"

@@ -24,12 +24,12 @@ def test_reclaim_row_and_plan():
     t.header()
     ra.reclaim_row(t, rround())
     head, row = buf.getvalue().splitlines()
-    assert head.split()[:4] == ["ROUND", "RSS(MB)", "SWAP(MB)", "COLD(MB)"]
+    assert head.split()[:4] == ["ROUND", "RSS(MiB)", "SWAP(MiB)", "COLD(MiB)"]
     assert row.split() == ["3", "10.00", "0.00", "2.00", "2.00", "2", "1.95", "0.01", "7"]
     assert head.split()[-2] == "MAJFLT"
     plan = ra.reclaim_plan(rround(), "pageout")
-    assert plan[0].startswith("round 3: advised 2.00 MB in 2 ranges (MADV_PAGEOUT)")
-    assert plan[1].split() == ["pageout", "0x7f0000000000-0x7f0000100000", "1.00", "MB", "[anon]"]
+    assert plan[0].startswith("round 3: advised 2.00 MiB in 2 ranges (MADV_PAGEOUT)")
+    assert plan[1].split() == ["pageout", "0x7f0000000000-0x7f0000100000", "1.00", "MiB", "[anon]"]
 
 
 def test_plan_lines_show_the_biggest_then_count_the_rest():
@@ -37,7 +37,7 @@ def test_plan_lines_show_the_biggest_then_count_the_rest():
     lines = ra.plan_lines(ranges)
     assert len(lines) == ra.PLAN_LINES + 1
     assert f"{14 * MB:#014x}" in lines[0]
-    assert lines[-1] == f"  ... and 5 more ranges, {sum((i + 1) * 4096 for i in range(5)) / MB:.2f} MB"
+    assert lines[-1] == f"  ... and 5 more ranges, {sum((i + 1) * 4096 for i in range(5)) / MB:.2f} MiB"
 
 
 def test_reclaim_round_json_dry_run():
@@ -53,8 +53,8 @@ def test_reclaim_summary_target_gone():
                        stop_reason="stopped: process 7 exited during the scan")
     lines = ra.reclaim_summary_lines(s)
     assert lines[0] == "PID 7 (w), 4 rounds, stopped: process 7 exited during the scan"
-    assert "came back hot 1.00 MB (12.50%)" in lines[1]
-    assert lines[2] == "RSS 10.00 MB -> gone; swap 0.00 MB -> gone"
+    assert "came back hot 1.00 MiB (12.50%)" in lines[1]
+    assert lines[2] == "RSS 10.00 MiB -> gone; swap 0.00 MiB -> gone"
     j = ra.reclaim_summary_json(s)
     assert j["rss_after_bytes"] is None and j["refault_pct"] == 12.5
 
@@ -66,11 +66,11 @@ def test_tier_summary_names_failures_and_nodes():
                     node_used_before_bytes={0: 100 * MB, 1: 50 * MB}, node_used_after_bytes={0: 99 * MB, 1: 51 * MB},
                     stop_reason="placement settled")
     lines = ra.tier_summary_lines(s)
-    assert lines[1] == "promoted 1.00 MB to node 0, demoted 2.00 MB to node 1, 12 pages failed"
+    assert lines[1] == "promoted 1.00 MiB to node 0, demoted 2.00 MiB to node 1, 12 pages failed"
     assert lines[2].split(":")[0].split() == ["10", "pages", "-EACCES"]
     assert "shared" in lines[2] and "busy" in lines[3]
-    assert lines[4].split() == ["NODE", "ROLE", "TARGET_BEFORE(MB)", "TARGET_AFTER(MB)", "NODE_USED_BEFORE(MB)",
-                                "NODE_USED_AFTER(MB)"]
+    assert lines[4].split() == ["NODE", "ROLE", "TARGET_BEFORE(MiB)", "TARGET_AFTER(MiB)", "NODE_USED_BEFORE(MiB)",
+                                "NODE_USED_AFTER(MiB)"]
     assert lines[5].split() == ["0", "fast", "4.00", "3.00", "100.00", "99.00"]
     j = ra.tier_summary_json(s)
     assert j["target_bytes_by_node_after"] == {"0": 768 * 4096, "1": 1280 * 4096}

@@ -150,7 +150,7 @@ def test_top_frame_plain_and_json():
     assert "backend page_idle (page)" in f.title
     assert "1 new process(es)" in text
     hdr = text.splitlines()[2]
-    for col in ("PID", "COMM", "RSS(MB)", "WSS(MB)", "COLD(MB)", "WSS%", "PSS(MB)", "WSS_PSS(MB)", "CGROUP"):
+    for col in ("PID", "COMM", "RSS(MiB)", "WSS(MiB)", "COLD(MiB)", "WSS%", "PSS(MiB)", "WSS_PSS(MiB)", "CGROUP"):
         assert col in hdr
     assert f.blocks[0].rows[0][:6] == ["100", "big", "300.00", "100.00", "200.00", "33.3"]
     assert f.blocks[1].rows[0][-1] == "/a"

@@ -93,7 +93,7 @@ def coalesce(vpns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def budget_pages(rate_bytes_per_s: float | None, period_s: float, page_size: int) -> int | None:
     """Pages one round may act on under a rate limit (None: no limit).
     The nominal period is used, not the measured one, so the budget is
-    deterministic: R MB/s over rounds of S s is R x S MB per round."""
+    deterministic: R MiB/s over rounds of S s is R x S MiB per round."""
     if rate_bytes_per_s is None:
         return None
     return max(0, int(rate_bytes_per_s * period_s // page_size))
@@ -190,7 +190,7 @@ def guard_refaults(g: RefaultGuard, round_no: int, refaults_by_round: dict[int, 
                 g.rate_bytes_per_s /= 2
             g.reason = (f"backed off: {pct:.1f}% refaults > {g.threshold_pct:g}%, now cold after "
                         f"{g.cold_for} rounds" + ("" if g.rate_bytes_per_s is None else
-                                                   f" at {g.rate_bytes_per_s / (1 << 20):.2f} MB/s"))
+                                                   f" at {g.rate_bytes_per_s / (1 << 20):.2f} MiB/s"))
             # Judge the new settings on their own pages only.
             g.advised.clear()
             g.refaults.clear()

@@ -140,7 +140,7 @@ def run(args) -> int:
     else:
         mbp = PAGE_SIZE / (1 << 20)
         print(f"PID {pid} ({proc.comm}): {m.npages} pages in {len(m.spans)} ranges, "
-              f"{present} present ({present * mbp:.1f} MB), {idle} idle ({idle * mbp:.1f} MB), "
+              f"{present} present ({present * mbp:.1f} MiB), {idle} idle ({idle * mbp:.1f} MiB), "
               f"{present - idle} accessed in {m.window_s:.2f} s")
         print(f"wrote {args.output}, {args.output}.present and {args.output}.json")
     return 0

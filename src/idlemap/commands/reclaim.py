@@ -31,8 +31,8 @@ def add_arguments(p) -> None:
                    help="rounds a page must stay idle before it is reclaimed")
     p.add_argument("--mode", choices=["pageout", "cold"], default="pageout",
                    help="pageout: reclaim now (swap out / drop); cold: deactivate only (default pageout)")
-    p.add_argument("--limit-mb-per-s", type=validate.number(0, 1 << 40, "MB per second"), metavar="R",
-                   help="advise at most R MB per second (R x period per round)")
+    p.add_argument("--limit-mb-per-s", type=validate.number(0, 1 << 40, "MiB per second"), metavar="R",
+                   help="advise at most R MiB per second (R x period per round)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--period", type=validate.interval, metavar="S",
                    help="run continuously, one round every S seconds, until Ctrl-C/SIGTERM")
@@ -84,7 +84,7 @@ def run(args) -> int:
         tlb_note(eng.rounds.tlb, args.json)     # the --unsafe-no-tlb-flush warning
         table = ra.reclaim_table(dry_run=cfg.dry_run)
         if not args.json:
-            rate = "" if cfg.rate_bytes_per_s is None else f", at most {args.limit_mb_per_s:g} MB/s"
+            rate = "" if cfg.rate_bytes_per_s is None else f", at most {args.limit_mb_per_s:g} MiB/s"
             print(f"{'Dry run, nothing will change: ' if cfg.dry_run else ''}PID {pid} ({proc.comm}): "
                   f"MADV_{cfg.mode.upper()} on pages idle for {cfg.cold_for} rounds of {cfg.period_s:g} s"
                   f"{rate}; {'until Ctrl-C' if count is None else f'{count} rounds'}.")

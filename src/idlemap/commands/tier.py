@@ -34,8 +34,8 @@ def add_arguments(p) -> None:
                    help="hot: accessed in each of the last H rounds (default 2)")
     p.add_argument("--cold-rounds", type=validate.rounds, default=3, metavar="C",
                    help="cold: idle in each of the last C rounds (default 3)")
-    p.add_argument("--max-mb-per-period", type=validate.number(0, 1 << 40, "MB"), metavar="M",
-                   help="move at most M MB per round (default: no cap)")
+    p.add_argument("--max-mb-per-period", type=validate.number(0, 1 << 40, "MiB"), metavar="M",
+                   help="move at most M MiB per round (default: no cap)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, move nothing")
     p.add_argument("--period", type=validate.interval, metavar="S",
                    help="run continuously, one round every S seconds, until Ctrl-C/SIGTERM")
@@ -90,7 +90,7 @@ def run(args) -> int:
         tlb_note(eng.rounds.tlb, args.json)     # the --unsafe-no-tlb-flush warning
         table = ra.tier_table(dry_run=cfg.dry_run)
         if not args.json:
-            cap = "" if cfg.cap_bytes is None else f", at most {args.max_mb_per_period:g} MB per round"
+            cap = "" if cfg.cap_bytes is None else f", at most {args.max_mb_per_period:g} MiB per round"
             print(f"{'Dry run, nothing will move: ' if cfg.dry_run else ''}PID {pid} ({proc.comm}): "
                   f"hot (accessed {cfg.hot_rounds} rounds running) -> node {cfg.fast}, cold (idle "
                   f"{cfg.cold_rounds} rounds running) -> node {cfg.slow}, rounds of {cfg.period_s:g} s{cap}.")

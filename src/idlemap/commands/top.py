@@ -14,7 +14,7 @@ from ..render import top as render
 from ..render.text import json_line
 from ..tlb import resolve
 
-HELP = "every process (and cgroup) by working set: RSS, WSS and cold MB per window, like top"
+HELP = "every process (and cgroup) by working set: RSS, WSS and cold MiB per window, like top"
 EXAMPLES = """\
   idlemap top                       # refresh every 3 s until Ctrl-C (live view on a terminal)
   idlemap top 10 6                  # six 10 s windows

@@ -39,7 +39,7 @@ def run(args) -> int:
         print(json.dumps({"schema": SCHEMA, **layout_json(layout)}))
         return 0
     print(f"PID {pid}: {layout_summary(layout)}")
-    t = Table([("GPA_START", 18), ("GPA_END", 18), ("SIZE(MB)", 10), ("HVA_START", 18), ("BACKEND", -1)])
+    t = Table([("GPA_START", 18), ("GPA_END", 18), ("SIZE(MiB)", 10), ("HVA_START", 18), ("BACKEND", -1)])
     t.header()
     for r in layout.regions:
         t.row([f"{r.gpa_start:#x}", f"{r.gpa_end:#x}", f"{r.size_bytes / (1 << 20):.2f}",
@@ -65,7 +65,7 @@ def _list(args) -> int:
     if not rows:
         print(f"no VMM processes found (looked for: {', '.join(VMM_KINDS)})")
         return 0
-    t = Table([("PID", 7), ("KIND", -16), ("ACCEL", -7), ("RAM(MB)", 9), ("REGIONS", 7), ("LAYOUT", -8),
+    t = Table([("PID", 7), ("KIND", -16), ("ACCEL", -7), ("RAM(MiB)", 9), ("REGIONS", 7), ("LAYOUT", -8),
                ("NAME", -1)])
     t.header()
     for v, lay, err in rows:

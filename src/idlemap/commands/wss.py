@@ -10,7 +10,7 @@ from ..render.text import MB, Table, json_line, mb
 from . import add_damon_arguments, add_tlb_arguments, damon_kwargs, pid_arg, take_pid, tlb_note, tlb_policy
 from . import user_target
 
-HELP = "working-set size of a process: Est(s), RSS, PSS and referenced MB per window"
+HELP = "working-set size of a process: Est(s), RSS, PSS and referenced MiB per window"
 EXAMPLES = """\
   idlemap wss 1234                 # one row per second until Ctrl-C
   idlemap wss -p 1234 0.5 10       # ten 0.5 s windows
@@ -91,8 +91,8 @@ def run(args) -> int:
         backend = choice.cls(proc, **kw)
 
     samples = []
-    table = Table([("TIME", 8)] * args.timestamp + [("Est(s)", 8), ("RSS(MB)", 10), ("PSS(MB)", 10),
-                                                     ("Ref(MB)", 10), ("Ref%", 6)])
+    table = Table([("TIME", 8)] * args.timestamp + [("Est(s)", 8), ("RSS(MiB)", 10), ("PSS(MiB)", 10),
+                                                     ("Ref(MiB)", 10), ("Ref%", 6)])
     if not args.json:
         print(f"Watching PID {pid} ({proc.comm}) with the {choice.cls.name} backend "
               f"[{choice.reason}]; page-level detail: {'yes' if choice.cls.caps.per_page else f'no (per {choice.cls.caps.granularity})'}. "
@@ -112,7 +112,7 @@ def run(args) -> int:
         table.row(([time.strftime("%H:%M:%S")] if args.timestamp else []) +
                   [f"{s.window_s:.3f}", mb(s.rss_bytes), mb(s.pss_bytes), mb(s.accessed_bytes), f"{pct:.1f}"])
         if args.by_mapping:
-            sub = Table([("", 3), ("RSS(MB)", 10), ("Ref(MB)", 10), ("Idle(MB)", 10), ("MAPPING", -1)])
+            sub = Table([("", 3), ("RSS(MiB)", 10), ("Ref(MiB)", 10), ("Idle(MiB)", 10), ("MAPPING", -1)])
             sub.header()
             for u in top_mappings(s.by_mapping, args.top):
                 sub.row(["", mb(u.rss_bytes), mb(u.accessed_bytes), mb(u.idle_bytes), u.mapping.label])
@@ -152,5 +152,5 @@ def _summary(samples, args) -> None:
                    "ref_p50_bytes": round(s.ref_p50_bytes), "ref_p95_bytes": round(s.ref_p95_bytes),
                    "rss_last_bytes": s.rss_last_bytes})
     elif s.samples > 1:
-        print(f"{s.samples} windows of {s.window_mean_s:.3f} s: Ref(MB) min {s.ref_min_bytes / MB:.2f} "
+        print(f"{s.samples} windows of {s.window_mean_s:.3f} s: Ref(MiB) min {s.ref_min_bytes / MB:.2f} "
               f"mean {s.ref_mean_bytes / MB:.2f} p95 {s.ref_p95_bytes / MB:.2f} max {s.ref_max_bytes / MB:.2f}")

@@ -22,9 +22,9 @@ def pmb(pages: int) -> str:
 # -- reclaim -----------------------------------------------------------------
 
 def reclaim_table(out: IO[str] | None = None, dry_run: bool = False) -> Table:
-    act = "PLAN(MB)" if dry_run else "ADVISED(MB)"
-    return Table([("ROUND", 5), ("RSS(MB)", 9), ("SWAP(MB)", 9), ("COLD(MB)", 9), (act, 11),
-                  ("RANGES", 6), ("RECLAIMED(MB)", 13), ("REFAULT(MB)", 11), ("MAJFLT", 7), ("NOTE", -1)], out)
+    act = "PLAN(MiB)" if dry_run else "ADVISED(MiB)"
+    return Table([("ROUND", 5), ("RSS(MiB)", 9), ("SWAP(MiB)", 9), ("COLD(MiB)", 9), (act, 12),
+                  ("RANGES", 6), ("RECLAIMED(MiB)", 14), ("REFAULT(MiB)", 12), ("MAJFLT", 7), ("NOTE", -1)], out)
 
 
 def reclaim_row(t: Table, r) -> None:
@@ -39,16 +39,16 @@ def plan_lines(ranges: list[tuple[str, int, int, str]]) -> list[str]:
     if not ranges:
         return []
     biggest = sorted(ranges, key=lambda x: -x[2])[:PLAN_LINES]
-    lines = [f"  {d:8} {a:#014x}-{a + n:#014x} {n / MB:10.2f} MB  {label}" for d, a, n, label in biggest]
+    lines = [f"  {d:8} {a:#014x}-{a + n:#014x} {n / MB:10.2f} MiB  {label}" for d, a, n, label in biggest]
     if len(ranges) > len(biggest):
         rest = sorted(ranges, key=lambda x: -x[2])[PLAN_LINES:]
-        lines.append(f"  ... and {len(rest)} more ranges, {sum(x[2] for x in rest) / MB:.2f} MB")
+        lines.append(f"  ... and {len(rest)} more ranges, {sum(x[2] for x in rest) / MB:.2f} MiB")
     return lines
 
 
 def reclaim_plan(r, mode: str) -> list[str]:
     ranges = [(mode, int(a), int(n), lab) for a, n, lab in zip(r.ranges_start, r.ranges_bytes, r.range_labels)]
-    head = (f"round {r.round}: {'would advise' if r.dry_run else 'advised'} {pmb(r.advised_pages)} MB "
+    head = (f"round {r.round}: {'would advise' if r.dry_run else 'advised'} {pmb(r.advised_pages)} MiB "
             f"in {len(ranges)} range{'s' if len(ranges) != 1 else ''} (MADV_{mode.upper()}), "
             f"idle for >= {r.cold_for} rounds:")
     return [head] + plan_lines(ranges) if ranges else []
@@ -79,20 +79,20 @@ def reclaim_summary_json(s) -> dict:
 
 
 def reclaim_summary_lines(s) -> list[str]:
-    after = ("gone" if s.rss_after_bytes is None else f"{mb(s.rss_after_bytes)} MB")
-    swap_after = ("gone" if s.swap_after_bytes is None else f"{mb(s.swap_after_bytes)} MB")
+    after = ("gone" if s.rss_after_bytes is None else f"{mb(s.rss_after_bytes)} MiB")
+    swap_after = ("gone" if s.swap_after_bytes is None else f"{mb(s.swap_after_bytes)} MiB")
     lines = [f"PID {s.pid} ({s.comm}), {s.rounds} rounds, {s.stop_reason}"]
     if s.dry_run:
         lines.append("dry run: nothing was advised")
     else:
         what = "reclaimed (no longer resident)" if s.mode == "pageout" else "deactivated (MADV_COLD)"
-        lines.append(f"advised {mb(s.advised_bytes)} MB; {what} "
-                     f"{mb(s.reclaimed_bytes if s.mode == 'pageout' else s.advised_bytes)} MB; "
-                     f"came back hot {mb(s.refault_bytes)} MB ({s.refault_pct:.2f}%)")
-    lines.append(f"RSS {mb(s.rss_before_bytes)} MB -> {after}; swap {mb(s.swap_before_bytes)} MB -> {swap_after}")
+        lines.append(f"advised {mb(s.advised_bytes)} MiB; {what} "
+                     f"{mb(s.reclaimed_bytes if s.mode == 'pageout' else s.advised_bytes)} MiB; "
+                     f"came back hot {mb(s.refault_bytes)} MiB ({s.refault_pct:.2f}%)")
+    lines.append(f"RSS {mb(s.rss_before_bytes)} MiB -> {after}; swap {mb(s.swap_before_bytes)} MiB -> {swap_after}")
     if not s.dry_run:
         lines.append(f"the target took {s.major_faults} major faults during the run "
-                     f"(pages brought back from swap or disk, {pmb(s.major_faults)} MB at most)")
+                     f"(pages brought back from swap or disk, {pmb(s.major_faults)} MiB at most)")
     if s.tlb_flush == "none":
         lines.append("readings were not TLB-flushed (--unsafe-no-tlb-flush): hot pages may have been paged out")
     if s.backoffs:
@@ -104,8 +104,8 @@ def reclaim_summary_lines(s) -> list[str]:
 
 def tier_table(out: IO[str] | None = None, dry_run: bool = False) -> Table:
     p = "PLAN_" if dry_run else ""
-    return Table([("ROUND", 5), ("HOT(MB)", 9), ("COLD(MB)", 9), (f"{p}PROMOTE(MB)", 11 + len(p)),
-                  (f"{p}DEMOTE(MB)", 10 + len(p)), ("MOVED(MB)", 9), ("FAILED", 6), ("WHY", -1)], out)
+    return Table([("ROUND", 5), ("HOT(MiB)", 9), ("COLD(MiB)", 9), (f"{p}PROMOTE(MiB)", 12 + len(p)),
+                  (f"{p}DEMOTE(MiB)", 11 + len(p)), ("MOVED(MiB)", 10), ("FAILED", 6), ("WHY", -1)], out)
 
 
 def tier_row(t: Table, r) -> None:
@@ -118,8 +118,8 @@ def tier_plan_lines(r, fast: int, slow: int) -> list[str]:
     if not r.plan_ranges:
         return []
     verb = "would move" if r.dry_run else "moved"
-    head = (f"round {r.round}: {verb} {pmb(r.promote_pages)} MB hot to node {fast}, "
-            f"{pmb(r.demote_pages)} MB cold to node {slow}:")
+    head = (f"round {r.round}: {verb} {pmb(r.promote_pages)} MiB hot to node {fast}, "
+            f"{pmb(r.demote_pages)} MiB cold to node {slow}:")
     return [head] + plan_lines(r.plan_ranges)
 
 
@@ -155,8 +155,8 @@ def tier_summary_lines(s) -> list[str]:
     if s.dry_run:
         lines.append("dry run: nothing was moved")
     else:
-        lines.append(f"promoted {pmb(s.promoted_pages)} MB to node {s.fast}, "
-                     f"demoted {pmb(s.demoted_pages)} MB to node {s.slow}, "
+        lines.append(f"promoted {pmb(s.promoted_pages)} MiB to node {s.fast}, "
+                     f"demoted {pmb(s.demoted_pages)} MiB to node {s.slow}, "
                      f"{sum(s.failed.values())} pages failed")
     for name, n in sorted(s.failed.items(), key=lambda x: -x[1]):
         lines.append(f"  {n:>8} pages {name}: {STATUS_MEANING.get(name, '')}".rstrip(": "))
@@ -169,8 +169,8 @@ def tier_summary_lines(s) -> list[str]:
         used_a = mb(s.node_used_after_bytes[n]) if n in s.node_used_after_bytes else "-"
         t_rows.append([n, role, pmb(s.pages_by_node_before.get(n, 0)), after, used_b, used_a])
     buf = StringIO()
-    t = Table([("NODE", 4), ("ROLE", 4), ("TARGET_BEFORE(MB)", 17), ("TARGET_AFTER(MB)", 16),
-               ("NODE_USED_BEFORE(MB)", 20), ("NODE_USED_AFTER(MB)", 19)], buf)
+    t = Table([("NODE", 4), ("ROLE", 4), ("TARGET_BEFORE(MiB)", 18), ("TARGET_AFTER(MiB)", 17),
+               ("NODE_USED_BEFORE(MiB)", 21), ("NODE_USED_AFTER(MiB)", 20)], buf)
     t.header()
     for row in t_rows:
         t.row(row)

@@ -57,19 +57,19 @@ def wss_json(r: WssReport, top: int) -> dict:
 def print_wss(r: WssReport, top: int, out: IO[str] | None = None) -> None:
     out = out or sys.stdout
     out.write(f"{r.rounds} rounds of {r.interval_mean_s:.3f} s (mean window), {r.duration_s:.1f} s in all\n\n")
-    t = Table([("", 6), ("p50(MB)", 10), ("p90(MB)", 10), ("p95(MB)", 10), ("p99(MB)", 10),
-               ("max(MB)", 10), ("min(MB)", 10)], out)
+    t = Table([("", 6), ("p50(MiB)", 10), ("p90(MiB)", 10), ("p95(MiB)", 10), ("p99(MiB)", 10),
+               ("max(MiB)", 10), ("min(MiB)", 10)], out)
     t.header()
     for name, p in (("WSS", r.wss), ("anon", r.anon), ("file", r.file), ("RSS", r.rss)):
         t.row([name, _mb(p.p50), _mb(p.p90), _mb(p.p95), _mb(p.p99), _mb(p.max), _mb(p.min)])
     tr = r.trend
     out.write(f"\ntrend: {tr.direction} ({tr.change_pct:+.1f}% last quarter vs first; "
-              f"slope {tr.slope_bytes_per_s / MiB:+.3f} MB/s)\n")
+              f"slope {tr.slope_bytes_per_s / MiB:+.3f} MiB/s)\n")
     out.write(f"WSS over time  [{sparkline(r.series_bytes)}]  "
               f"{human_bytes(r.wss.min)} .. {human_bytes(r.wss.max)}\n")
     if r.by_mapping:
         out.write("\nby mapping (sorted by p95):\n")
-        t = Table([("p50(MB)", 9), ("p95(MB)", 9), ("p99(MB)", 9), ("max(MB)", 9), ("RSS(MB)", 9),
+        t = Table([("p50(MiB)", 9), ("p95(MiB)", 9), ("p99(MiB)", 9), ("max(MiB)", 9), ("RSS(MiB)", 9),
                    ("KIND", -6), ("MAPPING", -1)], out)
         t.header()
         for m in r.by_mapping[:top or None]:
@@ -109,7 +109,7 @@ def print_ranges(kind: str, t: RangeTable, limit: int | None, order: str, out: I
               f"in {len(t)} range{'s' if len(t) != 1 else ''}\n")
     if not len(t):
         return
-    tab = Table([("START", 18), ("END", 18), ("SIZE(MB)", 10), ("PAGES", 9), ("COUNT", 9),
+    tab = Table([("START", 18), ("END", 18), ("SIZE(MiB)", 10), ("PAGES", 9), ("COUNT", 9),
                  ("KIND", -6), ("MAPPING", -1)], out)
     tab.header()
     for r in t.rows(limit, order):
@@ -133,7 +133,7 @@ def histograms_json(h: Histograms) -> dict:
 
 def _bars(out: IO[str], head: str, labels: list[str], pages: list[int], total: int, ps: int,
           width: int = 40) -> None:
-    t = Table([(head, 10), ("PAGES", 10), ("MB", 10), ("%", 6), ("", -1)], out)
+    t = Table([(head, 10), ("PAGES", 10), ("MiB", 10), ("%", 6), ("", -1)], out)
     t.header()
     top = max(pages) if pages else 0
     for lab, p in zip(labels, pages):

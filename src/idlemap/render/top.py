@@ -39,16 +39,16 @@ def frame(s: SystemSample, sort: str = "wss", n: int = 0, pss: bool = False,
           cgroups: bool = False, round_no: int = 0, subtitle: str = "") -> Frame:
     title = (f"idlemap top - {time.strftime('%H:%M:%S')}  window {s.window_s:.2f} s  "
              f"backend {s.backend} ({s.granularity})  processes {len(s.processes)}  "
-             f"RSS {mb(s.total_rss_bytes)} MB  WSS {mb(s.total_wss_bytes)} MB  scan {s.scan_s:.2f} s")
+             f"RSS {mb(s.total_rss_bytes)} MiB  WSS {mb(s.total_wss_bytes)} MiB  scan {s.scan_s:.2f} s")
     notes = [subtitle] if subtitle else []
     if s.new_processes:
         notes.append(f"{s.new_processes} new process(es) marked now, shown from the next window")
     if s.denied:
         notes.append(f"{s.denied} process(es) not readable (run as root)")
     notes += s.errors[:3]
-    cols = [("PID", 7), ("COMM", -16), ("RSS(MB)", 10), ("WSS(MB)", 10), ("COLD(MB)", 10), ("WSS%", 6)]
+    cols = [("PID", 7), ("COMM", -16), ("RSS(MiB)", 10), ("WSS(MiB)", 10), ("COLD(MiB)", 10), ("WSS%", 6)]
     if pss:
-        cols += [("PSS(MB)", 10), ("WSS_PSS(MB)", 12)]
+        cols += [("PSS(MiB)", 10), ("WSS_PSS(MiB)", 12)]
     cols += [("CGROUP", -1)]
     rows = []
     for p in sort_rows(s.processes, sort, n):
@@ -58,9 +58,9 @@ def frame(s: SystemSample, sort: str = "wss", n: int = 0, pss: bool = False,
         rows.append(r + [p.cgroup or "-"])
     blocks = [Block(cols, rows)]
     if cgroups:
-        ccols = [("PROCS", 6), ("RSS(MB)", 10), ("WSS(MB)", 10), ("COLD(MB)", 10), ("WSS%", 6)]
+        ccols = [("PROCS", 6), ("RSS(MiB)", 10), ("WSS(MiB)", 10), ("COLD(MiB)", 10), ("WSS%", 6)]
         if pss:
-            ccols += [("PSS(MB)", 10), ("WSS_PSS(MB)", 12)]
+            ccols += [("PSS(MiB)", 10), ("WSS_PSS(MiB)", 12)]
         ccols += [("CGROUP", -1)]
         crows = []
         for c in sort_rows(s.cgroups, sort, n):
@@ -70,7 +70,7 @@ def frame(s: SystemSample, sort: str = "wss", n: int = 0, pss: bool = False,
             crows.append(r + [c.cgroup or "-"])
         blocks.append(Block(ccols, crows))
     if s.guests:
-        gcols = [("VMM_PID", 7), ("RAM(MB)", 10), ("RSS(MB)", 10), ("WSS(MB)", 10), ("COLD(MB)", 10),
+        gcols = [("VMM_PID", 7), ("RAM(MiB)", 10), ("RSS(MiB)", 10), ("WSS(MiB)", 10), ("COLD(MiB)", 10),
                  ("ACCEL", -5), ("VM", -1)]
         grows = [[str(g.pid), mb(g.ram_bytes), mb(g.rss_bytes), mb(g.wss_bytes), mb(g.cold_bytes), g.accel,
                   f"{g.vmm} {g.name}".strip()] for g in sorted(s.guests, key=lambda g: -g.wss_bytes)]
