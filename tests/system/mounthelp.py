@@ -22,9 +22,10 @@ class Mount:
         os.chmod(self.dir, 0o755)          # other uids must reach the mount point
         self.log_path = self.dir + ".log"
         self.log = open(self.log_path, "w+")
+        # faulthandler: should the daemon ever die of a signal, its log says where.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "idlemap", "mount", self.dir, "--foreground", "--json", "-v", *extra],
-            stdout=subprocess.PIPE, stderr=self.log, text=True)
+            stdout=subprocess.PIPE, stderr=self.log, text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait()

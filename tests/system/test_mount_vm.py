@@ -360,6 +360,14 @@ def test_unprivileged_user_learns_nothing_from_a_shared_file(mount, progs, share
     assert got["present_bitmap"][0] == {"open": "0", "io": "0", "n": got["present_bitmap"][0]["n"],
                                         "present": str(2048)}, got
     print("uid 4242:", got)
+    # And root's process (this one, which maps the file too): nothing at all.
+    names = ["idle_bitmap", "idle_pages", "wss", "present_bitmap"]
+    r = subprocess.run([progs.hold, mount.dir, str(os.getpid()), *names], input="go\n", cwd="/",
+                       capture_output=True, text=True, timeout=120, **as_user(UNPRIV))
+    assert r.returncode == 0, r.stderr
+    opens = {ln.split()[1]: int(ln.split()[2]) for ln in r.stdout.splitlines() if ln.startswith("open ")}
+    assert opens == {**{n: errno.EACCES for n in names}, "proc_maps": errno.EACCES,
+                     "proc_pagemap": errno.EACCES}, r.stdout
 
 
 def test_root_gets_exact_data_on_the_shared_file(mount, progs, shared_file):
