@@ -103,20 +103,11 @@ def run_guest(label: str, mem_mib: int, extra: list[str], outdir: str) -> dict:
     log(f"== guest {label}: {mem_mib} MiB RAM, 2 vCPUs")
     t0 = time.time()
     load0 = os.getloadavg()
-    try:
-        from idlemap import vm
-        py = vm.real_python()
-        argv = [py, os.path.join(HERE, "scan.py"), "--label", label, "--out", out, *extra]
-        rc = vm.run(argv, mem_mib=mem_mib, cpus=2, rw_dirs=[outdir], cwd=REPO, timeout_s=7200,
-                    env={"PYINSTRUMENT_IGNORE_OVERHEAD_WARNING": "1"})
-    except ImportError:
-        # Before idlemap.vm existed: the reference launcher.
-        py = os.path.realpath(sys.executable)
-        env = dict(os.environ, VMTEST_MEM=f"{mem_mib}M", VMTEST_RW_DIR=outdir, VMTEST_TIMEOUT="7200",
-                   VMTEST_KERNEL=os.environ.get("VMTEST_KERNEL", ""))
-        rc = subprocess.run(["bash", "/work/shared/reference/vmtest/run-guest.sh", py,
-                             os.path.join(HERE, "scan.py"), "--label", label, "--out", out, *extra],
-                            cwd=REPO, env=env).returncode
+    from idlemap import vm
+    py = vm.real_python()
+    argv = [py, os.path.join(HERE, "scan.py"), "--label", label, "--out", out, *extra]
+    rc = vm.run(argv, mem_mib=mem_mib, cpus=2, rw_dirs=[outdir], cwd=REPO, timeout_s=7200,
+                env={"PYINSTRUMENT_IGNORE_OVERHEAD_WARNING": "1"})
     if rc != 0 or not os.path.exists(out):
         raise SystemExit(f"bench/scan.py failed in the {label} guest (exit {rc})")
     with open(out) as f:
@@ -461,7 +452,7 @@ def render(data: dict) -> str:
         "carry noise; every ratio below compares tools run alternately or minutes apart on the same "
         "processes in the same guest.")
     add("- Under TCG everything is slower than on hardware, unevenly: CPU-bound Python ~14×, "
-        "kernel paths 3–10× (KERNEL.md), and the guest's clock keeps running while the host "
+        "kernel paths 3–10×, and the guest's clock keeps running while the host "
         "deschedules a vCPU. **Read absolute seconds as TCG seconds.**\n")
 
     add("## Goals (issues 2 and 6)\n")

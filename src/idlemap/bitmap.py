@@ -25,7 +25,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .errors import FeatureMissing, proc_errors
+from .errors import AccessDenied, FeatureMissing, proc_errors
 from . import tlb
 from .kernel import kpageflags, lru, maps, smaps
 from .kernel import pagemap as pm
@@ -218,8 +218,13 @@ class IdleBitmap:
                     self._kpf_fd = kpageflags.open_flags()
                 flags = kpageflags.read_flags(entries[cand] & pm.PFN_MASK, fd=self._kpf_fd)
                 return cand[(flags & np.uint64(kpageflags.THP | kpageflags.COMPOUND_HEAD)) != 0]
-            except Exception:       # no kpageflags: trust the frame layout
+            except (AccessDenied, FileNotFoundError, PermissionError) as e:
+                # No kpageflags here (not root, lockdown, no
+                # CONFIG_PROC_PAGE_MONITOR): that does not change while we
+                # run, so the frame layout alone decides from now on.  Any
+                # other error is a real one and propagates.
                 self._has_kpf = False
+                _note_no_kpageflags(e)
         return cand
 
     def _state(self, spans, entries) -> "_WalkState":
@@ -404,6 +409,19 @@ class _WalkState:
             h.flags.writeable = False
             self._huge = h
         return self._huge
+
+
+_kpf_noted = False
+
+
+def _note_no_kpageflags(e: Exception) -> None:
+    """Say once per process that THP heads go unconfirmed (a split THP
+    whose frames stayed in place would then count as huge)."""
+    global _kpf_noted
+    if not _kpf_noted:
+        _kpf_noted = True
+        print(f"idlemap: {kpageflags.PATH} is not readable ({e}); transparent huge pages are recognised "
+              "by their frame layout alone", file=sys.stderr, flush=True)
 
 
 def require_page_idle() -> None:

@@ -223,7 +223,7 @@ def test_live_hot_and_heatmap():
         c = cli_json("hot", str(w.pid), "-n", "2", "-i", "0.4", "--tlb-flush", "soft-dirty",
                      "--range", rng, "--cold", "--json")
         assert c["pages_total"] >= (3 * MiB) >> PAGE_SHIFT
-        # (without --tlb-flush, KERNEL.md's TLB effect hides most of a hot set
+        # (without --tlb-flush, the TLB effect of docs/tlb.md hides most of a hot set
         # this small: 256 pages, of which ~17 % were seen in a trial run)
         m = cli_json("heatmap", str(w.pid), "-n", "3", "-i", "0.3", "--tlb-flush", "soft-dirty",
                      "--range", rng, "--rows", "4", "--json")

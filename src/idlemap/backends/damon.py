@@ -138,10 +138,6 @@ class RegionAccess:
     def size_bytes(self) -> int:
         return self.end - self.start
 
-    @property
-    def access_rate(self) -> float:
-        return self.nr_accesses / self.max_nr_accesses
-
 
 @dataclass(slots=True)
 class DamonSample(WssSample):

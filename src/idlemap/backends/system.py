@@ -294,7 +294,7 @@ class PageIdleSystemScanner(SystemScanner):
         union was just read with) only those that did not read idle."""
         if self.drain_lru:
             # Fresh pages wait in per-CPU batches, invisible to page_idle,
-            # until drained (KERNEL.md): one drain for the whole system.
+            # until drained (kernel/lru.py): one drain for the whole system.
             lru.drain_all()
         if union.size == 0:
             pass

@@ -6,7 +6,7 @@ sort the frames, turn them into runs of consecutive words, merge runs whose
 gap is small (one bigger syscall beats two), and move at most ``cap`` bytes
 per call because the page_idle file is a sysfs binary attribute whose
 read()/write() handle at most PAGE_SIZE (4096) bytes each; a larger pwrite
-silently writes only the first 4 KiB (KERNEL.md, measured).
+silently writes only the first 4 KiB (tested in the VM; docs/design.md).
 
 The runs are cut into capped pieces with numpy up front, so the only Python
 loop left on the hot path is one iteration per syscall.

@@ -2,8 +2,8 @@
 
 Freshly faulted pages wait in a per-CPU batch before they join an LRU list,
 and page_idle ignores pages not on an LRU list: it neither marks them idle
-nor reports them idle (KERNEL.md; measured in the VM: 0-5 of 8 fresh pages
-on the LRU).  The kernel drains every CPU's batch in lru_cache_disable(),
+nor reports them idle (measured in the VM: 0-5 of 8 fresh pages on the
+LRU).  The kernel drains every CPU's batch in lru_cache_disable(),
 which move_pages(2) calls whenever it is given target nodes (mm/migrate.c,
 do_pages_move, since 5.13).  Moving one page of our own to the node it is
 already on therefore drains all CPUs without migrating, compacting or
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import os
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_move_pages = 279          # x86_64
@@ -45,10 +44,3 @@ def drain_all() -> bool:
         return False
     nodes[0] = status[0]
     return _libc.syscall(_SYS_move_pages, 0, 1, pages, nodes, status, MPOL_MF_MOVE) == 0
-
-
-def drain_by_sysctl() -> None:
-    """Fallback: compact_memory also drains, but compacts (moves frames)."""
-    with open("/proc/sys/vm/compact_memory", "w") as f:
-        f.write("1")
-    os.sched_yield()

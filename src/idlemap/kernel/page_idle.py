@@ -241,7 +241,3 @@ class PageIdleBitmap:
     def set_idle(self, pfns: np.ndarray) -> None:
         """Mark the given frames idle (they need not be sorted or unique)."""
         self.set_plan(FramePlan(pfns))
-
-    def read_idle(self, pfns: np.ndarray) -> np.ndarray:
-        """Idle bit (bool) of each given frame, in the order given."""
-        return self.read_plan(FramePlan(pfns))

@@ -19,7 +19,7 @@ FILE_SHARED = np.uint64(1 << 61)
 SWAPPED = np.uint64(1 << 62)
 PRESENT = np.uint64(1 << 63)
 
-# Measured on the host kind (KERNEL.md): 4K-64K entries per read run at
+# Measured on the host kind: 4K-64K entries per read run at
 # ~35-40 M entries/s; very large reads fall to ~21 M/s.  The kernel fills
 # its own 4 KiB buffer per 2 MiB of VA and copies it out, so the read size
 # only sets the syscall count and how much of our destination is written
@@ -97,27 +97,3 @@ class Pagemap:
             for first, n, at in runs:
                 self._read(first, n, out[at:at + n])
         return out
-
-
-def pfn(entries: np.ndarray) -> np.ndarray:
-    return entries & PFN_MASK
-
-
-def present(entries: np.ndarray) -> np.ndarray:
-    return (entries & PRESENT) != 0
-
-
-def swapped(entries: np.ndarray) -> np.ndarray:
-    return (entries & SWAPPED) != 0
-
-
-def file_shared(entries: np.ndarray) -> np.ndarray:
-    return (entries & FILE_SHARED) != 0
-
-
-def exclusive(entries: np.ndarray) -> np.ndarray:
-    return (entries & EXCLUSIVE) != 0
-
-
-def soft_dirty(entries: np.ndarray) -> np.ndarray:
-    return (entries & SOFT_DIRTY) != 0

@@ -108,15 +108,3 @@ def _raise_fatal(e: int, pid: int) -> None:
                              "use `--dry-run` to see the plan")
     if e == errno.EBADF:
         raise TargetExited(pid)
-
-
-def advice_supported(advice: int) -> bool:
-    """Whether process_madvise takes ``advice`` here, asked of our own
-    process with an empty range list (changes nothing)."""
-    fd = pidfd_open(os.getpid())
-    try:
-        n = _libc.syscall(SYS_process_madvise, ctypes.c_int(fd), None, ctypes.c_size_t(0),
-                          ctypes.c_int(advice), ctypes.c_uint(0))
-        return n >= 0 or ctypes.get_errno() not in (errno.ENOSYS, errno.EINVAL)
-    finally:
-        os.close(fd)
