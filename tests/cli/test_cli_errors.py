@@ -96,9 +96,16 @@ def test_doctor_json():
     rc, out, err = run_cli("doctor", "--json")
     assert rc == 0, err
     d = json.loads(out)
-    assert set(d) == {"features", "commands"}
+    assert set(d) == {"schema", "features", "commands"} and d["schema"] == "idlemap.doctor/1"
     assert d["features"]["clear_refs"] is True
-    assert "wss" in d["commands"]
+    from idlemap.cli import COMMANDS
+    by = {c["command"]: c for c in d["commands"]}
+    assert list(by) == list(COMMANDS)               # every command, none unknown to the table
+    assert all(c["works"] in (True, False) for c in by.values())
+    # This host: no page_idle, so wss works per mapping and says what would be better.
+    assert by["wss"]["works"] and "clear_refs" in by["wss"]["how"] or by["wss"]["best"] == ""
+    assert by["report"] == {"command": "report", "works": True, "how": "on any record file, offline",
+                            "missing": [], "instead": "", "best": ""}
 
 
 def test_help_has_examples():

@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import json
 
-from ..backends import why_not
 from ..kernel.features import Features, probe
 
 HELP = "show which kernel features idlemap can use here, and what works without the rest"
 EXAMPLES = """\
-  idlemap doctor
-  idlemap doctor --json
+  idlemap doctor            # kernel features, then every command: works here? how? what to do?
+  idlemap doctor --json     # the same as JSON (schema idlemap.doctor/1)
 """
+SCHEMA = "idlemap.doctor/1"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--json", action="store_true", help="print the probe as JSON")
+    p.add_argument("--json", action="store_true", help=f"print the probe and verdicts as JSON (schema {SCHEMA})")
 
 
 def feature_rows(f: Features) -> list[tuple[str, str, str]]:
@@ -39,26 +39,18 @@ def feature_rows(f: Features) -> list[tuple[str, str, str]]:
     ]
 
 
-def command_rows(f: Features) -> list[tuple[str, str]]:
-    pi = why_not("page_idle", f)
-    cr = why_not("clear_refs", f)
-    rows = []
-    if pi is None:
-        rows.append(("wss", "yes, per page (page_idle)"))
-    elif cr is None:
-        rows.append(("wss", f"yes, per mapping (clear_refs); no per-page detail because {pi}"))
-    else:
-        rows.append(("wss", f"no: {pi}; {cr}"))
-    rows.append(("bitmap", "yes" if pi is None else f"no: {pi}"))
-    rows.append(("demo", "yes, here" if pi is None else "yes, inside the test VM (this kernel: " + pi + ")"))
-    return rows
-
-
 def run(args) -> int:
+    from .. import cli
+    from ..requirements import WAYS, gather, verdict
     f = probe()
+    env = gather(f)
+    # Every command cli knows, in its order (a command the table does not
+    # know yet is reported as such rather than silently left out).
+    verdicts = [verdict(c, env) if c in WAYS else None for c in cli.COMMANDS]
     if args.json:
-        print(json.dumps({"features": f.as_dict(),
-                          "commands": {k: v for k, v in command_rows(f)}}, indent=1))
+        print(json.dumps({"schema": SCHEMA, "features": f.as_dict(),
+                          "commands": [v.as_dict() if v else {"command": c, "works": None}
+                                       for c, v in zip(cli.COMMANDS, verdicts)]}, indent=1))
         return 0
     print(f"kernel {f.kernel}, running as {'root' if f.is_root else 'non-root'}"
           + (f", config from {f.config_source}" if f.config_source else ", kernel config not readable"))
@@ -66,7 +58,16 @@ def run(args) -> int:
     print(f"\n{'FEATURE'.ljust(w)}  {'HERE':8} NEEDS")
     for name, val, need in feature_rows(f):
         print(f"{name.ljust(w)}  {val:8} {need}")
-    print("\nCOMMAND  WHAT WORKS HERE")
-    for name, what in command_rows(f):
-        print(f"{name:8} {what}")
+    cw = max(len(c) for c in cli.COMMANDS)
+    print(f"\n{'COMMAND'.ljust(cw)}  {'WORKS':5}  HOW HERE / WHY NOT, AND WHAT TO DO")
+    for c, v in zip(cli.COMMANDS, verdicts):
+        if v is None:
+            print(f"{c.ljust(cw)}  {'?':5}  (not in idlemap's requirements table)")
+            continue
+        print(f"{c.ljust(cw)}  {'yes' if v.works else 'no':5}  "
+              + (v.how if v.works else "; ".join(v.missing)))
+        if v.works and v.missing:
+            print(f"{''.ljust(cw)}         better, {v.best}: {'; '.join(v.missing)} -- {v.instead}")
+        elif not v.works and v.instead:
+            print(f"{''.ljust(cw)}         do: {v.instead}")
     return 0
