@@ -103,10 +103,9 @@ class KmodBitmap:
                                  swapped=bufs[3], clear=remark)
             accessed += p - i
             sl = slice(s.offset, s.offset + n)
-            idle[sl] = _bits(bufs[0], n)
-            present[sl] = _bits(bufs[1], n)
-            huge[sl] = _bits(bufs[2], n)
-            swapped[sl] = _bits(bufs[3], n)
+            for arr, words_k in zip((idle, present, huge, swapped), bufs):
+                if words_k.any():           # huge and swapped are mostly empty: no unpack
+                    arr[sl] = _bits(words_k, n)
         now = time.monotonic()
         window = now - self.marked_at if self.marked_at is not None else 0.0
         if remark:
