@@ -3,6 +3,7 @@ processes and cgroups, the light maps parse, process trees, the exporter's
 metric families and the top renderers -- on made-up frames and text."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -160,9 +161,13 @@ def test_top_frame_plain_and_json():
     assert d["processes"][0]["cold_bytes"] == 200 << 20 and d["cgroups"][0]["cgroup"] == "/a"
 
 
-prom = pytest.importorskip("prometheus_client")
+# Per test, not for the module: a module-level importorskip would hide every
+# test of this file, the ones that need no prometheus_client too.
+needs_prometheus = pytest.mark.skipif(importlib.util.find_spec("prometheus_client") is None,
+                                      reason="needs prometheus_client (pip install idlemap[exporter])")
 
 
+@needs_prometheus
 def test_exporter_families_come_from_the_current_sample_only():
     from prometheus_client import CollectorRegistry, generate_latest
 
@@ -189,6 +194,7 @@ def test_exporter_families_come_from_the_current_sample_only():
     assert 'pid="100"' not in text and 'pid="200"' in text
 
 
+@needs_prometheus
 def test_exporter_top_n():
     from prometheus_client import CollectorRegistry, generate_latest
 
@@ -223,6 +229,7 @@ def test_is_loopback():
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1") and not is_loopback("example")
 
 
+@needs_prometheus
 def test_guest_rows_in_exporter_top_and_json():
     from prometheus_client import CollectorRegistry, generate_latest
 
