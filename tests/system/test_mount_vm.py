@@ -432,3 +432,30 @@ def test_root_without_cap_sys_admin_gets_no_idle_data(mount):
         assert set(check_with([], mount.dir, targets).values()) == {"ok"}
     finally:
         u.close()
+
+
+def test_mark_after_exec_is_refused(mount, progs):
+    """Writes are bound too: root's idle_bitmap descriptor marks the checked
+    image, and after an exec its writes fail with EACCES (nothing marked in
+    the new image)."""
+    target = ExecTarget(UNPRIV, progs.setuid_waiter)
+    try:
+        fd = os.open(mount.path(target.pid, "idle_bitmap"), os.O_RDWR)
+        try:
+            assert os.pwrite(fd, b"\xff" * 4096, 0) == 4096
+            assert target.exec_now() == (UNPRIV, 0)
+            with pytest.raises(OSError) as e:
+                os.pwrite(fd, b"\xff" * 4096, 0)
+            assert e.value.errno == errno.EACCES
+            with pytest.raises(OSError) as e:
+                os.pread(fd, 4096, 0)
+            assert e.value.errno == errno.EACCES
+        finally:
+            os.close(fd)
+        fd = os.open(mount.path(target.pid, "idle_bitmap"), os.O_RDWR)     # root, afresh: fine
+        try:
+            assert os.pwrite(fd, b"\xff" * 4096, 0) == 4096
+        finally:
+            os.close(fd)
+    finally:
+        target.close()
