@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import mmap
 import os
 import platform
 import socket
@@ -409,8 +408,46 @@ class _RoundFrame:
     obj: dict
     layout: _Layout
     codec: int
-    blob: memoryview
+    blob_off: int             # where the round's blob is: read again when the round is decoded
+    blob_len: int
     offset: int
+
+
+class _Source:
+    """The bytes of a record: in memory, or an open file read piece by piece.
+
+    A file is read with pread, a frame at a time: the reader holds one frame
+    body (to check its CRC) while indexing and one blob while decoding, never
+    the whole file, so a huge or sparse file costs what is parsed.  (Not
+    mmap: a file cut shorter while mapped -- a recorder truncating a failed
+    frame -- would kill the reader with SIGBUS; pread just reads less.)"""
+
+    def __init__(self, data: bytes | None = None, file=None, size: int = 0):
+        self._data = data
+        self._file = file
+        self.size = len(data) if data is not None else size
+
+    def read(self, off: int, n: int) -> bytes:
+        n = max(0, min(n, self.size - off))
+        if self._data is not None:
+            return bytes(self._data[off:off + n])
+        if self._file is None:
+            return b""
+        out = []
+        while n > 0:
+            chunk = os.pread(self._file.fileno(), min(n, 1 << 26), off)
+            if not chunk:
+                break            # the file got shorter: the caller sees a short read
+            out.append(chunk)
+            off += len(chunk)
+            n -= len(chunk)
+        return b"".join(out)
+
+    def close(self) -> None:
+        self._data = b""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def _read_header(data: bytes, path: str) -> tuple[RecordMeta, int]:
@@ -470,13 +507,14 @@ class Record:
     rounds only the totals.
     """
 
-    def __init__(self, path: str, data: bytes, salvage: bool = False):
+    def __init__(self, path: str, data: bytes | _Source, salvage: bool = False):
         self.path = path
-        self.meta, off = _read_header(data, path)
-        self._data = data
+        self._src = data if isinstance(data, _Source) else _Source(bytes(data))
+        self._size = self._src.size
+        self.meta, off = _read_header(self._src.read(0, HEADER.size + MAX_META_BYTES + U32.size), path)
         # Pages a round may declare: decoding one costs READ_BYTES_PER_PAGE
         # a page, and the whole read stays within READ_RATIO x the file.
-        self.max_pages = max(READ_RATIO * len(data), READ_FLOOR) // READ_BYTES_PER_PAGE
+        self.max_pages = max(READ_RATIO * self._size, READ_FLOOR) // READ_BYTES_PER_PAGE
         self._frames: list[_RoundFrame] = []
         self.complete = False            # an end frame was found: the recorder finished cleanly
         self.end_reason: str | None = None
@@ -486,12 +524,11 @@ class Record:
 
     # -- frame index -------------------------------------------------------
     def _scan(self, off: int, salvage: bool) -> None:
-        data, n = self._data, len(self._data)
+        n = self._size
         layouts: dict[int, _Layout] = {}
-        view = memoryview(data)
         while off < n:
             try:
-                off = self._frame_at(view, off, layouts)
+                off = self._frame_at(off, layouts)
             except _Corrupt as e:
                 if salvage:
                     self.damaged_at = off
@@ -501,14 +538,15 @@ class Record:
             if off < 0:           # partial tail frame
                 return
 
-    def _frame_at(self, view: memoryview, off: int, layouts: dict) -> int:
-        n = len(view)
-        if n - off < FRAME_LEN:
+    def _frame_at(self, off: int, layouts: dict) -> int:
+        n = self._size
+        head = self._src.read(off, FRAME_LEN)
+        if len(head) < FRAME_LEN:
             self.truncated_bytes = n - off
             return -1
-        kind, codec, reserved, blen, bcrc = FRAME.unpack_from(view, off)
-        (hcrc,) = FRAME_CRC.unpack_from(view, off + FRAME.size)
-        if zlib.crc32(view[off:off + FRAME.size]) != hcrc:
+        kind, codec, reserved, blen, bcrc = FRAME.unpack_from(head, 0)
+        (hcrc,) = FRAME_CRC.unpack_from(head, FRAME.size)
+        if zlib.crc32(head[:FRAME.size]) != hcrc:
             raise _Corrupt("a frame header fails its checksum")
         if reserved != 0 or blen > MAX_FRAME_BYTES or blen < U32.size:
             raise _Corrupt("a frame header has impossible fields")
@@ -516,7 +554,10 @@ class Record:
         if end > n:
             self.truncated_bytes = n - off
             return -1
-        body = view[start:end]
+        body = memoryview(self._src.read(start, blen))     # the size was checked against the file
+        if len(body) < blen:
+            self.truncated_bytes = n - off
+            return -1
         if zlib.crc32(body) != bcrc:
             raise _Corrupt("a frame fails its checksum")
         if self.complete:
@@ -525,11 +566,11 @@ class Record:
         if jlen > blen - U32.size:
             raise _Corrupt("a frame's JSON length exceeds the frame")
         obj = _json(bytes(body[U32.size:U32.size + jlen]))
-        blob = body[U32.size + jlen:]
+        blob = (start + U32.size + jlen, blen - U32.size - jlen)
         if kind == b"L":
             lid, lay = _parse_layout(obj)
             if lay.npages > self.max_pages:
-                raise _Corrupt(f"a layout declares {lay.npages} pages, more than a {len(view)}-byte record can "
+                raise _Corrupt(f"a layout declares {lay.npages} pages, more than a {n}-byte record can "
                                f"hold (reading is bounded at {READ_RATIO}x the file's size, "
                                f"{self.max_pages} pages here)")
             layouts[lid] = lay
@@ -542,7 +583,7 @@ class Record:
         # other kinds: a later minor version's optional frames, skipped
         return end
 
-    def _add_round(self, obj: dict, layouts: dict, codec: int, blob: memoryview, off: int) -> None:
+    def _add_round(self, obj: dict, layouts: dict, codec: int, blob: tuple[int, int], off: int) -> None:
         idx = _int(obj, "round", 0, 1 << 62)
         if idx != len(self._frames):
             raise _Corrupt(f"round {idx} is out of sequence (expected {len(self._frames)})")
@@ -570,7 +611,7 @@ class Record:
                     or len(set(zero)) != len(zero)):
                 raise _Corrupt(f"round {idx} has a bad list of all-zero bitmaps")
             raw = (len(BITMAPS) - len(zero)) * ((npages + 7) // 8)
-            limit = len(blob) if codec == CODEC_NONE else len(blob) * ZLIB_MAX_RATIO + 64
+            limit = blob[1] if codec == CODEC_NONE else blob[1] * ZLIB_MAX_RATIO + 64
             if raw > limit:
                 raise _Corrupt(f"round {idx} claims more bitmap data than its frame can hold")
             clean.update(npages=npages, delta=bool(obj.get("delta", False)), zero=sorted(zero))
@@ -584,7 +625,7 @@ class Record:
                         or not all(-1 <= v < 1 << 63 for v in u[1:])):
                     raise _Corrupt(f"round {idx} has a bad per-mapping usage row")
             clean["usage"] = usage
-        self._frames.append(_RoundFrame(clean, lay, codec, blob, off))
+        self._frames.append(_RoundFrame(clean, lay, codec, blob[0], blob[1], off))
 
     # -- public API --------------------------------------------------------
     def __len__(self) -> int:
@@ -629,18 +670,21 @@ class Record:
         zero = f.obj["zero"]
         stored = [k for k in range(len(BITMAPS)) if k not in zero]
         raw_len = len(stored) * nb
+        blob = self._src.read(f.blob_off, f.blob_len)
+        if len(blob) != f.blob_len:
+            raise _Corrupt("the file got shorter while it was read")
         if f.codec == CODEC_ZLIB:
             d = zlib.decompressobj()
             try:
                 # max_length 0 would mean "unlimited": ask for one byte to
                 # prove an empty layout's blob really is empty
-                raw = d.decompress(f.blob, raw_len or 1)
+                raw = d.decompress(blob, raw_len or 1)
             except zlib.error:
                 raise _Corrupt("its bitmaps do not decompress") from None
             if len(raw) != raw_len or not d.eof or d.unused_data or d.unconsumed_tail:
                 raise _Corrupt("its bitmaps have the wrong length")
         else:
-            raw = bytes(f.blob)
+            raw = blob
             if len(raw) != raw_len:
                 raise _Corrupt("its bitmaps have the wrong length")
         arr = np.frombuffer(raw, dtype=np.uint8)
@@ -700,16 +744,11 @@ class Record:
         return {"path": self.path, "format_version": f"{self.meta.version[0]}.{self.meta.version[1]}",
                 "meta": self.meta.as_dict(), "rounds": len(self), "complete": self.complete,
                 "end_reason": self.end_reason, "truncated_tail_bytes": self.truncated_bytes,
-                "size_bytes": len(self._data)}
+                "size_bytes": self._size}
 
     def close(self) -> None:
-        data, self._data = self._data, b""
         self._frames = []
-        if isinstance(data, mmap.mmap):
-            try:
-                data.close()
-            except BufferError:      # a caller still holds a round's bytes: the GC unmaps it later
-                pass
+        self._src.close()
 
     def __enter__(self) -> "Record":
         return self
@@ -741,27 +780,19 @@ def open_record(path: str | os.PathLike, salvage: bool = False) -> Record:
         raise AccessDenied(p) from None
     except OSError as e:
         raise BadInput(f"cannot read {p}: {(e.strerror or str(e)).lower()}") from None
+    f = os.fdopen(fd, "rb", buffering=0)
     try:
         st = os.fstat(fd)
         _require_regular(p, st.st_mode)
-        if st.st_size == 0:
-            raise BadInput(f"{p} is empty, not an idlemap record")
-        # Mapped, not read: only the bytes the reader looks at are paged in,
-        # so a huge (or sparse) file costs what is parsed -- and a non-record
-        # is refused after its first bytes.
-        try:
-            data = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ)
-        except (OSError, ValueError, OverflowError) as e:
-            raise BadInput(f"cannot read {p}: {e}") from None
-    finally:
-        os.close(fd)
-    try:
-        return Record(p, data, salvage=salvage)
+        # Read a frame at a time (_Source), not whole: a huge or sparse file
+        # costs what is parsed, and a non-record is refused after its first bytes.
+        src = _Source(file=f, size=st.st_size)
+        return Record(p, src, salvage=salvage)
+    except OSError as e:
+        f.close()
+        raise BadInput(f"cannot read {p}: {(e.strerror or str(e)).lower()}") from None
     except BaseException:
-        try:
-            data.close()
-        except BufferError:         # the traceback still holds a view: unmapped when it goes
-            pass
+        f.close()
         raise
 
 

@@ -210,3 +210,20 @@ def test_report_refuses_what_would_not_fit_in_memory(tmp_path, capsys):
     assert main(["report", str(p), "hot"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "would need about" in err
+
+
+def test_file_cut_shorter_while_open_is_one_sentence(tmp_path):
+    """The reader holds the file open and reads blobs when rounds are
+    decoded: a file truncated meanwhile reads as damage, not as a crash."""
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    import recgen
+    p = tmp_path / "r.rec"
+    recgen.write(p, recgen.changing_rounds(6))
+    rec = open_record(p)
+    assert len(rec) == 6
+    os.truncate(p, os.path.getsize(p) // 3)
+    with pytest.raises(BadInput, match="got shorter"):
+        for _ in rec.rounds():
+            pass
+    rec.close()
