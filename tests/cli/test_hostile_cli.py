@@ -307,3 +307,12 @@ def test_console_entry_has_no_slow_import_before_main():
     r = subprocess.run([sys.executable, "-c", "import sys, idlemap.cli; print('numpy' in sys.modules)"],
                        capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("side", [".present", ".json"])
+def test_bitmap_side_files_checked_before_the_scan(tmp_path, side, capsys):
+    os.mkfifo(tmp_path / f"b{side}")
+    assert main(["bitmap", str(os.getpid()), "-o", str(tmp_path / "b")]) == 2
+    assert "it is a FIFO" in one_line(capsys.readouterr().err)
+    assert stat.S_ISFIFO(os.lstat(tmp_path / f"b{side}").st_mode)
+    assert os.listdir(tmp_path) == [f"b{side}"]

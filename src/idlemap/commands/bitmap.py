@@ -99,6 +99,8 @@ def run(args) -> int:
     if rest:
         raise UsageError("too many arguments: idlemap bitmap PID -o FILE")
     ranges = [parse_range(r) for r in args.range] or None
+    for side in (".present", ".json"):     # FILE itself was checked while parsing
+        outputs.check(args.output + side, "the bitmap's side file")   # before the scan, not after
     proc = user_target(pid)        # a kernel thread: exit 2, as in every command
     require_page_idle()
     layout, gpa_ranges = None, ranges
