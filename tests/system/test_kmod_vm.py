@@ -675,3 +675,15 @@ def test_walk_cost_per_page(thp):
     assert p == n
     print(f"\n{'thp' if thp else '4k'} walk, 512 MiB, read + re-mark: {min(t) * 1e3:.1f} ms, "
           f"{min(t) * 1e9 / n:.1f} ns/page (TCG)")
+
+
+def test_wss_command_with_backend_kmod(capsys):
+    from idlemap.cli import main
+    with Workload() as w:
+        w.map("a", 16)
+        w.touch("a")
+        rc = main(["wss", "--backend", "kmod", str(w.pid), "0.2", "2"])
+    cap = capsys.readouterr()
+    print(cap.out, cap.err)
+    assert rc == 0, cap.err
+    assert "kmod" in cap.out + cap.err
