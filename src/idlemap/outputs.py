@@ -46,20 +46,29 @@ def check(path: str, what: str = "the output") -> None:
     and again right before the rename (the path may have changed since)."""
     if not path:
         raise UsageError(f"the path for {what} is empty")
+    d = os.path.dirname(path) or "."
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        d = os.path.dirname(path) or "."
         if not os.path.isdir(d):
             raise UsageError(f"cannot write {what} to {path}: its directory does not exist") from None
-        return
+        st = None
     except NotADirectoryError:
         raise UsageError(f"cannot write {what} to {path}: a part of it is not a directory") from None
     except OSError as e:
         raise _error(e, path, what) from None
-    if not stat.S_ISREG(st.st_mode):
+    if st is not None and not stat.S_ISREG(st.st_mode):
         raise UsageError(f"refusing to write {what} to {path}: it is {_kind(st.st_mode)}, "
                          "and idlemap only creates or replaces regular files")
+    # The new file is made in the directory: say now, not after a scan,
+    # if it cannot be (read-only file system, no permission, immutable).
+    # access() answers for the effective user, root included (EROFS, EPERM).
+    if not os.access(d, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        try:
+            ro = bool(os.statvfs(d).f_flag & os.ST_RDONLY)
+        except OSError:
+            ro = False
+        raise _error(OSError(errno.EROFS if ro else errno.EACCES, ""), path, what)
 
 
 def arg(what: str):
@@ -68,8 +77,10 @@ def arg(what: str):
         import argparse
         try:
             check(text, what)
-        except IdlemapError as e:
+        except UsageError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
+        # Other errors (read-only file system 73, permission 77) keep their
+        # own exit code: the same as when the write itself fails.
         return text
     parse.__name__ = "path"
     parse.idlemap_path = True           # tests find every path option by this mark

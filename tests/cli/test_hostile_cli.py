@@ -316,3 +316,24 @@ def test_bitmap_side_files_checked_before_the_scan(tmp_path, side, capsys):
     assert "it is a FIFO" in one_line(capsys.readouterr().err)
     assert stat.S_ISFIFO(os.lstat(tmp_path / f"b{side}").st_mode)
     assert os.listdir(tmp_path) == [f"b{side}"]
+
+
+@needs_root
+@pytest.mark.parametrize("cmd, opt", PATHS, ids=[f"{c}{o}" for c, o in PATHS])
+def test_every_path_option_into_a_read_only_directory(cmd, opt, tmp_path, capsys):
+    """A read-only file system (73) and an immutable directory (77, as
+    root ignores modes): the same code from every path option, before any
+    scan, and nothing created."""
+    with tmpfs(tmp_path / "ro", "size=64k,ro") as d:
+        assert main(_path_argv(cmd, opt, d / "f")) == 73
+        assert "read-only file system" in one_line(capsys.readouterr().err)
+    imm = tmp_path / "imm"
+    imm.mkdir()
+    if subprocess.run(["chattr", "+i", str(imm)], capture_output=True, check=False).returncode:
+        pytest.skip("chattr +i not supported here")
+    try:
+        assert main(_path_argv(cmd, opt, imm / "f")) == 77
+        assert "permission denied writing" in one_line(capsys.readouterr().err)
+        assert os.listdir(imm) == []
+    finally:
+        subprocess.run(["chattr", "-i", str(imm)], check=False)
