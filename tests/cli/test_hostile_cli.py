@@ -337,3 +337,18 @@ def test_every_path_option_into_a_read_only_directory(cmd, opt, tmp_path, capsys
         assert os.listdir(imm) == []
     finally:
         subprocess.run(["chattr", "-i", str(imm)], check=False)
+
+
+@pytest.mark.parametrize("text, words", [("0-99999999999999999999999", "within"), ("5-3", "END must be above"),
+                                         ("x-y", "expected START-END"), ("-5", "")])
+@pytest.mark.parametrize("cmd", ["report", "record", "bitmap"])
+def test_bad_address_range(cmd, text, words, tmp_path, capsys):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "unit"))
+    import recgen
+    rec = tmp_path / "r.rec"
+    recgen.write(rec, recgen.changing_rounds(2))
+    argv = {"report": ["report", str(rec), "hot"], "record": ["record", str(os.getpid()), "-o", str(tmp_path / "o")],
+            "bitmap": ["bitmap", str(os.getpid()), "-o", str(tmp_path / "b")]}[cmd]
+    assert main([*argv, f"--range={text}"]) == 2
+    assert words in one_line(capsys.readouterr().err)
+    assert sorted(os.listdir(tmp_path)) == ["r.rec"]

@@ -47,6 +47,8 @@ def parse_range(text: str) -> tuple[int, int]:
         raise UsageError(f"bad range {text!r}: expected START-END, e.g. 0x7f0000000000-0x7f0040000000") from None
     if hi <= lo:
         raise UsageError(f"bad range {text!r}: END must be above START")
+    if lo < 0 or hi > 1 << 64:    # beyond any address space: a typo, and too big for the int64 page maths
+        raise UsageError(f"bad range {text!r}: addresses must lie within 0-0x{(1 << 64):x}")
     return lo, hi
 
 
