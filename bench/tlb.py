@@ -48,6 +48,7 @@ sys.path[:0] = [p for p in (BENCH, os.path.join(REPO, "src")) if p not in sys.pa
 
 from accuracy import PatternWorkload  # noqa: E402
 from common import add_run_arguments, elsewhere, run_in_vm, save_here  # noqa: E402
+from idlemap.kernel.syscalls import number  # noqa: E402
 
 MiB = 1 << 20
 PAGE = 4096
@@ -57,7 +58,7 @@ RESULTS = os.path.join(BENCH, "results", "tlb.json")
 METHODS = ("none", "soft-dirty", "soft-dirty-1st", "clear_refs-1", "madv-cold", "rescan")
 
 _libc = ctypes.CDLL(None, use_errno=True)
-SYS_pidfd_open, SYS_process_madvise = 434, 440
+SYS_pidfd_open, SYS_process_madvise = number("pidfd_open"), number("process_madvise")
 MADV_COLD = 20
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 from collections.abc import Iterator
 
 
@@ -29,6 +30,16 @@ class TargetExited(NoSuchProcess):
 
     def __init__(self, pid: int):
         IdlemapError.__init__(self, f"process {pid} exited during the scan")
+        self.pid = pid
+
+
+class Zombie(TargetExited):
+    """The process has exited but its parent has not reaped it: /proc/PID
+    is still there, its memory is not."""
+
+    def __init__(self, pid: int):
+        IdlemapError.__init__(self, f"process {pid} has exited and is a zombie (its parent has not reaped "
+                                    "it yet): it has no memory left to measure")
         self.pid = pid
 
 
@@ -110,26 +121,71 @@ EXIT_CODES = {
 }
 
 
+# What provides each /proc/PID file idlemap reads, for the sentence when a
+# kernel has none (fs/proc/base.c, fs/proc/task_mmu.c).
+PROC_FILE_CONFIG = {
+    "pagemap": "CONFIG_PROC_PAGE_MONITOR",
+    "smaps": "CONFIG_PROC_PAGE_MONITOR",
+    "smaps_rollup": "CONFIG_PROC_PAGE_MONITOR, Linux 4.14+",
+    "clear_refs": "CONFIG_PROC_PAGE_MONITOR",
+    "numa_maps": "CONFIG_NUMA",
+}
+
+
+def _proc_state(pid) -> str | None:
+    """The state letter of /proc/PID/stat (R, S, D, Z...); None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return data[data.rindex(b")") + 2:][:1].decode()
+    except (OSError, ValueError):
+        return None
+
+
+def _missing_file(pid, exc: FileNotFoundError) -> IdlemapError:
+    """Why a /proc/PID file was not there, asked as psutil does: the
+    process is gone (no /proc/PID), a zombie, or alive and this kernel
+    has no such file (it is missing from /proc/self too)."""
+    if not os.path.exists(f"/proc/{pid}"):
+        return NoSuchProcess(pid)
+    if _proc_state(pid) == "Z":
+        return Zombie(pid)
+    prefix = f"/proc/{pid}/"
+    path = exc.filename if isinstance(exc.filename, str) else ""
+    if path.startswith(prefix) and not os.path.exists("/proc/self/" + path[len(prefix):]):
+        name = path[len(prefix):]
+        return FeatureMissing(f"/proc/PID/{name}", PROC_FILE_CONFIG.get(name, "the option that provides it"))
+    # Present for us but not for it: it went away between the two looks
+    # (reaped, and the PID already taken again).
+    return NoSuchProcess(pid)
+
+
 @contextlib.contextmanager
 def proc_errors(pid: int, what: str) -> Iterator[None]:
     """Translate OSErrors raised while touching /proc/PID/* into idlemap errors.
 
     /proc files of a process that has exited give ENOENT on open and ESRCH on
     read (the mm is gone); a zombie gives 0 bytes, handled by the callers.
+    Before blaming the process, the errno is checked against what /proc says
+    now (psutil's order): gone, zombie, a file this kernel lacks, denied.
     """
     try:
         yield
-    except FileNotFoundError:
-        raise NoSuchProcess(pid) from None
+    except FileNotFoundError as e:
+        raise _missing_file(pid, e) from None
     except ProcessLookupError:
-        raise TargetExited(pid) from None
+        raise (Zombie(pid) if _proc_state(pid) == "Z" else TargetExited(pid)) from None
     except PermissionError:
+        if _proc_state(pid) == "Z":
+            raise Zombie(pid) from None
         raise AccessDenied(f"{what} of PID {pid}",
                            "run as root, or as the process's owner where ptrace is allowed") from None
     except OSError as e:
         if e.errno == errno.ESRCH:
-            raise TargetExited(pid) from None
+            raise (Zombie(pid) if _proc_state(pid) == "Z" else TargetExited(pid)) from None
         if e.errno == errno.EACCES or e.errno == errno.EPERM:
+            if _proc_state(pid) == "Z":
+                raise Zombie(pid) from None
             raise AccessDenied(f"{what} of PID {pid}") from None
         raise
 

@@ -142,9 +142,10 @@ class _Child:
         npages = arr.size // PAGE
         first, count = int(first), int(count) or npages - int(first)
         mask = ctypes.c_ulong(1 << int(node))
-        # mbind(2) has no glibc wrapper (it is libnuma's); x86_64 syscall 237.
+        from .kernel import syscalls     # here, not at the top: the child stays lean
+        # mbind(2) has no glibc wrapper (it is libnuma's): called by number.
         # maxnode counts bits, and the kernel drops one: 64 bits -> 65.
-        rc = _libc.syscall(237, ctypes.c_void_p(addr + first * PAGE), ctypes.c_ulong(count * PAGE),
+        rc = syscalls.libc.syscall(syscalls.number("mbind"), ctypes.c_void_p(addr + first * PAGE), ctypes.c_ulong(count * PAGE),
                            ctypes.c_int(_MPOL_BIND), ctypes.byref(mask), ctypes.c_ulong(65),
                            ctypes.c_uint(_MPOL_MF_MOVE))
         if rc != 0:

@@ -20,6 +20,7 @@ import struct
 import numpy as np
 
 from ..errors import AccessDenied, IdlemapError, NoSuchProcess, TargetExited, UsageError
+from . import syscalls
 
 DEVICE = "/dev/idlemap"
 MODULE = "idlemap_kmod"
@@ -179,16 +180,13 @@ PAGE_SHIFT = os.sysconf("SC_PAGE_SIZE").bit_length() - 1
 
 
 # -- loading and unloading, by system call ------------------------------------------
-_SYS_FINIT_MODULE = 313      # x86-64
-_SYS_DELETE_MODULE = 176
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def load(path: str) -> None:
     """finit_module(2) the .ko at ``path``; each refusal is one sentence."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        r = _libc.syscall(_SYS_FINIT_MODULE, fd, b"", 0)
+        r = syscalls.libc.syscall(syscalls.number("finit_module"), fd, b"", 0)
         err = ctypes.get_errno() if r != 0 else 0
     finally:
         os.close(fd)
@@ -232,7 +230,7 @@ def refusal_reason() -> str:
 
 
 def unload() -> None:
-    r = _libc.syscall(_SYS_DELETE_MODULE, MODULE.encode(), os.O_NONBLOCK)
+    r = syscalls.libc.syscall(syscalls.number("delete_module"), MODULE.encode(), os.O_NONBLOCK)
     if r != 0:
         err = ctypes.get_errno()
         if err == errno.ENOENT:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import ctypes
 import mmap
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_SYS_move_pages = 279          # x86_64
+from . import syscalls
+
 MPOL_MF_MOVE = 1 << 1
 
 # The page and the syscall's argument arrays, built once: this runs every
@@ -25,22 +25,29 @@ _args: tuple | None = None
 
 
 def _setup() -> tuple:
+    try:
+        nr = syscalls.number("move_pages")
+    except syscalls.UnknownSyscall:
+        nr = -1         # an architecture we have no number for: like a kernel without it
     page = mmap.mmap(-1, mmap.PAGESIZE)
     page[0] = 1
     pages = (ctypes.c_void_p * 1)(ctypes.addressof(ctypes.c_char.from_buffer(page)))
-    return page, pages, (ctypes.c_int * 1)(-1), (ctypes.c_int * 1)(-1)
+    return nr, page, pages, (ctypes.c_int * 1)(-1), (ctypes.c_int * 1)(-1)
 
 
 def drain_all() -> bool:
     """Drain every CPU's LRU batches; False if the kernel has no move_pages
-    (CONFIG_MIGRATION off) -- callers then accept a few untracked pages."""
+    (CONFIG_MIGRATION off, or an architecture kernel/syscalls.py has no
+    number for) -- callers then accept a few untracked pages."""
     global _args
     if _args is None:
         _args = _setup()
-    _, pages, status, nodes = _args
+    nr, _, pages, status, nodes = _args
+    if nr < 0:
+        return False
     # First ask where the page is (nodes=NULL), then "move" it there.
     status[0] = -1
-    if _libc.syscall(_SYS_move_pages, 0, 1, pages, None, status, 0) != 0 or status[0] < 0:
+    if syscalls.libc.syscall(nr, 0, 1, pages, None, status, 0) != 0 or status[0] < 0:
         return False
     nodes[0] = status[0]
-    return _libc.syscall(_SYS_move_pages, 0, 1, pages, nodes, status, MPOL_MF_MOVE) == 0
+    return syscalls.libc.syscall(nr, 0, 1, pages, nodes, status, MPOL_MF_MOVE) == 0

@@ -15,13 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import AccessDenied, BadInput, FeatureMissing, TargetExited
+from ..errors import BadInput, TargetExited
+from . import syscalls
 from .features import parse_node_list
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-SYS_move_pages = 279           # x86_64
 MPOL_MF_MOVE = 1 << 1          # move pages mapped by this process only
 NODE_ROOT = "/sys/devices/system/node"
 
@@ -94,11 +91,12 @@ def move_pages(pid: int, addrs: np.ndarray, nodes: np.ndarray | None = None) -> 
         nodes = np.ascontiguousarray(nodes, dtype=np.int32)
         if nodes.size != addrs.size:
             raise ValueError("move_pages needs one node per address")
+    nr = syscalls.number("move_pages")
     for lo in range(0, addrs.size, CHUNK_PAGES):
         hi = min(addrs.size, lo + CHUNK_PAGES)
         st = status[lo:hi]
         nd = None if nodes is None else ctypes.c_void_p(nodes[lo:hi].ctypes.data)
-        rc = _libc.syscall(SYS_move_pages, ctypes.c_int(pid), ctypes.c_ulong(hi - lo),
+        rc = syscalls.libc.syscall(nr, ctypes.c_int(pid), ctypes.c_ulong(hi - lo),
                            ctypes.c_void_p(addrs[lo:hi].ctypes.data), nd,
                            ctypes.c_void_p(st.ctypes.data),
                            ctypes.c_int(MPOL_MF_MOVE if nodes is not None else 0))
@@ -109,15 +107,11 @@ def move_pages(pid: int, addrs: np.ndarray, nodes: np.ndarray | None = None) -> 
 
 
 def _raise(e: int, pid: int) -> None:
-    if e == errno.ESRCH or e == errno.EINVAL:
+    if e == errno.EINVAL:
         # Callers identified the PID before: it went away since.  A zombie
         # (exited, not yet reaped) has no mm left: find_mm_struct -> EINVAL.
         raise TargetExited(pid)
-    if e == errno.EPERM:
-        raise AccessDenied(f"the pages of PID {pid} for move_pages",
-                           "it needs CAP_SYS_NICE and the right to ptrace the target: run as root")
-    if e == errno.ENOSYS:
-        raise FeatureMissing("move_pages", "CONFIG_MIGRATION", "")
+    syscalls.raise_for("move_pages", e, pid, f"the pages of PID {pid}")
     if e in (errno.ENODEV, errno.EACCES):
         # Whole-call errors about a target node: it has no memory (ENODEV)
         # or the target's cpuset does not allow it (EACCES).

@@ -1,9 +1,7 @@
 """pidfd_open(2) and process_madvise(2): advise the kernel about another
 process's memory (MADV_COLD: deactivate; MADV_PAGEOUT: reclaim now).
 
-Both are x86_64 syscall numbers called through libc's syscall(): glibc has
-wrappers only since 2.36 (pidfd_open) and not at all for process_madvise in
-older releases.  process_madvise needs Linux 5.10+, CAP_SYS_NICE and the
+Both are called by number (kernel/syscalls.py says why).  process_madvise needs Linux 5.10+, CAP_SYS_NICE and the
 right to ptrace-read the target (PTRACE_MODE_READ_FSCREDS).
 
 A pidfd pins the process *identity*: if the PID is reused, calls on the old
@@ -18,13 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import AccessDenied, FeatureMissing, NoSuchProcess, TargetExited
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-SYS_pidfd_open = 434           # x86_64, Linux 5.3
-SYS_process_madvise = 440      # x86_64, Linux 5.10
+from ..errors import NoSuchProcess
+from . import syscalls
 
 MADV_COLD = 20                 # Linux 5.4: move to the inactive list
 MADV_PAGEOUT = 21              # Linux 5.4: reclaim (swap out / drop) now
@@ -36,13 +29,12 @@ IOV_MAX = 1024
 
 def pidfd_open(pid: int) -> int:
     """A pidfd for ``pid`` (close it with os.close)."""
-    fd = _libc.syscall(SYS_pidfd_open, ctypes.c_int(pid), ctypes.c_uint(0))
+    fd = syscalls.libc.syscall(syscalls.number("pidfd_open"), ctypes.c_int(pid), ctypes.c_uint(0))
     if fd < 0:
         e = ctypes.get_errno()
         if e == errno.ESRCH:
-            raise NoSuchProcess(pid)
-        if e == errno.ENOSYS:
-            raise FeatureMissing("pidfd_open", "Linux 5.3+", "")
+            raise NoSuchProcess(pid)        # not there to begin with
+        syscalls.raise_for("pidfd_open", e, pid, f"PID {pid}")
         raise OSError(e, os.strerror(e))
     return int(fd)
 
@@ -58,7 +50,7 @@ class AdviseResult:
 
 def _call(pidfd: int, iov: np.ndarray, advice: int) -> int:
     """One syscall over iov (n x 2 uint64: base, len); bytes or -errno."""
-    n = _libc.syscall(SYS_process_madvise, ctypes.c_int(pidfd), ctypes.c_void_p(iov.ctypes.data),
+    n = syscalls.libc.syscall(syscalls.number("process_madvise"), ctypes.c_int(pidfd), ctypes.c_void_p(iov.ctypes.data),
                       ctypes.c_size_t(iov.shape[0]), ctypes.c_int(advice), ctypes.c_uint(0))
     return int(n) if n >= 0 else -ctypes.get_errno()
 
@@ -98,13 +90,4 @@ def process_madvise(pidfd: int, pid: int, starts: np.ndarray, lengths: np.ndarra
 
 def _raise_fatal(e: int, pid: int) -> None:
     """Errors that concern the whole call, not one range."""
-    if e == errno.ESRCH:
-        raise TargetExited(pid)
-    if e == errno.EPERM:
-        raise AccessDenied(f"the memory of PID {pid} for process_madvise",
-                           "it needs CAP_SYS_NICE and the right to ptrace the target: run as root")
-    if e == errno.ENOSYS:
-        raise FeatureMissing("process_madvise", "CONFIG_ADVISE_SYSCALLS, Linux 5.10+",
-                             "use `--dry-run` to see the plan")
-    if e == errno.EBADF:
-        raise TargetExited(pid)
+    syscalls.raise_for("process_madvise", e, pid, f"the memory of PID {pid}")
