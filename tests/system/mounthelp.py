@@ -17,14 +17,17 @@ class Mount:
     """``idlemap mount DIR --foreground --json`` in a child; ready when its
     first stdout line (the JSON 'mounted' record) arrives."""
 
-    def __init__(self, *extra: str):
+    def __init__(self, *extra: str, prefix: tuple[str, ...] = ()):
+        """``prefix``: a command that runs the daemon (e.g. unshare into
+        another PID namespace); stop() then signals the daemon, its child."""
+        self.prefix = prefix
         self.dir = tempfile.mkdtemp(prefix="idlemap-mnt-")
         os.chmod(self.dir, 0o755)          # other uids must reach the mount point
         self.log_path = self.dir + ".log"
         self.log = open(self.log_path, "w+")
         # faulthandler: should the daemon ever die of a signal, its log says where.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "idlemap", "mount", self.dir, "--foreground", "--json", "-v", *extra],
+            [*prefix, sys.executable, "-m", "idlemap", "mount", self.dir, "--foreground", "--json", "-v", *extra],
             stdout=subprocess.PIPE, stderr=self.log, text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
         line = self.proc.stdout.readline()
         if not line:
@@ -45,6 +48,14 @@ class Mount:
         """SIGTERM, wait, and return the exit status; the mount must be gone."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+            if self.prefix:
+                # unshare --fork ignores SIGTERM while it waits for its child.
+                try:
+                    with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+                        for child in f.read().split():
+                            os.kill(int(child), signal.SIGTERM)
+                except OSError:
+                    pass
         rc = self.proc.wait(timeout=60)
         self.log.close()
         return rc

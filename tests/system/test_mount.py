@@ -258,6 +258,38 @@ def test_root_without_cap_sys_admin_gets_no_idle_data(mount):
         u.close()
 
 
+def test_callers_the_daemon_cannot_see_get_no_capabilities():
+    """A daemon in a child PID namespace gets PID 0 for callers outside it:
+    their capabilities cannot be verified, so even root counts as an
+    ordinary uid 0 there (fail closed): no idle files, and the present
+    bitmap only of dumpable processes with its own ids."""
+    # The daemon keeps the host's /proc (a private /proc would need a mount
+    # namespace, hiding the FUSE mount from us); --tlb-flush none because the
+    # auto policy probes the daemon's own pagemap by getpid(), which is 1 in
+    # the new namespace and not the daemon in the host's /proc.
+    m = Mount("--allow-other", "--tlb-flush", "none", prefix=("unshare", "--pid", "--kill-child=SIGTERM"))
+    u = Users()
+    try:
+        got = {}
+        for target, name in ((u.a.pid, "present_bitmap"), (u.root.pid, "present_bitmap"),
+                             (u.root.pid, "idle_bitmap"), (u.root.pid, "wss")):
+            try:
+                with open(m.path(target, name), "rb") as f:
+                    f.read(8)
+                got[f"{'a' if target == u.a.pid else 'root'}/{name}"] = "ok"
+            except OSError as e:
+                got[f"{'a' if target == u.a.pid else 'root'}/{name}"] = errno_name(e)
+        assert got == {"a/present_bitmap": "EACCES",      # another user's: needs CAP_SYS_PTRACE
+                       "root/present_bitmap": "ok",       # root's own ids, dumpable
+                       "root/idle_bitmap": "EACCES",      # refused before EOPNOTSUPP: no verified capability
+                       "root/wss": "ok"}, m.log_text()    # clear_refs on this host: ptrace rules only
+        assert "(pid 0)" in m.log_text()
+    finally:
+        u.close()
+        assert m.stop() == 0
+        m.cleanup()
+
+
 def test_help_states_the_access_rules():
     r = subprocess.run([sys.executable, "-m", "idlemap", "mount", "--help"], capture_output=True,
                        text=True, timeout=60)
