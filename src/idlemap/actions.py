@@ -13,14 +13,12 @@ The rounds come from :class:`idlemap.scan.Scanner` (page_idle backend);
 from __future__ import annotations
 
 import os
-import signal
-import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import rounds
 from .analysis import actions as pol
 from .analysis.spans import HPAGE_PAGES, spans_for
 from .errors import NoSuchProcess, UsageError
@@ -472,55 +470,21 @@ def _plan_ranges(m, pv, dv, weight, plan) -> list[tuple[str, int, int, str]]:
 
 # -- the round loop the commands share ----------------------------------------
 
-class StopRequest:
-    """Ctrl-C / SIGTERM end the run after the current round, so each
-    round's syscalls and its bookkeeping stay together; a second Ctrl-C
-    interrupts at once."""
-
-    def __init__(self):
-        self.event = threading.Event()
-        self._old: dict[int, object] = {}
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.event.is_set():
-            raise KeyboardInterrupt
-        self.event.set()
-
-    def __exit__(self, *exc) -> None:
-        for sig, h in self._old.items():
-            signal.signal(sig, h)
-
-    def sleep_until(self, t: float) -> bool:
-        """Sleep until monotonic time t; False if a stop was requested."""
-        return not self.event.wait(max(0.0, t - time.monotonic()))
-
-
 def run_rounds(engine, period_s: float, count: int | None, emit, done=None) -> str:
-    """start(), then one round every period_s until count rounds, ``done(round)``
-    says so, a stop request or the target's exit.  Returns why it stopped."""
-    with StopRequest() as stop:
-        try:
-            engine.start()
-            t0 = time.monotonic()
-            n = 0
-            while count is None or n < count:
-                if not stop.sleep_until(t0 + (n + 1) * period_s):
-                    return "interrupted"
-                res = engine.round()
-                n += 1
-                emit(res)
-                if done is not None and done(res):
-                    return "done"
-                if stop.event.is_set():
-                    return "interrupted"
-            return f"{n} rounds done"
-        except NoSuchProcess as e:
-            return f"stopped: {e}"
-        except KeyboardInterrupt:
-            return "interrupted"
+    """start(), then one round every period_s (rounds.paced) until count
+    rounds, ``done(round)`` says so, a stop request (Ctrl-C/SIGTERM: the
+    round in progress finishes first) or the target's exit.  Returns why
+    it stopped."""
+    try:
+        engine.start()
+        n = 0
+        for res in rounds.paced(engine.round, period_s, count):
+            n += 1
+            emit(res)
+            if done is not None and done(res):
+                return "done"
+        return "interrupted" if rounds.stopped() else f"{n} rounds done"
+    except NoSuchProcess as e:
+        return f"stopped: {e}"
+    except KeyboardInterrupt:
+        return "interrupted"

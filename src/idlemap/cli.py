@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 
+from . import rounds
 from .errors import IdlemapError, UsageError
 
 # One module per subcommand (idlemap/commands/NAME.py), each with
@@ -89,8 +90,12 @@ def _on_signal(signum, frame) -> None:
     # SIGTERM behaves like Ctrl-C: commands catch KeyboardInterrupt and
     # print or keep what they gathered; main() then exits 130 whatever the
     # command returned, because the run did not finish as asked.
+    # Inside a round loop the first signal only asks it to stop after the
+    # round in progress (rounds.py), so that round's work is kept whole.
     global _signalled
     _signalled = signum
+    if rounds.stop_request():
+        return
     raise KeyboardInterrupt
 
 

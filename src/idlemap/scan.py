@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from . import backends, tlb
+from . import backends, rounds, tlb
 from .analysis.spans import merge_ranges
 from .kernel.process import ProcessId
 from .records import Round
@@ -64,6 +64,7 @@ class Scanner:
             self.backend = cls(proc, **kw)
         self.index = 0
         self.started_at: float | None = None
+        self.window_started: float | None = None
 
     @property
     def backend_name(self) -> str:
@@ -76,44 +77,30 @@ class Scanner:
     def start(self) -> None:
         """Open the first window (mark every page not accessed)."""
         self.backend.mark()
-        self.started_at = time.monotonic()
+        self.started_at = self.window_started = time.monotonic()
 
     def round(self) -> Round:
         """Close the current window, open the next; return the closed one."""
         if self.started_at is None:
             self.start()
         s = self.backend.sample(remark=True)
+        self.window_started = time.monotonic()     # the re-mark opened the next window
         r = Round(self.index, time.time(), s)
         self.index += 1
         return r
 
     def run(self, count: int | None, interval_s: float,
             on_round: Callable[[Round], None] | None = None) -> Iterator[Round]:
-        """``count`` rounds (None: until the caller stops) paced by the clock.
-
-        Window k ends at start + (k+1)·interval, not "interval after the
-        previous read", so the time a read takes does not drift the
-        schedule; a read that overruns its slot just makes the next window
-        start late (its measured window_s says so).
-        """
+        """``count`` rounds (None: until stopped) on rounds.paced's fixed grid
+        from the first mark; a stop request ends the run between rounds."""
         if self.started_at is None:
             self.start()
-        t0 = self.started_at
-        n = 0
-        while count is None or n < count:
-            deadline = t0 + (self.index + 1) * interval_s
-            delay = deadline - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                # Overran: re-base the schedule instead of firing a burst of
-                # zero-length windows to catch up.
-                t0 = time.monotonic() - (self.index + 1) * interval_s
-            r = self.round()
+        # The grid starts where the open window did (the first mark, or the
+        # last round's re-mark if rounds were taken before, e.g. to calibrate).
+        for r in rounds.paced(self.round, interval_s, count, t0=self.window_started):
             if on_round:
                 on_round(r)
             yield r
-            n += 1
 
     def close(self) -> None:
         self.backend.close()

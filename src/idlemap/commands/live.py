@@ -11,12 +11,18 @@ from ..analysis.hotness import build_history
 from ..errors import NoSuchProcess
 from ..recordfile import RecordWriter, make_meta
 from ..render.progress import Progress
+from ..rounds import stopped
 from .record import open_scanner
 from .report import show
 
 
 def scan_and_show(kind: str, args) -> int:
-    sc, interval, auto = open_scanner(args, need_per_page=True)
+    # Any backend: where only per-mapping totals exist (clear_refs), the
+    # reports show mappings instead of refusing (report.show degrades).
+    sc, interval, auto = open_scanner(args)
+    if sc.granularity != "page" and not args.json:
+        print(f"Scanning with {sc.backend_name} [{sc.choice.reason}]: the report is "
+              f"{'by DAMON region' if sc.granularity == 'region' else 'by mapping'}.", file=sys.stderr, flush=True)
     writer = None
     if getattr(args, "output", None):
         try:
@@ -35,6 +41,8 @@ def scan_and_show(kind: str, args) -> int:
                 if writer:
                     writer.add(r)
                 prog.update(len(rounds))
+        if stopped():                   # Ctrl-C/SIGTERM between rounds (rounds.py)
+            reason = "interrupted"
     except KeyboardInterrupt:
         reason = "interrupted"          # report on the rounds gathered so far
     except NoSuchProcess as e:
@@ -52,11 +60,12 @@ def scan_and_show(kind: str, args) -> int:
     h = build_history(rounds, pid=sc.proc.pid)
     del rounds
     for opt, default in (("png", None), ("rows", None), ("cols", None), ("png_rows", 320), ("color", "auto"),
-                         ("min_count", None), ("max_count", 0), ("min_idle", None), ("merge_gap", 0),
-                         ("limit", 40), ("sort", "va"), ("top", 12)):
+                         ("min_count", None), ("max_count", None), ("min_idle", None), ("merge_gap", 0),
+                         ("limit", 40), ("sort", "size"), ("top", 12)):
         if not hasattr(args, opt):
             setattr(args, opt, default)
-    source = {"pid": sc.proc.pid, "comm": sc.proc.comm, "backend": sc.backend_name, "interval_s": interval,
+    source = {"pid": sc.proc.pid, "comm": sc.proc.comm, "backend": sc.backend_name,
+              "granularity": sc.granularity, "interval_s": interval,
               **sc.tlb.as_dict()}
     rc = show(kind, h, args, source)
     if writer and not args.json:

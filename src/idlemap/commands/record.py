@@ -5,7 +5,7 @@ import os
 import sys
 import time
 
-from .. import backends, outputs, validate
+from .. import backends, outputs, rounds, validate
 from ..errors import NoSuchProcess, UsageError
 from ..recordfile import RecordWriter, make_meta
 from ..render.progress import Progress
@@ -125,7 +125,8 @@ def run(args) -> int:
         sc.close()
         raise
     if not args.json:
-        what = "per page" if sc.granularity == "page" else "per mapping (totals only: the wss report)"
+        what = {"page": "per page", "region": "per DAMON region"}.get(
+            sc.granularity, "per mapping (totals only: every report by mapping)")
         n = f"{args.rounds} rounds" if args.rounds else "rounds"
         print(f"Recording PID {sc.proc.pid} ({sc.proc.comm}) with {sc.backend_name} [{sc.choice.reason}], "
               f"{what}: {n} of {interval:g} s to {path}. Ctrl-C to stop.", flush=True)
@@ -141,6 +142,8 @@ def run(args) -> int:
                                "file_bytes": writer.size_bytes, "window_s": round(r.sample.window_s, 6),
                                "rss_bytes": r.sample.rss_bytes, "wss_bytes": r.accessed_bytes})
                 prog.update(writer.rounds, f"{human_bytes(writer.size_bytes)} written")
+        if rounds.stopped():            # Ctrl-C/SIGTERM between rounds (rounds.py)
+            reason = "interrupted"
     except KeyboardInterrupt:
         reason = "interrupted"
     except NoSuchProcess as e:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
 
 from .. import validate
 from ..analysis.system import SORT_KEYS
@@ -12,6 +11,7 @@ from ..errors import NoSuchProcess, UsageError
 from ..kernel.tasks import read_task
 from ..render import top as render
 from ..render.text import json_line
+from ..rounds import paced
 from ..tlb import resolve
 
 HELP = "every process (and cgroup) by working set: RSS, WSS and cold MiB per window, like top"
@@ -139,13 +139,7 @@ def run(args) -> int:
             elif not args.json:
                 print(intro, flush=True)
             scanner.mark()
-            t_next = time.monotonic() + interval
-            while count is None or rounds < count:
-                time.sleep(max(0.0, t_next - time.monotonic()))
-                s = scanner.sample(remark=True)
-                # Windows start where the last read ended, so a slow scan
-                # does not stretch every following window.
-                t_next = time.monotonic() + interval
+            for s in paced(lambda: scanner.sample(remark=True), interval, count):
                 rounds += 1
                 if args.json:
                     json_line({**render.as_json(s, args.sort, n, args.cgroups, rounds), **scanner.tlb.as_dict()})

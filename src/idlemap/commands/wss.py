@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from .. import backends, validate
+from .. import backends, rounds, validate
 from ..analysis.wss import profile_windows, summarize, top_mappings
 from ..errors import NoSuchProcess, UsageError
 from ..render.text import MB, Table, json_line, mb
@@ -127,11 +127,8 @@ def run(args) -> int:
                     time.sleep(max(0.0, t0 + end - time.monotonic()))
                     emit(backend.sample(remark=False))
             else:
-                n = 0
-                while count is None or n < count:
-                    time.sleep(interval)
-                    emit(backend.sample(remark=not args.cumulative))
-                    n += 1
+                for s in rounds.paced(lambda: backend.sample(remark=not args.cumulative), interval, count):
+                    emit(s)
     except KeyboardInterrupt:
         pass
     except NoSuchProcess as e:

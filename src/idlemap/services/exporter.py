@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from ..analysis.system import SystemSample, sort_rows
 from ..errors import IdlemapError, UsageError
+from ..rounds import paced
 
 DEFAULT_LISTEN = "127.0.0.1:9466"
 ERROR_REASONS = ("io", "scan_failed")
@@ -97,7 +98,11 @@ def make_collector(state: ExporterState, processes: bool = True, cgroups: bool =
                    top_n: int = 0, sort: str = "rss", pss: bool = False, guests: bool = False):
     """A prometheus_client Collector over ``state`` (imported lazily: the
     client is an optional dependency)."""
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        InfoMetricFamily,
+    )
     from prometheus_client.registry import Collector
 
     from .. import __version__
@@ -234,12 +239,7 @@ def scan_loop(scanner, state: ExporterState, interval_s: float, stop: threading.
     """Run windows back to back until ``stop`` (or ``max_windows``); a
     failed window is counted and logged, and the next one starts afresh."""
     log = log or (lambda msg: print(f"idlemap exporter: {msg}", file=sys.stderr, flush=True))
-    scanner.mark()
-    n = 0
-    t_next = time.monotonic() + interval_s
-    while not stop.is_set() and (max_windows is None or n < max_windows):
-        if stop.wait(max(0.0, t_next - time.monotonic())):
-            break
+    def window() -> None:
         try:
             s = scanner.sample(remark=True)
         except (IdlemapError, OSError) as e:
@@ -251,5 +251,7 @@ def scan_loop(scanner, state: ExporterState, interval_s: float, stop: threading.
                 pass
         else:
             state.record(s)
-        t_next = time.monotonic() + interval_s
-        n += 1
+
+    scanner.mark()
+    for _ in paced(window, interval_s, max_windows, stop=stop):
+        pass
