@@ -330,6 +330,48 @@ int main(void)
 }
 """
 
+# clonevm PROGRAM: a child sharing this process's mm (clone CLONE_VM, like
+# vfork) that executes PROGRAM when told; prints "child <pid>", waits for a
+# line on stdin, lets the child exec, and keeps the old mm alive (itself)
+# until the child exits.
+CLONEVM_C = r"""
+#define _GNU_SOURCE
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char *prog;
+static int go[2];
+
+static int child(void *arg)
+{
+    char c;
+    (void)arg;
+    if (read(go[0], &c, 1) != 1) _exit(126);
+    execl(prog, prog, (char *)NULL);
+    _exit(127);
+}
+
+int main(int argc, char **argv)
+{
+    char line[64];
+    if (argc != 2 || pipe(go)) return 2;
+    prog = argv[1];
+    char *stack = malloc(1 << 20);
+    int pid = clone(child, stack + (1 << 20), CLONE_VM | SIGCHLD, NULL);
+    if (pid < 0) { perror("clone"); return 3; }
+    printf("child %d\n", pid);
+    fflush(stdout);
+    if (!fgets(line, sizeof line, stdin)) return 4;
+    if (write(go[1], "g", 1) != 1) return 5;
+    waitpid(pid, NULL, 0);
+    return 0;
+}
+"""
+
 UNPRIV = 4242          # the audit's unprivileged uid (no passwd entry needed)
 
 
@@ -345,7 +387,8 @@ class CPrograms:
             raise RuntimeError("no C compiler (cc or gcc): the mount's access tests need one")
         self.dir = tempfile.mkdtemp(prefix="idlemap-c-")
         os.chmod(self.dir, 0o755)
-        for name, src in (("probe", PROBE_C), ("hold", HOLD_C), ("waiter", WAITER_C)):
+        for name, src in (("probe", PROBE_C), ("hold", HOLD_C), ("waiter", WAITER_C),
+                          ("clonevm", CLONEVM_C)):
             path = os.path.join(self.dir, name + ".c")
             with open(path, "w") as f:
                 f.write(src)
@@ -354,6 +397,7 @@ class CPrograms:
         self.probe = os.path.join(self.dir, "probe")
         self.hold = os.path.join(self.dir, "hold")
         self.waiter = os.path.join(self.dir, "waiter")
+        self.clonevm = os.path.join(self.dir, "clonevm")
         self.setuid_waiter = os.path.join(self.dir, "setuid_waiter")
         shutil.copy(self.waiter, self.setuid_waiter)
         os.chown(self.setuid_waiter, 0, 0)

@@ -298,6 +298,36 @@ def test_help_states_the_access_rules():
     assert "per-pageidledatastaysroot-only" in text and "afteranexecitanswersEACCES" in text
 
 
+def test_exec_whose_old_mm_lives_on_is_caught(mount, progs):
+    """A process sharing its mm with another (clone CLONE_VM, as vfork)
+    executes a program: its old mm lives on in the other process, so /proc's
+    descriptors keep reading it -- but the image of that PID changed, and
+    the mount's descriptor stops answering."""
+    p = subprocess.Popen([progs.clonevm, progs.waiter], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True, cwd="/")
+    try:
+        line = p.stdout.readline().split()
+        assert line[0] == "child", line
+        child = int(line[1])
+        fd = os.open(mount.path(child, "present_bitmap"), os.O_RDONLY)
+        pm = os.open(f"/proc/{child}/pagemap", os.O_RDONLY)
+        try:
+            assert len(os.pread(fd, 64, 0)) == 64
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            assert p.stdout.readline().startswith("ruid ")       # the waiter runs in the child
+            assert len(os.pread(pm, 64, 0)) == 64                 # /proc: the old mm, still alive
+            with pytest.raises(OSError) as e:
+                os.pread(fd, 64, 0)
+            assert e.value.errno == errno.EACCES
+        finally:
+            os.close(fd)
+            os.close(pm)
+    finally:
+        p.stdin.close()
+        p.wait(timeout=30)
+
+
 def test_without_allow_other_only_root_gets_in():
     m = Mount()
     try:
