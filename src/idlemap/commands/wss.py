@@ -36,7 +36,8 @@ def add_arguments(p) -> None:
     p.add_argument("--profile-base", type=validate.interval, default=0.01, metavar="S",
                    help="first profile window in seconds (default 0.01)")
     p.add_argument("--by-mapping", action="store_true", help="break each window down by mapping")
-    p.add_argument("--top", type=validate.limit, default=10, metavar="N", help="mappings shown with --by-mapping (default 10)")
+    p.add_argument("--top", type=validate.whole(1, validate.MAX_COUNT, "a number of mappings"), default=10,
+                   metavar="N", help="mappings shown with --by-mapping (default 10)")
     p.add_argument("--json", action="store_true", help=f"JSON lines (schema {SCHEMA})")
     p.add_argument("-T", "--timestamp", action="store_true", help="print a wall-clock time column")
     p.add_argument("--backend", default="auto", choices=["auto", *backends.BACKENDS],
