@@ -156,6 +156,11 @@ class Output:
         except OSError as e:
             self.discard()
             raise _error(e, self.path, self.what) from None
+        except BaseException:        # Ctrl-C mid-way: no temporary file left behind
+            if not os.path.lexists(self.tmp):
+                self.published = True    # the rename happened
+            self.discard()
+            raise
         self.published = True
 
     def discard(self) -> None:
