@@ -51,15 +51,18 @@ def add_threshold_options(p) -> None:
     g = p.add_argument_group("hot/cold thresholds")
     g.add_argument("--min-count", type=validate.whole(0, validate.MAX_COUNT, "a number of rounds"), metavar="K",
                    help="hot: accessed in at least K rounds (default: every round)")
-    g.add_argument("--max-count", type=validate.whole(0, validate.MAX_COUNT, "a number of rounds"), default=0, metavar="K",
-                   help="cold: accessed in at most K rounds (default 0: never)")
+    g.add_argument("--max-count", type=validate.whole(0, validate.MAX_COUNT, "a number of rounds"), metavar="K",
+                   help="cold: accessed in at most K rounds (default 0: never; by mapping: no limit)")
     g.add_argument("--min-idle", type=validate.whole(0, validate.MAX_COUNT, "a number of rounds"), metavar="R",
                    help="cold: also idle for at least R rounds at the end")
     g.add_argument("--merge-gap", type=validate.pages, default=0, metavar="PAGES",
                    help="join ranges of one mapping separated by at most PAGES pages (default 0)")
     g.add_argument("--limit", type=validate.limit, default=40, metavar="N",
                    help="ranges printed (default 40; 0: all; --json always lists all)")
-    g.add_argument("--sort", choices=["va", "size"], default="va", help="range order (default va)")
+    # Biggest first by default: the ranges worth acting on, not tiny heap
+    # ranges that happen to have low addresses.
+    g.add_argument("--sort", choices=["va", "size"], default="size",
+                   help="range order: size (default, biggest first) or va (by address)")
 
 
 def add_picture_options(p, png_help: str = "also write a PNG (needs matplotlib)") -> None:
@@ -112,7 +115,7 @@ def run(args) -> int:
     _check_memory(rec, args.file)
     h = H.build_history(rec.packed_rounds(), pid=rec.meta.pid)
     source = {"record": os.path.abspath(args.file), "pid": rec.meta.pid, "comm": rec.meta.comm,
-              "backend": rec.meta.backend, "interval_s": rec.meta.interval_s,
+              "backend": rec.meta.backend, "granularity": rec.meta.granularity, "interval_s": rec.meta.interval_s,
               "tlb_flush": rec.meta.tlb_flush, "tlb_exact": rec.meta.tlb_flush != "none"}
     return show(args.kind, h, args, source, window=parse_rounds(args.rounds),
                 va_ranges=[parse_range(r) for r in args.va_range])
@@ -165,10 +168,24 @@ def _terminal_size(args) -> tuple[int, int]:
     return rows, cols
 
 
+# What a report's unit is, said in every title: a clear_refs record has
+# per-mapping totals only, a DAMON record one access count per region.
+GRANULARITY_TEXT = {"page": "by page",
+                    "region": "by DAMON region (the pages of a region share its access count)",
+                    "mapping": "by mapping (per-mapping totals, no per-page map)"}
+
+
+def granularity_of(source: dict, h: H.History | None = None) -> str:
+    g = source.get("granularity") or (h.granularity if h is not None else "page")
+    if h is not None and not h.per_page:
+        g = "mapping"
+    return g if g in GRANULARITY_TEXT else "page"
+
+
 def _title(source: dict) -> str:
     who = f"PID {source.get('pid')} ({source.get('comm', '')})"
     where = f" from {os.path.basename(source['record'])}" if source.get("record") else " (live)"
-    return who + where
+    return who + where + ", " + GRANULARITY_TEXT[granularity_of(source)]
 
 
 def show(kind: str, h: H.History, args, source: dict, window: tuple[int | None, int | None] = (None, None),
@@ -177,9 +194,14 @@ def show(kind: str, h: H.History, args, source: dict, window: tuple[int | None, 
     only rounds ``window`` (a slice) and pages in ``va_ranges``."""
     if window != (None, None):
         h = h.window(*window)
+    gran = granularity_of(source, h)
+    source = {**source, "granularity": gran}
     if va_ranges:
+        if gran == "mapping":
+            raise UsageError("--range needs per-page rounds; this record has per-mapping totals only "
+                             "(clear_refs): every report shows whole mappings instead")
         h = h.restrict(va_ranges)
-    head = {"schema": SCHEMA.format(kind=kind), "source": source,
+    head = {"schema": SCHEMA.format(kind=kind), "source": source, "granularity": gran,
             "round_range": [h.first_round, h.first_round + h.nrounds]}
     if source.get("tlb_exact") is False and source.get("record") and not args.json:
         # Said once (a live scan said it when it started), so an unflushed
@@ -200,6 +222,8 @@ def show(kind: str, h: H.History, args, source: dict, window: tuple[int | None, 
             if png:
                 print(f"\nwrote {png}")
         return 0
+    if gran == "mapping" and kind in ("hot", "cold", "histogram", "heatmap"):
+        return _show_by_mapping(kind, h, args, source, head)
     h.require_per_page(f"the {kind} report")
     if kind == "advise":
         from .advise import show as advise_show
@@ -209,10 +233,11 @@ def show(kind: str, h: H.History, args, source: dict, window: tuple[int | None, 
         if kind == "hot":
             t = H.hot_ranges(h, stats, args.min_count, args.merge_gap)
         else:
-            t = H.cold_ranges(h, stats, args.max_count, args.min_idle, args.merge_gap)
+            t = H.cold_ranges(h, stats, args.max_count or 0, args.min_idle, args.merge_gap)
         if args.json:
             print(json.dumps({**head, **RT.ranges_json(t, None, args.sort)}))
         else:
+            print(f"{_title(source)}")
             RT.print_ranges(kind, t, args.limit or None, args.sort)
         return 0
     if kind == "histogram":
@@ -222,13 +247,45 @@ def show(kind: str, h: H.History, args, source: dict, window: tuple[int | None, 
         if args.json:
             print(json.dumps({**head, **RT.histograms_json(hist), "png": args.png}))
         else:
-            RT.print_histograms(hist)
+            print(f"{_title(source)}")
+            RT.print_histograms(hist, unit="region page" if gran == "region" else "page")
             if args.png:
                 print(f"\nwrote {args.png}")
         return 0
     if kind == "heatmap":
         return _heatmap(h, args, source, head)
     raise UsageError(f"unknown report {kind!r}")
+
+
+def _show_by_mapping(kind: str, h: H.History, args, source: dict, head: dict) -> int:
+    """hot, cold, histogram and heatmap with the mapping as the unit: what a
+    clear_refs record (exact per-mapping totals, no per-page map) can say."""
+    if kind in ("hot", "cold"):
+        if kind == "hot":
+            rows, th = H.hot_mappings(h, args.min_count)
+        else:
+            rows, th = H.cold_mappings(h, args.max_count, args.min_idle)
+        if args.sort == "va":
+            rows = sorted(rows, key=lambda r: r["start"])
+        if args.json:
+            print(json.dumps({**head, **RT.mappings_json(rows, th, kind)}))
+        else:
+            print(f"{_title(source)}")
+            RT.print_mappings(kind, rows, th, args.limit or None, args.sort)
+        return 0
+    if kind == "histogram":
+        hist = H.mapping_histograms(h)
+        if args.png:
+            RT.histograms_png(hist, args.png, f"{_title(source)}: {hist.rounds} rounds", unit="mapping")
+        if args.json:
+            print(json.dumps({**head, **RT.histograms_json(hist), "png": args.png}))
+        else:
+            print(f"{_title(source)}: a mapping counts as accessed in a round when any of its bytes was")
+            RT.print_histograms(hist, unit="mapping")
+            if args.png:
+                print(f"\nwrote {args.png}")
+        return 0
+    return _heatmap(h, args, source, head)
 
 
 def heatmap_json(d: H.HeatmapData) -> dict:
@@ -248,25 +305,35 @@ def heatmap_json(d: H.HeatmapData) -> dict:
 
 
 def _heatmap(h: H.History, args, source: dict, head: dict) -> int:
+    by_mapping = granularity_of(source, h) == "mapping"
+    build = H.mapping_heatmap if by_mapping else H.heatmap
     if args.png:
-        pd = H.heatmap(h, rows=args.png_rows, cols=min(h.nrounds, 1200))
+        pd = build(h, rows=args.png_rows, cols=min(h.nrounds, 1200))
         if pd.rows == 0:
             raise UsageError("nothing was resident in these rounds: no heatmap to draw")
         iv = source.get("interval_s") or 0
-        sub = (f"{human_bytes(pd.shown_bytes)} shown in {pd.rows} rows of {human_bytes(pd.shown_bytes / pd.rows)}, "
-               f"{h.nrounds} rounds" + (f" of {iv:g} s" if iv > 0 else ""))
-        RH.heatmap_png(pd, args.png, title=f"{_title(source)}: memory accessed by address and time",
-                       subtitle=sub)
+        if by_mapping:
+            sub = (f"{pd.rows} mappings ({human_bytes(pd.shown_bytes)}), one row each"
+                   + (f", {pd.omitted_mappings} smaller left out" if pd.omitted_mappings else ""))
+        else:
+            sub = (f"{human_bytes(pd.shown_bytes)} shown in {pd.rows} rows of "
+                   f"{human_bytes(pd.shown_bytes / pd.rows)}")
+        sub += f", {h.nrounds} rounds" + (f" of {iv:g} s" if iv > 0 else "")
+        RH.heatmap_png(pd, args.png, title=f"{_title(source)}: memory accessed by "
+                       f"{'mapping' if by_mapping else 'address'} and time", subtitle=sub)
     rows, cols = _terminal_size(args)
     if args.json:
-        d = H.heatmap(h, rows=args.rows or 64, cols=args.cols or h.nrounds)
+        d = build(h, rows=args.rows or 64, cols=args.cols or h.nrounds)
         print(json.dumps({**head, **heatmap_json(d), "png": args.png}))
         return 0
-    d = H.heatmap(h, rows=rows, cols=cols)
+    d = build(h, rows=rows, cols=cols)
     if d.rows == 0:
         raise UsageError("nothing was resident in these rounds: no heatmap to draw")
     color = {"always": True, "never": False}.get(args.color)
-    print(f"{_title(source)}: accessed share of resident pages, by address (down) and time (right)")
+    what = "mapping (down, one row each)" if by_mapping else "address (down)"
+    print(f"{_title(source)}: accessed share of resident pages, by {what} and time (right)")
+    if d.omitted_mappings:
+        print(f"({d.rows} biggest mappings shown, {d.omitted_mappings} smaller left out: --rows N shows more)")
     RH.print_heatmap(d, color=color)
     if args.png:
         print(f"wrote {args.png}")

@@ -127,15 +127,36 @@ def _level(v: float, levels: int) -> int:
     return min(levels - 1, 1 + int(v * (levels - 1) - 1e-9))
 
 
+def _row_labels(data: HeatmapData, label_width: int) -> tuple[dict[int, str], dict[int, str]]:
+    """Which row carries which mapping label (left) and start address (right).
+
+    The biggest mappings choose first, so a thin "[heap] +1 more" at the top
+    cannot take the row a 226 MiB [anon] below it needs; a mapping whose
+    first row is taken uses the next free row inside its own rows."""
+    left: dict[int, str] = {}
+    right: dict[int, str] = {}
+    if not data.rows:
+        return left, right
+    for s in sorted(data.segments, key=lambda s: (-s.shown_bytes, s.row_lo)):
+        first = min(data.rows - 1, int(s.row_lo + 0.5))
+        last = max(first, min(data.rows - 1, int(max(s.row_lo, s.row_hi - 1e-9))))
+        free = [r for r in range(first, last + 1) if r not in left]
+        if not free:
+            continue
+        r = free[0]
+        left[r] = f"{short_label(s.label, label_width - 9)} {human_bytes(s.shown_bytes)}"
+        right[r] = f"{s.va_start:#x}"
+    return left, right
+
+
 def heatmap_text(data: HeatmapData, color: bool = False, label_width: int = 24) -> list[str]:
-    """The heatmap as terminal lines: one line per row, one cell per column."""
+    """The heatmap as terminal lines: one line per row, one cell per column;
+    mapping labels on the left, each labelled mapping's start address on the
+    right, then a time axis."""
     lines = []
-    starts: dict[int, str] = {}
-    for s in data.segments:
-        r = min(data.rows - 1, int(s.row_lo + 0.5)) if data.rows else 0
-        starts.setdefault(r, f"{short_label(s.label, label_width - 9)} {human_bytes(s.shown_bytes)}")
+    left, right = _row_labels(data, label_width)
     for i in range(data.rows):
-        lab = starts.get(i, "")
+        lab = left.get(i, "")
         row = data.values[i]
         cells = []
         for v in row:
@@ -145,25 +166,42 @@ def heatmap_text(data: HeatmapData, color: bool = False, label_width: int = 24) 
                 cells.append(f"\033[48;5;{COLORS[_level(v, len(COLORS))]}m \033[0m")
             else:
                 cells.append(RAMP[_level(v, len(RAMP))])
-        lines.append(f"{lab[:label_width]:>{label_width}} |" + "".join(cells))
+        addr = right.get(i)
+        lines.append((f"{lab[:label_width]:>{label_width}} |" + "".join(cells) + (f"| {addr}" if addr else "|")))
     # time axis: start and end of the recording under the first and last cell
     w = data.cols
     marks = ""
     if w:
         end = f"{data.col_time_s[-1]:.1f} s"
         marks = ("0 s".ljust(max(0, w - len(end))) + end) if w >= len(end) + 4 else end
-    lines.append(" " * label_width + " +" + "-" * w)
+    lines.append(" " * label_width + " +" + "-" * w + "+ start address")
     lines.append(" " * label_width + "  " + marks)
     return lines
+
+
+def key_text(color: bool = False) -> str:
+    """The colour (or character) key: what share of a cell's resident
+    pages each step stands for."""
+    def step(levels: int, k: int) -> str:
+        if k == 0:
+            return "0%"
+        lo = (k - 1) / (levels - 1) * 100
+        hi = k / (levels - 1) * 100
+        return f"{lo:.0f}-{hi:.0f}%"
+    if color:
+        parts = [f"\033[48;5;{c}m  \033[0m {step(len(COLORS), k)}" for k, c in enumerate(COLORS)]
+    else:
+        parts = [f"'{ch}' {step(len(RAMP), k)}" for k, ch in enumerate(RAMP)]
+    return "key (share of the cell's resident pages accessed): " + "  ".join(parts) + "  ' ' not resident"
 
 
 def legend_text(data: HeatmapData, color: bool = False) -> str:
     per_col = {hi - lo + 1 for lo, hi in data.col_rounds}
     rc = f"{min(per_col)}" if len(per_col) == 1 else f"{min(per_col)}-{max(per_col)}"
-    scale = ("dark = resident, not accessed ... bright = all accessed" if color
-             else "'.' resident, not accessed, ':-=+*#%' more, '@' all accessed")
-    return (f"cell: {human_bytes(data.shown_bytes / max(1, data.rows))} x {rc} round(s); "
-            f"{scale}; blank: not resident")
+    gran = getattr(data, "granularity", "page")
+    cell = ("one mapping" if gran == "mapping" else
+            f"{human_bytes(data.shown_bytes / max(1, data.rows))}")
+    return f"cell: {cell} x {rc} round(s)\n" + key_text(color)
 
 
 def print_heatmap(data: HeatmapData, out: IO[str] | None = None, color: bool | None = None) -> None:

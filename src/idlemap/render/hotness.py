@@ -120,6 +120,51 @@ def print_ranges(kind: str, t: RangeTable, limit: int | None, order: str, out: I
         out.write(f"... {len(t) - limit} more ranges (--limit 0 shows all, --json lists all)\n")
 
 
+# -- hot / cold by mapping (mapping-granular records) -----------------------------
+def mappings_json(rows: list[dict], threshold: dict, kind: str) -> dict:
+    out = [{**r, "start": f"{r['start']:#x}", "end": f"{r['end']:#x}"} for r in rows]
+    total = sum(r["cold_bytes"] if kind == "cold" else r["accessed_p50_bytes"] for r in rows)
+    return {"threshold": threshold, "mappings_total": len(rows), "bytes_total": total, "mappings": out}
+
+
+def print_mappings(kind: str, rows: list[dict], threshold: dict, limit: int | None, order: str,
+                   out: IO[str] | None = None) -> None:
+    """Hot or cold mappings: the unit is the mapping (per-mapping totals)."""
+    out = out or sys.stdout
+    R = threshold["rounds"]
+    if kind == "hot":
+        rule = (f"accessed in every one of {R} rounds" if threshold["min_count"] == R
+                else f"accessed in >= {threshold['min_count']} of {R} rounds")
+        total = sum(r["accessed_p50_bytes"] for r in rows)
+        out.write(f"hot mappings ({rule}): {human_bytes(total)} accessed per round (p50) "
+                  f"in {len(rows)} mapping{'s' if len(rows) != 1 else ''}\n")
+    else:
+        rule = "resident in the last round, minus the most accessed in any one round"
+        if threshold.get("max_count") is not None:
+            rule += f"; accessed in <= {threshold['max_count']} of {R} rounds"
+        if threshold.get("min_idle_rounds") is not None:
+            rule += f"; idle for >= {threshold['min_idle_rounds']} rounds"
+        total = sum(r["cold_bytes"] for r in rows)
+        out.write(f"cold bytes by mapping ({rule}): {human_bytes(total)} in {len(rows)} "
+                  f"mapping{'s' if len(rows) != 1 else ''}\n")
+    if not rows:
+        return
+    if order == "va":
+        rows = sorted(rows, key=lambda r: r["start"])
+    tab = Table([("START", 18), ("RSS(MiB)", 10), ("ACC_P50(MiB)", 12), ("ACC_MAX(MiB)", 12),
+                 ("COLD(MiB)", 10), ("ROUNDS", 7), ("KIND", -6), ("MAPPING", -1)], out)
+    tab.header()
+    for r in rows[:limit or None]:
+        tab.row([f"{r['start']:#x}", _mb(r["rss_last_bytes"]), _mb(r["accessed_p50_bytes"]),
+                 _mb(r["accessed_max_bytes"]), _mb(r["cold_bytes"]), f"{r['rounds_accessed']}/{R}",
+                 r["kind"], r["mapping"]])
+    if limit and len(rows) > limit:
+        out.write(f"... {len(rows) - limit} more mappings (--limit 0 shows all, --json lists all)\n")
+    if kind == "cold":
+        out.write("COLD: resident in the last round minus the most accessed in one round; the bytes never "
+                  "accessed when a mapping's hot pages are the same each round (an upper bound otherwise)\n")
+
+
 # -- histograms ----------------------------------------------------------------------
 def histograms_json(h: Histograms) -> dict:
     ps = h.page_size
@@ -143,14 +188,14 @@ def _bars(out: IO[str], head: str, labels: list[str], pages: list[int], total: i
         t.row([lab, p, _mb(p * ps), f"{100.0 * p / total:.1f}" if total else "0.0", bar])
 
 
-def print_histograms(h: Histograms, out: IO[str] | None = None) -> None:
+def print_histograms(h: Histograms, out: IO[str] | None = None, unit: str = "page") -> None:
     out = out or sys.stdout
     ps = h.page_size
     out.write(f"{human_bytes(h.population_pages * ps)} resident in at least one of {h.rounds} rounds\n\n")
-    out.write("by access count (rounds in which a page was accessed):\n")
+    out.write(f"by access count (rounds in which a {unit} was accessed):\n")
     _bars(out, "COUNT", [str(c) for c in range(len(h.by_count))], [int(x) for x in h.by_count],
           h.population_pages, ps)
-    out.write("\nby idle age (rounds since the last access, at the last round):\n")
+    out.write(f"\nby idle age (rounds since the {unit}'s last access, at the last round):\n")
     labels = [str(a) for a in range(len(h.by_idle_age))] + ["never"]
     _bars(out, "IDLE", labels, [int(x) for x in h.by_idle_age] + [h.never_accessed], h.population_pages, ps)
 
@@ -177,7 +222,7 @@ def wss_png(r: WssReport, path: str, title: str = "") -> None:
     _save(fig, Canvas, path)
 
 
-def histograms_png(h: Histograms, path: str, title: str = "") -> None:
+def histograms_png(h: Histograms, path: str, title: str = "", unit: str = "page") -> None:
     Figure, Canvas = load_matplotlib()
     ps = h.page_size
     fig = Figure(figsize=(12, 6), dpi=100, layout="constrained")
@@ -185,14 +230,14 @@ def histograms_png(h: Histograms, path: str, title: str = "") -> None:
     a1.bar(np.arange(len(h.by_count)), h.by_count * ps / MiB, color="#d95f02", width=0.85)
     a1.set_xlabel("access count (rounds accessed)")
     a1.set_ylabel("MiB")
-    a1.set_title("pages by access count")
+    a1.set_title(f"{unit}s by access count (MiB)")
     ages = list(h.by_idle_age) + [h.never_accessed]
     xs = np.arange(len(ages))
     a2.bar(xs[:-1], np.array(ages[:-1]) * ps / MiB, color="#1b9e77", width=0.85)
     a2.bar(xs[-1:], [ages[-1] * ps / MiB], color="#7570b3", width=0.85, label="never accessed")
     a2.set_xlabel("idle age (rounds since the last access; last bar: never accessed)")
     a2.set_ylabel("MiB")
-    a2.set_title("pages by idle age")
+    a2.set_title(f"{unit}s by idle age (MiB)")
     a2.legend(fontsize=8)
     fig.suptitle(title or f"{human_bytes(h.population_pages * ps)} resident, {h.rounds} rounds")
     _save(fig, Canvas, path)
