@@ -40,7 +40,7 @@ def test_help_has_examples(cmd, capsys):
     (["top", "x"], "interval must be a number of seconds"),
     (["top", "1", "2", "3"], "too many arguments"),
     (["top", "--sort", "pss"], "--sort pss needs --pss"),
-    (["top", "-n", "-1"], "argument -n: must be"),
+    (["top", "--rows", "-1"], "argument --rows: must be"),
     (["top", "--pids", "abc"], "bad PID list"),
     (["top", "--pids", "0"], "bad PID list"),
     (["top", "--pids", "4194303"], "no process with PID 4194303"),

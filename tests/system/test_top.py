@@ -30,7 +30,7 @@ def test_top_page_idle_hot_set_within_1pct_among_20_processes():
     with Bystanders(20) as others, HotSet() as w:
         # Three windows: the later ones start from a re-mark that left the
         # frames read idle as the kernel left them (only accessed ones rewritten).
-        rounds = top_json("1", "3", "-n", "0")
+        rounds = top_json("1", "3", "--rows", "0")
     assert len(rounds) == 3
     truth = w.hot_bytes
     for r in rounds:

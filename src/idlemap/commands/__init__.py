@@ -38,6 +38,27 @@ def user_target(pid: int):
     return proc
 
 
+def windows(rest: list, default_interval: float, default_count: int | None = None,
+            opt_interval: float | None = None, opt_count: int | None = None,
+            usage: str = "PID [interval [count]]") -> tuple[float, int | None]:
+    """The bcc grammar every windowed command shares: ``[interval [count]]``
+    after the PID (seconds; number of windows).  ``-i``/``-n``, where a
+    command also takes them, say the same thing and may not say it twice."""
+    if len(rest) > 2:
+        raise UsageError(f"too many arguments: expected {usage}")
+    from .. import validate
+    interval = validate.parse(rest[0], validate.interval, "interval") if rest else None
+    count = validate.parse(rest[1], validate.count, "count") if len(rest) > 1 else None
+    if interval is not None and opt_interval is not None:
+        raise UsageError("give the interval once: as a positional argument or as -i/--interval")
+    if count is not None and opt_count is not None:
+        raise UsageError("give the count once: as a positional argument or as -n/--rounds")
+    interval = interval if interval is not None else opt_interval
+    count = count if count is not None else opt_count
+    return (default_interval if interval is None else interval,
+            default_count if count is None else count)
+
+
 def parse_range(text: str) -> tuple[int, int]:
     """'0x7f00-0x7fff' or '140000000000-140000100000' (hex with 0x, else decimal)."""
     try:

@@ -28,7 +28,9 @@ On a kernel without page_idle (CONFIG_IDLE_PAGE_TRACKING) the demo runs
 itself inside idlemap's test VM: a real Linux 6.1 built for the job and
 booted under QEMU (the first run builds it, about 5 minutes).
 """
-SCHEMA = "idlemap.demo/1"
+# /2: "wss_bytes"/"rss_bytes" as in every command (docs/json.md); /1's
+# "process_wss_bytes"/"process_rss_bytes" kept as deprecated aliases.
+SCHEMA = "idlemap.demo/2"
 MiB = 1 << 20
 
 
@@ -140,6 +142,7 @@ def _here(args) -> int:
                      "true_hot_bytes": hot * MiB, "measured_hot_bytes": measured << PAGE_SHIFT,
                      "error_pct": round(err, 3), "hot_pages": hot_pages, "hot_pages_seen": hot_seen,
                      "cold_pages": npages - hot_pages, "cold_pages_idle": cold_idle,
+                     "wss_bytes": s.accessed_bytes, "rss_bytes": s.rss_bytes,
                      "process_wss_bytes": s.accessed_bytes, "process_rss_bytes": s.rss_bytes}
                 results.append(r)
                 if args.json:

@@ -9,7 +9,7 @@ from .report import add_picture_options
 HELP = "scan a process for N rounds, then draw its accesses by address and time (terminal and PNG)"
 EXAMPLES = """\
   idlemap heatmap 1234                      # 30 rounds of 1 s, drawn in the terminal
-  idlemap heatmap -p 1234 -i 0.2 -n 100 --png heat.png
+  idlemap heatmap 1234 0.2 100 --png heat.png   # 100 rounds of 0.2 s (or: -i 0.2 -n 100)
   idlemap heatmap 1234 -o app.rec           # keep the rounds (idlemap report app.rec heatmap)
   idlemap heatmap 1234 --json               # the matrix behind the picture
   idlemap heatmap --vm 4321 --png vm.png    # a VMM: guest-physical address x time

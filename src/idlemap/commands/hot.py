@@ -9,7 +9,7 @@ from .report import add_threshold_options
 HELP = "scan a process for N rounds, then list its hot (or --cold) VA ranges by mapping"
 EXAMPLES = """\
   idlemap hot 1234                   # 10 rounds of 1 s; ranges accessed in every round
-  idlemap hot -p 1234 -i 0.5 -n 20 --min-count 15
+  idlemap hot 1234 0.5 20 --min-count 15   # 20 rounds of 0.5 s (or: -i 0.5 -n 20)
   idlemap hot 1234 --cold            # resident and never accessed in the 10 rounds
   idlemap hot 1234 --histogram       # pages by access count and idle age
   idlemap hot 1234 -o app.rec        # also keep the rounds as a record file

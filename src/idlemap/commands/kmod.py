@@ -17,7 +17,7 @@ EXAMPLES = """\
   idlemap kmod build                   # against /lib/modules/$(uname -r)/build
   idlemap kmod build --kdir ~/linux    # against another configured tree
   idlemap kmod load                    # the module built for this kernel
-  idlemap kmod status [--json]
+  idlemap kmod status --json
   idlemap kmod unload
 Install with DKMS instead (rebuilt on kernel upgrades): docs/kmod.md"""
 SCHEMA = "idlemap.kmod/1"

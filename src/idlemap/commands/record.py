@@ -12,13 +12,14 @@ from ..render.progress import Progress
 from ..render.text import json_line
 from ..render.units import human_bytes
 from ..scan import Scanner, calibrate
-from . import add_damon_arguments, add_tlb_arguments, damon_kwargs, parse_range, pid_arg, take_pid, tlb_note
+from . import (add_damon_arguments, add_tlb_arguments, damon_kwargs, parse_range, pid_arg, take_pid, tlb_note,
+               windows)
 from . import user_target
 
 HELP = "record rounds of a process's page accesses to a file, for `idlemap report`"
 EXAMPLES = """\
   idlemap record 1234                       # 1 s rounds until Ctrl-C, to idlemap-1234.rec
-  idlemap record -p 1234 -i 0.5 -n 120 -o app.rec
+  idlemap record 1234 0.5 120 -o app.rec   # 120 rounds of 0.5 s (or: -p 1234 -i 0.5 -n 120)
   idlemap record 1234 -n 60 --auto-interval # pick the interval first (rule: docs/reports.md)
   idlemap record 1234 --range 0x7f0000000000-0x7f0040000000   # only that VA range
   idlemap record 1234 --backend clear_refs  # no page_idle: per-mapping totals (wss report only)
@@ -33,12 +34,14 @@ SUMMARY_SCHEMA = "idlemap.record.summary/1"
 
 def add_scan_arguments(p, default_rounds: int | None) -> None:
     pid_arg(p)
-    p.add_argument("target", nargs="?", metavar="PID", help="target process (or -p PID)")
-    p.add_argument("-i", "--interval", type=validate.interval, default=1.0, metavar="S",
-                   help="round length in seconds (default 1)")
-    p.add_argument("-n", "--rounds", type=validate.rounds, default=default_rounds, metavar="N",
-                   help="number of rounds (default: " + (str(default_rounds) if default_rounds else
-                                                          "until Ctrl-C") + ")")
+    p.add_argument("args", nargs="*", metavar="PID [interval [count]]",
+                   help="target process (or -p PID), round length in seconds (default 1), number of "
+                        "rounds (default: " + (str(default_rounds) if default_rounds else "until Ctrl-C") + ")")
+    p.add_argument("-i", "--interval", type=validate.interval, metavar="S",
+                   help="the round length, as an option (the same as the positional interval)")
+    p.add_argument("-n", "--rounds", type=validate.rounds, metavar="N",
+                   help="the number of rounds, as an option (the same as the positional count)")
+    p.set_defaults(default_rounds=default_rounds)
     p.add_argument("--auto-interval", action="store_true",
                    help="choose the interval first: the shortest window whose working set a window "
                         "twice as long would grow by < 25%% (docs/reports.md)")
@@ -73,11 +76,10 @@ def add_arguments(p) -> None:
 def open_scanner(args, need_per_page: bool = False, with_pss: bool = False) -> tuple[Scanner, float, dict | None]:
     """Validate the scan options, identify the target, build the scanner and
     settle the interval (running the --auto-interval calibration if asked)."""
-    pid, rest = take_pid(args, [args.target] if args.target is not None else [])
-    if rest:
-        raise UsageError("give the PID once (as PID or -p PID)")
-    if args.interval <= 0 or (args.rounds is not None and args.rounds <= 0):
-        raise UsageError("--interval and --rounds must be positive")
+    pid, rest = take_pid(args, args.args)
+    # One grammar (commands.windows): the resolved values replace the
+    # options' own, so what follows reads args.interval and args.rounds.
+    args.interval, args.rounds = windows(rest, 1.0, args.default_rounds, args.interval, args.rounds)
     if args.auto_interval and not 0 < args.min_interval <= args.max_interval:
         raise UsageError("need 0 < --min-interval <= --max-interval")
     ranges = [parse_range(r) for r in args.scan_range] or None

@@ -30,7 +30,7 @@ EXAMPLES = """\
   idlemap report app.rec hot                   # ranges accessed in every round
   idlemap report app.rec hot --min-count 25    # ... in at least 25 rounds
   idlemap report app.rec cold --max-count 1    # resident, accessed in at most one round
-  idlemap report app.rec hot --rounds 10:20    # only rounds 10..19 (a phase)
+  idlemap report app.rec hot --round-range 10:20   # only rounds 10..19 (a phase)
   idlemap report app.rec histogram --png hist.png
   idlemap report app.rec wss --png wss.png        # WSS and RSS over time, p50/p95 lines
   idlemap report app.rec heatmap --png heat.png   # terminal heatmap + PNG
@@ -42,7 +42,10 @@ SCHEMA = "idlemap.report.{kind}/1"
 
 
 def add_window_options(p) -> None:
-    p.add_argument("--rounds", metavar="A:B", help="only rounds A..B-1 (Python slice; e.g. 10:20, -30:)")
+    # --round-range, not --rounds: --rounds is a number of rounds in every
+    # command that scans; --rounds A:B, the older name, is still accepted here.
+    p.add_argument("--round-range", "--rounds", dest="rounds", metavar="A:B",
+                   help="only rounds A..B-1 (Python slice; e.g. 10:20, -30:)")
     p.add_argument("--range", action="append", default=[], metavar="LO-HI", dest="va_range",
                    help="only pages inside this VA range (repeatable; hex with 0x)")
 
@@ -99,7 +102,7 @@ def parse_rounds(text: str | None) -> tuple[int | None, int | None]:
         if not sep:               # a single round number
             hi = None if lo == -1 else (lo + 1 if lo is not None else None)
     except ValueError:
-        raise UsageError(f"bad --rounds {text!r}: expected A:B, e.g. 10:20 or -30:") from None
+        raise UsageError(f"bad --round-range {text!r}: expected A:B, e.g. 10:20 or -30:") from None
     return lo, hi
 
 

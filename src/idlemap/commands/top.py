@@ -5,6 +5,7 @@ import shutil
 import sys
 
 from .. import validate
+from . import windows
 from ..analysis.system import SORT_KEYS
 from ..backends.system import MARK_MODES, SYSTEM_BACKENDS, Selection, choose_system
 from ..errors import NoSuchProcess, UsageError
@@ -18,7 +19,7 @@ HELP = "every process (and cgroup) by working set: RSS, WSS and cold MiB per win
 EXAMPLES = """\
   idlemap top                       # refresh every 3 s until Ctrl-C (live view on a terminal)
   idlemap top 10 6                  # six 10 s windows
-  idlemap top --sort cold -n 15     # the 15 processes holding the most cold memory
+  idlemap top --sort cold --rows 15  # the 15 processes holding the most cold memory
   idlemap top 5 1 --cgroups --json  # one 5 s window, processes and cgroups, JSON
   idlemap top --pss                 # shared pages weighted by 1/mapcount too
   idlemap top --tree 1234           # only PID 1234 and its descendants
@@ -102,28 +103,21 @@ def add_arguments(p) -> None:
     p.add_argument("--cgroups", action="store_true", help="also a table of cgroup v2 groups")
     p.add_argument("--json", action="store_true", help=f"one JSON object per window (schema {SCHEMA})")
     p.add_argument("--sort", default="wss", choices=SORT_KEYS, help="largest first by this (default wss)")
-    p.add_argument("-n", type=validate.limit, default=None, metavar="N",
+    # --rows, not -n: -n is the number of rounds in every windowed command.
+    p.add_argument("--rows", type=validate.limit, default=None, metavar="N",
                    help="rows per table (default: what fits on a terminal, all otherwise; 0: all)")
     add_selection_arguments(p)
 
 
-def parse_interval(rest: list[str], default: float) -> tuple[float, int | None]:
-    if len(rest) > 2:
-        raise UsageError("too many arguments: expected [interval [count]]")
-    interval = validate.parse(rest[0], validate.interval, "interval") if rest else default
-    count = validate.parse(rest[1], validate.count, "count") if len(rest) > 1 else None
-    return interval, count
-
-
 def run(args) -> int:
-    interval, count = parse_interval(args.args, DEFAULT_INTERVAL_S)
-    if args.n is not None and args.n < 0:
-        raise UsageError("-n must be 0 (all) or a positive number of rows")
+    interval, count = windows(args.args, DEFAULT_INTERVAL_S, usage="[interval [count]]")
+    if args.rows is not None and args.rows < 0:
+        raise UsageError("--rows must be 0 (all) or a positive number of rows")
     if args.sort == "pss" and not args.pss:
         raise UsageError("--sort pss needs --pss")
     tty = sys.stdout.isatty() and not args.json
     choice, scanner = make_scanner(args, args.cgroups)
-    n = args.n
+    n = args.rows
     if n is None:
         n = render.rows_that_fit(shutil.get_terminal_size().lines, args.cgroups) if tty else 0
     intro = (f"backend {choice.cls.name}: {choice.cls.caps.summary} [{choice.reason}]")

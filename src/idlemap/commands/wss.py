@@ -7,7 +7,8 @@ from .. import backends, rounds, validate
 from ..analysis.wss import profile_windows, summarize, top_mappings
 from ..errors import NoSuchProcess, UsageError
 from ..render.text import MB, Table, json_line, mb
-from . import add_damon_arguments, add_tlb_arguments, damon_kwargs, pid_arg, take_pid, tlb_note, tlb_policy
+from . import (add_damon_arguments, add_tlb_arguments, damon_kwargs, pid_arg, take_pid, tlb_note, tlb_policy,
+               windows)
 from . import user_target
 
 HELP = "working-set size of a process: Est(s), RSS, PSS and referenced MiB per window"
@@ -21,8 +22,11 @@ EXAMPLES = """\
   idlemap wss 1234 5 --backend damon --damon-regions 10-1000   # DAMON regions, its default bounds
   idlemap wss --vm 1234 1 10       # PID is a VMM: the guest's WSS, rows by guest RAM region
 """
-SCHEMA = "idlemap.wss/1"
-SUMMARY_SCHEMA = "idlemap.wss.summary/1"
+# /2: the accessed bytes are "wss_bytes" (one name for one figure across
+# commands and the exporter, docs/json.md); /1's "ref_*" keys are kept as
+# deprecated aliases for one version.
+SCHEMA = "idlemap.wss/2"
+SUMMARY_SCHEMA = "idlemap.wss.summary/2"
 
 
 def add_arguments(p) -> None:
@@ -52,7 +56,8 @@ def add_arguments(p) -> None:
 def _sample_json(s, args, policy, damon=None) -> dict:
     d = {"schema": SCHEMA, "pid": s.pid, "backend": s.backend, "time": time.time(),
          "est_s": round(s.window_s, 6), "rss_bytes": s.rss_bytes, "pss_bytes": s.pss_bytes,
-         "ref_bytes": s.accessed_bytes, "scan_cpu_s": round(s.scan_s, 6), **policy.as_dict()}
+         "wss_bytes": s.accessed_bytes, "ref_bytes": s.accessed_bytes, "scan_cpu_s": round(s.scan_s, 6),
+         **policy.as_dict()}
     if args.vm:
         d["address_space"] = "guest-physical"    # by_mapping start/end are GPAs
     if damon is not None:
@@ -60,17 +65,15 @@ def _sample_json(s, args, policy, damon=None) -> dict:
     if args.by_mapping:
         d["by_mapping"] = [
             {"start": f"{u.mapping.start:#x}", "end": f"{u.mapping.end:#x}", "label": u.mapping.label,
-             "kind": u.mapping.kind, "rss_bytes": u.rss_bytes, "ref_bytes": u.accessed_bytes,
+             "kind": u.mapping.kind, "rss_bytes": u.rss_bytes, "wss_bytes": u.accessed_bytes,
+             "ref_bytes": u.accessed_bytes,
              "idle_bytes": u.idle_bytes} for u in top_mappings(s.by_mapping, args.top)]
     return d
 
 
 def run(args) -> int:
     pid, rest = take_pid(args, args.args)
-    if len(rest) > 2:
-        raise UsageError("too many arguments: idlemap wss PID [interval [count]]")
-    interval = validate.parse(rest[0], validate.interval, "interval") if rest else 1.0
-    count = validate.parse(rest[1], validate.count, "count") if len(rest) > 1 else None
+    interval, count = windows(rest, 1.0)
     if args.profile and args.profile_base * 2 ** (args.profile - 1) > validate.WEEK_S:
         raise UsageError(f"-P {args.profile} with --profile-base {args.profile_base:g} s would need a window "
                          "longer than a week; use fewer windows")
@@ -145,9 +148,11 @@ def _summary(samples, args) -> None:
     if s is None:
         return
     if args.json:
-        json_line({"schema": SUMMARY_SCHEMA, "samples": s.samples, "ref_min_bytes": s.ref_min_bytes,
-                   "ref_mean_bytes": round(s.ref_mean_bytes), "ref_max_bytes": s.ref_max_bytes,
-                   "ref_p50_bytes": round(s.ref_p50_bytes), "ref_p95_bytes": round(s.ref_p95_bytes),
+        figures = {"min": s.ref_min_bytes, "mean": round(s.ref_mean_bytes), "max": s.ref_max_bytes,
+                   "p50": round(s.ref_p50_bytes), "p95": round(s.ref_p95_bytes)}
+        json_line({"schema": SUMMARY_SCHEMA, "samples": s.samples,
+                   **{f"wss_{k}_bytes": v for k, v in figures.items()},
+                   **{f"ref_{k}_bytes": v for k, v in figures.items()},     # deprecated (wss.summary/1)
                    "rss_last_bytes": s.rss_last_bytes})
     elif s.samples > 1:
         print(f"{s.samples} windows of {s.window_mean_s:.3f} s: Ref(MiB) min {s.ref_min_bytes / MB:.2f} "
