@@ -163,6 +163,14 @@ def _loaded(*args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     return p, json.loads(line[-1][len("LOADED "):])
 
 
+def test_package_import_is_lazy():
+    """`import idlemap` (a workload child, cli.main before its signal
+    handlers) pays for no numpy, bitmap or record reader."""
+    p, mods = _loaded("-c", "import idlemap")
+    assert p.returncode == 0, p.stderr
+    assert mods == ["idlemap", "idlemap.errors"]
+
+
 def test_pure_analysis_import_loads_no_backend():
     p, mods = _loaded("-c", "import idlemap.analysis.hotness")
     assert p.returncode == 0, p.stderr
