@@ -8,6 +8,7 @@ idlemap[tui]``) and falls back to redrawing plain text with ANSI codes.
 from __future__ import annotations
 
 import sys
+import os
 import time
 from dataclasses import dataclass
 from typing import IO
@@ -44,7 +45,10 @@ def frame(s: SystemSample, sort: str = "wss", n: int = 0, pss: bool = False,
     if s.new_processes:
         notes.append(f"{s.new_processes} new process(es) marked now, shown from the next window")
     if s.denied:
-        notes.append(f"{s.denied} process(es) not readable (run as root)")
+        # As root, what stays unreadable is another user namespace's or a
+        # process that hid itself (hidepid): "run as root" would be no help.
+        notes.append(f"{s.denied} process(es) not readable"
+                     + (" (run as root)" if os.geteuid() != 0 else " (even as root: another namespace?)"))
     notes += s.errors[:3]
     cols = [("PID", 7), ("COMM", -16), ("RSS(MiB)", 10), ("WSS(MiB)", 10), ("COLD(MiB)", 10), ("WSS%", 6)]
     if pss:
