@@ -44,7 +44,8 @@ class Scanner:
         self.choice = backends.choose(backend, need_per_page=need_per_page)
         cls = self.choice.cls
         self.tlb = tlb.resolve(proc, tlb_flush, can_flush=cls.caps.tlb_flush, acting=acting,
-                               unsafe=unsafe_no_tlb_flush, what=f"{cls.name} backend")
+                               unsafe=unsafe_no_tlb_flush, what=f"{cls.name} backend",
+                               flushes_itself=cls.caps.flushes_tlb)
         self.tlb_flush = self.tlb.flush
         self.ranges = merge_ranges(ranges)
         self.guest = guest

@@ -142,16 +142,20 @@ def soft_dirty_in_use(proc: ProcessId) -> bool:
 
 
 def resolve(proc: ProcessId | None, requested: str, *, can_flush: bool, acting: bool = False,
-            unsafe: bool = False, what: str = "backend") -> TlbPolicy:
+            unsafe: bool = False, what: str = "backend", flushes_itself: bool = False) -> TlbPolicy:
     """The flush a command uses on ``proc``.
 
     ``can_flush``: the backend flushes after its mark (page_idle,
     clear_refs); DAMON cannot (it would have to flush every sampling
     interval).  ``acting``: the readings decide what is paged out or moved.
-    ``unsafe``: the user passed --unsafe-no-tlb-flush.
+    ``unsafe``: the user passed --unsafe-no-tlb-flush.  ``flushes_itself``:
+    the backend clears accessed bits and flushes the TLB in one kernel walk
+    (idlemap's module): exact whatever was asked, with no soft-dirty cost.
     """
     if requested not in MODES:
         raise UsageError(f"--tlb-flush must be one of {', '.join(MODES)}")
+    if flushes_itself:
+        return TlbPolicy(requested, "kmod", True)
     if unsafe:
         return TlbPolicy(requested, "none", False,
                          "warning: --unsafe-no-tlb-flush: hot pages cached in the TLB can read idle and be "

@@ -41,3 +41,11 @@ def test_unknown_mode():
     assert MODES == ("auto", "soft-dirty", "none")
     with pytest.raises(UsageError):
         resolve(None, "sometimes", can_flush=True)
+
+
+def test_a_backend_that_flushes_in_its_own_walk():
+    """The kernel module clears and flushes in one walk: exact whatever was
+    asked, and no soft-dirty check or cost."""
+    for asked in MODES:
+        assert resolve(None, asked, can_flush=False, flushes_itself=True, acting=True) == \
+            TlbPolicy(asked, "kmod", True, "")
