@@ -93,7 +93,7 @@ def case_wss(placement: str, mode: str, windows: int = 8, window_s: float = 0.5)
         rate = (w.passes() - p0) / (time.monotonic() - t0)
         flt1 = _faults(w.pid)
         base_rate = (before + speed(windows * window_s)) / 2
-    hot = [[m for m in r["by_mapping"] if int(m["start"], 16) == w.addr][0]["ref_bytes"] / MiB
+    hot = [[m for m in r["by_mapping"] if int(m["start"], 16) == w.addr][0]["wss_bytes"] / MiB
            for r in rows if "by_mapping" in r]
     err = [100.0 * (v - HOT_MIB) / HOT_MIB for v in hot]
     return {"case": "wss", "placement": placement, "mode": mode, "rc": rc, "hot_mib": HOT_MIB,

@@ -16,7 +16,7 @@ def test_json_lines_with_schema(capsys):
         w.touch("a")
         assert main(["wss", str(w.pid), "0.05", "2", "--json", "--by-mapping"]) == 0
     lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
-    assert [l["schema"] for l in lines] == ["idlemap.wss/1"] * 2 + ["idlemap.wss.summary/1"]
+    assert [l["schema"] for l in lines] == ["idlemap.wss/2"] * 2 + ["idlemap.wss.summary/2"]
     row = lines[0]
     assert row["pid"] == w.pid and row["rss_bytes"] >= 8 * MiB and row["est_s"] > 0
     mine = [m for m in row["by_mapping"] if int(m["start"], 16) <= a < int(m["end"], 16)]

@@ -77,8 +77,8 @@ def test_wss_default_reads_a_hot_loop_exactly(placement):
         data = [[m for m in r["by_mapping"] if int(m["start"], 16) == w.addr] for r in rows[:-1]]
         rc_none, rows_none = run_json("wss", w.pid, 0.5, 6, "--json", "--by-mapping", "--tlb-flush", "none")
     assert rc == 0 and rc_none == 0
-    hot_mib = [d[0]["ref_bytes"] / MiB for d in data]
-    unflushed = [[m for m in r["by_mapping"] if int(m["start"], 16) == w.addr][0]["ref_bytes"] / MiB
+    hot_mib = [d[0]["wss_bytes"] / MiB for d in data]
+    unflushed = [[m for m in r["by_mapping"] if int(m["start"], 16) == w.addr][0]["wss_bytes"] / MiB
                  for r in rows_none[:-1]]
     report("wss-tlb", placement=placement, hot_mib=HOT_MIB, flushed_mib=hot_mib, unflushed_mib=unflushed)
     assert all(r["tlb_exact"] and r["tlb_flush"] == "soft-dirty" for r in rows[:-1])

@@ -180,7 +180,7 @@ def test_vmm_exits_mid_scan_clean_stop(tmp_path):
     assert wss.returncode == 1, err
     assert err.strip() == f"idlemap: process {q.pid} exited during the scan"
     lines = [json.loads(x) for x in out.splitlines()]
-    assert lines[-1]["schema"] == "idlemap.wss.summary/1" and lines[-1]["samples"] >= 1
+    assert lines[-1]["schema"] == "idlemap.wss.summary/2" and lines[-1]["samples"] >= 1
 
 
 def test_cli_usage_errors(tmp_path):

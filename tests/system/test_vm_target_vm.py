@@ -377,9 +377,9 @@ def test_wss_default_reads_a_guest_hot_loop(guest, capsys):
     finally:
         guest.send("s")
         passes = int(guest.expect("stopped")[1])
-    mib = [r["ref_bytes"] / MiB for r in flushed]
+    mib = [r["wss_bytes"] / MiB for r in flushed]
     print(f"\nguest hot loop ({HOT_MIB} MiB, {passes} passes, windows of {window:.2f} s): default "
-          f"{mib} MiB; unflushed {[r['ref_bytes'] / MiB for r in unflushed]} MiB")
+          f"{mib} MiB; unflushed {[r['wss_bytes'] / MiB for r in unflushed]} MiB")
     assert rc == 0 and rc_none == 0 and passes >= 3
     assert all(r["tlb_exact"] for r in flushed) and not any(r["tlb_exact"] for r in unflushed)
     # All of the hot set in every window; above it only the guest kernel's
@@ -490,4 +490,4 @@ def test_vmm_exits_mid_scan_clean_stop(guest):
         if wss.poll() is None:
             wss.kill()
     assert wss.returncode == 1 and err.strip() == f"idlemap: process {guest.pid} exited during the scan", err
-    assert json.loads(out.splitlines()[-1])["schema"] == "idlemap.wss.summary/1"
+    assert json.loads(out.splitlines()[-1])["schema"] == "idlemap.wss.summary/2"
