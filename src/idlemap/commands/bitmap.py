@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from .. import outputs, validate
+from ..analysis.spans import merge_ranges
 from ..bitmap import IdleBitmap, require_page_idle
 from ..errors import BadInput, UsageError
 from ..kernel.maps import PAGE_SHIFT, PAGE_SIZE
@@ -54,15 +55,7 @@ def add_arguments(p) -> None:
 def word_ranges(spans) -> list[tuple[int, int]]:
     """Merged VA ranges, widened to whole u64 words (64 pages), covering spans."""
     unit = 64 * PAGE_SIZE
-    out: list[list[int]] = []
-    for s in spans:
-        lo = s.start // unit * unit
-        hi = -(-s.end // unit) * unit
-        if out and lo <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], hi)
-        else:
-            out.append([lo, hi])
-    return [(a, b) for a, b in out]
+    return merge_ranges((s.start // unit * unit, -(-s.end // unit) * unit) for s in spans)
 
 
 def write_sparse(path: str, idle_map, present_path: str) -> int:

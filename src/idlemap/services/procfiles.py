@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import idle_pages as ip
+from ..analysis.spans import merge_ranges
 from ..bitmap import HPAGE_PAGES, IdleBitmap
 from ..errors import AccessDenied, FeatureMissing, NoSuchProcess, PidReused, TargetExited, proc_errors
 from ..kernel import pagemap as pm
@@ -83,15 +84,8 @@ def clip(pieces, lo: int, hi: int) -> list[tuple[int, int]]:
 def word_cover(pieces, lo: int, hi: int) -> list[tuple[int, int]]:
     """VA pieces (sorted) -> merged ranges widened to whole u64 words and
     clipped to [lo, hi) (lo, hi themselves word aligned)."""
-    out: list[list[int]] = []
-    for a, b in clip(pieces, lo, hi):
-        a = max(lo, a // WORD_VA * WORD_VA)
-        b = min(hi, -(-b // WORD_VA) * WORD_VA)
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return [(a, b) for a, b in out]
+    return merge_ranges((max(lo, a // WORD_VA * WORD_VA), min(hi, -(-b // WORD_VA) * WORD_VA))
+                        for a, b in clip(pieces, lo, hi))
 
 
 def widen_huge(lo: int, hi: int) -> tuple[int, int]:
