@@ -57,18 +57,9 @@ def _cli(*argv) -> tuple[int, list[dict]]:
     return rc, [json.loads(x) for x in out.getvalue().splitlines() if x.startswith("{")]
 
 
-@contextlib.contextmanager
 def target(placement: str):
-    from fleet_helpers import HotSet
-    ours = os.sched_getaffinity(0)
-    with HotSet(HOT_MIB, COLD_MIB) as w:
-        if placement == "pinned":
-            os.sched_setaffinity(w.pid, {0})
-            os.sched_setaffinity(0, {1})
-        try:
-            yield w
-        finally:
-            os.sched_setaffinity(0, ours)
+    from fleet_helpers import hot_loop
+    return hot_loop(HOT_MIB, COLD_MIB, placement)
 
 
 def _faults(pid: int) -> tuple[int, int]:

@@ -3,6 +3,7 @@ we start and stop by PID, servers on loopback, Prometheus's HTTP API."""
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import shutil
 import signal
@@ -87,6 +88,24 @@ class HotSet:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def hot_loop(hot_mib: int, cold_mib: int, placement: str):
+    """A HotSet that never pauses; "pinned": it on CPU 0 and the caller on
+    CPU 1 (the target never context-switches, so its translations stay in
+    the TLB), "unpinned": the scheduler decides."""
+    ours = os.sched_getaffinity(0)
+    with HotSet(hot_mib, cold_mib) as w:
+        if placement == "pinned":
+            if os.cpu_count() < 2:
+                pytest.skip("one CPU: boot the VM with --cpus 2")
+            os.sched_setaffinity(w.pid, {0})
+            os.sched_setaffinity(0, {1})
+        try:
+            yield w
+        finally:
+            os.sched_setaffinity(0, ours)
 
 
 class Bystanders:

@@ -26,6 +26,7 @@ from idlemap.kernel.page_idle import PATH as BITMAP_PATH
 from idlemap.kernel.process import fault_counts
 
 from fleet_helpers import HotSet
+from fleet_helpers import hot_loop as fleet_hot_loop
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(
     not os.path.exists(BITMAP_PATH), reason="no page_idle: CONFIG_IDLE_PAGE_TRACKING is not set")]
@@ -41,20 +42,8 @@ def report(name, **figures):
     print(json.dumps({"test": name, **figures}), flush=True)
 
 
-@contextlib.contextmanager
 def hot_loop(placement):
-    """The continuously hot workload; pinned: it on CPU 0, we on CPU 1."""
-    ours = os.sched_getaffinity(0)
-    with HotSet(HOT_MIB, COLD_MIB) as w:
-        if placement == "pinned":
-            if os.cpu_count() < 2:
-                pytest.skip("one CPU: boot the VM with --cpus 2")
-            os.sched_setaffinity(w.pid, {0})
-            os.sched_setaffinity(0, {1})
-        try:
-            yield w
-        finally:
-            os.sched_setaffinity(0, ours)
+    return fleet_hot_loop(HOT_MIB, COLD_MIB, placement)
 
 
 def run_json(*argv):
