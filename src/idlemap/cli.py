@@ -99,13 +99,6 @@ def _on_signal(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _on_late_signal(signum, frame) -> None:
-    # After main() has its answer: note the signal, raise nothing (a
-    # KeyboardInterrupt here would be a traceback outside any handler).
-    global _signalled
-    _signalled = signum
-
-
 def _say(msg: str) -> None:
     try:
         sys.stdout.flush()
@@ -136,9 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         rc = INTERRUPTED
     finally:
         for s, h in prev.items():
-            # In-process callers (tests) get their handlers back; as a
-            # program, a signal from here to exit is only noted.
-            signal.signal(s, h if argv is not None else _on_late_signal)
+            # In-process callers (tests) get their handlers back.  As a
+            # program the answer is settled: a signal from here on is
+            # ignored -- not our handler (a KeyboardInterrupt outside any
+            # try), and not the default either, which the interpreter puts
+            # back while it shuts down (death by SIGINT, no exit status).
+            signal.signal(s, h if argv is not None else signal.SIG_IGN)
     if _signalled is not None and rc == 0:
         rc = INTERRUPTED
     if argv is None and _signalled is not None:
@@ -154,7 +150,12 @@ def _exit_now(rc: int) -> None:
     and at exit turns any status into death by SIGINT (-2 to the parent,
     no summary of ours changes that).  Only after a signal, and only as a
     program: output is flushed and logging closed first."""
+    import atexit
     import logging
+    try:
+        atexit._run_exitfuncs()      # e.g. the DAMON backend's safety net
+    except Exception:  # noqa: BLE001 -- they report their own errors
+        pass
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
