@@ -25,8 +25,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .errors import IdlemapError, UsageError
 from .kernel import clear_refs as cr
 from .kernel.process import ProcessId
@@ -73,17 +71,22 @@ def kernel_has_soft_dirty() -> bool:
     /proc/config.gz needed)."""
     global _sd_kernel
     if _sd_kernel is None:
+        import ctypes
         import mmap
 
         from .kernel import pagemap as pm
-        from .kernel.maps import PAGE_SHIFT, PAGE_SIZE
+        from .kernel.maps import PAGE_SIZE
         buf = mmap.mmap(-1, PAGE_SIZE)
         try:
             buf[0] = 1
-            addr = np.frombuffer(buf, dtype=np.uint8).ctypes.data
-            with pm.Pagemap(os.getpid()) as p:
-                e = p.read(addr >> PAGE_SHIFT, 1)
-            _sd_kernel = bool(e[0] & pm.SOFT_DIRTY)
+            view = ctypes.c_char.from_buffer(buf)
+            addr = ctypes.addressof(view)
+            del view                # the mmap cannot close while a view exports it
+            # /proc/self, not /proc/<getpid()>: in a PID namespace that
+            # still sees the host's /proc, our PID there is not getpid().
+            with open("/proc/self/pagemap", "rb", buffering=0) as f:
+                entry = int.from_bytes(os.pread(f.fileno(), 8, addr // PAGE_SIZE * 8), "little")
+            _sd_kernel = bool(entry & int(pm.SOFT_DIRTY))
         except OSError:
             _sd_kernel = True       # cannot tell: assume the costly case
         finally:
