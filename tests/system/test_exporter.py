@@ -42,7 +42,8 @@ def test_exporter_on_host_names_backend_and_granularity():
     (info,) = metric(m, "idlemap_backend_info")
     assert (info[0]["backend"], info[0]["granularity"]) == want and info[1] == 1
     (wss,) = metric(m, "idlemap_wss_bytes", pid=w.pid)
-    assert wss[0]["window"] == "0.5s" and wss[0]["comm"] and "cgroup" in wss[0]
+    assert "window" not in wss[0] and wss[0]["comm"] and "cgroup" in wss[0]
+    assert metric(m, "idlemap_interval_seconds")[0][1] == 0.5      # the window: a gauge, not a label
     assert abs(wss[1] - w.hot_bytes) <= 0.01 * w.hot_bytes
     (cold,) = metric(m, "idlemap_cold_bytes", pid=w.pid)
     (rss,) = metric(m, "idlemap_rss_bytes", pid=w.pid)
@@ -72,7 +73,7 @@ def _prometheus_round_trip(tmp_path, backend_args: list[str], deadline_s: float)
     print(f"\nPrometheus /api/v1/query {expr}: {value / 2**20:.3f} MiB for a {truth / 2**20:.0f} MiB "
           f"hot set ({100 * (value - truth) / truth:+.3f}%), backend {info[0]['metric']['backend']}")
     assert abs(value - truth) <= 0.01 * truth, (value, truth)
-    assert res[0]["metric"]["window"] == "1s"
+    assert "window" not in res[0]["metric"]     # not part of the series identity
     assert up and up[0]["value"][1] == "1"
     return info[0]["metric"]
 

@@ -181,9 +181,9 @@ def test_exporter_families_come_from_the_current_sample_only():
     assert "idlemap_wss_bytes{" not in text          # nothing measured yet
     st.record(sample(denied=3, errors=["x"]))
     text = generate_latest(reg).decode()
-    assert 'idlemap_wss_bytes{cgroup="/a",comm="big",pid="100",window="10s"} 1.048576e+08' in text
-    assert 'idlemap_cold_bytes{cgroup="/a",comm="big",pid="100",window="10s"} 2.097152e+08' in text
-    assert 'idlemap_wss_pss_bytes{cgroup="/a",comm="big",pid="100",window="10s"}' in text
+    assert 'idlemap_wss_bytes{cgroup="/a",comm="big",pid="100"} 1.048576e+08' in text
+    assert 'idlemap_cold_bytes{cgroup="/a",comm="big",pid="100"} 2.097152e+08' in text
+    assert 'idlemap_wss_pss_bytes{cgroup="/a",comm="big",pid="100"}' in text
     assert 'idlemap_cgroup_processes{cgroup="/b"} 1.0' in text
     assert "idlemap_processes_unreadable 3.0" in text
     assert 'idlemap_scan_errors_total{reason="io"} 1.0' in text
@@ -205,6 +205,23 @@ def test_exporter_top_n():
     reg.register(make_collector(st, top_n=1, sort="rss"))
     text = generate_latest(reg).decode()
     assert 'pid="100"' in text and 'pid="200"' not in text
+
+
+@needs_prometheus
+def test_exporter_cgroups_with_top_processes_and_interval_gauge():
+    """--cgroups --top-processes N (the shipped setups): every group, and
+    per-process series for the N largest only; the window is a gauge."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from idlemap.services.exporter import ExporterState, make_collector
+    st = ExporterState("clear_refs", "mapping", "30s", interval_s=30.0)
+    st.record(sample())
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(make_collector(st, processes=True, cgroups=True, process_top_n=1, sort="rss"))
+    text = generate_latest(reg).decode()
+    assert 'idlemap_cold_bytes{cgroup="/a",comm="big",pid="100"}' in text and 'pid="200"' not in text
+    assert 'idlemap_cgroup_processes{cgroup="/b"} 1.0' in text
+    assert "idlemap_interval_seconds 30.0" in text and "window=" not in text
 
 
 @pytest.mark.parametrize("text,want", [
@@ -243,8 +260,8 @@ def test_guest_rows_in_exporter_top_and_json():
     reg = CollectorRegistry(auto_describe=False)
     reg.register(make_collector(st, guests=True))
     text = generate_latest(reg).decode()
-    assert 'idlemap_guest_wss_bytes{guest="web1",pid="300",vmm="qemu",window="10s"} 1.048576e+09' in text
-    assert 'idlemap_guest_cold_bytes{guest="web1",pid="300",vmm="qemu",window="10s"} 2.097152e+09' in text
+    assert 'idlemap_guest_wss_bytes{guest="web1",pid="300",vmm="qemu"} 1.048576e+09' in text
+    assert 'idlemap_guest_cold_bytes{guest="web1",pid="300",vmm="qemu"} 2.097152e+09' in text
     assert 'idlemap_guest_ram_bytes{guest="web1",pid="300",vmm="qemu"} 4.294967296e+09' in text
     reg2 = CollectorRegistry(auto_describe=False)
     reg2.register(make_collector(st))               # not asked: no guest series

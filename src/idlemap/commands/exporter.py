@@ -15,6 +15,7 @@ EXAMPLES = """\
   idlemap exporter                          # 127.0.0.1:9466, 30 s windows, every process
   idlemap exporter --interval 10 --top-n 50 # the 50 largest processes only
   idlemap exporter --cgroups                # per cgroup v2 group instead of per process
+  idlemap exporter --cgroups --top-processes 20   # per cgroup, and the 20 largest processes
   idlemap exporter --pids 1234,5678 --pss   # two processes, with PSS-weighted figures
   idlemap exporter --listen 0.0.0.0:9466    # every interface (default: loopback only)
   idlemap exporter --vms                    # also idlemap_guest_* series per VM (guest RAM only)
@@ -27,9 +28,13 @@ def add_arguments(p) -> None:
     p.add_argument("--listen", default=svc.DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"where to serve /metrics (default {svc.DEFAULT_LISTEN}; loopback unless told)")
     p.add_argument("--interval", type=validate.interval, default=30.0, metavar="S",
-                   help="window length in seconds (default 30); the window label says it")
+                   help="window length in seconds (default 30); exported as idlemap_interval_seconds "
+                        "(a gauge, not a label: changing it keeps every series)")
     p.add_argument("--cgroups", action="store_true",
                    help="series per cgroup v2 group instead of per process (fewer series)")
+    p.add_argument("--top-processes", type=validate.limit, default=0, metavar="N",
+                   help="with --cgroups: also per-process series for the N largest processes by --sort "
+                        "(default 0: none), so per-process panels have data at a bounded cardinality")
     p.add_argument("--top-n", type=validate.limit, default=0, metavar="N",
                    help="only the N largest processes/groups by --sort (default 0: all)")
     p.add_argument("--sort", default="rss", choices=SORT_KEYS,
@@ -49,8 +54,14 @@ def run(args) -> int:
     choice, scanner = make_scanner(args, cgroups=args.cgroups)
     state = svc.ExporterState(choice.cls.name, choice.cls.caps.granularity, f"{args.interval:g}s",
                               tlb_flushed=scanner.tlb.exact)
-    collector = svc.make_collector(state, processes=not args.cgroups, cgroups=args.cgroups,
-                                   top_n=args.top_n, sort=args.sort, pss=args.pss, guests=args.vms)
+    if args.top_processes and not args.cgroups:
+        raise UsageError("--top-processes goes with --cgroups (without it every process is exported; "
+                         "--top-n limits them)")
+    state.interval_s = args.interval
+    collector = svc.make_collector(state, processes=not args.cgroups or args.top_processes > 0,
+                                   cgroups=args.cgroups, top_n=args.top_n, sort=args.sort, pss=args.pss,
+                                   guests=args.vms,
+                                   process_top_n=args.top_processes if args.cgroups else args.top_n)
     stop = threading.Event()
     with scanner:
         server, bound = svc.serve(host, port, collector)

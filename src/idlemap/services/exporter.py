@@ -8,17 +8,23 @@ nothing accumulates as processes churn (long-lived labelled Gauges would
 keep every PID they ever saw until someone removed it).
 
 Metrics (bytes and seconds, Prometheus naming):
-  idlemap_wss_bytes{pid,comm,cgroup,window}    accessed during the last window
-  idlemap_cold_bytes{pid,comm,cgroup,window}   resident but not accessed
+  idlemap_wss_bytes{pid,comm,cgroup}          accessed during the last window
+  idlemap_cold_bytes{pid,comm,cgroup}         resident but not accessed
   idlemap_rss_bytes{pid,comm,cgroup}           resident (each frame once per process)
   idlemap_pss_bytes / idlemap_wss_pss_bytes    with --pss (1/mapcount weighted)
-  idlemap_cgroup_{wss,cold,rss}_bytes{cgroup[,window]}, idlemap_cgroup_processes
+  idlemap_cgroup_{wss,cold,rss}_bytes{cgroup}, idlemap_cgroup_processes
                                                with --cgroups (shared pages once per group)
   idlemap_total_{wss,rss}_bytes                all selected processes
-  idlemap_scan_seconds, idlemap_window_seconds, idlemap_last_scan_timestamp_seconds
+  idlemap_scan_seconds, idlemap_window_seconds, idlemap_interval_seconds,
+  idlemap_last_scan_timestamp_seconds
   idlemap_scans_total, idlemap_scan_errors_total{reason}, idlemap_processes_vanished_total,
   idlemap_processes_unreadable
   idlemap_backend_info{backend,granularity,version}
+
+The window length is a gauge (idlemap_interval_seconds configured,
+idlemap_window_seconds measured), not a label: a label would be part of
+every series' identity, so changing --interval would start new series and
+break every graph and recording rule across the change.
 """
 from __future__ import annotations
 
@@ -73,13 +79,14 @@ class ExporterState:
     mutated, so a scrape never sees half a window."""
     backend: str
     granularity: str
-    window: str                       # label value, e.g. "10s"
+    window: str                       # the configured window, e.g. "10s" (for logs; not a label)
     tlb_flushed: bool = False         # False: hot pages cached in the TLB may read idle
     sample: SystemSample | None = None
     scans_total: int = 0
     vanished_total: int = 0
     last_scan_wall: float = 0.0
     errors_total: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_REASONS, 0))
+    interval_s: float = 0.0           # the configured window length (idlemap_interval_seconds)
 
     def record(self, s: SystemSample) -> None:
         # Unreadable processes are a state (the same ones every window, e.g.
@@ -95,9 +102,14 @@ class ExporterState:
 
 
 def make_collector(state: ExporterState, processes: bool = True, cgroups: bool = False,
-                   top_n: int = 0, sort: str = "rss", pss: bool = False, guests: bool = False):
+                   top_n: int = 0, sort: str = "rss", pss: bool = False, guests: bool = False,
+                   process_top_n: int | None = None):
     """A prometheus_client Collector over ``state`` (imported lazily: the
-    client is an optional dependency)."""
+    client is an optional dependency).  ``process_top_n`` (default
+    ``top_n``) bounds the per-process series separately, so a --cgroups
+    exporter can still feed "top processes" panels with a few series."""
+    if process_top_n is None:
+        process_top_n = top_n
     from prometheus_client.core import (
         CounterMetricFamily,
         GaugeMetricFamily,
@@ -132,7 +144,8 @@ def make_collector(state: ExporterState, processes: bool = True, cgroups: bool =
             s = state.sample
             if s is None:
                 return
-            w = state.window
+            yield GaugeMetricFamily("idlemap_interval_seconds", "Configured window length (--interval)",
+                                    value=state.interval_s)
             yield GaugeMetricFamily("idlemap_scan_seconds", "Wall time of the last window's scan",
                                     value=s.scan_s)
             yield GaugeMetricFamily("idlemap_window_seconds", "Measured length of the last window",
@@ -142,17 +155,17 @@ def make_collector(state: ExporterState, processes: bool = True, cgroups: bool =
             yield GaugeMetricFamily("idlemap_last_scan_timestamp_seconds",
                                     "Unix time the last window ended", value=state.last_scan_wall)
             tw = GaugeMetricFamily("idlemap_total_wss_bytes", "Working set of all selected processes "
-                                   "(shared pages once with page_idle)", labels=["window"])
-            tw.add_metric([w], s.total_wss_bytes)
+                                   "(shared pages once with page_idle)")
+            tw.add_metric([], s.total_wss_bytes)
             yield tw
             yield GaugeMetricFamily("idlemap_total_rss_bytes", "Resident memory of all selected processes",
                                     value=s.total_rss_bytes)
             if processes:
                 plab = ["pid", "comm", "cgroup"]
                 wss = GaugeMetricFamily("idlemap_wss_bytes", "Bytes accessed during the window",
-                                        labels=plab + ["window"])
+                                        labels=plab)
                 cold = GaugeMetricFamily("idlemap_cold_bytes", "Resident bytes not accessed during the window",
-                                         labels=plab + ["window"])
+                                         labels=plab)
                 rss = GaugeMetricFamily("idlemap_rss_bytes", "Resident bytes (each frame once per process)",
                                         labels=plab)
                 fams = [wss, cold, rss]
@@ -160,47 +173,47 @@ def make_collector(state: ExporterState, processes: bool = True, cgroups: bool =
                     pssf = GaugeMetricFamily("idlemap_pss_bytes", "Resident bytes, shared pages weighted "
                                              "1/mapcount", labels=plab)
                     wpss = GaugeMetricFamily("idlemap_wss_pss_bytes", "Working set, shared pages weighted "
-                                             "1/mapcount", labels=plab + ["window"])
+                                             "1/mapcount", labels=plab)
                     fams += [pssf, wpss]
-                for p in sort_rows(s.processes, sort, top_n):
+                for p in sort_rows(s.processes, sort, process_top_n):
                     lab = [str(p.pid), p.comm, p.cgroup]
-                    wss.add_metric(lab + [w], p.wss_bytes)
-                    cold.add_metric(lab + [w], p.cold_bytes)
+                    wss.add_metric(lab, p.wss_bytes)
+                    cold.add_metric(lab, p.cold_bytes)
                     rss.add_metric(lab, p.rss_bytes)
                     if pss:
                         if p.pss_bytes >= 0:
                             pssf.add_metric(lab, p.pss_bytes)
                         if p.wss_pss_bytes >= 0:
-                            wpss.add_metric(lab + [w], p.wss_pss_bytes)
+                            wpss.add_metric(lab, p.wss_pss_bytes)
                 yield from fams
             if cgroups:
                 cw = GaugeMetricFamily("idlemap_cgroup_wss_bytes", "Bytes the group accessed during the "
-                                       "window", labels=["cgroup", "window"])
+                                       "window", labels=["cgroup"])
                 cc = GaugeMetricFamily("idlemap_cgroup_cold_bytes", "Resident bytes the group did not "
-                                       "access during the window", labels=["cgroup", "window"])
+                                       "access during the window", labels=["cgroup"])
                 cr = GaugeMetricFamily("idlemap_cgroup_rss_bytes", "Resident bytes mapped by the group's "
                                        "processes", labels=["cgroup"])
                 cn = GaugeMetricFamily("idlemap_cgroup_processes", "Processes in the group",
                                        labels=["cgroup"])
                 for c in sort_rows(s.cgroups, sort if sort != "pss" else "rss", top_n):
-                    cw.add_metric([c.cgroup, w], c.wss_bytes)
-                    cc.add_metric([c.cgroup, w], c.cold_bytes)
+                    cw.add_metric([c.cgroup], c.wss_bytes)
+                    cc.add_metric([c.cgroup], c.cold_bytes)
                     cr.add_metric([c.cgroup], c.rss_bytes)
                     cn.add_metric([c.cgroup], c.nprocs)
                 yield from (cw, cc, cr, cn)
             if guests:
                 glab = ["pid", "vmm", "guest"]
                 gw = GaugeMetricFamily("idlemap_guest_wss_bytes", "Guest RAM the VM accessed during the "
-                                       "window (its VMM's guest RAM mappings only)", labels=glab + ["window"])
+                                       "window (its VMM's guest RAM mappings only)", labels=glab)
                 gc = GaugeMetricFamily("idlemap_guest_cold_bytes", "Guest RAM resident on the host and not "
-                                       "accessed during the window", labels=glab + ["window"])
+                                       "accessed during the window", labels=glab)
                 gr = GaugeMetricFamily("idlemap_guest_rss_bytes", "Guest RAM resident on the host",
                                        labels=glab)
                 gs = GaugeMetricFamily("idlemap_guest_ram_bytes", "Guest RAM size", labels=glab)
                 for g in s.guests:
                     lab = [str(g.pid), g.vmm, g.name]
-                    gw.add_metric(lab + [w], g.wss_bytes)
-                    gc.add_metric(lab + [w], g.cold_bytes)
+                    gw.add_metric(lab, g.wss_bytes)
+                    gc.add_metric(lab, g.cold_bytes)
                     gr.add_metric(lab, g.rss_bytes)
                     gs.add_metric(lab, g.ram_bytes)
                 yield from (gw, gc, gr, gs)
