@@ -94,6 +94,20 @@ def test_page_record_titles_say_by_page(capsys, tmp_path):
         assert rc == 0 and ", by page" in out.splitlines()[0], (kind, out[:200])
 
 
+def test_damon_record_titles_say_by_region(capsys, tmp_path):
+    # A DAMON record has per-page bitmaps expanded from its regions: the
+    # page reports work, and say their unit is the region.
+    rounds, _ = recgen.phase_rounds(4)
+    p = tmp_path / "d.rec"
+    recgen.write(p, rounds, granularity="region")
+    for kind in ("hot", "histogram", "heatmap", "wss"):
+        rc, out, _ = cli(capsys, "report", str(p), kind, "--color", "never")
+        assert rc == 0 and "by DAMON region" in out.splitlines()[0], (kind, out[:200])
+    rc, out, _ = cli(capsys, "report", str(p), "hot", "--json")
+    d = json.loads(out)
+    assert d["granularity"] == "region" and "ranges" in d
+
+
 def test_terminal_heatmap_labels_biggest_mapping_first():
     # A thin group at the top and a 226 MiB mapping starting in the same row:
     # the big one keeps the label (issue 16: "[heap] +1 more" took row 0).

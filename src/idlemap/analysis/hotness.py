@@ -765,9 +765,9 @@ def mapping_rows(ms: MappingSeries, idx: np.ndarray) -> list[dict]:
         rss_last = int(ms.rss[j, -1]) if R else 0
         out.append({"start": int(m.start), "end": int(m.end), "mapping": m.label, "kind": m.kind,
                     "rss_last_bytes": rss_last,
-                    "accessed_p50_bytes": int(round(float(np.percentile(a, 50)))) if R else 0,
-                    "accessed_max_bytes": int(a.max()) if R else 0,
-                    "accessed_min_bytes": int(a.min()) if R else 0,
+                    "wss_p50_bytes": int(round(float(np.percentile(a, 50)))) if R else 0,
+                    "wss_max_bytes": int(a.max()) if R else 0,
+                    "wss_min_bytes": int(a.min()) if R else 0,
                     "cold_bytes": max(0, rss_last - (int(a.max()) if R else 0)),
                     "rounds_accessed": int(cnt[j]), "idle_rounds": int(age[j])})
     return out
@@ -783,7 +783,7 @@ def hot_mappings(h: History, min_count: int | None = None) -> tuple[list[dict], 
         raise UsageError(f"--min-count must be between 1 and the number of rounds ({R})")
     idx = np.flatnonzero(ms.rounds_accessed >= k)
     rows = mapping_rows(ms, idx)
-    rows.sort(key=lambda r: (-r["accessed_p50_bytes"], -r["rss_last_bytes"], r["start"]))
+    rows.sort(key=lambda r: (-r["wss_p50_bytes"], -r["rss_last_bytes"], r["start"]))
     return rows, {"min_count": k, "rounds": R}
 
 

@@ -123,7 +123,7 @@ def print_ranges(kind: str, t: RangeTable, limit: int | None, order: str, out: I
 # -- hot / cold by mapping (mapping-granular records) -----------------------------
 def mappings_json(rows: list[dict], threshold: dict, kind: str) -> dict:
     out = [{**r, "start": f"{r['start']:#x}", "end": f"{r['end']:#x}"} for r in rows]
-    total = sum(r["cold_bytes"] if kind == "cold" else r["accessed_p50_bytes"] for r in rows)
+    total = sum(r["cold_bytes"] if kind == "cold" else r["wss_p50_bytes"] for r in rows)
     return {"threshold": threshold, "mappings_total": len(rows), "bytes_total": total, "mappings": out}
 
 
@@ -135,7 +135,7 @@ def print_mappings(kind: str, rows: list[dict], threshold: dict, limit: int | No
     if kind == "hot":
         rule = (f"accessed in every one of {R} rounds" if threshold["min_count"] == R
                 else f"accessed in >= {threshold['min_count']} of {R} rounds")
-        total = sum(r["accessed_p50_bytes"] for r in rows)
+        total = sum(r["wss_p50_bytes"] for r in rows)
         out.write(f"hot mappings ({rule}): {human_bytes(total)} accessed per round (p50) "
                   f"in {len(rows)} mapping{'s' if len(rows) != 1 else ''}\n")
     else:
@@ -151,12 +151,12 @@ def print_mappings(kind: str, rows: list[dict], threshold: dict, limit: int | No
         return
     if order == "va":
         rows = sorted(rows, key=lambda r: r["start"])
-    tab = Table([("START", 18), ("RSS(MiB)", 10), ("ACC_P50(MiB)", 12), ("ACC_MAX(MiB)", 12),
+    tab = Table([("START", 18), ("RSS(MiB)", 10), ("WSS_P50(MiB)", 12), ("WSS_MAX(MiB)", 12),
                  ("COLD(MiB)", 10), ("ROUNDS", 7), ("KIND", -6), ("MAPPING", -1)], out)
     tab.header()
     for r in rows[:limit or None]:
-        tab.row([f"{r['start']:#x}", _mb(r["rss_last_bytes"]), _mb(r["accessed_p50_bytes"]),
-                 _mb(r["accessed_max_bytes"]), _mb(r["cold_bytes"]), f"{r['rounds_accessed']}/{R}",
+        tab.row([f"{r['start']:#x}", _mb(r["rss_last_bytes"]), _mb(r["wss_p50_bytes"]),
+                 _mb(r["wss_max_bytes"]), _mb(r["cold_bytes"]), f"{r['rounds_accessed']}/{R}",
                  r["kind"], r["mapping"]])
     if limit and len(rows) > limit:
         out.write(f"... {len(rows) - limit} more mappings (--limit 0 shows all, --json lists all)\n")
