@@ -44,7 +44,18 @@ def default_kdir(release: str | None = None) -> str:
 
 
 def tree_release(kdir: str) -> str:
-    """The release a kernel tree builds for (include/config/kernel.release)."""
+    """The release a kernel tree builds for: UTS_RELEASE (what the module's
+    vermagic says), else include/config/kernel.release.  Debian's header
+    packages differ: kernel.release holds the upstream version (6.1.192, the
+    same as the test VM's tree, so the two builds would share a cache entry)
+    while UTS_RELEASE is the package's 6.1.0-N-amd64."""
+    try:
+        m = re.search(r'UTS_RELEASE\s+"([^"]+)"',
+                      Path(kdir, "include/generated/utsrelease.h").read_text())
+        if m:
+            return m.group(1)
+    except OSError:
+        pass
     try:
         return Path(kdir, "include/config/kernel.release").read_text().strip()
     except OSError:
