@@ -1,7 +1,10 @@
 """Progress of long scans on stderr: rounds done, elapsed, estimated remaining.
 
 Quiet when stderr is not a terminal (logs and pipes get no carriage-return
-noise), and it erases itself before anything else is printed.
+noise), and it erases itself before anything else is printed.  On a
+terminal with ``rich`` installed (the ``tui`` extra) the same line is drawn
+beside a rich progress bar; the text, the estimate and when it shows are
+this module's either way (one code path, two ways to draw).
 """
 from __future__ import annotations
 
@@ -37,6 +40,24 @@ class Progress:
         self.interval_s = interval_s
         self.t0 = time.monotonic()
         self._shown = False
+        self._rich = None                 # (rich Progress, task id) once drawn with rich
+
+    def _rich_bar(self):
+        # Only on a real terminal: rich on a pipe or a StringIO prints its
+        # frames at the end instead of redrawing, which is worse than nothing.
+        if self._rich is None and getattr(self.out, "isatty", lambda: False)():
+            try:
+                from rich.console import Console
+                from rich.progress import BarColumn, TextColumn
+                from rich.progress import Progress as RichProgress
+            except ImportError:
+                self._rich = False
+                return None
+            rp = RichProgress(BarColumn(bar_width=24), TextColumn("{task.description}"),
+                              console=Console(file=self.out), transient=True, auto_refresh=False)
+            rp.start()
+            self._rich = (rp, rp.add_task("", total=self.total))
+        return self._rich or None
 
     def line(self, done: int, extra: str = "") -> str:
         el = time.monotonic() - self.t0
@@ -50,11 +71,22 @@ class Progress:
     def update(self, done: int, extra: str = "") -> None:
         if not self.enabled:
             return
-        self.out.write("\r\033[K" + self.line(done, extra))
-        self.out.flush()
+        bar = self._rich_bar()
+        if bar:
+            rp, task = bar
+            rp.update(task, completed=done, description=self.line(done, extra))
+            rp.refresh()
+        else:
+            self.out.write("\r\033[K" + self.line(done, extra))
+            self.out.flush()
         self._shown = True
 
     def clear(self) -> None:
+        if self._rich:
+            self._rich[0].stop()          # transient: the bar erases itself
+            self._rich = None
+            self._shown = False
+            return
         if self.enabled and self._shown:
             self.out.write("\r\033[K")
             self.out.flush()
