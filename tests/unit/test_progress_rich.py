@@ -34,12 +34,15 @@ def _run_on_a_pty(code: str) -> bytes:
 def test_progress_on_a_terminal_uses_rich_and_erases_itself():
     pytest.importorskip("rich")
     out = _run_on_a_pty(
-        "import sys\n"
+        # fd 1 is the pty (pytest's capture still owns sys.stdout)
+        "import os\n"
         "from idlemap.render.progress import Progress\n"
-        "p = Progress(5, 'round', interval_s=1.0, out=sys.stdout)\n"
+        "tty = os.fdopen(1, 'w', closefd=False)\n"
+        "p = Progress(5, 'round', interval_s=1.0, out=tty)\n"
         "p.update(2)\n"
         "p.clear()\n"
-        "print('after', flush=True)\n")
+        "tty.write('after\\n')\n"
+        "tty.flush()\n")
     text = out.decode(errors="replace")
     assert "round 2/5" in text and "remaining ~3.0 s" in text
     assert "\u2501" in text                 # rich's bar
