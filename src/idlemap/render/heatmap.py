@@ -106,8 +106,8 @@ def heatmap_png(data: HeatmapData, path: str, title: str = "", subtitle: str = "
             f"{len(data.collapsed)} never-resident runs ({human_bytes(gap)}) collapsed"
     fig.suptitle(title or f"PID {data.pid}: memory accessed, by address and time", fontsize=12)
     if subtitle:
-        ax.set_title(subtitle + "\ngrey: not resident; dashed white line: a never-resident run cut out",
-                     fontsize=9)
+        ax.set_title(subtitle + "\ngrey: not resident" + ("; dashed white line: a never-resident run cut out"
+                                                           if data.collapsed_rows else ""), fontsize=9)
     _save(fig, Canvas, path)
     bb = ax.get_window_extent()          # display pixels, origin bottom left
     height = fig.bbox.height
