@@ -149,7 +149,7 @@ schema("idlemap.report.heatmap/1", "idlemap report FILE heatmap --json",
         "segments": {"type": "array", "items": obj({"label": S, "kind": S, "row_lo": N, "row_hi": N, "va_start": HEX,
                                                      "va_end": HEX, "shown_bytes": BYTES, "mappings": I},
                                                     ["label", "row_lo", "row_hi", "va_start", "va_end"])},
-        "collapsed": {"type": "array"}, "png": NULLABLE(S)},
+        "collapsed": {"type": "array"}, "omitted_mappings": I, "png": NULLABLE(S)},
        [*HEAD_REQ, "rows", "cols", "values", "row_va_start", "row_va_end", "col_rounds", "segments"])
 schema("idlemap.report.info/1", "idlemap report FILE info --json",
        {"size_bytes": BYTES, "format_version": S, "rounds": I},

@@ -304,7 +304,8 @@ def heatmap_json(d: H.HeatmapData) -> dict:
                           "row_hi": round(s.row_hi, 3), "va_start": f"{s.va_start:#x}",
                           "va_end": f"{s.va_end:#x}", "shown_bytes": s.shown_bytes, "mappings": s.mappings}
                          for s in d.segments],
-            "collapsed": [[f"{a:#x}", f"{b:#x}"] for a, b in d.collapsed]}
+            "collapsed": [[f"{a:#x}", f"{b:#x}"] for a, b in d.collapsed],
+            "omitted_mappings": d.omitted_mappings}
 
 
 def _heatmap(h: H.History, args, source: dict, head: dict) -> int:
