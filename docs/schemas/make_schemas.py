@@ -14,6 +14,8 @@ BYTES_OR_UNKNOWN = {"type": "integer", "minimum": -1}          # -1: not measure
 HEX = {"type": "string", "pattern": "^0x[0-9a-f]+$"}
 NULLABLE = lambda t: {"anyOf": [t, {"type": "null"}]}
 GRAN = {"enum": ["page", "region", "mapping"]}
+# pages move_pages refused, by status name (e.g. EBUSY)
+FAILED = {"type": "object", "additionalProperties": I}
 TLB = {"tlb_flush": S, "tlb_exact": B}
 
 
@@ -79,13 +81,13 @@ schema("idlemap.reclaim.summary/1", "idlemap reclaim --json: the last line",
        ["pid", "mode", "dry_run", "rounds", "advised_bytes", "reclaimed_bytes", "refault_bytes"])
 schema("idlemap.tier.round/1", "idlemap tier --json: one line per round",
        {"round": I, "dry_run": B, "hot_bytes": BYTES, "cold_bytes": BYTES, "promote_bytes": BYTES,
-        "demote_bytes": BYTES, "promoted_bytes": BYTES, "demoted_bytes": BYTES, "failed_pages": I,
+        "demote_bytes": BYTES, "promoted_bytes": BYTES, "demoted_bytes": BYTES, "failed_pages": FAILED,
         "plan": {"type": "array"}},
        ["round", "dry_run", "hot_bytes", "cold_bytes", "promoted_bytes", "demoted_bytes"])
 NODES = NULLABLE({"type": "object", "additionalProperties": BYTES})
 schema("idlemap.tier.summary/1", "idlemap tier --json: the last line",
        {"pid": I, "comm": S, "fast": I, "slow": I, "dry_run": B, "rounds": I, "promoted_bytes": BYTES,
-        "demoted_bytes": BYTES, "failed_pages": I, "target_bytes_by_node_before": NODES,
+        "demoted_bytes": BYTES, "failed_pages": FAILED, "target_bytes_by_node_before": NODES,
         "target_bytes_by_node_after": NODES, "node_used_bytes_before": NODES, "node_used_bytes_after": NODES,
         "stop_reason": S},
        ["pid", "fast", "slow", "rounds", "promoted_bytes", "demoted_bytes"])
