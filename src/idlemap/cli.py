@@ -56,7 +56,7 @@ UNITS_NOTE = "\nunits: sizes in MiB = 2^20 bytes (KiB, GiB likewise binary); JSO
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     p = _Parser(prog="idlemap", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Run 'idlemap COMMAND --help' for a command's options and examples.")
+                                epilog="Run 'idlemap COMMAND --help' for a command's options and examples." + UNITS_NOTE)
     from . import __version__
     p.add_argument("--version", action="version", version=f"idlemap {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
