@@ -22,7 +22,7 @@ EXAMPLES = """\
   idlemap record 1234 0.5 120 -o app.rec   # 120 rounds of 0.5 s (or: -p 1234 -i 0.5 -n 120)
   idlemap record 1234 -n 60 --auto-interval # pick the interval first (rule: docs/reports.md)
   idlemap record 1234 --range 0x7f0000000000-0x7f0040000000   # only that VA range
-  idlemap record 1234 --backend clear_refs  # no page_idle: per-mapping totals (wss report only)
+  idlemap record 1234 --backend clear_refs  # no page_idle: per-mapping totals (every report, by mapping)
   idlemap record --vm 4321 -n 60            # a VMM: its guest's RAM by guest-physical address
 Ctrl-C or SIGTERM stops recording; every finished round is already in the
 file (each round is appended whole and synced), and a killed recorder leaves
