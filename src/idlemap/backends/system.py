@@ -54,14 +54,23 @@ class Selection:
     process trees under given PIDs.  Kernel threads and zombies never (no mm)."""
     pids: frozenset[int] | None = None
     trees: frozenset[int] | None = None
+    # (pid, start ticks) of the given PIDs and tree roots when they were
+    # chosen: a PID that exits and comes back as another process is not
+    # the one asked for, so it drops out instead of being reported.
+    identities: frozenset[tuple[int, int]] | None = None
 
     def apply(self, tasks: list[TaskInfo]) -> list[TaskInfo]:
         live = [t for t in tasks if not t.kthread and t.state not in ("Z", "X")]
         if self.pids is None and self.trees is None:
             return live
+        if self.identities is not None:
+            born = dict(self.identities)
+            tasks = [t for t in tasks if t.pid not in born or born[t.pid] == t.start_ticks]
+            here = {t.pid for t in tasks}
+            live = [t for t in live if t.pid in here]
         keep: set[int] = set(self.pids or ())
         if self.trees:
-            keep |= descendants(tasks, set(self.trees))
+            keep |= descendants(tasks, set(self.trees) & {t.pid for t in tasks})
         return [t for t in live if t.pid in keep]
 
 

@@ -68,18 +68,16 @@ def add_selection_arguments(p) -> None:
 
 def selection_from(args) -> Selection:
     pids = None
+    born: set[tuple[int, int]] = set()
     if args.pids:
         pids = frozenset(p for text in args.pids for p in pid_list(text))
-        for p in sorted(pids):
-            if read_task(p) is None:
-                raise NoSuchProcess(p)
-    trees = None
-    if args.tree:
-        for p in args.tree:
-            if read_task(p) is None:
-                raise NoSuchProcess(p)
-        trees = frozenset(args.tree)
-    return Selection(pids, trees)
+    trees = frozenset(args.tree) if args.tree else None
+    for p in sorted((pids or set()) | (trees or set())):
+        t = read_task(p)
+        if t is None:
+            raise NoSuchProcess(p)
+        born.add((t.pid, t.start_ticks))
+    return Selection(pids, trees, frozenset(born) if born else None)
 
 
 def make_scanner(args, cgroups: bool):
