@@ -46,7 +46,9 @@ target_arg.idlemap_numeric = True       # found by the tests of every numeric op
 
 
 def add_target_option(p) -> None:
+    # dest: "target" is the PID positional of the scanning commands
     p.add_argument("--target", type=target_arg, default=A.DEFAULT_TARGET_PCT_PER_MIN, metavar="RATE",
+                   dest="target_rate",
                    help="promotion-rate target, percent of the working set per minute "
                         "(default 0.2%%/min; also %%/s, %%/h)")
 
@@ -66,6 +68,17 @@ def run(args) -> int:
     # Imported here: `report FILE advise` uses show() below and must not pull
     # in the scanner and its backends.
     from .live import scan_and_show
+    if args.backend in ("auto", "page_idle", "clear_refs"):
+        # Ages need per-page rounds: say so before scanning, not after N
+        # rounds of per-mapping totals that cannot answer.
+        from ..bitmap import require_page_idle
+        from . import take_pid, user_target
+        given = list(getattr(args, "args", None) or [])
+        if not given and getattr(args, "target", None) is not None:
+            given = [args.target]
+        pid, _ = take_pid(args, given)
+        user_target(pid)              # an unknown PID is exit 1 everywhere, checked first
+        require_page_idle()
     return scan_and_show("advise", args)
 
 
@@ -147,7 +160,7 @@ def advice_png(adv: A.Advice, path: str, title: str) -> None:
 
 def show(h, args, source: dict, head: dict) -> int:
     """The advise report over a History (report.show calls this)."""
-    adv = A.advise_history(h, getattr(args, "target", A.DEFAULT_TARGET_PCT_PER_MIN),
+    adv = A.advise_history(h, getattr(args, "target_rate", A.DEFAULT_TARGET_PCT_PER_MIN),
                            source.get("interval_s") or None)
     who = f"PID {source.get('pid')} ({source.get('comm', '')})"
     png = getattr(args, "png", None)

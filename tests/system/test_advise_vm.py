@@ -1,0 +1,215 @@
+"""The savings advisor and the cgroup reclaim loop on a real kernel (the
+test VM: page_idle, cgroup v2 memory controller, PSI, swap on zram).
+
+Timing-free for the advisor: the workload touches exactly its hot set and
+one warm group between rounds (acknowledged), so the truth per threshold is
+known from the schedule and computed here group by group, independently of
+analysis/advise.py.  Time is the rounds' measured windows (the same clock
+for truth and measurement).
+"""
+import json
+import os
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from idlemap.analysis import advise as A
+from idlemap.analysis.hotness import build_history
+from idlemap.cli import main
+from idlemap.kernel import pagemap as pm
+from idlemap.kernel.maps import PAGE_SHIFT
+from idlemap.kernel.page_idle import PATH as BITMAP_PATH
+from idlemap.kernel.process import identify
+from idlemap.scan import Scanner
+from idlemap.workload import Workload
+
+pytestmark = [pytest.mark.vm, pytest.mark.skipif(
+    not os.path.exists(BITMAP_PATH), reason="no page_idle: CONFIG_IDLE_PAGE_TRACKING is not set")]
+
+MiB = 1 << 20
+COLD_MIB, HOT_MIB, GROUP_MIB, PERIOD = 64, 32, 8, 4      # 4 warm groups of 8 MiB, each every 4th round
+TOTAL_MIB = COLD_MIB + HOT_MIB + PERIOD * GROUP_MIB
+ROUNDS = 12
+
+
+def pages(mib):
+    return (mib * MiB) >> PAGE_SHIFT
+
+
+def report(name, **figures):
+    print(json.dumps({"test": name, **figures}), flush=True)
+
+
+def truth(k, windows):
+    """(cold mean bytes, promoted bytes, observed s) at threshold k for the
+    schedule: [hot | warm groups | cold]; round r touches hot and group r % PERIOD."""
+    cold_sum, cold_n, prom, obs = 0, 0, 0, 0.0
+    for r in range(ROUNDS):
+        if r >= k - 1:
+            c = COLD_MIB
+            for g in range(PERIOD):
+                age = (r - g) % PERIOD if g <= r else r + 1
+                c += GROUP_MIB if age >= k else 0
+            cold_sum += c
+            cold_n += 1
+        if r >= k:
+            obs += windows[r]
+            g = r % PERIOD
+            age_prev = PERIOD - 1 if g + PERIOD <= r else r
+            prom += GROUP_MIB if age_prev >= k else 0
+    return cold_sum / cold_n * MiB, prom * MiB, obs
+
+
+def test_advice_matches_the_known_schedule(zram_swap, capsys):
+    with Workload() as w:
+        a = w.map("data", TOTAL_MIB)
+        w.touch("data")
+        hot, gp = pages(HOT_MIB), pages(GROUP_MIB)
+        with Scanner(identify(w.pid), backend="page_idle", need_per_page=True,
+                     ranges=[(a, a + TOTAL_MIB * MiB)]) as sc:
+            assert sc.tlb.exact
+            sc.start()
+            rounds = []
+            for r in range(ROUNDS):
+                w.touch("data", 1, 0, hot)
+                w.touch("data", 1, hot + (r % PERIOD) * gp, gp)
+                time.sleep(0.2)
+                rounds.append(sc.round())
+        adv = A.advise_history(build_history(rounds), 0.2)
+    windows = [r.sample.window_s for r in rounds]
+    ws_true = TOTAL_MIB * MiB
+    rows = []
+    worst_cold = worst_rate = 0.0
+    for t in adv.thresholds:
+        cm, pb, obs = truth(t.rounds, windows)
+        rate_true = pb / ws_true / (obs / 60) * 100 if obs else 0.0
+        cold_err = abs(t.cold_mean_bytes - cm) / cm
+        rate_err = abs(t.rate_pct_per_min - rate_true) / rate_true if rate_true else t.rate_pct_per_min
+        worst_cold, worst_rate = max(worst_cold, cold_err), max(worst_rate, rate_err)
+        rows.append({"k": t.rounds, "cold_mib": round(t.cold_mean_bytes / MiB, 3), "cold_true_mib": cm / MiB,
+                     "rate": round(t.rate_pct_per_min, 3), "rate_true": round(rate_true, 3)})
+    report("advise", working_set_mib=adv.working_set_bytes / MiB, advised=adv.advised and adv.advised.rounds,
+           advised_cold_mib=adv.advised and adv.advised.cold_mean_bytes / MiB,
+           worst_cold_err_pct=100 * worst_cold, worst_rate_err_pct=100 * worst_rate, rows=rows)
+    assert abs(adv.working_set_bytes - ws_true) <= 0.02 * ws_true
+    assert worst_cold <= 0.02
+    assert worst_rate <= 0.10
+    # Groups come back every PERIOD rounds: k = PERIOD is the first threshold
+    # with no promotion, and its cold memory is the cold set alone.
+    assert adv.advised is not None and adv.advised.rounds == PERIOD
+    assert abs(adv.advised.cold_end_bytes - COLD_MIB * MiB) <= 0.02 * COLD_MIB * MiB
+
+
+def test_live_advise_command(capsys):
+    with Workload() as w:
+        a = w.map("data", 32)
+        w.touch("data")
+        rc = main(["advise", str(w.pid), "-n", "3", "-i", "0.3", "--range", f"{a:#x}-{a + 32 * MiB:#x}",
+                   "--json"])
+        out, err = capsys.readouterr()
+    assert out, err
+    d = json.loads(out)
+    assert rc == 0 and d["schema"] == "idlemap.advise/1" and d["source"]["tlb_exact"] is True
+    assert abs(d["working_set_bytes"] - 32 * MiB) <= 0.02 * 32 * MiB
+    assert d["advised"]["rounds"] == 1 and d["advised"]["cold_end_bytes"] >= 0.98 * 32 * MiB
+
+
+# -- reclaim --cgroup -----------------------------------------------------------
+CG_ROOT = "/sys/fs/cgroup"
+CG_COLD_MIB, CG_HOT_MIB = 192, 64
+
+
+@pytest.fixture
+def cgroup_dir():
+    """A fresh cgroup with the memory controller (cgroup2 mounted first if
+    the VM has not), removed afterwards."""
+    if not os.path.exists(f"{CG_ROOT}/cgroup.controllers"):
+        os.makedirs(CG_ROOT, exist_ok=True)
+        subprocess.run(["mount", "-t", "cgroup2", "none", CG_ROOT], check=True)
+    with open(f"{CG_ROOT}/cgroup.controllers") as f:
+        if "memory" not in f.read().split():
+            pytest.skip("no memory controller in cgroup v2 (CONFIG_MEMCG)")
+    with open(f"{CG_ROOT}/cgroup.subtree_control", "w") as f:
+        f.write("+memory")
+    path = f"{CG_ROOT}/idlemap-advise-{os.getpid()}"
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        for _ in range(50):
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def join(path, pid):
+    with open(f"{path}/cgroup.procs", "w") as f:
+        f.write(str(pid))
+
+
+def run_json(capsys, argv):
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    return rc, lines, err
+
+
+def test_psi_loop_reclaims_the_cold_set_under_target(zram_swap, cgroup_dir, capsys):
+    total = CG_COLD_MIB + CG_HOT_MIB
+    hot = pages(CG_HOT_MIB)
+    with Workload() as w:
+        join(cgroup_dir, w.pid)
+        a = w.map("data", total)
+        w.touch("data")
+        w.hot("data", 0, hot)                 # at C speed, never pausing, until stop
+        time.sleep(1)
+        rc, lines, err = run_json(capsys, ["reclaim", "--cgroup", cgroup_dir, "--period", "1", "--count", "14",
+                                           "--psi-target", "0.1", "--json"])
+        with open(f"{cgroup_dir}/memory.pressure") as f:
+            psi_end = float(f.read().split()[1].split("=")[1])
+        loops = w.stop()
+        with pm.Pagemap(w.pid) as p:
+            e = p.read(a >> PAGE_SHIFT, pages(total))
+        present = (e & pm.PRESENT) != 0
+    assert rc == 0 and lines and lines[-1]["schema"].endswith("summary/1"), (rc, err, lines[-3:])
+    rounds, summary = lines[:-1], lines[-1]
+    cold_out = 1 - present[hot:].mean()
+    psi_max = max([summary["psi_max_avg10"], psi_end] + [r["psi_some_avg10"] for r in rounds])
+    report("reclaim_cgroup", rc=rc, cold_reclaimed_pct=100 * cold_out, hot_resident_pct=100 * present[:hot].mean(),
+           psi_max_avg10=psi_max, psi_end=psi_end, hot_loops=loops,
+           memory_before_mib=summary["memory_before_bytes"] / MiB,
+           memory_after_mib=summary["memory_after_bytes"] / MiB, reclaimed_mib=summary["reclaimed_bytes"] / MiB,
+           refault_mib=summary["refault_bytes"] / MiB, backoffs=summary["backoffs"],
+           stop=summary["stop_reason"], advice=summary["advice"],
+           per_round=[(r["threshold_rounds"], round(r["cold_bytes"] / MiB, 1), round(r["request_bytes"] / MiB, 1),
+                       round(r["reclaimed_bytes"] / MiB, 1), r["psi_some_avg10"], r["note"]) for r in rounds])
+    assert rc == 0, err
+    assert summary["schema"] == "idlemap.reclaim.cgroup.summary/1" and summary["tlb_exact"] is True
+    assert cold_out >= 0.90
+    assert present[:hot].mean() >= 0.99
+    assert psi_max < 0.1
+
+
+def test_dry_run_changes_nothing_and_bad_paths(cgroup_dir, capsys):
+    with Workload() as w:
+        join(cgroup_dir, w.pid)
+        a = w.map("data", 32)
+        w.touch("data")
+        rc, lines, err = run_json(capsys, ["reclaim", "--cgroup", cgroup_dir, "--period", "0.5", "--count", "4",
+                                           "--dry-run", "--json"])
+        with pm.Pagemap(w.pid) as p:
+            present = (p.read(a >> PAGE_SHIFT, pages(32)) & pm.PRESENT) != 0
+    assert rc == 0, err
+    assert present.all()
+    assert lines[-1]["dry_run"] and lines[-1]["reclaimed_bytes"] == 0
+    assert lines[-1]["requested_bytes"] >= 30 * MiB          # planned from the cold set
+    for argv, words in ((["--cgroup", "/tmp"], "not under a cgroup v2 mount"),
+                        (["--cgroup", CG_ROOT], "root cgroup"),
+                        (["--cgroup", "/no-such-group"], "no cgroup")):
+        assert main(["reclaim", *argv, "--dry-run"]) in (2, 69)
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err
