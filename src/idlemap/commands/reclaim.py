@@ -17,6 +17,7 @@ EXAMPLES = """\
   idlemap reclaim 1234 --cold-for 5 --period 10 --limit-mb-per-s 20   # continuously, until Ctrl-C
   idlemap reclaim 1234 --cold-for 2 --mode cold    # only deactivate: reclaim takes them first
   idlemap reclaim 1234 --cold-for 3 --range 0x7f0000000000-0x7f0040000000 --json
+  idlemap reclaim --cgroup /sys/fs/cgroup/app --psi-target 0.1 --dry-run   # a cgroup: memory.reclaim
 A round is one page_idle reading, every --period seconds (default 1).
 Pages that come back hot after being reclaimed are refaults; when more than
 --max-refault-pct of recent ones come back, reclaim backs off (cold-for
@@ -27,8 +28,8 @@ doubles, the rate halves) and after 3 back-offs stops.  See docs/actions.md.
 def add_arguments(p) -> None:
     pid_arg(p)
     p.add_argument("args", nargs="*", metavar="PID")
-    p.add_argument("--cold-for", type=validate.rounds, required=True, metavar="N",
-                   help="rounds a page must stay idle before it is reclaimed")
+    p.add_argument("--cold-for", type=validate.rounds, metavar="N",
+                   help="rounds a page must stay idle before it is reclaimed (required with a PID)")
     p.add_argument("--mode", choices=["pageout", "cold"], default="pageout",
                    help="pageout: reclaim now (swap out / drop); cold: deactivate only (default pageout)")
     p.add_argument("--limit-mb-per-s", type=validate.number(0, 1 << 40, "MiB per second"), metavar="R",
@@ -47,9 +48,13 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help=f"JSON lines ({ra.RECLAIM_ROUND_SCHEMA}, "
                    f"{ra.RECLAIM_SUMMARY_SCHEMA})")
     add_tlb_arguments(p, acting=True)
+    from .reclaim_cgroup import add_cgroup_arguments
+    add_cgroup_arguments(p)
 
 
 def config(args) -> ReclaimConfig:
+    if args.cold_for is None:
+        raise UsageError("--cold-for N is required: rounds a page must stay idle (or --cgroup PATH)")
     if args.cold_for < 1:
         raise UsageError("--cold-for must be at least 1 round")
     if args.period is not None and args.period <= 0:
@@ -70,6 +75,9 @@ def config(args) -> ReclaimConfig:
 
 
 def run(args) -> int:
+    if args.cgroup is not None:
+        from .reclaim_cgroup import run as run_cgroup
+        return run_cgroup(args)
     pid, rest = take_pid(args, args.args)
     if rest:
         raise UsageError("too many arguments: idlemap reclaim PID --cold-for N")
@@ -85,7 +93,10 @@ def run(args) -> int:
         table = ra.reclaim_table(dry_run=cfg.dry_run)
         if not args.json:
             rate = "" if cfg.rate_bytes_per_s is None else f", at most {args.limit_mb_per_s:g} MiB/s"
-            print(f"{'Dry run, nothing will change: ' if cfg.dry_run else ''}PID {pid} ({proc.comm}): "
+            # A dry run advises nothing, but its readings still mark pages
+            # idle and flush the TLB (docs/actions.md, Safety): say so.
+            print(f"{'Dry run, nothing is paged out (the readings still mark pages idle): ' if cfg.dry_run else ''}"
+                  f"PID {pid} ({proc.comm}): "
                   f"MADV_{cfg.mode.upper()} on pages idle for {cfg.cold_for} rounds of {cfg.period_s:g} s"
                   f"{rate}; {'until Ctrl-C' if count is None else f'{count} rounds'}.")
             table.header()
