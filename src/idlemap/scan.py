@@ -55,13 +55,13 @@ class Scanner:
         if guest is not None:
             from .backends.guest import GuestBackend
             self.backend = GuestBackend(cls, proc, guest, **kw)
-        elif cls.name == "page_idle":
+        elif cls.caps.per_page:
             self.backend = cls(proc, ranges=self.ranges, with_pss=with_pss, **kw)
         else:
             if self.ranges is not None:
                 from .errors import UsageError
-                raise UsageError("--range needs a per-page backend (page_idle); "
-                                 f"{cls.name} measures whole mappings")
+                raise UsageError("--range needs a per-page backend (page_idle or kmod); "
+                                 f"{cls.name} measures whole {cls.caps.granularity}s")
             self.backend = cls(proc, **kw)
         self.index = 0
         self.started_at: float | None = None

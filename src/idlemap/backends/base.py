@@ -17,6 +17,7 @@ class Capabilities:
     summary: str              # one line for `doctor` and `--backend auto`
     tlb_flush: bool = False   # takes tlb_flush="soft-dirty": flush the target's TLB after marking
     flushes_tlb: bool = False  # flushes the target's TLB itself after every mark (kmod)
+    damon_settings: bool = False  # takes settings= (the --damon-* options)
 
 
 class Backend(abc.ABC):

@@ -173,7 +173,21 @@ def _refusal(infos: list[ds.KdamondInfo], vaddr_note: str) -> str:
             f"{'it' if n == 1 else 'them'}: echo 0 > {ds.KDAMONDS}/nr_kdamonds){vaddr_note}")
 
 
-def unavailable(features=None, root: str = ds.KDAMONDS) -> IdlemapError | None:
+def _another_idlemap_holds_damon() -> bool:
+    """True if another idlemap process holds the DAMON lock (the abstract
+    socket every idlemap binds before its first DAMON write).  Touches
+    nothing of DAMON's: a bind that succeeds is released at once."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.bind(LOCK_NAME)
+        return False
+    except OSError:
+        return True
+    finally:
+        probe.close()
+
+
+def unavailable(features=None, root: str = ds.KDAMONDS, holding_lock: bool = False) -> IdlemapError | None:
     """Why the damon backend cannot run here, as the error to raise; None if it can.
 
     Reads only (sysfs, /proc/config.gz): safe on a machine whose kdamond
@@ -192,6 +206,11 @@ def unavailable(features=None, root: str = ds.KDAMONDS) -> IdlemapError | None:
         vaddr = cfg.get("CONFIG_DAMON_VADDR", "n") in ("y", "m") if cfg else None
     infos = ds.describe(root)
     if infos or ds.nr_kdamonds(root) != 0:
+        if not holding_lock and _another_idlemap_holds_damon():
+            # Not "someone else's": the kdamond is another idlemap's, which
+            # stops it (and resets nr_kdamonds) when it is done.
+            return DamonBusy("DAMON is busy: another idlemap process is using it right now (idlemap "
+                             "runs one kdamond at a time); try again when that one is done")
         note = ("; this kernel also lacks DAMON vaddr (CONFIG_DAMON_VADDR is not set)"
                 if vaddr is False else "")
         return DamonBusy(_refusal(infos, note))
@@ -287,7 +306,7 @@ class DamonSession:
             self._lock_sock = None
             raise DamonBusy("another idlemap process is using DAMON right now; "
                             "idlemap runs one kdamond at a time") from None
-        err = unavailable(root=self.root)          # changed under us?
+        err = unavailable(root=self.root, holding_lock=True)    # changed under us?
         if err is not None:
             self._release_lock()
             raise err
@@ -643,7 +662,8 @@ class DamonBackend(Backend):
     name = "damon"
     caps = Capabilities(
         granularity="region", per_page=False, needs_root=True, sees_guest_accesses=True,
-        summary="DAMON vaddr region access frequencies (own kdamond; cost bounded by the region count)")
+        summary="DAMON vaddr region access frequencies (own kdamond; cost bounded by the region count)",
+        damon_settings=True)
 
     def __init__(self, proc: ProcessId, settings: DamonSettings | None = None,
                  writer: ds.ControlWriter | None = None, root: str = ds.KDAMONDS):

@@ -95,7 +95,9 @@ def damon_kwargs(args, backend_name: str) -> dict:
     --damon-* options; {} for other backends (which refuse those options)."""
     given = [o for o in DAMON_OPTS if getattr(args, o, None) is not None] + (
         ["damon_exact"] if getattr(args, "damon_exact", False) else [])
-    if backend_name != "damon":
+    from ..backends import BACKENDS
+    cls = BACKENDS.get(backend_name)
+    if cls is None or not cls.caps.damon_settings:
         if given:
             raise UsageError(f"--{given[0].replace('_', '-')} goes with --backend damon")
         return {}

@@ -82,13 +82,13 @@ def selection_from(args) -> Selection:
 
 def make_scanner(args, cgroups: bool):
     choice = choose_system(args.backend)
-    if args.vms and choice.cls.name != "page_idle":
+    if args.vms and not choice.cls.caps.per_page:
         raise UsageError("--vms needs the page_idle backend (clear_refs cannot tell guest RAM apart "
                          "and does not see a KVM guest's accesses)")
     if args.tlb_flush != "none" and not choice.cls.caps.tlb_flush:
         raise UsageError("--tlb-flush goes with the page_idle backend")
     kw = ({"mark": args.mark, "guests": args.vms, "tlb_flush": args.tlb_flush}
-          if choice.cls.name == "page_idle" else {})
+          if choice.cls.caps.per_page else {})
     scanner = choice.cls(selection_from(args), pss=args.pss, cgroups=cgroups, **kw)
     scanner.tlb = resolve(None, args.tlb_flush, can_flush=True, what=f"{choice.cls.name} backend")
     return choice, scanner
