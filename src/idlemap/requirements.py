@@ -72,7 +72,7 @@ NEEDS: dict[str, Need] = {n.name: n for n in (
 # Per command: its ways of working, best first: (what you get, [need names]).
 # An empty list of needs: works everywhere.
 WAYS: dict[str, list[tuple[str, list[str]]]] = {
-    "wss": [("per page, TLB-flushed in the kernel (kmod)", ["idlemap module", "root"]),
+    "wss": [("per page, TLB-flushed in the kernel (--backend kmod)", ["idlemap module", "root"]),
             ("per page (page_idle)", ["page_idle bitmap", "root", "pagemap frame numbers"]),
             ("per mapping, exact bytes (clear_refs)", ["clear_refs + smaps"]),
             ("per region (DAMON, --backend damon)", ["DAMON vaddr", "root"])],
