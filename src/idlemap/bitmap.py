@@ -25,13 +25,13 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .errors import AccessDenied, FeatureMissing, proc_errors
+from .errors import AccessDenied, FeatureMissing
 from . import tlb
 from .kernel import kpageflags, lru, maps, smaps
 from .kernel import pagemap as pm
 from .kernel.maps import PAGE_SHIFT, Mapping
 from .kernel.page_idle import PageIdleBitmap
-from .kernel.process import ProcessId, check_same, identify
+from .kernel.process import ProcessId, check_same, identify, resident_pages
 from .records import IdleMap, Span
 from .analysis.spans import (CHECK_BLOCKS, HPAGE_PAGES, BlockMemo, block_starts, find_huge_blocks,
                              memcmp, spans_for)
@@ -180,9 +180,7 @@ class IdleBitmap:
         """
         pid = self.proc.pid
         hole_pages = sum(m.npages for m in self._reserved)
-        with proc_errors(pid, "statm"):
-            with open(f"/proc/{pid}/statm", "rb") as f:
-                resident = int(f.read().split()[1])
+        resident = resident_pages(pid)
         if hole_pages <= SMAPS_COST_PER_PAGE * resident:
             return set()
         return smaps.unpopulated(pid, self._reserved)

@@ -58,6 +58,14 @@ def fault_counts(pid: int) -> tuple[int, int]:
     return int(rest[7]), int(rest[9])
 
 
+def resident_pages(pid: int) -> int:
+    """Resident pages of the process now (/proc/PID/statm, field 2): one
+    small read, cheaper than any smaps."""
+    with proc_errors(pid, "statm"):
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1])
+
+
 def _is_kthread(pid: int) -> bool:
     # Kernel threads have no mm: their maps are empty and cmdline is empty;
     # PF_KTHREAD (0x00200000) in the flags field (9) is the exact test.
