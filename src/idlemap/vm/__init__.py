@@ -112,7 +112,8 @@ def _is_script(path: str) -> bool:
 
 def run(argv: list[str], *, mem_mib: int = 2048, cpus: int = 2, numa_nodes: int = 1,
         env: Mapping[str, str] | None = None, timeout_s: float = 1800, cwd: str | None = None,
-        rw_dirs: Iterable[str] = (), extra_qemu_args: Iterable[str] = ()) -> int:
+        rw_dirs: Iterable[str] = (), extra_qemu_args: Iterable[str] = (),
+        kernel: str | None = None, initrd: str | None = None) -> int:
     """Boot the test VM, run argv there as root in cwd, return its exit status.
 
     The command's stdout and stderr both stream to our file descriptor 1.
@@ -127,7 +128,9 @@ def run(argv: list[str], *, mem_mib: int = 2048, cpus: int = 2, numa_nodes: int 
         raise ValueError("need mem_mib >= 128, cpus >= 1 and 1 <= numa_nodes <= cpus")
     if shutil.which(QEMU) is None:
         raise VmError(f"{QEMU} is not installed (apt-get install qemu-system-x86, or run scripts/setup.sh)")
-    kernel = kernel_image(progress=lambda line: print(line, file=sys.stderr, flush=True))
+    # kernel/initrd: another kernel than the test kernel (vm/stock.py: Debian's,
+    # whose initramfs loads the 9p modules and then runs the same guest-init)
+    kernel = kernel or kernel_image(progress=lambda line: print(line, file=sys.stderr, flush=True))
     cwd = os.path.realpath(cwd or os.getcwd())
     rw = sorted({_existing_dir(d) for d in rw_dirs})
 
@@ -137,7 +140,8 @@ def run(argv: list[str], *, mem_mib: int = 2048, cpus: int = 2, numa_nodes: int 
                 "-nodefaults", "-no-user-config", "-display", "none",
                 # the guest ends by resetting itself: make that end qemu
                 "-no-reboot",
-                "-kernel", kernel, "-append", _kernel_cmdline(),
+                "-kernel", kernel, *(["-initrd", initrd] if initrd else []),
+                "-append", _kernel_cmdline(),
                 "-serial", f"file:{run_dir}/console.log",
                 # the command's output: a virtio console on our stdout
                 "-chardev", "stdio,id=out,signal=off",

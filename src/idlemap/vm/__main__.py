@@ -4,6 +4,7 @@ Examples:
   python -m idlemap.vm -- cat /proc/version
   python -m idlemap.vm --numa 2 --mem 3072 -- python -m pytest tests -m vm
   python -m idlemap.vm --rw /tmp/out --env OUT=/tmp/out -- python bench.py
+  python -m idlemap.vm --kernel stock-6.1 -- cat /proc/version    # Debian's kernel
 """
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, metavar="S",
                         help="stop the VM after S seconds (default 1800)")
     parser.add_argument("--cwd", metavar="DIR", help="working directory (default: the current one)")
+    parser.add_argument("--kernel", choices=("test", "stock-6.1"), default="test",
+                        help="test: idlemap's own 6.1 (page_idle, DAMON...; the default); "
+                        "stock-6.1: Debian 12's linux-image-6.1.0-N-amd64, no page_idle, "
+                        "fetched once (vm/stock-kernel.sh)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -44,8 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     if command[0] in ("python", "python3"):
         command[0] = real_python()      # a pyenv shim costs 2-3 s per start in the guest
     try:
+        kernel = initrd = None
+        if args.kernel != "test":
+            from .stock import stock_kernel
+            kernel, initrd = stock_kernel(progress=lambda line: print(line, file=sys.stderr, flush=True))
         return run(command, mem_mib=args.mem, cpus=args.cpus, numa_nodes=args.numa, env=env,
-                   timeout_s=args.timeout, cwd=args.cwd, rw_dirs=args.rw)
+                   timeout_s=args.timeout, cwd=args.cwd, rw_dirs=args.rw, kernel=kernel, initrd=initrd)
     except (IdlemapError, ValueError) as e:
         print(f"idlemap.vm: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 125) if isinstance(e, IdlemapError) else 2
