@@ -13,6 +13,7 @@ The rounds come from :class:`idlemap.scan.Scanner` (page_idle backend);
 from __future__ import annotations
 
 import os
+import select
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ import numpy as np
 from . import rounds
 from .analysis import actions as pol
 from .analysis.spans import HPAGE_PAGES, spans_for
-from .errors import NoSuchProcess, UsageError
+from .errors import NoSuchProcess, TargetExited, UsageError
 from .kernel import numa, smaps
 from .kernel import pagemap as pm
 from .kernel import process_madvise as pmad
@@ -374,12 +375,21 @@ class Tierer:
                 raise UsageError(f"NUMA node {n} is not online here (online: "
                                  f"{','.join(map(str, online)) or 'none'})")
         self.proc, self.cfg = proc, cfg
-        self.rounds = PageRounds(proc, cfg.ranges, cfg.tlb_flush, cfg.unsafe_no_tlb_flush)
+        # move_pages takes a bare PID; a pidfd of the process we identified
+        # tells, right before each move, that it is still alive -- and a
+        # live process's PID cannot have been given to another.
+        self.pidfd = pmad.pidfd_open(proc.pid)
+        try:
+            check_same(proc)
+            self.rounds = PageRounds(proc, cfg.ranges, cfg.tlb_flush, cfg.unsafe_no_tlb_flush)
+        except BaseException:
+            os.close(self.pidfd)
+            raise
         try:
             self.before = placement(proc, cfg.ranges)
             self.mem_before = {n: numa.node_memory(n).used_bytes for n in (cfg.fast, cfg.slow)}
         except BaseException:
-            self.rounds.close()
+            self.close()
             raise
         self.promoted = self.demoted = 0
         self.failed: dict[str, int] = {}
@@ -403,6 +413,7 @@ class Tierer:
         hot, cold = pol.tier_candidates(st, m.present, cfg.hot_rounds, cfg.cold_rounds, r, cfg.cooldown)
         cand, weight = pol.huge_heads(np.nonzero(hot | cold)[0], m.huge, st.vpns, HPAGE_PAGES)
         addrs = st.vpns[cand] << PAGE_SHIFT
+        self._still_alive()
         node = numa.move_pages(self.proc.pid, addrs)
         plan = pol.tier_plan(hot[cand], cold[cand], node, st.hot_streak[cand], st.idle_streak[cand],
                              cfg.fast, cfg.slow, self.cap_pages, weight)
@@ -412,6 +423,7 @@ class Tierer:
             sel = np.concatenate((plan.promote, plan.demote))
             target = np.concatenate((np.full(plan.promote.size, cfg.fast, np.int32),
                                      np.full(plan.demote.size, cfg.slow, np.int32)))
+            self._still_alive()
             status = numa.move_pages(self.proc.pid, addrs[sel], target)
             ok = status == target
             w = weight[sel]
@@ -445,8 +457,18 @@ class Tierer:
                            self.rounds.round, self.promoted, self.demoted, self.failed, self.before, after,
                            self.mem_before, mem_after, stop_reason)
 
+    def _still_alive(self) -> None:
+        """TargetExited if the process has exited (its pidfd reads ready):
+        then its PID may already be another process's, not ours to move."""
+        if select.select([self.pidfd], [], [], 0)[0]:
+            raise TargetExited(self.proc.pid)
+
     def close(self) -> None:
-        self.rounds.close()
+        if getattr(self, "rounds", None) is not None:
+            self.rounds.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
     def __enter__(self) -> "Tierer":
         return self

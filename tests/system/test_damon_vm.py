@@ -109,6 +109,28 @@ def test_signal_during_scan_restores_everything(pristine, workload, sig):
     assert "Traceback" not in err
 
 
+def test_a_second_idlemap_is_told_the_kdamond_is_another_idlemaps(pristine, workload):
+    """Two idlemaps on DAMON: the second one refuses with exit 75 and says
+    the running kdamond is another idlemap's (not "someone else's" that
+    idlemap would never touch), and the first one goes on."""
+    p = subprocess.Popen([sys.executable, "-m", "idlemap", "wss", "--backend", "damon", str(workload.pid), "0.3"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_row(p)
+        q = subprocess.run([sys.executable, "-m", "idlemap", "wss", "--backend", "damon", str(workload.pid),
+                            "0.2", "1"], capture_output=True, text=True, timeout=120)
+        lines = [line for line in q.stderr.splitlines() if line.strip()]
+        assert q.returncode == DamonBusy.exit_code and len(lines) == 1, q.stderr
+        assert "another idlemap process is using it" in lines[0]
+        assert p.poll() is None                     # the first one still scanning
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def test_interrupt_at_every_write_of_start_leaves_nothing(pristine, workload):
     proc = identify(workload.pid)
     log = []

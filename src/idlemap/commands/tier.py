@@ -91,7 +91,8 @@ def run(args) -> int:
         table = ra.tier_table(dry_run=cfg.dry_run)
         if not args.json:
             cap = "" if cfg.cap_bytes is None else f", at most {args.max_mb_per_period:g} MiB per round"
-            print(f"{'Dry run, nothing will move: ' if cfg.dry_run else ''}PID {pid} ({proc.comm}): "
+            print(f"{'Dry run, nothing will move (the readings still mark pages idle): ' if cfg.dry_run else ''}"
+                  f"PID {pid} ({proc.comm}): "
                   f"hot (accessed {cfg.hot_rounds} rounds running) -> node {cfg.fast}, cold (idle "
                   f"{cfg.cold_rounds} rounds running) -> node {cfg.slow}, rounds of {cfg.period_s:g} s{cap}.")
             table.header()
