@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from ..analysis.system import SystemSample, sort_rows
-from .text import mb
+from .text import format_row, mb
 
 SCHEMA = "idlemap.top/1"
 
@@ -82,18 +82,11 @@ def frame(s: SystemSample, sort: str = "wss", n: int = 0, pss: bool = False,
     return Frame(title, notes, blocks)
 
 
-def _line(cols: list[tuple[str, int]], values: list[str]) -> str:
-    cells = []
-    for (_, w), v in zip(cols, values):
-        cells.append(v.ljust(-w) if w < 0 else v.rjust(w))
-    return " ".join(cells).rstrip()
-
-
 def plain(f: Frame) -> str:
     out = [f.title] + [f"  {x}" for x in f.notes]
     for b in f.blocks:
-        out.append(_line(b.columns, [c for c, _ in b.columns]))
-        out += [_line(b.columns, r) for r in b.rows]
+        out.append(format_row(b.columns, [c for c, _ in b.columns]))
+        out += [format_row(b.columns, r) for r in b.rows]
     return "\n".join(out) + "\n"
 
 
