@@ -45,6 +45,8 @@ import numpy as np  # noqa: E402
 
 from idlemap import synth  # noqa: E402
 from idlemap.analysis import hotness as H  # noqa: E402
+from idlemap.analysis import heatmap as HM
+from idlemap.analysis import wss as W
 from idlemap.kernel.maps import PAGE_SHIFT  # noqa: E402
 from idlemap.recordfile import RecordWriter, open_record  # noqa: E402
 
@@ -181,19 +183,19 @@ def report_times(path: str, png_dir: str) -> dict:
     n = ck("decode_all", lambda: sum(r.idle_map.npages for r in rec))
     h = ck("build", lambda: H.build_history(rec.packed_rounds(), pid=rec.meta.pid))
     sink = io.StringIO()
-    ck("wss", lambda: RT.print_wss(H.wss_report(h), 12, sink))
+    ck("wss", lambda: RT.print_wss(W.wss_report(h), 12, sink))
     stats = ck("stats", lambda: H.page_stats(h))
     ck("hot", lambda: RT.print_ranges("hot", H.hot_ranges(h, stats), 40, "va", sink))
     ck("cold", lambda: RT.print_ranges("cold", H.cold_ranges(h, stats), 40, "va", sink))
     hist = ck("hist", lambda: H.histograms(stats))
     ck("hist_text", lambda: RT.print_histograms(hist, sink))
     ck("hist_png", lambda: RT.histograms_png(hist, os.path.join(png_dir, "histogram.png")))
-    d = ck("heat_data", lambda: H.heatmap(h, rows=320, cols=h.nrounds))
+    d = ck("heat_data", lambda: HM.heatmap(h, rows=320, cols=h.nrounds))
     ck("heat_png", lambda: RH.heatmap_png(d, os.path.join(png_dir, "heatmap.png"),
                                           title="synthetic 4 GiB process (bench/record.py): memory accessed by address and time",
                                           subtitle=f"{h.nrounds} rounds of 1 s, one row = "
                                                    f"{d.shown_bytes / d.rows / 2**20:.1f} MiB"))
-    dt = ck("heat_term_data", lambda: H.heatmap(h, rows=40, cols=100))
+    dt = ck("heat_term_data", lambda: HM.heatmap(h, rows=40, cols=100))
     ck("heat_term", lambda: RH.print_heatmap(dt, sink, color=False))
     out = {"decode_pages_per_cpu_s": n / max(ck.cpu["decode_all"], 1e-9),
            "steps_cpu_s": {k: round(v, 4) for k, v in ck.cpu.items()},

@@ -15,6 +15,8 @@ import recgen  # noqa: E402
 
 from idlemap import synth  # noqa: E402
 from idlemap.analysis import hotness as H  # noqa: E402
+from idlemap.analysis import by_mapping as BM
+from idlemap.analysis import heatmap as HM
 from idlemap.cli import main  # noqa: E402
 from idlemap.kernel.maps import PAGE_SIZE  # noqa: E402
 from idlemap.render import heatmap as RH  # noqa: E402
@@ -39,27 +41,27 @@ def cli(capsys, *args):
 
 def test_mapping_series_and_tables():
     h = H.build_history(recgen.mapping_rounds(5))
-    ms = H.mapping_series(h)
+    ms = BM.mapping_series(h)
     assert [m.label for m in ms.mappings] == ["[heap]", "[anon]"]          # VA order
     assert ms.rounds_accessed.tolist() == [3, 4] and ms.idle_age.tolist() == [0, 0]
-    hot, th = H.hot_mappings(h)                 # default: accessed in every round: none
+    hot, th = BM.hot_mappings(h)                 # default: accessed in every round: none
     assert hot == [] and th == {"min_count": 5, "rounds": 5}
-    hot, _ = H.hot_mappings(h, 3)
+    hot, _ = BM.hot_mappings(h, 3)
     assert [r["mapping"] for r in hot] == ["[anon]", "[heap]"]              # biggest first
-    cold, _ = H.cold_mappings(h)
+    cold, _ = BM.cold_mappings(h)
     assert [(r["mapping"], r["cold_bytes"]) for r in cold] == [("[anon]", 4 * MiB),
                                                                 ("[heap]", 2 * MiB - 20 * PAGE_SIZE)]
-    hist = H.mapping_histograms(h)
+    hist = BM.mapping_histograms(h)
     assert hist.by_count.tolist() == [0, 0, 0, 512, 2048, 0] and hist.never_accessed == 0
 
 
 def test_mapping_heatmap_rows_are_mappings():
     h = H.build_history(recgen.mapping_rounds(5))
-    d = H.mapping_heatmap(h, rows=10)
+    d = BM.mapping_heatmap(h, rows=10)
     assert d.granularity == "mapping" and d.rows == 2 and d.cols == 5
     assert [s.label for s in d.segments] == ["[heap]", "[anon]"]
     assert np.allclose(d.values[1], [0, 1 / 8, 2 / 8, 3 / 8, 4 / 8])
-    one = H.mapping_heatmap(h, rows=1)          # only the biggest fits
+    one = BM.mapping_heatmap(h, rows=1)          # only the biggest fits
     assert [s.label for s in one.segments] == ["[anon]"] and one.omitted_mappings == 1
 
 
@@ -111,11 +113,11 @@ def test_damon_record_titles_say_by_region(capsys, tmp_path):
 def test_terminal_heatmap_labels_biggest_mapping_first():
     # A thin group at the top and a 226 MiB mapping starting in the same row:
     # the big one keeps the label (issue 16: "[heap] +1 more" took row 0).
-    d = H.HeatmapData(np.full((10, 3), 0.5), np.zeros((10, 3), np.int64), np.zeros((10, 3), np.int64),
+    d = HM.HeatmapData(np.full((10, 3), 0.5), np.zeros((10, 3), np.int64), np.zeros((10, 3), np.int64),
                       np.zeros(10, np.int64), np.zeros(10, np.int64), 1.0, [(0, 0), (1, 1), (2, 2)],
                       np.array([1.0, 2.0, 3.0]),
-                      [H.HeatmapSegment("[heap] +1 more", "group", 0.0, 0.3, 0x1000, 0x501000, 5 * MiB, 2),
-                       H.HeatmapSegment("[anon]", "anon", 0.3, 10.0, 0x7f0000000000, 0x7f000e200000, 226 * MiB)],
+                      [HM.HeatmapSegment("[heap] +1 more", "group", 0.0, 0.3, 0x1000, 0x501000, 5 * MiB, 2),
+                       HM.HeatmapSegment("[anon]", "anon", 0.3, 10.0, 0x7f0000000000, 0x7f000e200000, 226 * MiB)],
                       [], 231 * MiB)
     lines = RH.heatmap_text(d, color=False)
     assert "[anon] 226 MiB" in lines[0] and lines[0].endswith("| 0x7f0000000000")

@@ -22,6 +22,7 @@ import pytest
 
 from idlemap import open_record
 from idlemap.analysis import hotness as H
+from idlemap.analysis import heatmap as HM
 from idlemap.cli import main
 from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE
 from idlemap.kernel.process import identify
@@ -113,8 +114,8 @@ def test_three_phases_hot_sets_and_heatmap(tmp_path):
 
     # the heatmap's data changes at the phase boundaries and nowhere else
     h = H.build_history(rec.packed_rounds(), pid=rec.meta.pid).restrict([(base, base + 64 * MiB)])
-    d = H.heatmap(h, rows=64)
-    change = H.column_change(d)
+    d = HM.heatmap(h, rows=64)
+    change = HM.column_change(d)
     assert sorted(np.argsort(change)[-2:].tolist()) == [9, 19]
     others = np.delete(change, [9, 19])
     assert others.max() < 0.1 * min(change[9], change[19])

@@ -7,6 +7,8 @@ import pytest
 import recgen
 from idlemap import synth
 from idlemap.analysis import hotness as H
+from idlemap.analysis import heatmap as HM
+from idlemap.analysis import wss as W
 from idlemap.analysis import layout as L
 from idlemap.errors import UsageError
 from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE
@@ -142,21 +144,21 @@ def test_restrict_and_window_errors():
 
 def test_wss_report_percentiles_trend_and_split():
     rounds, _ = recgen.phase_rounds(10)
-    rep = H.wss_report(H.build_history(rounds))
+    rep = W.wss_report(H.build_history(rounds))
     sizes = [1024] * 10 + [1024] * 10 + [1524] * 10
     y = np.array(sizes, float) * PAGE_SIZE
     assert rep.wss.p50 == np.percentile(y, 50) and rep.wss.max == y.max() and rep.wss.p99 == np.percentile(y, 99)
     assert rep.trend.direction == "rising" and rep.trend.slope_bytes_per_s > 0
     assert rep.file.max == 0 and rep.anon.max == y.max()
     assert rep.by_mapping[0].label == "[anon]"
-    flat = H.trend_of(np.arange(10.0), np.full(10, 5.0))
+    flat = W.trend_of(np.arange(10.0), np.full(10, 5.0))
     assert flat.direction == "flat" and flat.slope_bytes_per_s == 0
 
 
 def test_mapping_granular_history():
     h = H.build_history(recgen.mapping_rounds())
     assert not h.per_page and h.granularity == "mapping"
-    rep = H.wss_report(h)
+    rep = W.wss_report(h)
     assert rep.rounds == 5 and rep.wss.max == 4 * MiB + 10 * PAGE_SIZE
     with pytest.raises(UsageError, match="per-mapping totals only"):
         H.page_stats(h)
@@ -179,11 +181,11 @@ def test_heatmap_collapses_never_resident_and_changes_at_phases():
         pres[4096:4096 + big.npages] = False
         re.append(synth.make_round(r.index, sp, acc, pres))
     h = H.build_history(re)
-    d = H.heatmap(h, rows=40)
+    d = HM.heatmap(h, rows=40)
     assert d.collapsed == [(big.start, big.end)]
     assert d.shown_bytes == (4096 + lib.npages) * PAGE_SIZE
     assert [s.label for s in d.segments] == ["[anon]", "/usr/lib/libz.so"]
-    change = H.column_change(d)
+    change = HM.column_change(d)
     assert sorted(np.argsort(change)[-2:].tolist()) == [9, 19]        # phase boundaries
     assert np.count_nonzero(change) == 2
     # rows covering A are fully accessed in phase 1 and idle in phase 2
@@ -199,7 +201,7 @@ def test_heatmap_png_pixels_change_at_phases(tmp_path):
     pytest.importorskip("matplotlib")
     from matplotlib import image
     rounds, truth = recgen.phase_rounds(10)
-    d = H.heatmap(H.build_history(rounds), rows=64)
+    d = HM.heatmap(H.build_history(rounds), rows=64)
     p = tmp_path / "h.png"
     box = RH.heatmap_png(d, str(p), title="test")
     img = image.imread(str(p))

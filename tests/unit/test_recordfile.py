@@ -13,6 +13,8 @@ import recgen
 from idlemap import open_record
 from idlemap import recordfile as rf
 from idlemap.analysis import hotness as H
+from idlemap.analysis import heatmap as HM
+from idlemap.analysis import wss as W
 from idlemap.errors import BadInput
 
 
@@ -239,8 +241,8 @@ def _exercise(data: bytes) -> None:
             if h.per_page:
                 s = H.page_stats(h)
                 H.hot_ranges(h, s, 1)
-                H.heatmap(h, rows=16)
-            H.wss_report(h)
+                HM.heatmap(h, rows=16)
+            W.wss_report(h)
     except BadInput as e:
         assert str(e) and "\n" not in str(e)
 

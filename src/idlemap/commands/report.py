@@ -15,6 +15,9 @@ import numpy as np
 
 from .. import outputs, validate
 from ..analysis import hotness as H
+from ..analysis import by_mapping as BM
+from ..analysis import heatmap as HM
+from ..analysis import wss as W
 from ..errors import UsageError
 from ..recordfile import open_record
 from ..render import heatmap as RH
@@ -212,7 +215,7 @@ def show(kind: str, h: H.History, args, source: dict, window: tuple[int | None, 
         print(f"note: these rounds were not TLB-flushed (tlb flush {source.get('tlb_flush')}): hot pages "
               "cached in the TLB may read idle (docs/tlb.md)")
     if kind == "wss":
-        r = H.wss_report(h)
+        r = W.wss_report(h)
         png = getattr(args, "png", None)
         if png:
             RT.wss_png(r, png, f"{_title(source)}: working set over {r.rounds} windows "
@@ -265,9 +268,9 @@ def _show_by_mapping(kind: str, h: H.History, args, source: dict, head: dict) ->
     clear_refs record (exact per-mapping totals, no per-page map) can say."""
     if kind in ("hot", "cold"):
         if kind == "hot":
-            rows, th = H.hot_mappings(h, args.min_count)
+            rows, th = BM.hot_mappings(h, args.min_count)
         else:
-            rows, th = H.cold_mappings(h, args.max_count, args.min_idle)
+            rows, th = BM.cold_mappings(h, args.max_count, args.min_idle)
         if args.sort == "va":
             rows = sorted(rows, key=lambda r: r["start"])
         if args.json:
@@ -277,7 +280,7 @@ def _show_by_mapping(kind: str, h: H.History, args, source: dict, head: dict) ->
             RT.print_mappings(kind, rows, th, args.limit or None, args.sort)
         return 0
     if kind == "histogram":
-        hist = H.mapping_histograms(h)
+        hist = BM.mapping_histograms(h)
         if args.png:
             RT.histograms_png(hist, args.png, f"{_title(source)}: {hist.rounds} rounds", unit="mapping")
         if args.json:
@@ -291,7 +294,7 @@ def _show_by_mapping(kind: str, h: H.History, args, source: dict, head: dict) ->
     return _heatmap(h, args, source, head)
 
 
-def heatmap_json(d: H.HeatmapData) -> dict:
+def heatmap_json(d: HM.HeatmapData) -> dict:
     vals = np.round(d.values, 4)
     return {"rows": d.rows, "cols": d.cols, "pages_per_row": round(d.pages_per_row, 3),
             "shown_bytes": d.shown_bytes,
@@ -310,7 +313,7 @@ def heatmap_json(d: H.HeatmapData) -> dict:
 
 def _heatmap(h: H.History, args, source: dict, head: dict) -> int:
     by_mapping = granularity_of(source, h) == "mapping"
-    build = H.mapping_heatmap if by_mapping else H.heatmap
+    build = BM.mapping_heatmap if by_mapping else HM.heatmap
     if args.png:
         pd = build(h, rows=args.png_rows, cols=min(h.nrounds, 1200))
         if pd.rows == 0:

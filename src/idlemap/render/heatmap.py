@@ -16,7 +16,7 @@ from typing import IO
 
 import numpy as np
 
-from ..analysis.hotness import HeatmapData
+from ..analysis.heatmap import HeatmapData
 from ..errors import UsageError
 from .units import human_bytes, short_label
 

@@ -10,7 +10,8 @@ from typing import IO
 
 import numpy as np
 
-from ..analysis.hotness import Histograms, Percentiles, RangeTable, WssReport
+from ..analysis.hotness import Histograms, RangeTable
+from ..analysis.wss import Percentiles, WssReport
 from .heatmap import _save, load_matplotlib
 from .text import Table
 from .units import human_bytes
