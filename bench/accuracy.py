@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """How wrong is each backend, and what does it cost?  Ground truth, per workload.
 
-    python bench/accuracy.py                # boots the test VM, runs everything,
+    python -m bench.accuracy                # boots the test VM, runs everything,
                                             # writes docs/accuracy.md
-    python bench/accuracy.py --here ...     # run on this kernel (needs page_idle,
+    python -m bench.accuracy --here ...     # run on this kernel (needs page_idle,
                                             # DAMON vaddr, root)
 
 Every workload is driven by a child process whose access pattern is exact
@@ -38,20 +37,15 @@ import threading
 import time
 from dataclasses import dataclass
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(BENCH)
-if BENCH not in sys.path:
-    sys.path.insert(0, BENCH)
-if os.path.join(REPO, "src") not in sys.path:
-    sys.path.insert(0, os.path.join(REPO, "src"))
+from idlemap.workload import PAGE, Workload, _Child, _touch
 
-from common import add_run_arguments, elsewhere, run_in_vm, save_here  # noqa: E402
-from idlemap.workload import PAGE, Workload, _Child, _touch  # noqa: E402
+from .common import BENCH, REPO, add_run_arguments, elsewhere, measure_here, run_in_vm
 
 MiB = 1 << 20
 SCHEMA = "idlemap.bench.accuracy/1"
 DOC = os.path.join(REPO, "docs", "accuracy.md")
 RESULTS = os.path.join(BENCH, "results", "accuracy.json")
+COMMAND = "python -m bench.accuracy"
 
 
 # -- the child: a logged, pausable access pattern -------------------------------------
@@ -173,7 +167,7 @@ def child_main() -> None:
 class PatternWorkload(Workload):
     """Driver side of :class:`PatternChild`."""
 
-    child = "accuracy:child_main"     # same driver, other child
+    child = "bench.accuracy:child_main"     # same driver, other child
 
     def pattern(self, pace_ms: float, tiers: list[str]) -> None:
         self.call("pattern", pace_ms, *tiers)
@@ -279,17 +273,18 @@ def damon_variant(name: str, base):
 
 
 def make_backend(name: str, proc, damon_settings):
-    if name.startswith("page_idle"):
-        from idlemap.backends.page_idle import PageIdleBackend
+    """One of idlemap's backends, chosen as ``--backend NAME`` would (so an
+    unusable one is refused with idlemap's own sentence), in the bench's
+    variants: page_idle+FLUSH (its --tlb-flush), damon:MIN-MAX (region bounds)."""
+    from idlemap.backends import choose
+    base = name.split("+", 1)[0].split(":", 1)[0]
+    cls = choose(base).cls
+    if base == "page_idle":
         flush = name.split("+", 1)[1] if "+" in name else "none"
-        return PageIdleBackend(proc, tlb_flush=flush, with_pss=False)
-    if name == "clear_refs":
-        from idlemap.backends.clear_refs import ClearRefsBackend
-        return ClearRefsBackend(proc)
-    if name.startswith("damon"):
-        from idlemap.backends.damon import DamonBackend
-        return DamonBackend(proc, damon_variant(name, damon_settings))
-    raise ValueError(name)
+        return cls(proc, tlb_flush=flush, with_pss=False)
+    if base == "damon":
+        return cls(proc, damon_variant(name, damon_settings))
+    return cls(proc)
 
 
 # -- one measurement --------------------------------------------------------------------
@@ -604,11 +599,12 @@ def render_doc(rows: list[dict], meta: dict) -> str:
     with open(os.path.join(BENCH, "accuracy.md.in")) as f:
         tmpl = Template(f.read())
     return tmpl.substitute(table="\n".join(table(rows, meta)), damon_table="\n".join(damon_table(rows, meta)),
-                           summary="\n".join(summary(rows, meta)), **{k: str(v) for k, v in meta.items()})
+                           summary="\n".join(summary(rows, meta)),
+                           **{**{k: str(v) for k, v in meta.items()}, "command": COMMAND})
 
 
 def in_vm(args) -> int:
-    res = run_in_vm(__file__, args, args.mem_mib)
+    res = run_in_vm("accuracy", args, args.mem_mib)
     return res if isinstance(res, int) else show(res, args)
 
 
@@ -647,16 +643,11 @@ def main(argv: list[str] | None = None) -> int:
     rc = elsewhere(args, show, in_vm)
     if rc is not None:
         return rc
-    t0 = time.monotonic()
-    rows = run_here(args)
-    meta = {"kernel": os.uname().release, "cpus": os.cpu_count(), "size_mib": args.size_mib,
-            "window_s": args.window_s, "warm_s": args.warm_s, "settle_s": args.settle_s,
-            "damon_sample_ms": args.damon_sample_ms, "damon_aggr_ms": args.damon_aggr_ms,
-            "damon_update_ms": args.damon_update_ms, "damon_min_regions": args.damon_min_regions,
-            "damon_max_regions": args.damon_max_regions, "repeat": args.repeat,
-            "repeat_damon": args.repeat_damon,
-            "runtime_s": round(time.monotonic() - t0), "command": "python bench/accuracy.py"}
-    save_here(args, rows, meta)
+    rows, meta = measure_here(
+        args, run_here, COMMAND, size_mib=args.size_mib, window_s=args.window_s, warm_s=args.warm_s,
+        settle_s=args.settle_s, damon_sample_ms=args.damon_sample_ms, damon_aggr_ms=args.damon_aggr_ms,
+        damon_update_ms=args.damon_update_ms, damon_min_regions=args.damon_min_regions,
+        damon_max_regions=args.damon_max_regions, repeat=args.repeat, repeat_damon=args.repeat_damon)
     print("\n".join(table(rows, meta)))
     print("\n".join(damon_table(rows, meta)))
     return 0

@@ -1,40 +1,77 @@
-"""What several benchmarks share: running themselves inside the test VM and
-handing their JSON back to the host."""
+"""What the benchmarks share: where the tree is, running in the test VM,
+timing, and handing their JSON back to the host.
+
+Every bench is a module of the ``bench`` package, run from the repository
+root as ``python -m bench.NAME``; idlemap itself is importable because
+scripts/setup.sh installs it editable, so no bench touches sys.path."""
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import tempfile
+import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 
 
-def emit_json(doc: dict, out: str | None) -> None:
-    """Print the result document (the last thing on stdout, for tools), and
-    keep a copy in ``out`` when given."""
-    text = json.dumps(doc, indent=1)
-    if out:
-        with open(out, "w") as f:
-            f.write(text + "\n")
-    print(text)
+def use_system_test_helpers() -> None:
+    """Make tests/system's helpers (fleet_helpers: the same targets the VM
+    tests use) importable; they are test code, not part of the package."""
+    path = os.path.join(REPO, "tests", "system")
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 
-def run_in_vm(script: str, args, mem_mib: int, drop: tuple[str, ...] = ("--vm",),
-              numa_nodes: int = 1) -> dict | int:
-    """Run ``script --here`` in the test VM with this process's arguments;
-    return its results.json (also saved to ``args.results``), or an exit
-    status when the run failed.  Rows the script streamed to rows.jsonl
-    before failing are kept in ``args.results + ".partial"``."""
+# -- timing: wall time unless the name says otherwise -----------------------------------
+
+def timed(fn):
+    """Wall seconds of one call of ``fn`` (perf_counter), and its value."""
+    t0 = time.perf_counter()
+    v = fn()
+    return time.perf_counter() - t0, v
+
+
+def timed_wall_cpu(fn):
+    """Wall and CPU seconds (this process's, process_time) of one call of
+    ``fn``, and its value: on a shared host wall time can be several times
+    the CPU time, so the benches that run there report both."""
+    w, c = time.perf_counter(), time.process_time()
+    v = fn()
+    return time.perf_counter() - w, time.process_time() - c, v
+
+
+def median_wall_s(fn, reps: int) -> float:
+    """Median wall seconds of ``reps`` calls of ``fn``."""
+    return statistics.median(timed(fn)[0] for _ in range(reps))
+
+
+# -- the test VM -------------------------------------------------------------------------
+
+def vm_run(module: str, args: list[str], *, mem_mib: int, cpus: int = 2, numa_nodes: int = 1,
+           rw_dirs: tuple[str, ...] | list[str] = (), timeout_s: float = 1800,
+           env: dict[str, str] | None = None) -> int:
+    """Run ``python -m bench.MODULE ARGS`` in the test VM, from the
+    repository root; its exit status.  The one way a bench enters the VM."""
     from idlemap import vm
-    name = os.path.splitext(os.path.basename(script))[0]
-    with tempfile.TemporaryDirectory(prefix=f"idlemap-{name}.") as out:
-        argv = [vm.real_python(), os.path.abspath(script), "--here", "--result-dir", out, "--no-doc"]
-        argv += [a for a in sys.argv[1:] if a not in drop + ("--no-doc",)]   # the host writes the doc
-        print(f"running in the test VM ({mem_mib} MiB, TCG): {' '.join(argv[1:])}", flush=True)
-        rc = vm.run(argv, mem_mib=mem_mib, rw_dirs=[out], cwd=REPO, timeout_s=args.timeout_s,
-                    numa_nodes=numa_nodes)
+    argv = [vm.real_python(), "-m", f"bench.{module}", *args]
+    print(f"running in the test VM ({mem_mib} MiB, TCG): {' '.join(argv[1:])}", flush=True)
+    return vm.run(argv, mem_mib=mem_mib, cpus=cpus, numa_nodes=numa_nodes, rw_dirs=list(rw_dirs),
+                  cwd=REPO, timeout_s=timeout_s, env=env)
+
+
+def run_in_vm(module: str, args, mem_mib: int, drop: tuple[str, ...] = ("--vm",),
+              numa_nodes: int = 1) -> dict | int:
+    """Run ``bench.MODULE --here`` in the test VM with this process's
+    arguments; return its results.json (also saved to ``args.results``), or
+    an exit status when the run failed.  Rows the module streamed to
+    rows.jsonl before failing are kept in ``args.results + ".partial"``."""
+    with tempfile.TemporaryDirectory(prefix=f"idlemap-{module}.") as out:
+        rest = [a for a in sys.argv[1:] if a not in drop + ("--no-doc",)]   # the host writes the doc
+        rc = vm_run(module, ["--here", "--result-dir", out, "--no-doc", *rest], mem_mib=mem_mib,
+                    rw_dirs=[out], timeout_s=args.timeout_s, numa_nodes=numa_nodes)
         path = os.path.join(out, "results.json")
         if rc != 0 or not os.path.exists(path):
             print(f"the run in the VM failed (exit status {rc})", file=sys.stderr)
@@ -84,6 +121,30 @@ def elsewhere(args, render, in_vm) -> int | None:
         if args.vm or not available():
             return in_vm(args)
     return None
+
+
+# -- results -----------------------------------------------------------------------------
+
+def emit_json(doc: dict, out: str | None = None, one_line: bool = False) -> None:
+    """Print the result document on stdout (for tools), and keep a copy in ``out`` when given; ``one_line`` for the benches whose
+    docs quote the document as one line."""
+    text = json.dumps(doc, separators=(",", ":")) if one_line else json.dumps(doc, indent=1)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
+    print(text)
+
+
+def measure_here(args, measure, command: str, **settings) -> tuple[list, dict]:
+    """Run ``measure(args)`` on this kernel and hand its rows to the host
+    (save_here) with what they were measured on and with: the rows and that
+    metadata, which the generated doc quotes."""
+    t0 = time.monotonic()
+    rows = measure(args)
+    meta = {"kernel": os.uname().release, "cpus": os.cpu_count(), **settings,
+            "runtime_s": round(time.monotonic() - t0), "command": command}
+    save_here(args, rows, meta)
+    return rows, meta
 
 
 def save_here(args, rows: list, meta: dict) -> None:

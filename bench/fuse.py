@@ -1,8 +1,9 @@
 """Reading a 1 GiB process's idle_bitmap through `idlemap mount` vs the
 Python API directly, in the same run (goal: the mount within 1.5x).
 
-Needs page_idle and root: run it in the test VM,
-    python -m idlemap.vm --mem 3072 -- python bench/fuse.py [--size-mib 1024] [--rounds 5]
+Needs page_idle and root: on a kernel without page_idle it runs itself in
+the test VM,
+    python -m bench.fuse [--size-mib 1024] [--rounds 5]
 Prints one JSON line (schema idlemap.bench.fuse/1), then a table.
 
 Both paths do the same work: the pages of the workload's mapping are
@@ -18,7 +19,6 @@ the machine hits both alike; medians are reported.  Also measured: marking
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -30,7 +30,10 @@ import numpy as np
 
 from idlemap import idle_pages as ip
 from idlemap.bitmap import IdleBitmap, require_page_idle
+from idlemap.kernel import page_idle
 from idlemap.workload import Workload
+
+from .common import emit_json, timed, vm_run
 
 SCHEMA = "idlemap.bench.fuse/1"
 WORD_VA = 64 * 4096
@@ -45,17 +48,14 @@ def start_mount(d: str) -> subprocess.Popen:
     return p
 
 
-def timed(fn):
-    t0 = time.perf_counter()
-    r = fn()
-    return time.perf_counter() - t0, r
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--here", action="store_true", help="never go to the VM")
     args = ap.parse_args()
+    if not args.here and not page_idle.available():
+        return vm_run("fuse", ["--here", *sys.argv[1:]], mem_mib=3072)
     require_page_idle()
     d = tempfile.mkdtemp(prefix="idlemap-bench-")
     daemon = start_mount(d)
@@ -117,7 +117,7 @@ def main() -> int:
            "full_file_bytes": total, "full_file_s": round(full_s, 3),
            "idle_pages_bytes": len(stream), "idle_pages_s": round(t, 6),
            "idle_pages_extents": int(ext.kind.size), "kernel": os.uname().release}
-    print(json.dumps(out, separators=(",", ":")))
+    emit_json(out, one_line=True)
     print(f"\n{'what':34} {'direct(s)':>10} {'mount(s)':>10} {'ratio':>7}")
     print(f"{'read ' + str(args.size_mib) + ' MiB idle_bitmap':34} {med['read_direct_s']:>10.4f} "
           f"{med['read_mount_s']:>10.4f} {out['read_ratio']:>7.2f}")

@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """Record file size per round, reader throughput, and report generation time.
 
-    python bench/record.py                    # 4 GiB x 120 rounds, JSON lines + a table
-    python bench/record.py --gib 1 --rounds 30 --keep /tmp/bench.rec
-    python bench/record.py --markdown docs/performance-record.md
+    python -m bench.record                    # 4 GiB x 120 rounds, JSON lines + a table
+    python -m bench.record --gib 1 --rounds 30 --keep /tmp/bench.rec
+    python -m bench.record --markdown docs/performance-record.md
 
 The host has no page_idle, so the rounds are synthesized and written through
 the real writer API (RecordWriter.add, the same call `idlemap record` makes),
@@ -36,19 +35,16 @@ import sys
 import tempfile
 import time
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(BENCH)
-if os.path.join(REPO, "src") not in sys.path:
-    sys.path.insert(0, os.path.join(REPO, "src"))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from idlemap import synth  # noqa: E402
-from idlemap.analysis import hotness as H  # noqa: E402
+from idlemap import synth
+from idlemap.analysis import hotness as H
 from idlemap.analysis import heatmap as HM
 from idlemap.analysis import wss as W
-from idlemap.kernel.maps import PAGE_SHIFT  # noqa: E402
-from idlemap.recordfile import RecordWriter, open_record  # noqa: E402
+from idlemap.kernel.maps import PAGE_SHIFT
+from idlemap.recordfile import RecordWriter, open_record
+
+from .common import timed_wall_cpu
 
 GiB, MiB = 1 << 30, 1 << 20
 SCHEMA = "idlemap.bench.record/1"
@@ -152,10 +148,7 @@ class Clock:
         self.cpu: dict[str, float] = {}
 
     def __call__(self, name: str, fn):
-        w, c = time.perf_counter(), time.process_time()
-        v = fn()
-        self.wall[name] = time.perf_counter() - w
-        self.cpu[name] = time.process_time() - c
+        self.wall[name], self.cpu[name], v = timed_wall_cpu(fn)
         return v
 
     def total(self, *names: str) -> tuple[float, float]:

@@ -1,11 +1,11 @@
 """Scan-cost benchmark: idlemap's page_idle path against the anchors' strategies.
 
 Runs INSIDE the test VM (it needs CONFIG_IDLE_PAGE_TRACKING and root); from
-the host, ``python bench/run.py`` boots the VMs, runs this and the host-side
-bench/totals.py, and writes docs/performance.md.  Run alone in a guest:
+the host, ``python -m bench.run`` boots the VMs, runs this and the host-side
+bench.totals, and writes docs/performance.md.  Run alone in a guest:
 
-    python bench/scan.py --out /tmp/out/scan.json            # the full suite
-    python bench/scan.py --sizes 64 --no-thp --no-sparse      # a quick look
+    python -m bench.scan --out /tmp/out/scan.json            # the full suite
+    python -m bench.scan --sizes 64 --no-thp --no-sparse      # a quick look
 
 Measured in one run, on the same workload processes (idlemap.workload: a
 child that maps memory and touches exactly the pages it is told to):
@@ -42,21 +42,16 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-for p in (HERE, os.path.join(REPO, "src")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+import numpy as np
 
-import numpy as np  # noqa: E402
+from idlemap.bitmap import HPAGE_PAGES, IdleBitmap
+from idlemap.kernel import lru, page_idle
+from idlemap.kernel import pagemap as pm
+from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE, read_maps
+from idlemap.workload import Workload
 
-from idlemap.bitmap import HPAGE_PAGES, IdleBitmap  # noqa: E402
-from idlemap.kernel import lru, page_idle  # noqa: E402
-from idlemap.kernel import pagemap as pm  # noqa: E402
-from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE, read_maps  # noqa: E402
-from idlemap.workload import Workload  # noqa: E402
-from common import emit_json  # noqa: E402
-from scan_workloads import ReservedWorkload  # noqa: E402
+from .common import BENCH, REPO, emit_json
+from .scan_workloads import ReservedWorkload
 
 MiB = 1 << 20
 SCHEMA = "idlemap.bench.scan/1"
@@ -194,7 +189,7 @@ WINDOW_NOTE = ("steady-state window: read(remark=True), which re-marks only the 
 
 def build_baselines(cc: str, outdir: str) -> str:
     exe = os.path.join(outdir, "baselines")
-    src = os.path.join(HERE, "baselines.c")
+    src = os.path.join(BENCH, "baselines.c")
     subprocess.run([cc, "-O2", "-Wall", "-o", exe, src], check=True)
     return exe
 
@@ -648,12 +643,12 @@ def main(argv=None) -> int:
     ap.add_argument("--profile-s", type=float, default=20.0, help="seconds of cycles to sample")
     ap.add_argument("--cc", default=os.environ.get("CC", "cc"))
     ap.add_argument("--before", metavar="DIR", help="a directory holding idlemap_before/, the scanner "
-                    "before the speed work (bench/run.py extracts it from git), measured alongside")
+                    "before the speed work (bench.run extracts it from git), measured alongside")
     ap.add_argument("--before-sizes", default="64,1024,1024thp", help="cases to run --before on")
     args = ap.parse_args(argv)
 
     if not page_idle.available() or os.geteuid() != 0:
-        log("scan.py needs root and CONFIG_IDLE_PAGE_TRACKING: run it in the test VM (python bench/run.py)")
+        log("scan.py needs root and CONFIG_IDLE_PAGE_TRACKING: run it in the test VM (python -m bench.run)")
         return 2
     sizes = [int(x) for x in args.sizes.split(",") if x]
     thp_sizes = [] if args.no_thp else [int(x) for x in (args.thp_sizes or args.sizes).split(",") if x]

@@ -50,7 +50,7 @@ class _ReservingChild(_Child):
 
 
 class ReservedWorkload(Workload):
-    child = "scan_workloads:main"     # same driver, other child
+    child = "bench.scan_workloads:main"     # same driver, other child
 
     def reserve(self, name: str, gib: float, mib: float) -> int:
         a = int(self.call("reserve", name, gib, mib), 16)

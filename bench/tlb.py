@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """How often do hot pages read idle because the TLB hid their accesses, and
 what can a user-space tool do about it?
 
-    python bench/tlb.py            # boots the test VM, writes docs/tlb.md
-    python bench/tlb.py --here     # on this kernel (page_idle, soft-dirty, root)
+    python -m bench.tlb            # boots the test VM, writes docs/tlb.md
+    python -m bench.tlb --here     # on this kernel (page_idle, soft-dirty, root)
 
 Marking a page idle clears the accessed bit in its PTE without flushing the
 TLB (mm/page_idle.c -> ptep_clear_young_notify; x86 never flushes for
@@ -35,49 +34,35 @@ of which method flushes.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import statistics
 import sys
 import time
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(BENCH)
-sys.path[:0] = [p for p in (BENCH, os.path.join(REPO, "src")) if p not in sys.path]
+from idlemap.kernel.process_madvise import MADV_COLD, pidfd_open, process_madvise
 
-from accuracy import PatternWorkload  # noqa: E402
-from common import add_run_arguments, elsewhere, run_in_vm, save_here  # noqa: E402
-from idlemap.kernel.syscalls import number  # noqa: E402
+from .accuracy import PatternWorkload
+from .common import BENCH, REPO, add_run_arguments, elsewhere, measure_here, run_in_vm
 
 MiB = 1 << 20
 PAGE = 4096
 SCHEMA = "idlemap.bench.tlb/1"
 DOC = os.path.join(REPO, "docs", "tlb.md")
 RESULTS = os.path.join(BENCH, "results", "tlb.json")
+COMMAND = "python -m bench.tlb"
 METHODS = ("none", "soft-dirty", "soft-dirty-1st", "clear_refs-1", "madv-cold", "rescan")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-SYS_pidfd_open, SYS_process_madvise = number("pidfd_open"), number("process_madvise")
-MADV_COLD = 20
-
-
-class _Iovec(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
-
-
-def process_madvise(pid: int, ranges: list[tuple[int, int]], advice: int) -> int:
-    pidfd = _libc.syscall(SYS_pidfd_open, pid, 0)
-    if pidfd < 0:
-        raise OSError(ctypes.get_errno(), "pidfd_open")
+def madvise_cold(pid: int, ranges: list[tuple[int, int]]) -> None:
+    """MADV_COLD over ``ranges`` through idlemap's own process_madvise; a
+    range the kernel refused fails the window (its TLB was not flushed)."""
+    pidfd = pidfd_open(pid)
     try:
-        iov = (_Iovec * len(ranges))(*[_Iovec(a, b - a) for a, b in ranges])
-        n = _libc.syscall(SYS_process_madvise, pidfd, iov, len(ranges), advice, 0)
-        if n < 0:
-            raise OSError(ctypes.get_errno(), "process_madvise")
-        return n
+        res = process_madvise(pidfd, pid, [a for a, _ in ranges], [b - a for a, b in ranges], MADV_COLD)
     finally:
         os.close(pidfd)
+    if res.failed:
+        raise OSError(f"process_madvise(MADV_COLD) refused {res.failed}")
 
 
 def tlb_ipis() -> int:
@@ -105,7 +90,7 @@ def one_window(w: PatternWorkload, addr: int, npages: int, hot: int, method: str
         if method == "clear_refs-1":
             cr.clear_refs(w.pid, cr.CLEAR_ALL)
         elif method == "madv-cold":
-            process_madvise(w.pid, rng, MADV_COLD)
+            madvise_cold(w.pid, rng)
         cpu = time.thread_time() - c
         ipis = tlb_ipis() - ipi0
         w.call("reset")
@@ -185,7 +170,8 @@ def render(res: dict, args) -> int:
         from string import Template
         with open(os.path.join(BENCH, "tlb.md.in")) as f:
             text = Template(f.read()).substitute(table="\n".join(table(summary)),
-                                                 **{k: str(v) for k, v in res["meta"].items()})
+                                                 **{**{k: str(v) for k, v in res["meta"].items()},
+                                                    "command": COMMAND})
         with open(args.doc, "w") as f:
             f.write(text)
         print(f"wrote {os.path.relpath(args.doc, REPO)}")
@@ -194,7 +180,7 @@ def render(res: dict, args) -> int:
 
 
 def in_vm(args) -> int:
-    res = run_in_vm(__file__, args, 2048)
+    res = run_in_vm("tlb", args, 2048)
     return res if isinstance(res, int) else render(res, args)
 
 
@@ -210,12 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     rc = elsewhere(args, render, in_vm)
     if rc is not None:
         return rc
-    t0 = time.monotonic()
-    rows = run_here(args)
-    meta = {"kernel": os.uname().release, "cpus": os.cpu_count(), "size_mib": args.size_mib,
-            "window_s": args.window_s, "repeat": args.repeat, "runtime_s": round(time.monotonic() - t0),
-            "command": "python bench/tlb.py"}
-    save_here(args, rows, meta)
+    rows, _ = measure_here(args, run_here, COMMAND, size_mib=args.size_mib, window_s=args.window_s,
+                           repeat=args.repeat)
     print("\n".join(table(summarize(rows))))
     return 0
 

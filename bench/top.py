@@ -27,32 +27,27 @@ Needs CONFIG_IDLE_PAGE_TRACKING and root: on a kernel without page_idle it
 runs itself in idlemap's test VM.  Prints a table to stderr and one JSON
 document (schema idlemap.bench.top/1) to stdout.
 
-    python bench/top.py                       # 20 processes (in the VM here)
-    python bench/top.py --procs 5,10,20 --rounds 5
+    python -m bench.top                       # 20 processes (in the VM here)
+    python -m bench.top --procs 5,10,20 --rounds 5
 """
 from __future__ import annotations
 
 import argparse
-import json
 import mmap
 import os
 import platform
 import signal
 import statistics
 import sys
-import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-if os.path.join(REPO, "src") not in sys.path:
-    sys.path.insert(0, os.path.join(REPO, "src"))
+import numpy as np
 
-import numpy as np  # noqa: E402
+from idlemap.backends.system import PageIdleSystemScanner, Selection, walk_process
+from idlemap.bitmap import IdleBitmap
+from idlemap.kernel import lru, page_idle
+from idlemap.kernel.page_idle import PageIdleBitmap
 
-from idlemap.backends.system import PageIdleSystemScanner, Selection, walk_process  # noqa: E402
-from idlemap.bitmap import IdleBitmap  # noqa: E402
-from idlemap.kernel import lru, page_idle  # noqa: E402
-from idlemap.kernel.page_idle import PageIdleBitmap  # noqa: E402
+from .common import emit_json, timed_wall_cpu, vm_run
 
 SCHEMA = "idlemap.bench.top/1"
 MiB = 1 << 20
@@ -89,12 +84,6 @@ def reap(pids: list[int]) -> None:
             os.waitpid(pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
-
-
-def timed(fn) -> tuple[float, float]:
-    c0, t0 = time.process_time(), time.monotonic()
-    fn()
-    return time.monotonic() - t0, time.process_time() - c0
 
 
 class GlobalMethod:
@@ -163,7 +152,7 @@ def measure(pids, rounds, with_idlebitmap):
     try:
         for _ in range(rounds):
             for k, m in methods.items():
-                times[k].append(timed(m.round))
+                times[k].append(timed_wall_cpu(m.round)[:2])
         return times, methods["global_frames"].last, methods["per_process"].frames_sum
     finally:
         for m in methods.values():
@@ -176,7 +165,7 @@ def med(xs):
 
 def run_in_guest(args) -> int:
     if not page_idle.available() or os.geteuid() != 0:
-        print("bench/top.py needs page_idle (CONFIG_IDLE_PAGE_TRACKING) and root", file=sys.stderr)
+        print("bench.top needs page_idle (CONFIG_IDLE_PAGE_TRACKING) and root", file=sys.stderr)
         return 69
     shared = mmap.mmap(-1, args.shared_mib * MiB)
     np.frombuffer(shared, dtype=np.uint8)[::PAGE] = 1     # inherited copy-on-write
@@ -204,7 +193,7 @@ def run_in_guest(args) -> int:
     doc = {"schema": SCHEMA, "kernel": platform.release(), "cpus": os.cpu_count(),
            "shared_mib": args.shared_mib, "private_mib": args.private_mib, "results": results}
     table(doc)
-    print(json.dumps(doc))
+    emit_json(doc, one_line=True)
     return 0
 
 
@@ -238,12 +227,8 @@ def main() -> int:
     args = ap.parse_args()
     args.procs = [int(x) for x in args.procs.split(",")]
     if not args.here and not page_idle.available():
-        from idlemap import vm
-        argv = [vm.real_python(), os.path.abspath(__file__), "--here", "--procs", ",".join(map(str, args.procs)),
-                "--private-mib", str(args.private_mib), "--shared-mib", str(args.shared_mib),
-                "--rounds", str(args.rounds)] + (["--no-idlebitmap"] if args.no_idlebitmap else [])
         print("no page_idle on this kernel: running in idlemap's test VM", file=sys.stderr, flush=True)
-        return vm.run(argv, mem_mib=3072, cwd=REPO)
+        return vm_run("top", ["--here", *sys.argv[1:]], mem_mib=3072)
     return run_in_guest(args)
 
 

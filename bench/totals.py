@@ -7,7 +7,7 @@ smaps_rollup (one total).  No per-page map, but no page_idle needed either,
 and it runs natively here (no VM), so it also gives a native pagemap rate
 to set the guest's TCG figures against.
 
-    python bench/totals.py [--sizes 256,1024,4096] [--out FILE]
+    python -m bench.totals [--sizes 256,1024,4096] [--out FILE]
 
 Prints a table to stderr and JSON to stdout.  Needs root only for
 pagemap frame numbers (the clear_refs path works as the target's owner).
@@ -21,30 +21,19 @@ import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "src")]
+import numpy as np
 
-import numpy as np  # noqa: E402
+from idlemap.backends import choose
+from idlemap.kernel import clear_refs as cr
+from idlemap.kernel import pagemap as pm
+from idlemap.kernel.maps import PAGE_SIZE
+from idlemap.kernel.process import identify
+from idlemap.workload import Workload
 
-from idlemap.backends.clear_refs import ClearRefsBackend  # noqa: E402
-from idlemap.kernel import clear_refs as cr  # noqa: E402
-from idlemap.kernel import pagemap as pm  # noqa: E402
-from idlemap.kernel.maps import PAGE_SIZE  # noqa: E402
-from idlemap.kernel.process import identify  # noqa: E402
-from common import emit_json  # noqa: E402
-from idlemap.workload import Workload  # noqa: E402
+from .common import emit_json, median_wall_s
 
 MiB = 1 << 20
 SCHEMA = "idlemap.bench.totals/1"
-
-
-def timed(fn, reps: int) -> float:
-    best = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best.append(time.perf_counter() - t0)
-    return statistics.median(best)
 
 
 def read_file(path: str) -> bytes:
@@ -58,14 +47,14 @@ def one(mib: int, reps: int) -> dict:
         w.touch("t", 1)
         npages = mib * MiB // PAGE_SIZE
         pid = w.pid
-        t_clear = timed(lambda: cr.clear_refs(pid, cr.CLEAR_ALL), reps)
-        t_rollup = timed(lambda: read_file(f"/proc/{pid}/smaps_rollup"), reps)
-        t_smaps = timed(lambda: read_file(f"/proc/{pid}/smaps"), reps)
+        t_clear = median_wall_s(lambda: cr.clear_refs(pid, cr.CLEAR_ALL), reps)
+        t_rollup = median_wall_s(lambda: read_file(f"/proc/{pid}/smaps_rollup"), reps)
+        t_smaps = median_wall_s(lambda: read_file(f"/proc/{pid}/smaps"), reps)
         with pm.Pagemap(pid) as pmap:
             buf = np.empty(npages, np.uint64)
-            t_pagemap = timed(lambda: pmap.read(lo // PAGE_SIZE, npages, buf), reps)
+            t_pagemap = median_wall_s(lambda: pmap.read(lo // PAGE_SIZE, npages, buf), reps)
         # idlemap's clear_refs backend, whole window: mark + sample (parse)
-        be = ClearRefsBackend(identify(pid))
+        be = choose("clear_refs").cls(identify(pid))
         cyc = []
         exact = True
         for _ in range(reps):
