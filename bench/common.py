@@ -50,6 +50,16 @@ def median_wall_s(fn, reps: int) -> float:
 
 # -- the test VM -------------------------------------------------------------------------
 
+def vm_accel() -> str:
+    """"kvm" or "tcg": what the test VM will run on (IDLEMAP_VM_ACCEL, else
+    whether KVM is usable here), for the benches' logs and results."""
+    accel = os.environ.get("IDLEMAP_VM_ACCEL", "auto")
+    if accel == "auto":
+        from idlemap.vm import _kvm_usable
+        accel = "kvm" if _kvm_usable() else "tcg"
+    return accel
+
+
 def vm_run(module: str, args: list[str], *, mem_mib: int, cpus: int = 2, numa_nodes: int = 1,
            rw_dirs: tuple[str, ...] | list[str] = (), timeout_s: float = 1800,
            env: dict[str, str] | None = None) -> int:
@@ -57,7 +67,7 @@ def vm_run(module: str, args: list[str], *, mem_mib: int, cpus: int = 2, numa_no
     repository root; its exit status.  The one way a bench enters the VM."""
     from idlemap import vm
     argv = [vm.real_python(), "-m", f"bench.{module}", *args]
-    print(f"running in the test VM ({mem_mib} MiB, TCG): {' '.join(argv[1:])}", flush=True)
+    print(f"running in the test VM ({mem_mib} MiB, {vm_accel().upper()}): {' '.join(argv[1:])}", flush=True)
     return vm.run(argv, mem_mib=mem_mib, cpus=cpus, numa_nodes=numa_nodes, rw_dirs=list(rw_dirs),
                   cwd=REPO, timeout_s=timeout_s, env=env)
 

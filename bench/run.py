@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from .common import REPO, vm_run
+from .common import REPO, vm_accel, vm_run
 
 GUESTS_FULL = [
     ("2g", 2048, ["--sizes", "64,256,1024", "--slowdown", "1,0.1", "--slowdown-s", "8",
@@ -65,15 +65,8 @@ def host_info() -> dict:
                               text=True).stdout.splitlines()[0]
     except (OSError, IndexError):
         qemu = "?"
-    accel = os.environ.get("IDLEMAP_VM_ACCEL", "auto")
-    if accel == "auto":
-        try:
-            from idlemap.vm import _kvm_usable
-            accel = "kvm" if _kvm_usable() else "tcg"
-        except ImportError:
-            accel = "tcg"
     return {"cpu": model, "cpus": os.cpu_count(), "mem_total": mem, "kernel": platform.release(),
-            "qemu": qemu, "accel": accel, "python": platform.python_version()}
+            "qemu": qemu, "accel": vm_accel(), "python": platform.python_version()}
 
 
 # The scanner before the speed work (issue 6), measured in the same run.
