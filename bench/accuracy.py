@@ -30,7 +30,6 @@ window with no backend).  JSON lines on stdout, a table, docs/accuracy.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import threading
@@ -39,7 +38,7 @@ from dataclasses import dataclass
 
 from idlemap.workload import PAGE, Workload, _Child, _touch
 
-from .common import BENCH, REPO, add_run_arguments, elsewhere, measure_here, run_in_vm
+from .common import BENCH, REPO, add_run_arguments, elsewhere, measure_here, row_writer, run_in_vm
 
 MiB = 1 << 20
 SCHEMA = "idlemap.bench.accuracy/1"
@@ -474,14 +473,7 @@ def run_here(args) -> list[dict]:
                         args.damon_min_regions, args.damon_max_regions)
     setup = Setup(window_s=args.window_s, settle_s=args.settle_s, warm_s=args.warm_s, size_mib=args.size_mib)
     rows = []
-    partial = open(os.path.join(args.result_dir, "rows.jsonl"), "a") if args.result_dir else None
-
-    def emit(row):
-        line = json.dumps(row)
-        print(line, flush=True)
-        if partial:                 # survives a run that is cut short
-            partial.write(line + "\n")
-            partial.flush()
+    emit = row_writer(args)
     wanted = set(args.workloads.split(",")) if args.workloads else None
     for sc in scenarios(args.size_mib, args.file_dir):
         if wanted and sc.name not in wanted:

@@ -145,6 +145,21 @@ def emit_json(doc: dict, out: str | None = None, one_line: bool = False) -> None
     print(text)
 
 
+def row_writer(args):
+    """``emit(row)``: print a measured row as one JSON line and, in the VM,
+    append it to rows.jsonl in --result-dir, so that a run cut short still
+    hands its finished rows back (run_in_vm keeps them as .partial)."""
+    partial = open(os.path.join(args.result_dir, "rows.jsonl"), "a") if args.result_dir else None  # noqa: SIM115
+
+    def emit(row: dict) -> None:
+        line = json.dumps(row)
+        print(line, flush=True)
+        if partial:
+            partial.write(line + "\n")
+            partial.flush()
+    return emit
+
+
 def measure_here(args, measure, command: str, **settings) -> tuple[list, dict]:
     """Run ``measure(args)`` on this kernel and hand its rows to the host
     (save_here) with what they were measured on and with: the rows and that

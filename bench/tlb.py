@@ -34,7 +34,6 @@ of which method flushes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -43,7 +42,7 @@ import time
 from idlemap.kernel.process_madvise import MADV_COLD, pidfd_open, process_madvise
 
 from .accuracy import PatternWorkload
-from .common import BENCH, REPO, add_run_arguments, elsewhere, measure_here, run_in_vm
+from .common import BENCH, REPO, add_run_arguments, elsewhere, measure_here, row_writer, run_in_vm
 
 MiB = 1 << 20
 PAGE = 4096
@@ -110,6 +109,7 @@ def one_window(w: PatternWorkload, addr: int, npages: int, hot: int, method: str
 
 def run_here(args) -> list[dict]:
     rows = []
+    emit = row_writer(args)
     for hot in [int(x) for x in args.hot_pages.split(",")]:
         with PatternWorkload() as w:
             addr = w.map("d", args.size_mib, "nothp")
@@ -122,7 +122,7 @@ def run_here(args) -> list[dict]:
                     r = one_window(w, addr, npages, hot, method, args.window_s)
                     r.update(schema=SCHEMA, method=method, rep=rep)
                     rows.append(r)
-                    print(json.dumps(r), flush=True)
+                    emit(r)
             w.call("halt")
     return rows
 
