@@ -38,7 +38,15 @@ from dataclasses import dataclass
 
 from idlemap.workload import PAGE, Workload, _Child, _touch
 
-from .common import BENCH, REPO, add_run_arguments, elsewhere, measure_here, row_writer, run_in_vm
+from .common import (
+    BENCH,
+    REPO,
+    add_run_arguments,
+    elsewhere,
+    measure_here,
+    row_writer,
+    run_in_vm,
+)
 
 MiB = 1 << 20
 SCHEMA = "idlemap.bench.accuracy/1"
@@ -448,6 +456,7 @@ def _one_window(sc: Scenario, backend: str, be, ws, addr: int, npages: int, setu
                scan_cpu_s=sum(cpu.values()), cpu_s=cpu)
     if damon:
         import statistics
+
         from idlemap.analysis.regions import bytes_within
         from idlemap.analysis.regions import merge_intervals as merge
         from idlemap.records import Span

@@ -38,8 +38,8 @@ import time
 import numpy as np
 
 from idlemap import synth
-from idlemap.analysis import hotness as H
 from idlemap.analysis import heatmap as HM
+from idlemap.analysis import hotness as H
 from idlemap.analysis import wss as W
 from idlemap.kernel.maps import PAGE_SHIFT
 from idlemap.recordfile import RecordWriter, open_record
@@ -168,9 +168,10 @@ REPORTS = {   # report -> the steps `idlemap report FILE KIND` runs
 
 def report_times(path: str, png_dir: str) -> dict:
     """Each report as `idlemap report FILE KIND` computes it: open + build + report."""
+    import matplotlib  # noqa: F401  (import cost is not report cost: paid once per process)
+
     from idlemap.render import heatmap as RH
     from idlemap.render import hotness as RT
-    import matplotlib  # noqa: F401  (import cost is not report cost: paid once per process)
     ck = Clock()
     rec = ck("open", lambda: open_record(path))
     n = ck("decode_all", lambda: sum(r.idle_map.npages for r in rec))

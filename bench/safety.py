@@ -32,8 +32,16 @@ import os
 import statistics
 import time
 
-from .common import (BENCH, REPO, add_run_arguments, elsewhere, emit_json, run_in_vm, save_here,
-                     use_system_test_helpers)
+from .common import (
+    BENCH,
+    REPO,
+    add_run_arguments,
+    elsewhere,
+    emit_json,
+    run_in_vm,
+    save_here,
+    use_system_test_helpers,
+)
 
 MiB = 1 << 20
 PAGE = 4096

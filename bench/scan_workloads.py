@@ -11,7 +11,7 @@ import ctypes
 import mmap
 import sys
 
-from idlemap.workload import _Child, Workload
+from idlemap.workload import Workload, _Child
 
 MAP_NORESERVE = 0x4000
 PROT_READ, PROT_WRITE = 1, 2

@@ -42,7 +42,15 @@ import time
 from idlemap.kernel.process_madvise import MADV_COLD, pidfd_open, process_madvise
 
 from .accuracy import PatternWorkload
-from .common import BENCH, REPO, add_run_arguments, elsewhere, measure_here, row_writer, run_in_vm
+from .common import (
+    BENCH,
+    REPO,
+    add_run_arguments,
+    elsewhere,
+    measure_here,
+    row_writer,
+    run_in_vm,
+)
 
 MiB = 1 << 20
 PAGE = 4096
@@ -76,6 +84,7 @@ def tlb_ipis() -> int:
 
 def one_window(w: PatternWorkload, addr: int, npages: int, hot: int, method: str, window_s: float) -> dict:
     import numpy as np
+
     from idlemap.bitmap import IdleBitmap
     from idlemap.kernel import clear_refs as cr
 
