@@ -3,7 +3,8 @@ timing, and handing their JSON back to the host.
 
 Every bench is a module of the ``bench`` package, run from the repository
 root as ``python -m bench.NAME``; idlemap itself is importable because
-scripts/setup.sh installs it editable, so no bench touches sys.path."""
+scripts/setup.sh installs it editable, so no bench finds the source tree
+through sys.path."""
 from __future__ import annotations
 
 import json
