@@ -687,3 +687,67 @@ def test_wss_command_with_backend_kmod(capsys):
     print(cap.out, cap.err)
     assert rc == 0, cap.err
     assert "kmod" in cap.out + cap.err
+
+
+
+_FORKER = r"""
+import ctypes, mmap, os, signal, sys
+import numpy as np
+P = mmap.PAGESIZE
+m = mmap.mmap(-1, 4 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)   # COW after fork
+a = np.frombuffer(m, np.uint8)
+a[::P] = 1                                  # every page present, then shared COW
+child = os.fork()
+if child:                                   # the parent never touches its pages again
+    print(hex(ctypes.addressof(ctypes.c_char.from_buffer(m))), child, flush=True)
+    signal.pause()
+else:
+    for line in sys.stdin:                  # "read": every 2nd page, reads only (stays shared)
+        print("ok", int(a[::2 * P].sum()), flush=True)
+"""
+
+
+def test_cow_shared_pages_only_the_bound_process_counts(tmp_path):
+    """After fork the parent's and the child's PTEs map the same frames.
+    The child reads every 2nd page: page_idle (frames, rmap) calls them
+    accessed whichever process's map is asked; the module bound to the
+    parent (its own page tables) calls them idle, bound to the child accessed."""
+    script = tmp_path / "forker.py"
+    script.write_text(_FORKER)
+    p = subprocess.Popen([os.sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
+    child = None
+
+    def line():
+        import select
+        if not select.select([p.stdout], [], [], 60)[0]:    # never hang the VM on a dead helper
+            raise AssertionError("the fork helper did not answer")
+        return p.stdout.readline()
+    try:
+        addr_s, child_s = line().split()
+        addr, child = int(addr_s, 16), int(child_s)
+        rng = [(addr, addr + 4 * MiB)]
+        n = pages(4)
+        with IdleBitmap(p.pid, tlb_flush="soft-dirty") as pi, KmodBitmap(p.pid) as kp, \
+                KmodBitmap(child) as kc:
+            kp.mark_idle(rng)
+            kc.mark_idle(rng)
+            pi.mark_idle(rng)
+            p.stdin.write("read\n")
+            p.stdin.flush()
+            assert line().startswith("ok")
+            m_parent = kp.read(rng)
+            m_child = kc.read(rng)
+            m_pi = pi.read(rng)
+    finally:
+        for pid in (child, p.pid):
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        p.wait(timeout=60)
+    want = np.arange(n) % 2 == 0
+    assert m_parent.present.all() and m_parent.idle.all()          # the parent touched nothing
+    assert np.array_equal(m_child.accessed, want)
+    assert np.array_equal(m_pi.accessed, want)                     # page_idle: the frames were used
