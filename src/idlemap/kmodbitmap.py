@@ -26,6 +26,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from .analysis.spans import spans_for
+from .errors import NoSuchProcess, TargetExited
 from .kernel import kmod
 from .kernel.maps import PAGE_SHIFT, parse_maps, read_raw
 from .kernel.process import ProcessId, check_same, identify
@@ -68,7 +69,14 @@ class KmodBitmap:
         self.close()
 
     def _spans(self, ranges) -> list[Span]:
-        data = read_raw(self.proc.pid)
+        try:
+            data = read_raw(self.proc.pid)
+        except TargetExited:
+            raise
+        except NoSuchProcess:
+            # It was bound, so it existed: its /proc entry vanished because it
+            # exited and was reaped between two reads.
+            raise TargetExited(self.proc.pid) from None
         if not data:
             check_same(self.proc)       # a zombie has an empty map
         return spans_for(parse_maps(data), ranges)
