@@ -35,6 +35,7 @@ import pytest
 
 from idlemap.backends.page_idle import PageIdleBackend
 from idlemap.cli import main
+from idlemap.vm.stock import newc
 from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE
 from idlemap.kernel.page_idle import PATH as BITMAP_PATH
 from idlemap.kernel.process import identify
@@ -161,18 +162,6 @@ int main(void)
     }
 }
 """
-
-
-def newc(entries):
-    """A cpio archive in the kernel's initramfs format ("newc")."""
-    out = bytearray()
-    for ino, (name, mode, data, rdev) in enumerate(entries + [("TRAILER!!!", 0, b"", (0, 0))], 1):
-        nm = name.encode() + b"\0"
-        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(nm), 0]
-        out += b"070701" + b"".join(b"%08X" % f for f in fields) + nm
-        out += b"\0" * (-len(out) % 4) + data
-        out += b"\0" * (-len(out) % 4)
-    return bytes(out)
 
 
 def build_initramfs(d):
