@@ -167,8 +167,11 @@ def test_psi_loop_reclaims_the_cold_set_under_target(zram_swap, cgroup_dir, caps
         w.touch("data")
         w.hot("data", 0, hot)                 # at C speed, never pausing, until stop
         time.sleep(1)
-        rc, lines, err = run_json(capsys, ["reclaim", "--cgroup", cgroup_dir, "--period", "1", "--count", "14",
-                                           "--psi-target", "0.1", "--json"])
+        # --target 5%/min: with 1 s windows a couple of interpreter pages
+        # coming back per round already exceed 0.2%/min of 256 MiB, which
+        # would keep raising the threshold instead of reclaiming.
+        rc, lines, err = run_json(capsys, ["reclaim", "--cgroup", cgroup_dir, "--period", "1", "--count", "16",
+                                           "--psi-target", "0.1", "--target", "5%/min", "--json"])
         with open(f"{cgroup_dir}/memory.pressure") as f:
             psi_end = float(f.read().split()[1].split("=")[1])
         loops = w.stop()

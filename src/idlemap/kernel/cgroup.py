@@ -178,8 +178,10 @@ def page_cgroups(pfns):
     pfns = np.asarray(pfns, dtype=np.uint64)
     if pfns.size == 0:
         return np.zeros(0, np.int64)
-    uniq, inverse = np.unique(pfns, return_inverse=True)
-    u = uniq.astype(np.int64)
+    # Sorted explicitly: NumPy 2.4's unique() gave unsorted values for some
+    # inputs in the test VM (runs with negative lengths followed).
+    u = np.sort(np.unique(pfns)).astype(np.int64)
+    inverse = np.searchsorted(u, pfns.astype(np.int64))
     starts, lengths = word_runs(u, 64)
     try:
         fd = os.open(KPAGECGROUP, os.O_RDONLY | os.O_CLOEXEC)
