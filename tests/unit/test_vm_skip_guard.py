@@ -16,7 +16,7 @@ CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
 
 MODULE_SKIP_VM = '''
 import pytest
-pytest.importorskip("idlemap_no_such_module_for_the_guard_test")
+(pytest.importorskip("idlemap_no_such_module_for_the_guard_test"))   # a module-level skip
 pytestmark = pytest.mark.vm
 
 def test_a():
@@ -24,7 +24,7 @@ def test_a():
 '''
 MODULE_SKIP_PLAIN = '''
 import pytest
-pytest.importorskip("idlemap_no_such_module_for_the_guard_test")
+(pytest.importorskip("idlemap_no_such_module_for_the_guard_test"))   # a module-level skip
 
 def test_b():
     pass
