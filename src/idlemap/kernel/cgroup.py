@@ -172,25 +172,10 @@ def subtree_inodes(cg: str) -> set[int]:
 def page_cgroups(pfns):
     """The memory cgroup inode each frame is charged to (/proc/kpagecgroup,
     CONFIG_MEMCG; 0: not charged), as int64 in the order given."""
-    import numpy as np
-
-    from .frames import buffer_index, pread_runs, word_runs
-    pfns = np.asarray(pfns, dtype=np.uint64)
-    if pfns.size == 0:
-        return np.zeros(0, np.int64)
-    # Sorted explicitly: NumPy 2.4's unique() gave unsorted values for some
-    # inputs in the test VM (runs with negative lengths followed).
-    u = np.sort(np.unique(pfns)).astype(np.int64)
-    inverse = np.searchsorted(u, pfns.astype(np.int64))
-    starts, lengths = word_runs(u, 64)
+    from .frames import read_per_frame
     try:
-        fd = os.open(KPAGECGROUP, os.O_RDONLY | os.O_CLOEXEC)
+        return read_per_frame(KPAGECGROUP, pfns)
     except FileNotFoundError:
         raise CgroupUnavailable("this kernel has no /proc/kpagecgroup (CONFIG_MEMCG is not set)") from None
     except PermissionError:
         raise AccessDenied(KPAGECGROUP, "reading which cgroup a page belongs to needs root") from None
-    try:
-        buf = pread_runs(fd, starts, lengths)
-    finally:
-        os.close(fd)
-    return buf[buffer_index(u, starts, lengths)][inverse].astype(np.int64)

@@ -125,3 +125,23 @@ def pread_runs(fd: int, starts: np.ndarray, lengths: np.ndarray, item: int = 8,
 def pwrite_runs(fd: int, starts: np.ndarray, lengths: np.ndarray, buf: np.ndarray,
                 item: int = 8, cap: int | None = None) -> None:
     pwrite_pieces(fd, buf, *pieces(starts, lengths, run_offsets(lengths), item, cap))
+
+
+def read_per_frame(path: str, pfns) -> np.ndarray:
+    """One u64 per frame from a /proc/kpage* file (kpagecount, kpagecgroup),
+    for frames given in any order, as int64 in that order.  Each frame is
+    read once, in the fewest preads (runs of nearby frames).  OSErrors go
+    to the caller, who knows what a missing or denied file means."""
+    pfns = np.asarray(pfns, dtype=np.uint64)
+    if pfns.size == 0:
+        return np.zeros(0, np.int64)
+    u = np.unique(pfns)                     # sorted, as uint64: no sign wrap
+    inverse = np.searchsorted(u, pfns)
+    u = u.astype(np.int64)
+    starts, lengths = word_runs(u, 64)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        buf = pread_runs(fd, starts, lengths)
+    finally:
+        os.close(fd)
+    return buf[buffer_index(u, starts, lengths)][inverse].astype(np.int64)
