@@ -94,8 +94,8 @@ def kernel_has_soft_dirty() -> bool:
     return _sd_kernel
 
 
-def _own_mark(proc: ProcessId) -> Path:
-    return OWN_CLEARS / f"{proc.pid}-{proc.start_ticks}"
+def _own_mark(pid: int, start_ticks: int) -> Path:
+    return OWN_CLEARS / f"{pid}-{start_ticks}"
 
 
 _noted: set[tuple[int, int]] = set()
@@ -112,7 +112,7 @@ def flush(pid: int, start_ticks: int) -> None:
     if (pid, start_ticks) not in _noted:
         try:
             OWN_CLEARS.mkdir(parents=True, exist_ok=True)
-            (OWN_CLEARS / f"{pid}-{start_ticks}").touch()
+            _own_mark(pid, start_ticks).touch()
         except OSError:
             pass
         _noted.add((pid, start_ticks))
@@ -124,12 +124,13 @@ def soft_dirty_in_use(proc: ProcessId) -> bool:
 
     Every new mapping starts soft-dirty (VM_SOFTDIRTY: "sd" in smaps'
     VmFlags) and only ``clear_refs`` 4 takes that flag away (the stack
-    aside, below), so a mapping without "sd" means a soft-dirty tracker (or an earlier idlemap, which
-    leaves a note in OWN_CLEARS) has been at work.  One smaps read.
+    aside, below), so a mapping without "sd" means a soft-dirty tracker
+    (or an earlier idlemap, which leaves a note in OWN_CLEARS) has been at
+    work.  One smaps read.
     """
     if not kernel_has_soft_dirty():
         return False            # no bits to break, and the flush costs no faults
-    if _own_mark(proc).exists():
+    if _own_mark(proc.pid, proc.start_ticks).exists():
         return False
     from .kernel.maps import trackable
     from .kernel.smaps import read_smaps
