@@ -43,10 +43,7 @@ class Scanner:
         self.proc = proc
         self.choice = backends.choose(backend, need_per_page=need_per_page)
         cls = self.choice.cls
-        self.tlb = tlb.resolve(proc, tlb_flush, can_flush=cls.caps.tlb_flush, acting=acting,
-                               unsafe=unsafe_no_tlb_flush, what=f"{cls.name} backend",
-                               flushes_itself=cls.caps.flushes_tlb)
-        self.tlb_flush = self.tlb.flush
+        self.tlb = tlb.resolve_for(proc, tlb_flush, cls, acting=acting, unsafe=unsafe_no_tlb_flush)
         self.ranges = merge_ranges(ranges)
         self.guest = guest
         kw = dict(backend_kw or {})          # backend_kw: e.g. DAMON settings
@@ -66,6 +63,11 @@ class Scanner:
         self.index = 0
         self.started_at: float | None = None
         self.window_started: float | None = None
+
+    @property
+    def tlb_flush(self) -> str:
+        """The flush each mark is followed by (tlb.TlbPolicy.flush)."""
+        return self.tlb.flush
 
     @property
     def backend_name(self) -> str:

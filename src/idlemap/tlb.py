@@ -71,26 +71,10 @@ def kernel_has_soft_dirty() -> bool:
     /proc/config.gz needed)."""
     global _sd_kernel
     if _sd_kernel is None:
-        import ctypes
-        import mmap
-
         from .kernel import pagemap as pm
-        from .kernel.maps import PAGE_SIZE
-        buf = mmap.mmap(-1, PAGE_SIZE)
-        try:
-            buf[0] = 1
-            view = ctypes.c_char.from_buffer(buf)
-            addr = ctypes.addressof(view)
-            del view                # the mmap cannot close while a view exports it
-            # /proc/self, not /proc/<getpid()>: in a PID namespace that
-            # still sees the host's /proc, our PID there is not getpid().
-            with open("/proc/self/pagemap", "rb", buffering=0) as f:
-                entry = int.from_bytes(os.pread(f.fileno(), 8, addr // PAGE_SIZE * 8), "little")
-            _sd_kernel = bool(entry & int(pm.SOFT_DIRTY))
-        except OSError:
-            _sd_kernel = True       # cannot tell: assume the costly case
-        finally:
-            buf.close()
+        entry = pm.own_page_entry()
+        # Cannot tell (no pagemap): assume the costly case.
+        _sd_kernel = True if entry is None else bool(entry & int(pm.SOFT_DIRTY))
     return _sd_kernel
 
 
@@ -182,3 +166,12 @@ def resolve(proc: ProcessId | None, requested: str, *, can_flush: bool, acting: 
                          f"TLB not flushed: PID {proc.pid}'s soft-dirty bits are in use by another tool "
                          f"(--tlb-flush soft-dirty flushes anyway); hot pages cached there may read idle ({DOC})")
     return TlbPolicy(requested, "soft-dirty", True)
+
+
+def resolve_for(proc: ProcessId | None, requested: str, backend_cls, *, acting: bool = False,
+                unsafe: bool = False) -> TlbPolicy:
+    """:func:`resolve` for a backend class, from its declared capabilities
+    (whether it takes a flush after its mark, or flushes in its own walk)."""
+    caps = backend_cls.caps
+    return resolve(proc, requested, can_flush=caps.tlb_flush, acting=acting, unsafe=unsafe,
+                   what=f"{backend_cls.name} backend", flushes_itself=caps.flushes_tlb)

@@ -144,10 +144,9 @@ def add_tlb_arguments(p: argparse.ArgumentParser, acting: bool = False, default:
 
 def tlb_policy(args, proc, backend_cls, acting: bool = False):
     """The resolved tlb.TlbPolicy for these options, this target and backend."""
-    from ..tlb import resolve
-    return resolve(proc, args.tlb_flush, can_flush=backend_cls.caps.tlb_flush, acting=acting,
-                   unsafe=getattr(args, "unsafe_no_tlb_flush", False), what=f"{backend_cls.name} backend",
-                   flushes_itself=backend_cls.caps.flushes_tlb)
+    from ..tlb import resolve_for
+    return resolve_for(proc, args.tlb_flush, backend_cls, acting=acting,
+                       unsafe=getattr(args, "unsafe_no_tlb_flush", False))
 
 
 def tlb_note(policy, json_mode: bool = False) -> None:

@@ -79,21 +79,9 @@ def parse_node_list(text: str) -> list[int]:
 
 
 def _pagemap_frames() -> bool:
-    import mmap
-    import struct
-    buf = mmap.mmap(-1, mmap.PAGESIZE)
-    buf[0] = 1
-    import ctypes
-    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    try:
-        with open("/proc/self/pagemap", "rb") as f:
-            f.seek(addr // mmap.PAGESIZE * 8)
-            (ent,) = struct.unpack("<Q", f.read(8))
-    except OSError:
-        return False
-    finally:
-        del addr
-    return bool(ent & ((1 << 55) - 1))
+    from .pagemap import PFN_MASK, own_page_entry
+    entry = own_page_entry()
+    return entry is not None and bool(entry & int(PFN_MASK))
 
 
 def probe() -> Features:

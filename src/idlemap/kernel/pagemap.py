@@ -97,3 +97,25 @@ class Pagemap:
             for first, n, at in runs:
                 self._read(first, n, out[at:at + n])
         return out
+
+
+def own_page_entry() -> int | None:
+    """The pagemap entry of a page this process has just written (None if
+    pagemap cannot be read): what the kernel shows here, probed by looking
+    -- frame numbers (CAP_SYS_ADMIN), the soft-dirty bit (CONFIG_MEM_SOFT_DIRTY)."""
+    import ctypes
+    import mmap
+    buf = mmap.mmap(-1, mmap.PAGESIZE)
+    try:
+        buf[0] = 1
+        view = ctypes.c_char.from_buffer(buf)
+        addr = ctypes.addressof(view)
+        del view                # the mmap cannot close while a view exports it
+        # /proc/self, not /proc/<getpid()>: in a PID namespace that still
+        # sees the host's /proc, our PID there is not getpid().
+        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+            return int.from_bytes(os.pread(f.fileno(), 8, addr // mmap.PAGESIZE * 8), "little")
+    except OSError:
+        return None
+    finally:
+        buf.close()
