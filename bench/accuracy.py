@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from idlemap.workload import PAGE, Workload, _Child, _touch
+from idlemap.testing.workload import PAGE, Workload, _Child, _touch
 
 from .common import (
     BENCH,

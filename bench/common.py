@@ -56,7 +56,7 @@ def vm_accel() -> str:
     whether KVM is usable here), for the benches' logs and results."""
     accel = os.environ.get("IDLEMAP_VM_ACCEL", "auto")
     if accel == "auto":
-        from idlemap.vm import _kvm_usable
+        from idlemap.testvm import _kvm_usable
         accel = "kvm" if _kvm_usable() else "tcg"
     return accel
 
@@ -66,10 +66,10 @@ def vm_run(module: str, args: list[str], *, mem_mib: int, cpus: int = 2, numa_no
            env: dict[str, str] | None = None) -> int:
     """Run ``python -m bench.MODULE ARGS`` in the test VM, from the
     repository root; its exit status.  The one way a bench enters the VM."""
-    from idlemap import vm
-    argv = [vm.real_python(), "-m", f"bench.{module}", *args]
+    from idlemap import testvm
+    argv = [testvm.real_python(), "-m", f"bench.{module}", *args]
     print(f"running in the test VM ({mem_mib} MiB, {vm_accel().upper()}): {' '.join(argv[1:])}", flush=True)
-    return vm.run(argv, mem_mib=mem_mib, cpus=cpus, numa_nodes=numa_nodes, rw_dirs=list(rw_dirs),
+    return testvm.run(argv, mem_mib=mem_mib, cpus=cpus, numa_nodes=numa_nodes, rw_dirs=list(rw_dirs),
                   cwd=REPO, timeout_s=timeout_s, env=env)
 
 

@@ -28,10 +28,10 @@ import time
 
 import numpy as np
 
-from idlemap import idle_pages as ip
+from idlemap.formats import idle_pages as ip
 from idlemap.bitmap import IdleBitmap, require_page_idle
 from idlemap.kernel import page_idle
-from idlemap.workload import Workload
+from idlemap.testing.workload import Workload
 
 from .common import emit_json, timed, vm_run
 

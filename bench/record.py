@@ -37,12 +37,12 @@ import time
 
 import numpy as np
 
-from idlemap import synth
+from idlemap.testing import synth
 from idlemap.analysis import heatmap as HM
 from idlemap.analysis import hotness as H
 from idlemap.analysis import wss as W
 from idlemap.kernel.maps import PAGE_SHIFT
-from idlemap.recordfile import RecordWriter, open_record
+from idlemap.formats.record import RecordWriter, open_record
 
 from .common import timed_wall_cpu
 

@@ -609,7 +609,7 @@ def render(data: dict) -> str:
             add("")
     add("## How it is measured, and what differs from the published tools\n")
     add("- One run per guest measures everything on the same workload processes "
-        "(`idlemap.workload`): the target maps N MiB, touches all of it, then each first window is "
+        "(`idlemap.testing.workload`): the target maps N MiB, touches all of it, then each first window is "
         "mark → the target touches a known set → read, and each steady window is the target touches "
         "the set → read and re-mark, with no clock race. Every figure is a median over "
         "the reps (all of them are in the JSON, `cycle_s_all`); idlemap's first cycle, which also "

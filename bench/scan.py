@@ -7,7 +7,7 @@ bench.totals, and writes docs/performance.md.  Run alone in a guest:
     python -m bench.scan --out /tmp/out/scan.json            # the full suite
     python -m bench.scan --sizes 64 --no-thp --no-sparse      # a quick look
 
-Measured in one run, on the same workload processes (idlemap.workload: a
+Measured in one run, on the same workload processes (idlemap.testing.workload: a
 child that maps memory and touches exactly the pages it is told to):
   * one full mark + read cycle of idlemap's IdleBitmap (mark_idle, the target
     touches every other page -- or every other 2 MiB page for THP -- then
@@ -48,7 +48,7 @@ from idlemap.bitmap import HPAGE_PAGES, IdleBitmap
 from idlemap.kernel import lru, page_idle
 from idlemap.kernel import pagemap as pm
 from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE, read_maps
-from idlemap.workload import Workload
+from idlemap.testing.workload import Workload
 
 from .common import BENCH, REPO, emit_json
 from .scan_workloads import ReservedWorkload

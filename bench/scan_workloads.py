@@ -1,4 +1,4 @@
-"""Benchmark-only workloads built on idlemap.workload's protocol.
+"""Benchmark-only workloads built on idlemap.testing.workload's protocol.
 
 ``ReservedWorkload`` adds one command to the child: ``reserve NAME GiB MiB``
 maps GiB of address space PROT_NONE + MAP_NORESERVE (what a JVM, Go or V8
@@ -11,7 +11,7 @@ import ctypes
 import mmap
 import sys
 
-from idlemap.workload import Workload, _Child
+from idlemap.testing.workload import Workload, _Child
 
 MAP_NORESERVE = 0x4000
 PROT_READ, PROT_WRITE = 1, 2

@@ -28,7 +28,7 @@ from idlemap.kernel import clear_refs as cr
 from idlemap.kernel import pagemap as pm
 from idlemap.kernel.maps import PAGE_SIZE
 from idlemap.kernel.process import identify
-from idlemap.workload import Workload
+from idlemap.testing.workload import Workload
 
 from .common import emit_json, median_wall_s
 

@@ -57,12 +57,12 @@ else
 fi
 
 # (--path may itself install the kernel source package, to learn its version)
-kernel=$(bash src/idlemap/vm/build-kernel.sh --path 2> "$LOG") || { cat "$LOG" >&2; exit 1; }
+kernel=$(bash src/idlemap/testvm/build-kernel.sh --path 2> "$LOG") || { cat "$LOG" >&2; exit 1; }
 if [ -s "$kernel" ]; then
     echo "setup: test-VM kernel present"
 else
     echo "setup: building the test-VM kernel (once, ~5 min)"
     mkdir -p "$CACHE"
-    # the same lock as idlemap.vm.kernel_image(): one build at a time
-    quietly "kernel build" flock "$CACHE/kernel.lock" bash src/idlemap/vm/build-kernel.sh
+    # the same lock as idlemap.testvm.kernel_image(): one build at a time
+    quietly "kernel build" flock "$CACHE/kernel.lock" bash src/idlemap/testvm/build-kernel.sh
 fi

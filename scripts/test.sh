@@ -17,7 +17,7 @@ case ${1:-} in all|host|vm|kmod-stock) phase=$1; shift ;; esac
 bash scripts/setup.sh || exit 1
 PYTHON=${PYTHON:-python3}
 # the interpreter itself, not a pyenv shim (a shim costs seconds per start in the VM)
-PY=$("$PYTHON" -c 'from idlemap.vm import real_python; print(real_python())') || exit 1
+PY=$("$PYTHON" -c 'from idlemap.testvm import real_python; print(real_python())') || exit 1
 OUT=$(mktemp -d /tmp/idlemap-test.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 failed=0
@@ -42,7 +42,7 @@ if [ "$phase" = all ] || [ "$phase" = vm ]; then
     # PYTEST_DISABLE_PLUGIN_AUTOLOAD: importing every installed plugin takes
     # pytest's start from ~1 s to ~9 s under TCG.  $OUT is shared read-write,
     # so the junit report comes back.
-    "$PY" -m idlemap.vm --mem 3072 --cpus 2 --numa 2 --rw "$OUT" \
+    "$PY" -m idlemap.testvm --mem 3072 --cpus 2 --numa 2 --rw "$OUT" \
         --env IDLEMAP_IN_VM=1 --env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 -- \
         "$PY" -m pytest tests -m vm -q --junitxml="$OUT/vm.xml" "$@"
     check $?
@@ -54,14 +54,14 @@ if [ "$phase" = all ] || [ "$phase" = kmod-stock ]; then
     start=$SECONDS
     # The newest linux-image-6.1.0-N-amd64 with matching headers: fetched and
     # installed once (~15 s), then cached; its initramfs is built here too.
-    if stock=$("$PY" -c 'import sys; from idlemap.vm.stock import stock_kernel
+    if stock=$("$PY" -c 'import sys; from idlemap.testvm.stock import stock_kernel
 print(stock_kernel(progress=lambda line: print(line, file=sys.stderr))[0])'); then
         rel=$(cat "$(dirname "$stock")/release")
         # The module, built on the host against the stock headers (~2 s): the
         # guest finds it in the cache it sees read-only.
         "$PY" -m idlemap kmod build --kdir "/usr/src/linux-headers-$rel" >/dev/null 2>&1 ||
             echo "note: building kmod/ against linux-headers-$rel failed; the test will try in the VM"
-        "$PY" -m idlemap.vm --kernel stock-6.1 --mem 2048 --cpus 2 --rw "$OUT" \
+        "$PY" -m idlemap.testvm --kernel stock-6.1 --mem 2048 --cpus 2 --rw "$OUT" \
             --env IDLEMAP_IN_STOCK_VM=1 --env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 -- \
             "$PY" -m pytest tests/system/test_kmod_stock.py -m kmod_stock -q -s \
             --junitxml="$OUT/kmod-stock.xml" "$@"

@@ -11,7 +11,7 @@ def __getattr__(name: str):
     # IdleBitmap and the records pull in numpy: lazy too, so that `idlemap`
     # (cli.main) installs its Ctrl-C/SIGTERM handling before any slow import.
     if name == "open_record":
-        from .recordfile import open_record
+        from .formats.record import open_record
         return open_record
     if name == "IdleBitmap":
         from .bitmap import IdleBitmap

@@ -35,7 +35,7 @@ class Scanner:
                  tlb_flush: str = "auto", ranges: Iterable[tuple[int, int]] | None = None,
                  with_pss: bool = False, guest=None, backend_kw: dict | None = None,
                  acting: bool = False, unsafe_no_tlb_flush: bool = False):
-        """``guest``: a vmtarget.GuestLayout -- ``proc`` is its VMM and the
+        """``guest``: a vm.GuestLayout -- ``proc`` is its VMM and the
         rounds come in guest-physical terms (spans are guest RAM regions).
         ``tlb_flush`` is what the user asked for (tlb.MODES); ``acting``:
         the rounds decide reclaim or tiering, so they must be flushed

@@ -5,7 +5,7 @@ import pytest
 
 from idlemap.cli import main
 from idlemap.kernel.process import list_pids
-from idlemap.workload import Workload
+from idlemap.testing.workload import Workload
 
 HAS_PAGE_IDLE = os.path.exists("/sys/kernel/mm/page_idle/bitmap")
 

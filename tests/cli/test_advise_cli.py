@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "unit"))
 import recgen  # noqa: E402
 
-from idlemap import synth  # noqa: E402
+from idlemap.testing import synth  # noqa: E402
 from idlemap.cli import main  # noqa: E402
 from idlemap.kernel.maps import PAGE_SIZE  # noqa: E402
 

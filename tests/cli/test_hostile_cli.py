@@ -151,7 +151,7 @@ def test_empty_output_path_refused(cmd, opt, capsys):
 # -- writes that fail after parsing: the record writer and PNGs, for real ---------
 @pytest.fixture
 def target():
-    from idlemap.workload import Workload
+    from idlemap.testing.workload import Workload
     with Workload() as w:
         w.map("a", 2)
         w.touch("a")
@@ -223,7 +223,7 @@ def test_record_to_proc_version(target, capsys):
 
 
 def test_repeated_record_keeps_every_recording(tmp_path, target, capsys):
-    from idlemap.recordfile import open_record
+    from idlemap.formats.record import open_record
     p = tmp_path / "app.rec"
     for _ in range(3):
         assert main(_record(target, p)) == 0

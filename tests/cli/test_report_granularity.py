@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "unit"))
 import recgen  # noqa: E402
 
-from idlemap import synth  # noqa: E402
+from idlemap.testing import synth  # noqa: E402
 from idlemap.analysis import hotness as H  # noqa: E402
 from idlemap.analysis import by_mapping as BM
 from idlemap.analysis import heatmap as HM

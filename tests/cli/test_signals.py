@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from idlemap.workload import Workload
+from idlemap.testing.workload import Workload
 
 
 def wait_for_handlers(pid: int, timeout: float = 30.0) -> None:
@@ -75,7 +75,7 @@ def test_wss_interrupted_any_moment(target, sig, delay):
 
 @pytest.mark.parametrize("delay", [0.0, 0.1, 0.6, 2.0])
 def test_record_interrupted_keeps_the_rounds(target, tmp_path, delay):
-    from idlemap.recordfile import open_record
+    from idlemap.formats.record import open_record
     path = tmp_path / "r.rec"
     rc, out, err = run_and_signal(["record", str(target), "-i", "0.1", "--backend", "clear_refs",
                                    "--tlb-flush", "none", "-o", str(path)], signal.SIGINT, delay)

@@ -5,7 +5,7 @@ import json
 from idlemap.cli import main
 from idlemap.kernel.features import probe
 from idlemap.tlb import kernel_has_soft_dirty
-from idlemap.workload import Workload
+from idlemap.testing.workload import Workload
 
 
 def test_flushed_by_default_and_said_when_not(capsys):

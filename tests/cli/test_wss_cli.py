@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from idlemap.cli import main
-from idlemap.workload import Workload
+from idlemap.testing.workload import Workload
 
 MiB = 1 << 20
 

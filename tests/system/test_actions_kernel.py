@@ -10,7 +10,7 @@ from idlemap.kernel import numa
 from idlemap.kernel import pagemap as pm
 from idlemap.kernel import process_madvise as pmad
 from idlemap.kernel.maps import PAGE_SHIFT
-from idlemap.workload import Workload
+from idlemap.testing.workload import Workload
 
 MiB = 1 << 20
 

@@ -21,7 +21,7 @@ from idlemap.kernel import pagemap as pm
 from idlemap.kernel.maps import PAGE_SHIFT
 from idlemap.kernel.page_idle import PATH as BITMAP_PATH
 from idlemap.kernel.process import identify
-from idlemap.workload import Workload
+from idlemap.testing.workload import Workload
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(
     not os.path.exists(BITMAP_PATH), reason="no page_idle: CONFIG_IDLE_PAGE_TRACKING is not set")]

@@ -16,7 +16,7 @@ from idlemap.bitmap import HPAGE_PAGES, IdleBitmap
 from idlemap.cli import main
 from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE
 from idlemap.kernel.page_idle import PATH as BITMAP_PATH
-from idlemap.workload import Workload
+from idlemap.testing.workload import Workload
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(
     not os.path.exists(BITMAP_PATH), reason="no page_idle: CONFIG_IDLE_PAGE_TRACKING is not set")]

@@ -24,7 +24,7 @@ from idlemap.kernel import damon_trace as dt
 from idlemap.kernel.features import kernel_config
 from idlemap.kernel.maps import PAGE_SHIFT
 from idlemap.kernel.process import identify
-from idlemap.workload import Workload
+from idlemap.testing.workload import Workload
 
 MiB = 1 << 20
 

@@ -6,12 +6,10 @@ probes and no service-account token, both run the exporter with options it
 accepts, and every Grafana panel has data from an exporter run with the
 shipped options, on a real Prometheus."""
 import json
-import os
 import re
 import shlex
 import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 

@@ -8,7 +8,7 @@ import pytest
 
 from idlemap.backends.clear_refs import ClearRefsBackend
 from idlemap.kernel.process import identify
-from idlemap.workload import Workload
+from idlemap.testing.workload import Workload
 
 MiB = 1 << 20
 HAS_PAGE_IDLE = os.path.exists("/sys/kernel/mm/page_idle/bitmap")

@@ -14,7 +14,7 @@ import pytest
 # A test dependency (the "test" extra): missing, the tests fail rather than vanish.
 import jsonschema  # noqa: E402
 
-from idlemap.workload import Workload  # noqa: E402
+from idlemap.testing.workload import Workload  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 SCHEMAS = os.path.join(ROOT, "docs", "schemas")

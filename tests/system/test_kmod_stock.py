@@ -1,7 +1,7 @@
 """Debian 12's stock kernel (linux-image-6.1.0-N-amd64): no page_idle, no
 DAMON, so idlemap's module is the only way to per-page tracking there.
 Run by ``scripts/test.sh kmod-stock`` in one VM booted with that kernel
-(``python -m idlemap.vm --kernel stock-6.1``, idlemap/vm/stock.py); the
+(``python -m idlemap.testvm --kernel stock-6.1``, idlemap/testvm/stock.py); the
 module is built beforehand on the host against the matching
 linux-headers-6.1.0-N-amd64 and found in the cache the guest sees.
 
@@ -24,7 +24,7 @@ from idlemap import kmodbuild
 from idlemap.kernel import kmod, page_idle
 from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE
 from idlemap.kmodbitmap import KmodBitmap
-from idlemap.workload import Workload
+from idlemap.testing.workload import Workload
 
 from fleet_helpers import hot_loop
 

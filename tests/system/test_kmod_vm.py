@@ -22,7 +22,7 @@ from idlemap.kernel import kmod
 from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE, read_maps
 from idlemap.kernel.page_idle import PATH as BITMAP_PATH
 from idlemap.kmodbitmap import KmodBitmap
-from idlemap.workload import Workload
+from idlemap.testing.workload import Workload
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(
     os.environ.get("IDLEMAP_IN_VM") != "1", reason="loads a kernel module: only in the test VM")]

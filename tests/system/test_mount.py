@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from idlemap.kernel import page_idle
-from idlemap.workload import Workload
+from idlemap.testing.workload import Workload
 from mounthelp import (UNPRIV, CPrograms, ExecTarget, Mount, Users, check_as, check_with, errno_name,
                        hold_across_exec, word_range)
 

@@ -19,10 +19,10 @@ import tempfile
 import numpy as np
 import pytest
 
-from idlemap import idle_pages as ip
+from idlemap.formats import idle_pages as ip
 from idlemap.bitmap import IdleBitmap
 from idlemap.kernel import page_idle
-from idlemap.workload import Workload
+from idlemap.testing.workload import Workload
 from mounthelp import (UNPRIV, CPrograms, ExecTarget, Mount, Users, as_user, check_as, check_with,
                        hold_across_exec, word_range)
 

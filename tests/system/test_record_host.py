@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from idlemap import open_record
-from idlemap.workload import Workload
+from idlemap.testing.workload import Workload
 
 MiB = 1 << 20
 HAS_PAGE_IDLE = os.path.exists("/sys/kernel/mm/page_idle/bitmap")

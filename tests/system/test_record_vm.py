@@ -6,7 +6,7 @@ the truth of every round is known and nothing races a clock.  The
 recorder-killing test uses the real CLI with real intervals and a hot loop.
 
 Set IDLEMAP_ARTIFACTS to a directory shared with the host (python -m
-idlemap.vm --rw DIR) to keep the record files and the heatmap PNG.
+idlemap.testvm --rw DIR) to keep the record files and the heatmap PNG.
 """
 import io
 import json
@@ -26,9 +26,9 @@ from idlemap.analysis import heatmap as HM
 from idlemap.cli import main
 from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE
 from idlemap.kernel.process import identify
-from idlemap.recordfile import RecordWriter, make_meta
+from idlemap.formats.record import RecordWriter, make_meta
 from idlemap.scan import Scanner
-from idlemap.workload import Workload
+from idlemap.testing.workload import Workload
 
 MiB = 1 << 20
 pytestmark = [

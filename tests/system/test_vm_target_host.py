@@ -20,7 +20,7 @@ import pytest
 from idlemap.backends.guest import GuestBackend
 from idlemap.errors import BadInput, UsageError
 from idlemap.kernel.process import identify
-from idlemap.vmtarget import FOUR_GIB, describe, find_guest_ram, list_vmms
+from idlemap.vm import FOUR_GIB, describe, find_guest_ram, list_vmms
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
                                 reason="needs qemu-system-x86_64 (apt-get install qemu-system-x86)")

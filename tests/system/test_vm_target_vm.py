@@ -35,12 +35,12 @@ import pytest
 
 from idlemap.backends.page_idle import PageIdleBackend
 from idlemap.cli import main
-from idlemap.vm.stock import newc
+from idlemap.testvm.stock import newc
 from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE
 from idlemap.kernel.page_idle import PATH as BITMAP_PATH
 from idlemap.kernel.process import identify
 from idlemap.backends.guest import GuestBackend
-from idlemap.vmtarget import find_guest_ram, hot_gpa_ranges
+from idlemap.vm import find_guest_ram, hot_gpa_ranges
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(
     not os.path.exists(BITMAP_PATH), reason="no page_idle: CONFIG_IDLE_PAGE_TRACKING is not set")]
@@ -200,7 +200,7 @@ def _no_thp():
 
 class NestedGuest:
     def __init__(self, d):
-        from idlemap.vm import kernel_image
+        from idlemap.testvm import kernel_image
         self.t0 = time.monotonic()
         cpio = build_initramfs(d)
         kernel = vmlinux_from(kernel_image(build=False), d)
@@ -390,7 +390,7 @@ def test_record_and_reports_in_guest_terms(guest, tmp_path, capsys):
     """Rounds of a guest go to a record file in guest-physical terms: the
     hot report of the round where init wrote its pages lists init's
     guest-physical runs, the idle round lists none of them."""
-    from idlemap.recordfile import RecordWriter, make_meta, open_record
+    from idlemap.formats.record import RecordWriter, make_meta, open_record
     from idlemap.scan import Scanner
     proc = identify(guest.pid)
     layout = find_guest_ram(guest.pid, qmp=guest.qmp)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from idlemap import synth
+from idlemap.testing import synth
 from idlemap.kernel.maps import PAGE_SIZE
-from idlemap.recordfile import RecordWriter
+from idlemap.formats.record import RecordWriter
 from idlemap.records import MappingUsage, Round, WssSample
 
 MiB = 1 << 20

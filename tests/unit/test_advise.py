@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from idlemap import synth
+from idlemap.testing import synth
 from idlemap.analysis import advise as A
 from idlemap.analysis.hotness import build_history
 from idlemap.kernel.maps import PAGE_SIZE

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import recgen
-from idlemap import synth
+from idlemap.testing import synth
 from idlemap.analysis import hotness as H
 from idlemap.analysis import heatmap as HM
 from idlemap.analysis import wss as W

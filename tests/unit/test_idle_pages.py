@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from idlemap import idle_pages as ip
+from idlemap.formats import idle_pages as ip
 
 PAGE = 4096
 HP = 512

@@ -70,7 +70,7 @@ def test_analysis_and_record_format_import_no_engine():
     """Pure code and the record format never reach for the scanner, a
     backend, a service or a command (an offline report needs none)."""
     up = ["idlemap.scan", "idlemap.backends", "idlemap.services", "idlemap.commands", "idlemap.bitmap"]
-    assert _violations(["idlemap.analysis", "idlemap.records", "idlemap.recordfile"], up) == []
+    assert _violations(["idlemap.analysis", "idlemap.records", "idlemap.formats"], up) == []
 
 
 def test_kernel_layer_imports_nothing_above_it():
@@ -85,10 +85,10 @@ def test_records_sit_on_the_kernel_layer_only():
 
 
 def test_vm_targets_and_backends_do_not_import_each_other_both_ways():
-    """backends/system.py asks vmtarget where a VMM's guest RAM is; so
-    vmtarget (discovery and GPA arithmetic) must not import a backend
+    """backends/system.py asks idlemap.vm where a VMM's guest RAM is; so
+    the vm package (discovery and GPA arithmetic) must not import a backend
     (GuestBackend lives in backends/guest.py)."""
-    assert _violations(["idlemap.vmtarget"], ["idlemap.backends", "idlemap.scan", "idlemap.bitmap"]) == []
+    assert _violations(["idlemap.vm"], ["idlemap.backends", "idlemap.scan", "idlemap.bitmap"]) == []
 
 
 def _unit(m: str) -> str:
@@ -193,3 +193,10 @@ def test_offline_report_loads_no_backend(tmp_path, kind):
     assert p.returncode == 0, p.stderr
     assert [m for m in mods if _under(m, ["idlemap.backends", "idlemap.scan", "idlemap.bitmap",
                                           "idlemap.services"])] == []
+
+
+def test_testing_workloads_sit_below_the_backends():
+    """A workload child imports idlemap.testing.workload: it must stay lean
+    and never pull a backend or a service into the measured process."""
+    up = ["idlemap.backends", "idlemap.scan", "idlemap.bitmap", "idlemap.services", "idlemap.commands"]
+    assert _violations(["idlemap.testing"], up) == []

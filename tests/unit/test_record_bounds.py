@@ -18,10 +18,10 @@ import zlib
 
 import pytest
 
-from idlemap import recordfile as rf
+from idlemap.formats import record as rf
 from idlemap.cli import main
 from idlemap.errors import BadInput
-from idlemap.recordfile import open_record
+from idlemap.formats.record import open_record
 
 BASE = 0x1000_0000
 
@@ -97,7 +97,7 @@ def test_reading_at_the_bound_stays_within_it(tmp_path):
     growth, _ = peak_growth_kib(f"""
         import resource
         import numpy
-        from idlemap.recordfile import open_record
+        from idlemap.formats.record import open_record
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         rec = open_record({str(p)!r})
         assert len(rec) == 4, len(rec)
@@ -154,7 +154,7 @@ def test_sparse_huge_file_is_not_read_whole(tmp_path):
     growth, out = peak_growth_kib(f"""
         import resource
         from idlemap.errors import BadInput
-        from idlemap.recordfile import open_record
+        from idlemap.formats.record import open_record
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         for path in ({str(p)!r}, {str(bare)!r}):
             try:

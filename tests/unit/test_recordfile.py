@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import recgen
 from idlemap import open_record
-from idlemap import recordfile as rf
+from idlemap.formats import record as rf
 from idlemap.analysis import hotness as H
 from idlemap.analysis import heatmap as HM
 from idlemap.analysis import wss as W
@@ -122,10 +122,10 @@ def test_interrupted_write_is_cut_back(tmp_path, monkeypatch):
         real_write(fd, bytes(data[:len(data) // 2]))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rf.os, "write", half_then_interrupt)
+    monkeypatch.setattr(os, "write", half_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         w.add(rounds[3])
-    monkeypatch.setattr(rf.os, "write", real_write)
+    monkeypatch.setattr(os, "write", real_write)
     w.close("interrupted")
     rec = open_record(p)
     assert len(rec) == 3 and rec.complete and rec.end_reason == "interrupted" and rec.truncated_bytes == 0

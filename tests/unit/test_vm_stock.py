@@ -1,9 +1,9 @@
-"""The stock-kernel initramfs (idlemap.vm.stock), built from a fake cache
+"""The stock-kernel initramfs (idlemap.testvm.stock), built from a fake cache
 entry: what the archive holds and in which form the kernel reads it."""
 
 import pytest
 
-from idlemap.vm import BUSYBOX, stock
+from idlemap.testvm import BUSYBOX, stock
 
 
 def unnewc(data: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:

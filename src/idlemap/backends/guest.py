@@ -1,5 +1,5 @@
 """Any backend aimed at a VMM's guest RAM, answering in guest terms
-(guest-physical addresses).  Where the guest RAM is comes from vmtarget.py."""
+(guest-physical addresses).  Where the guest RAM is comes from the vm package."""
 from __future__ import annotations
 
 import inspect
@@ -8,7 +8,7 @@ from ..errors import UsageError, proc_errors
 from ..kernel import smaps
 from ..kernel.process import ProcessId, identify
 from ..records import WssSample
-from ..vmtarget import GuestLayout, describe, find_guest_ram, guest_sample
+from ..vm import GuestLayout, describe, find_guest_ram, guest_sample
 from .base import Backend
 
 

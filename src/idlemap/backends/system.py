@@ -283,7 +283,7 @@ class PageIdleSystemScanner(SystemScanner):
         found once per process: a VMM's RAM mappings do not move."""
         if t.key not in self._layouts:
             from ..errors import IdlemapError
-            from ..vmtarget import describe, executable, find_guest_ram, vmm_kind
+            from ..vm import describe, executable, find_guest_ram, vmm_kind
             layout = None
             # The executable as well as the name: a QEMU started with
             # -name ...,process=X has another name but the same exe.  One

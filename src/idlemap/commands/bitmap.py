@@ -98,7 +98,7 @@ def run(args) -> int:
     require_page_idle()
     layout, gpa_ranges = None, ranges
     if args.vm:
-        from ..vmtarget import describe, find_guest_ram, gpa_ranges_to_hva, idle_map_to_gpa, layout_json
+        from ..vm import describe, find_guest_ram, gpa_ranges_to_hva, idle_map_to_gpa, layout_json
         layout = find_guest_ram(describe(pid), args.qmp)
         ranges = gpa_ranges_to_hva(layout, gpa_ranges)
         if not ranges:

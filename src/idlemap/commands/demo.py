@@ -17,7 +17,7 @@ from ..kernel.features import probe
 from ..kernel.maps import PAGE_SHIFT
 from ..kernel.process import identify
 from ..tlb import resolve as resolve_tlb
-from ..workload import Workload
+from ..testing.workload import Workload
 
 HELP = "start a workload whose hot set is known, measure it, and print measured vs true"
 EXAMPLES = """\
@@ -87,19 +87,19 @@ def _mem_total_mib() -> int:
 
 
 def _in_vm(args, reason) -> int:
-    from .. import vm
+    from .. import testvm
     if not args.json:
         why = f"this kernel: {reason}" if reason else "asked with --vm"
         print(f"Running the demo inside idlemap's test VM ({why}).\n"
               "The VM boots a real Linux 6.1 with CONFIG_IDLE_PAGE_TRACKING under QEMU; "
               "the first run builds that kernel (about 5 minutes, cached afterwards).", flush=True)
-    image = vm.kernel_image(build=True)
-    argv = [vm.real_python(), "-m", "idlemap", "demo", "--here",
+    image = testvm.kernel_image(build=True)
+    argv = [testvm.real_python(), "-m", "idlemap", "demo", "--here",
             "--size-mib", str(args.size_mib), "--hot-mib", str(args.hot_mib),
             "--interval", str(args.interval), "--windows", str(args.windows)] + (["--json"] if args.json else [])
     del image
     mem = max(2048, args.size_mib * 2 + 1024)
-    return vm.run(argv, mem_mib=mem, cwd=os.getcwd())
+    return testvm.run(argv, mem_mib=mem, cwd=os.getcwd())
 
 
 def _here(args) -> int:

@@ -9,7 +9,7 @@ import sys
 
 from ..analysis.hotness import build_history
 from ..errors import NoSuchProcess
-from ..recordfile import RecordWriter, make_meta
+from ..formats.record import RecordWriter, make_meta
 from ..render.progress import Progress
 from ..rounds import stopped
 from .record import open_scanner

@@ -7,7 +7,7 @@ import time
 
 from .. import backends, outputs, rounds, validate
 from ..errors import NoSuchProcess, UsageError
-from ..recordfile import RecordWriter, make_meta
+from ..formats.record import RecordWriter, make_meta
 from ..render.progress import Progress
 from ..render.text import json_line
 from ..render.units import human_bytes
@@ -86,7 +86,7 @@ def open_scanner(args, need_per_page: bool = False, with_pss: bool = False) -> t
     proc = user_target(pid)
     guest = None
     if args.vm:
-        from ..vmtarget import describe, find_guest_ram, restrict
+        from ..vm import describe, find_guest_ram, restrict
         guest = restrict(find_guest_ram(describe(pid), args.qmp), ranges)
         ranges = None
     elif args.qmp:
@@ -96,7 +96,7 @@ def open_scanner(args, need_per_page: bool = False, with_pss: bool = False) -> t
                  backend_kw=damon_kwargs(args, args.backend))   # "auto" never picks damon
     tlb_note(sc.tlb, getattr(args, "json", False))
     if guest is not None and not getattr(args, "json", False):
-        from ..vmtarget import layout_summary
+        from ..vm import layout_summary
         print(f"PID {pid} is a VM: {layout_summary(guest)}; addresses below are guest-physical.",
               file=sys.stderr, flush=True)
     interval, auto = args.interval, None

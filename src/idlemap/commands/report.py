@@ -19,7 +19,7 @@ from ..analysis import by_mapping as BM
 from ..analysis import heatmap as HM
 from ..analysis import wss as W
 from ..errors import UsageError
-from ..recordfile import open_record
+from ..formats.record import open_record
 from ..render import heatmap as RH
 from ..render import hotness as RT
 from ..render.units import human_bytes

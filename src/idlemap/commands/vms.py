@@ -5,7 +5,7 @@ import json
 
 from ..errors import IdlemapError, UsageError
 from ..render.text import Table
-from ..vmtarget import VMM_KINDS, describe, find_guest_ram, layout_json, layout_summary, list_vmms
+from ..vm import VMM_KINDS, describe, find_guest_ram, layout_json, layout_summary, list_vmms
 from . import pid_arg, take_pid
 
 HELP = "list VMM processes (QEMU, Firecracker, cloud-hypervisor, crosvm), or show one guest's RAM layout"

@@ -85,7 +85,7 @@ def run(args) -> int:
     damon = kw.get("settings")          # DamonSettings with --backend damon, else None
     if args.vm:
         from ..backends.guest import open_guest_backend
-        from ..vmtarget import layout_summary
+        from ..vm import layout_summary
         backend = open_guest_backend(choice.cls, proc, args.qmp, **kw)
         if not args.json:
             print(f"PID {pid} is a VM: {layout_summary(backend.layout)}; sizes below are the guest's RAM.")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import idle_pages as ip
+from ..formats import idle_pages as ip
 from ..analysis.spans import merge_ranges
 from ..bitmap import HPAGE_PAGES, IdleBitmap
 from ..errors import AccessDenied, FeatureMissing, NoSuchProcess, PidReused, TargetExited, proc_errors
@@ -329,7 +329,7 @@ class BitmapFile:
 
 
 class IdlePagesFile:
-    """``idle_pages``: the run-length stream (see idlemap.idle_pages).
+    """``idle_pages``: the run-length stream (see idlemap.formats.idle_pages).
 
     The file offset of a fresh scan is a virtual address: ``pread(fd, buf,
     n, VA)`` starts reporting at the first mapped page at or above VA (0:

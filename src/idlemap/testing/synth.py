@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .analysis.usage import idle_map_usage
-from .kernel.maps import PAGE_SHIFT, Mapping, classify
-from .records import IdleMap, Round, Span, WssSample
+from ..analysis.usage import idle_map_usage
+from ..kernel.maps import PAGE_SHIFT, Mapping, classify
+from ..records import IdleMap, Round, Span, WssSample
 
 
 def mapping(start: int, size_bytes: int, path: str = "", perms: str = "rw-p") -> Mapping:
@@ -48,8 +48,8 @@ def make_round(index: int, sp: Sequence[Span], accessed: np.ndarray, present: np
 
 def meta(granularity: str = "page", interval_s: float = 1.0, rounds: int | None = None,
          pid: int = 4242) -> dict:
-    from . import __version__
-    from .kernel.maps import PAGE_SIZE
+    from .. import __version__
+    from ..kernel.maps import PAGE_SIZE
     return {"pid": pid, "comm": "synthetic", "cmdline": ["synthetic", "--workload"],
             "kernel": "synthetic", "hostname": "localhost", "backend": "page_idle" if granularity == "page"
             else "clear_refs", "granularity": granularity, "page_size": PAGE_SIZE,

@@ -1,5 +1,5 @@
 #!/bin/sh
-# PID 1 of idlemap's test VM.  idlemap.vm.run() boots the kernel with
+# PID 1 of idlemap's test VM.  idlemap.testvm.run() boots the kernel with
 #   init=/bin/busybox -- sh THIS_FILE     (init=/bin/sh -- THIS_FILE without busybox)
 # so this file needs no exec bit.  The root filesystem is the host's "/" over
 # 9p, read-only: the host's binaries, its Python and the checkout are all at

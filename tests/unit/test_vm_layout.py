@@ -7,10 +7,10 @@ from idlemap.errors import BadInput
 from idlemap.kernel.maps import PAGE_SIZE, Mapping, parse_maps
 from idlemap.kernel.qmp import parse_gpa2hva, parse_mtree_flat
 from idlemap.records import IdleMap, MappingUsage, Span, WssSample
-from idlemap.vmtarget import (FOUR_GIB, GuestLayout, GuestRamRegion, QemuBackend, clip_regions,
-                              gpa_ranges_to_hva, guest_sample, hot_gpa_ranges, idle_map_to_gpa,
-                              match_backends, parse_qemu_argv, parse_size, qemu_gpa_plan, split_opts,
-                              vmm_kind, x86_ram_split)
+from idlemap.vm import (FOUR_GIB, GuestLayout, GuestRamRegion, QemuBackend, clip_regions, gpa_ranges_to_hva,
+                        guest_sample, hot_gpa_ranges, idle_map_to_gpa, parse_qemu_argv, parse_size, vmm_kind,
+                        x86_ram_split)
+from idlemap.vm.qemu import match_backends, qemu_gpa_plan, split_opts
 
 MiB, GiB = 1 << 20, 1 << 30
 P = PAGE_SIZE

@@ -19,7 +19,7 @@
 set -euo pipefail
 CACHE=${IDLEMAP_CACHE:-/var/cache/idlemap}/stock
 export DEBIAN_FRONTEND=noninteractive
-# What the VM's initramfs loads (stock-initramfs, in idlemap.vm.stock),
+# What the VM's initramfs loads (stock-initramfs, in idlemap.testvm.stock),
 # dependencies included: virtio PCI, 9p (the root), overlayfs (the writable
 # /tmp, /root...), the virtio console (the command's output), virtio-rng.
 WANT="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci netfs fscache

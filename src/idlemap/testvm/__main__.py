@@ -1,10 +1,10 @@
-"""python -m idlemap.vm [options] -- CMD ARGS...: run CMD in the test VM.
+"""python -m idlemap.testvm [options] -- CMD ARGS...: run CMD in the test VM.
 
 Examples:
-  python -m idlemap.vm -- cat /proc/version
-  python -m idlemap.vm --numa 2 --mem 3072 -- python -m pytest tests -m vm
-  python -m idlemap.vm --rw /tmp/out --env OUT=/tmp/out -- python bench.py
-  python -m idlemap.vm --kernel stock-6.1 -- cat /proc/version    # Debian's kernel
+  python -m idlemap.testvm -- cat /proc/version
+  python -m idlemap.testvm --numa 2 --mem 3072 -- python -m pytest tests -m vm
+  python -m idlemap.testvm --rw /tmp/out --env OUT=/tmp/out -- python bench.py
+  python -m idlemap.testvm --kernel stock-6.1 -- cat /proc/version    # Debian's kernel
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from . import real_python, run
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m idlemap.vm", description="Run a command in idlemap's test VM "
+        prog="python -m idlemap.testvm", description="Run a command in idlemap's test VM "
         "(a kernel with page_idle, DAMON, soft-dirty, NUMA...); exits with its status, "
         "or 125 if the VM itself failed.",
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(command, mem_mib=args.mem, cpus=args.cpus, numa_nodes=args.numa, env=env,
                    timeout_s=args.timeout, cwd=args.cwd, rw_dirs=args.rw, kernel=kernel, initrd=initrd)
     except (IdlemapError, ValueError) as e:
-        print(f"idlemap.vm: {e}", file=sys.stderr)
+        print(f"idlemap.testvm: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 125) if isinstance(e, IdlemapError) else 2
     except KeyboardInterrupt:
         return 130

@@ -1,319 +1,46 @@
-"""The record file: a versioned, self-describing, crash-safe log of scan rounds.
-
-Byte layout in docs/record-format.md.  In short::
-
-    header   magic "\\x89IDLMAP\\n", version major.minor, metadata JSON, CRC-32
-    frame*   16-byte frame header (kind, codec, length, body CRC, header CRC)
-             + body: u32 JSON length, JSON, compressed blob
-      L      a layout: the mappings and spans the next rounds' bitmaps cover
-      R      a round: scalars (times, RSS, WSS) and, per page, the bitmaps
-             accessed/present/huge/swapped, each XORed with the previous
-             round's (projected onto this round's layout), then zlib
-      E      the end: why recording stopped (absent if the recorder died)
-
-Crash safety comes from the shape, not from luck: every round is one
-``write()`` of one complete frame appended to the file, so a recorder
-killed at any instant leaves N whole frames and at most one partial frame
-at the end.  The reader drops a partial tail frame (its header says it is
-longer than what is left) and keeps every finished round; damage anywhere
-else fails a CRC and is reported in one sentence.
-
-XOR against the previous round is what makes a stable working set cheap:
-the same pages accessed round after round XOR to zeros, which zlib
-squeezes to almost nothing (bench/record.py measures it).
-"""
+"""Reading a record: every length and count bounded, every frame checked by
+CRC; a partial tail frame is dropped, any other damage is one sentence."""
 from __future__ import annotations
 
 import json
 import math
 import os
-import platform
-import socket
 import stat
-import struct
-import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from .analysis.layout import check_sorted, project, same
-from .analysis.usage import mapping_usage
-from .errors import AccessDenied, BadInput
-from .kernel.maps import PAGE_SHIFT, PAGE_SIZE, Mapping
-from .records import IdleMap, MappingUsage, PackedRound, Round, Span, WssSample
-
-MAGIC = b"\x89IDLMAP\n"       # high bit and "\n": 7-bit or newline-mangling copies show at once
-VERSION_MAJOR = 1             # readers refuse another major version
-VERSION_MINOR = 0             # minors only add optional JSON keys / frame kinds; readers skip those
-HEADER = struct.Struct("<8sHHII")           # magic, major, minor, flags, meta_len
-FRAME = struct.Struct("<cBHII")             # kind, codec, reserved, body_len, body_crc
-FRAME_CRC = struct.Struct("<I")             # CRC-32 of the 12 bytes above
-FRAME_LEN = FRAME.size + FRAME_CRC.size     # 16
-U32 = struct.Struct("<I")
-
-CODEC_NONE, CODEC_ZLIB = 0, 1
-BITMAPS = ("accessed", "present", "huge", "swapped")
-GRANULARITIES = ("page", "region", "mapping")    # the backend's; rounds say for themselves what they hold
-MAX_META_BYTES = 16 << 20
-MAX_FRAME_BYTES = 1 << 30
-MAX_PAGES = 1 << 36            # 256 TiB of 4 KiB pages: beyond any real layout
-ZLIB_MAX_RATIO = 1032          # deflate cannot expand more: bounds what a blob may claim
-# Reading a file never needs more memory than READ_RATIO times its size
-# (docs/record-format.md), or READ_FLOOR for small files, so that a short
-# recording of a process with a large sparse heap still reads (128 MiB /
-# 20 B: 6.7 M pages, 25 GiB of address space).  What grows with a layout's
-# pages is decoding a round: current and previous packed bitmaps, and the
-# unpacked per-page arrays of Record.rounds() -- READ_BYTES_PER_PAGE bytes
-# per page (measured in tests/unit/test_record_bounds.py).
-READ_RATIO = 1000
-READ_FLOOR = 128 << 20
-READ_BYTES_PER_PAGE = 20       # measured ~18: two rounds alive (the caller's and the next) at ~9 each
-MAX_SECONDS = 1e11             # year 5138: any time or duration beyond is damage (and overflows datetime)
-ZLIB_LEVEL = 6
-
-SCHEMA_KEYS = ("pid", "comm", "cmdline", "kernel", "hostname", "backend", "granularity",
-               "page_size", "interval_s", "rounds_planned", "start_time", "tlb_flush",
-               "idlemap_version")
-
-
-# -- metadata ----------------------------------------------------------------
-@dataclass(frozen=True)
-class RecordMeta:
-    """What the header says about the recording."""
-    version: tuple[int, int]
-    pid: int
-    comm: str
-    cmdline: list[str]
-    kernel: str               # uname release of the recording host
-    hostname: str
-    backend: str              # page_idle, clear_refs ...
-    granularity: str          # the backend's: "page", "region" (bitmaps) or "mapping" (totals only)
-    page_size: int
-    interval_s: float
-    rounds_planned: int | None
-    start_time: float         # epoch seconds when recording started
-    tlb_flush: str = "none"
-    idlemap_version: str = ""
-    auto_interval: dict | None = None
-    extra: dict = field(default_factory=dict)     # keys this reader does not know
-
-    def as_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in SCHEMA_KEYS}
-        d["auto_interval"] = self.auto_interval
-        d.update(self.extra)
-        return d
-
-
-def make_meta(proc, backend: str, granularity: str, interval_s: float,
-              rounds_planned: int | None, tlb_flush: str = "none",
-              auto_interval: dict | None = None, guest=None) -> dict:
-    """Header metadata for recording process ``proc`` (a ProcessId).
-    ``guest`` (a vmtarget.GuestLayout): the rounds are a VM's, indexed by
-    guest-physical address; its layout is kept with them."""
-    from . import __version__
-    from .kernel.process import cmdline
-    meta = {"pid": proc.pid, "comm": proc.comm, "cmdline": cmdline(proc.pid),
-            "kernel": platform.release(), "hostname": socket.gethostname(),
-            "backend": backend, "granularity": granularity, "page_size": PAGE_SIZE,
-            "interval_s": float(interval_s), "rounds_planned": rounds_planned,
-            "start_time": time.time(), "tlb_flush": tlb_flush, "idlemap_version": __version__,
-            "auto_interval": auto_interval, "address_space": "virtual"}
-    if guest is not None:
-        from .vmtarget import layout_json
-        meta.update(address_space="guest-physical", guest=layout_json(guest))
-    return meta
-
-
-# -- writing -----------------------------------------------------------------
-def _frame(kind: bytes, obj: dict, blob: bytes = b"", codec: int = CODEC_NONE) -> bytes:
-    js = json.dumps(obj, separators=(",", ":")).encode()
-    body = U32.pack(len(js)) + js + blob
-    head = FRAME.pack(kind, codec, 0, len(body), zlib.crc32(body))
-    return head + FRAME_CRC.pack(zlib.crc32(head)) + body
-
-
-def _mapping_row(m: Mapping) -> list:
-    return [m.start, m.end, m.perms, m.offset, m.dev, m.inode, m.path, m.kind]
-
-
-def _pack(a: np.ndarray) -> np.ndarray:
-    return np.packbits(a, bitorder="little")
-
-
-class RecordWriter:
-    """Append rounds to a record file, each durable once :meth:`add` returns.
-
-    >>> with RecordWriter("x.rec", make_meta(proc, "page_idle", "page", 1.0, 30)) as w:
-    ...     for r in scanner.run(30, 1.0):
-    ...         w.add(r)
-
-    The header goes to a new file next to ``path``, which then replaces
-    ``path`` (see idlemap.outputs): an existing record there is kept as
-    ``path.1`` (then ``.2``, ...), so a repeated command never destroys a
-    recording, and anything that is not a regular file (a device, a FIFO,
-    a symlink, a directory) is refused with one sentence, never replaced.
-    """
-
-    def __init__(self, path: str, meta: dict, fsync: bool = True, level: int = ZLIB_LEVEL):
-        from . import outputs
-        self.path = path
-        self.fsync = fsync
-        self.level = level
-        js = json.dumps(meta, separators=(",", ":"), allow_nan=False).encode()
-        head = HEADER.pack(MAGIC, VERSION_MAJOR, VERSION_MINOR, 0, len(js))
-        out = outputs.Output(path, "the record", keep_old=True)
-        self._fd = out.fd
-        self._size = 0
-        try:
-            self._write(head + js + U32.pack(zlib.crc32(head + js)))
-            # Published only once the header is on disk: the file at
-            # ``path`` is a readable record from its first instant, and
-            # rounds are appended to it in place (crash safety, below).
-            out.publish()
-        except OSError as e:
-            out.discard()
-            raise outputs._error(e, path, "the record") from None
-        except BaseException:
-            out.discard()
-            raise
-        self.kept_as = out.kept
-        self._layouts: dict[tuple, int] = {}
-        self._prev: tuple[np.ndarray, list[np.ndarray]] | None = None
-        self.rounds = 0
-        self.closed = False
-
-    @property
-    def size_bytes(self) -> int:
-        return self._size
-
-    def _write(self, data: bytes) -> None:
-        # A frame is written whole or the file is cut back to before it:
-        # an exception (Ctrl-C between two partial writes, ENOSPC) must not
-        # leave half a frame that later frames would sit behind.
-        good = self._size
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
-            if self.fsync:
-                os.fdatasync(self._fd)
-        except BaseException:
-            try:
-                os.ftruncate(self._fd, good)
-                os.lseek(self._fd, good, os.SEEK_SET)
-            except OSError:
-                pass
-            raise
-        self._size = good + len(data)
-
-    def _layout_id(self, key: tuple, build) -> tuple[int, bytes]:
-        lid = self._layouts.get(key)
-        if lid is not None:
-            return lid, b""
-        lid = len(self._layouts)
-        mappings, spans = build()
-        frame = _frame(b"L", {"layout": lid, "mappings": mappings, "spans": spans})
-        self._layouts[key] = lid
-        return lid, frame
-
-    def add(self, rnd: Round) -> int:
-        """Append one round; returns the bytes it took on disk."""
-        if self.closed:
-            raise ValueError("record already closed")
-        s = rnd.sample
-        scalars = {"round": self.rounds, "wall_time_s": rnd.wall_time_s, "time_s": s.time_s,
-                   "window_s": s.window_s, "rss_bytes": s.rss_bytes, "pss_bytes": s.pss_bytes,
-                   "accessed_bytes": s.accessed_bytes, "scan_s": s.scan_s}
-        m = s.idle_map
-        if m is None:
-            # mapping-granular backends (clear_refs): totals per mapping only
-            maps = [u.mapping for u in s.by_mapping]
-            lid, lframe = self._layout_id(tuple(maps), lambda: ([_mapping_row(x) for x in maps], []))
-            scalars.update(layout=lid, npages=0,
-                           usage=[[i, u.rss_bytes, u.pss_bytes, u.accessed_bytes, u.idle_bytes, u.swap_bytes]
-                                  for i, u in enumerate(s.by_mapping)])
-            data = lframe + _frame(b"R", scalars)
-        else:
-            data = self._page_round(m, scalars)
-        try:
-            self._write(data)
-        except OSError as e:        # ENOSPC, EIO: one sentence; the finished rounds stay readable
-            from .outputs import _error
-            raise _error(e, self.path, "the record") from None
-        self.rounds += 1
-        return len(data)
-
-    def _page_round(self, m: IdleMap, scalars: dict) -> bytes:
-        key = tuple((sp.mapping, sp.start, sp.end) for sp in m.spans)
-
-        def build():
-            maps: list[Mapping] = []
-            index: dict[Mapping, int] = {}
-            rows = []
-            for sp in m.spans:
-                if sp.mapping not in index:
-                    index[sp.mapping] = len(maps)
-                    maps.append(sp.mapping)
-                rows.append([index[sp.mapping], sp.start, sp.end])
-            return [_mapping_row(x) for x in maps], rows
-
-        lid, lframe = self._layout_id(key, build)
-        ranges = np.array([[sp.start >> PAGE_SHIFT, sp.end >> PAGE_SHIFT] for sp in m.spans],
-                          dtype=np.int64).reshape(-1, 2)
-        if not check_sorted(ranges):
-            raise ValueError("spans must be sorted and must not overlap")
-        bits = [m.present & ~m.idle, m.present, m.huge, m.swapped]
-        packed = [_pack(b) for b in bits]
-        delta = self._prev is not None
-        if delta:
-            pranges, pprev = self._prev
-            if same(pranges, ranges):
-                base = pprev
-            else:
-                n_old = int((pranges[:, 1] - pranges[:, 0]).sum()) if pranges.size else 0
-                base = [_pack(project(np.unpackbits(p, count=n_old, bitorder="little").view(bool),
-                                      pranges, ranges, False)) for p in pprev]
-            coded = [p ^ b for p, b in zip(packed, base)]
-        else:
-            coded = packed
-        self._prev = (ranges, packed)
-        # A bitmap whose coded form is all zeros (unchanged since the last
-        # round, or empty) is left out: a stable round then costs no
-        # decompression at all on reading.
-        zero = [k for k, c in enumerate(coded) if not c.any()]
-        blob = zlib.compress(b"".join(c.tobytes() for k, c in enumerate(coded) if k not in zero), self.level)
-        scalars.update(layout=lid, npages=m.npages, delta=delta)
-        if zero:
-            scalars["zero"] = zero
-        return lframe + _frame(b"R", scalars, blob, CODEC_ZLIB)
-
-    def close(self, reason: str = "done") -> None:
-        """Write the end frame (why recording stopped) and close."""
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self._write(_frame(b"E", {"rounds": self.rounds, "reason": reason, "end_time": time.time()}))
-        except OSError as e:        # the rounds before stay readable (a file without an end frame)
-            from .outputs import _error
-            raise _error(e, self.path, "the record") from None
-        finally:
-            os.close(self._fd)
-
-    def __enter__(self) -> "RecordWriter":
-        return self
-
-    def __exit__(self, et, ev, tb) -> None:
-        if et is None:
-            reason = "done"
-        elif issubclass(et, KeyboardInterrupt):
-            reason = "interrupted"
-        else:
-            reason = f"stopped: {ev}"
-        self.close(reason)
+from ...analysis.layout import check_sorted, project, same
+from ...analysis.usage import mapping_usage
+from ...errors import AccessDenied, BadInput
+from ...kernel.maps import PAGE_SHIFT, PAGE_SIZE, Mapping
+from ...records import IdleMap, MappingUsage, PackedRound, Round, Span, WssSample
+from .format import (
+    BITMAPS,
+    CODEC_NONE,
+    CODEC_ZLIB,
+    FRAME,
+    FRAME_CRC,
+    FRAME_LEN,
+    GRANULARITIES,
+    HEADER,
+    MAGIC,
+    MAX_FRAME_BYTES,
+    MAX_META_BYTES,
+    MAX_PAGES,
+    MAX_SECONDS,
+    READ_BYTES_PER_PAGE,
+    READ_FLOOR,
+    READ_RATIO,
+    SCHEMA_KEYS,
+    U32,
+    VERSION_MAJOR,
+    ZLIB_MAX_RATIO,
+    RecordMeta,
+    pack_bits,
+)
 
 
 # -- reading -----------------------------------------------------------------
@@ -699,7 +426,7 @@ class Record:
                 base = pbits
             else:
                 n_old = int((pranges[:, 1] - pranges[:, 0]).sum()) if pranges.size else 0
-                base = [_pack(project(np.unpackbits(p, count=n_old, bitorder="little").view(bool),
+                base = [pack_bits(project(np.unpackbits(p, count=n_old, bitorder="little").view(bool),
                                       pranges, f.layout.ranges, False)) for p in pbits]
             bits = [p.copy() if k in zero else b ^ p for k, (b, p) in enumerate(zip(bits, base))]
         else:

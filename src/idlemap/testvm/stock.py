@@ -1,4 +1,4 @@
-"""Debian 12's stock kernel in the test VM (``python -m idlemap.vm --kernel stock-6.1``).
+"""Debian 12's stock kernel in the test VM (``python -m idlemap.testvm --kernel stock-6.1``).
 
 The stock linux-image-6.1.0-N-amd64 has no CONFIG_IDLE_PAGE_TRACKING and no
 DAMON: the kernel on which idlemap's module (kmod/) is the only way to

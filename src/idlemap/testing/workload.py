@@ -142,7 +142,7 @@ class _Child:
         npages = arr.size // PAGE
         first, count = int(first), int(count) or npages - int(first)
         mask = ctypes.c_ulong(1 << int(node))
-        from .kernel import syscalls     # here, not at the top: the child stays lean
+        from ..kernel import syscalls     # here, not at the top: the child stays lean
         # mbind(2) has no glibc wrapper (it is libnuma's): called by number.
         # maxnode counts bits, and the kernel drops one: 64 bits -> 65.
         rc = syscalls.libc.syscall(syscalls.number("mbind"), ctypes.c_void_p(addr + first * PAGE), ctypes.c_ulong(count * PAGE),
@@ -176,7 +176,7 @@ class Workload:
 
     #: "module:function" the child runs; subclasses with their own child
     #: (bench workloads) name theirs here.
-    child = "idlemap.workload:main"
+    child = "idlemap.testing.workload:main"
 
     def __init__(self, python: str | None = None):
         module, func = self.child.split(":")

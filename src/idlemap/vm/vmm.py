@@ -1,0 +1,108 @@
+"""Which processes are VMMs (QEMU, Firecracker, cloud-hypervisor, crosvm)
+and whether they run their guest under KVM or TCG."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..errors import BadInput, NoSuchProcess
+from ..kernel.process import cmdline, identify, list_pids
+
+if TYPE_CHECKING:
+    from .qemu import QemuConfig
+
+
+VMM_KINDS = ("qemu", "firecracker", "cloud-hypervisor", "crosvm")
+_VMM_NAMES = {"firecracker": "firecracker", "cloud-hypervisor": "cloud-hypervisor",
+              "crosvm": "crosvm", "qemu-kvm": "qemu"}
+
+__all__ = ["VMM_KINDS", "VmmProcess", "vmm_kind", "executable", "describe", "list_vmms", "detect_accel"]
+
+
+@dataclass(frozen=True, slots=True)
+class VmmProcess:
+    pid: int
+    kind: str                 # one of VMM_KINDS
+    comm: str
+    argv: tuple[str, ...]
+    arch: str = ""            # QEMU target (x86_64, aarch64...), "" if unknown
+
+
+# -- which processes are VMMs --------------------------------------------------
+
+def vmm_kind(argv: Sequence[str], exe: str = "", comm: str = "") -> tuple[str, str] | None:
+    """(kind, QEMU target arch) if the program is a VMM we know, else None."""
+    # comm is cut to 15 characters: "qemu-system-x86", "cloud-hyperviso"
+    names = [(os.path.basename(exe.removesuffix(" (deleted)")), False),
+             (os.path.basename(argv[0]) if argv else "", False), (comm, len(comm) == 15)]
+    for name, cut in names:
+        if not name:
+            continue
+        if name.startswith("qemu-system-"):
+            return "qemu", "" if cut else name[len("qemu-system-"):]
+        if name in _VMM_NAMES:
+            arch = os.uname().machine if name == "qemu-kvm" else ""
+            return _VMM_NAMES[name], arch
+        if cut and "cloud-hypervisor".startswith(name):
+            return "cloud-hypervisor", ""
+    return None
+
+
+def executable(pid: int) -> str:
+    """The path of the process's executable; "" if it cannot be read."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
+def describe(pid: int) -> VmmProcess:
+    """The VMM behind ``pid``; BadInput if it is not one we know."""
+    proc = identify(pid)
+    argv = cmdline(pid)
+    found = vmm_kind(argv, executable(pid), proc.comm)
+    if found is None:
+        raise BadInput(f"process {pid} ({proc.comm}) is not a virtual machine monitor idlemap knows "
+                       "(QEMU, Firecracker, cloud-hypervisor, crosvm); `idlemap vms` lists them")
+    return VmmProcess(pid, found[0], proc.comm, tuple(argv), found[1])
+
+
+def list_vmms() -> list[VmmProcess]:
+    """Every VMM process on the system (those whose command line we can read)."""
+    out = []
+    for pid in list_pids():
+        argv = cmdline(pid)
+        if not argv:
+            continue            # kernel thread, zombie, or gone
+        found = vmm_kind(argv, executable(pid))
+        if found is None:
+            continue
+        try:
+            comm = identify(pid).comm
+        except NoSuchProcess:
+            continue
+        out.append(VmmProcess(pid, found[0], comm, tuple(argv), found[1]))
+    return out
+
+
+def detect_accel(vmm: VmmProcess, cfg: "QemuConfig | None" = None) -> str:
+    """kvm if the VMM holds a KVM VM file descriptor, tcg for a QEMU that
+    holds none.  Without permission to look at its fds: from the command line."""
+    if vmm.kind != "qemu":
+        return "kvm"             # Firecracker, cloud-hypervisor and crosvm are KVM-only here
+    try:
+        fds = os.listdir(f"/proc/{vmm.pid}/fd")
+        links = []
+        for fd in fds:
+            try:
+                links.append(os.readlink(f"/proc/{vmm.pid}/fd/{fd}"))
+            except OSError:
+                pass
+        return "kvm" if any(link in ("anon_inode:kvm-vm", "/dev/kvm") for link in links) else "tcg"
+    except OSError:
+        pass
+    if cfg is not None and cfg.accel:
+        return cfg.accel
+    return "unknown"
