@@ -140,7 +140,7 @@ def vermagic(ko: Path) -> str:
 
 
 def vm_kernel_tree() -> str:
-    """The configured tree of idlemap's test-VM kernel (vm/build-kernel.sh)."""
-    script = Path(__file__).resolve().parent / "vm" / "build-kernel.sh"
+    """The configured tree of idlemap's test-VM kernel (testvm/build-kernel.sh)."""
+    script = Path(__file__).resolve().parent / "testvm" / "build-kernel.sh"
     r = subprocess.run(["bash", str(script), "--path"], stdout=subprocess.PIPE, text=True, check=True)
     return str(Path(r.stdout.strip()).parent / "build")
