@@ -14,14 +14,11 @@ import sys
 import numpy as np
 
 from .. import outputs, validate
-from ..analysis import hotness as H
-from ..analysis import by_mapping as BM
-from ..analysis import heatmap as HM
-from ..analysis import wss as W
+from ..analysis import by_mapping, heatmap, hotness, wss
 from ..errors import UsageError
 from ..formats.record import open_record
-from ..render import heatmap as RH
-from ..render import hotness as RT
+from ..render import heatmap as render_heatmap
+from ..render import hotness as render_hotness
 from ..render.units import human_bytes
 from . import parse_range
 
@@ -119,7 +116,7 @@ def run(args) -> int:
     if len(rec) == 0:
         raise UsageError(f"{args.file} holds no finished round yet")
     _check_memory(rec, args.file)
-    h = H.build_history(rec.packed_rounds(), pid=rec.meta.pid)
+    h = hotness.build_history(rec.packed_rounds(), pid=rec.meta.pid)
     source = {"record": os.path.abspath(args.file), "pid": rec.meta.pid, "comm": rec.meta.comm,
               "backend": rec.meta.backend, "granularity": rec.meta.granularity, "interval_s": rec.meta.interval_s,
               "tlb_flush": rec.meta.tlb_flush, "tlb_exact": rec.meta.tlb_flush != "none"}
@@ -181,7 +178,7 @@ GRANULARITY_TEXT = {"page": "by page",
                     "mapping": "by mapping (per-mapping totals, no per-page map)"}
 
 
-def granularity_of(source: dict, h: H.History | None = None) -> str:
+def granularity_of(source: dict, h: hotness.History | None = None) -> str:
     g = source.get("granularity") or (h.granularity if h is not None else "page")
     if h is not None and not h.per_page:
         g = "mapping"
@@ -194,7 +191,7 @@ def _title(source: dict) -> str:
     return who + where + ", " + GRANULARITY_TEXT[granularity_of(source)]
 
 
-def show(kind: str, h: H.History, args, source: dict, window: tuple[int | None, int | None] = (None, None),
+def show(kind: str, h: hotness.History, args, source: dict, window: tuple[int | None, int | None] = (None, None),
          va_ranges: list[tuple[int, int]] | None = None) -> int:
     """Print report ``kind`` over history ``h`` (text or --json), optionally
     only rounds ``window`` (a slice) and pages in ``va_ranges``."""
@@ -215,16 +212,16 @@ def show(kind: str, h: H.History, args, source: dict, window: tuple[int | None, 
         print(f"note: these rounds were not TLB-flushed (tlb flush {source.get('tlb_flush')}): hot pages "
               "cached in the TLB may read idle (docs/tlb.md)")
     if kind == "wss":
-        r = W.wss_report(h)
+        r = wss.wss_report(h)
         png = getattr(args, "png", None)
         if png:
-            RT.wss_png(r, png, f"{_title(source)}: working set over {r.rounds} windows "
+            render_hotness.wss_png(r, png, f"{_title(source)}: working set over {r.rounds} windows "
                                f"of {r.interval_mean_s:.3g} s")
         if args.json:
-            print(json.dumps({**head, **RT.wss_json(r, args.top), **({"png": png} if png else {})}))
+            print(json.dumps({**head, **render_hotness.wss_json(r, args.top), **({"png": png} if png else {})}))
         else:
             print(f"working set of {_title(source)}, rounds {h.first_round}..{h.first_round + h.nrounds - 1}")
-            RT.print_wss(r, args.top)
+            render_hotness.print_wss(r, args.top)
             if png:
                 print(f"\nwrote {png}")
         return 0
@@ -234,27 +231,27 @@ def show(kind: str, h: H.History, args, source: dict, window: tuple[int | None, 
     if kind == "advise":
         from .advise import show as advise_show
         return advise_show(h, args, source, head)
-    stats = H.page_stats(h)
+    stats = hotness.page_stats(h)
     if kind in ("hot", "cold"):
         if kind == "hot":
-            t = H.hot_ranges(h, stats, args.min_count, args.merge_gap)
+            t = hotness.hot_ranges(h, stats, args.min_count, args.merge_gap)
         else:
-            t = H.cold_ranges(h, stats, args.max_count or 0, args.min_idle, args.merge_gap)
+            t = hotness.cold_ranges(h, stats, args.max_count or 0, args.min_idle, args.merge_gap)
         if args.json:
-            print(json.dumps({**head, **RT.ranges_json(t, None, args.sort)}))
+            print(json.dumps({**head, **render_hotness.ranges_json(t, None, args.sort)}))
         else:
             print(f"{_title(source)}")
-            RT.print_ranges(kind, t, args.limit or None, args.sort)
+            render_hotness.print_ranges(kind, t, args.limit or None, args.sort)
         return 0
     if kind == "histogram":
-        hist = H.histograms(stats)
+        hist = hotness.histograms(stats)
         if args.png:
-            RT.histograms_png(hist, args.png, f"{_title(source)}: {hist.rounds} rounds")
+            render_hotness.histograms_png(hist, args.png, f"{_title(source)}: {hist.rounds} rounds")
         if args.json:
-            print(json.dumps({**head, **RT.histograms_json(hist), "png": args.png}))
+            print(json.dumps({**head, **render_hotness.histograms_json(hist), "png": args.png}))
         else:
             print(f"{_title(source)}")
-            RT.print_histograms(hist, unit="region page" if gran == "region" else "page")
+            render_hotness.print_histograms(hist, unit="region page" if gran == "region" else "page")
             if args.png:
                 print(f"\nwrote {args.png}")
         return 0
@@ -263,38 +260,38 @@ def show(kind: str, h: H.History, args, source: dict, window: tuple[int | None, 
     raise UsageError(f"unknown report {kind!r}")
 
 
-def _show_by_mapping(kind: str, h: H.History, args, source: dict, head: dict) -> int:
+def _show_by_mapping(kind: str, h: hotness.History, args, source: dict, head: dict) -> int:
     """hot, cold, histogram and heatmap with the mapping as the unit: what a
     clear_refs record (exact per-mapping totals, no per-page map) can say."""
     if kind in ("hot", "cold"):
         if kind == "hot":
-            rows, th = BM.hot_mappings(h, args.min_count)
+            rows, th = by_mapping.hot_mappings(h, args.min_count)
         else:
-            rows, th = BM.cold_mappings(h, args.max_count, args.min_idle)
+            rows, th = by_mapping.cold_mappings(h, args.max_count, args.min_idle)
         if args.sort == "va":
             rows = sorted(rows, key=lambda r: r["start"])
         if args.json:
-            print(json.dumps({**head, **RT.mappings_json(rows, th, kind)}))
+            print(json.dumps({**head, **render_hotness.mappings_json(rows, th, kind)}))
         else:
             print(f"{_title(source)}")
-            RT.print_mappings(kind, rows, th, args.limit or None, args.sort)
+            render_hotness.print_mappings(kind, rows, th, args.limit or None, args.sort)
         return 0
     if kind == "histogram":
-        hist = BM.mapping_histograms(h)
+        hist = by_mapping.mapping_histograms(h)
         if args.png:
-            RT.histograms_png(hist, args.png, f"{_title(source)}: {hist.rounds} rounds", unit="mapping")
+            render_hotness.histograms_png(hist, args.png, f"{_title(source)}: {hist.rounds} rounds", unit="mapping")
         if args.json:
-            print(json.dumps({**head, **RT.histograms_json(hist), "png": args.png}))
+            print(json.dumps({**head, **render_hotness.histograms_json(hist), "png": args.png}))
         else:
             print(f"{_title(source)}: a mapping counts as accessed in a round when any of its bytes was")
-            RT.print_histograms(hist, unit="mapping")
+            render_hotness.print_histograms(hist, unit="mapping")
             if args.png:
                 print(f"\nwrote {args.png}")
         return 0
     return _heatmap(h, args, source, head)
 
 
-def heatmap_json(d: HM.HeatmapData) -> dict:
+def heatmap_json(d: heatmap.HeatmapData) -> dict:
     vals = np.round(d.values, 4)
     return {"rows": d.rows, "cols": d.cols, "pages_per_row": round(d.pages_per_row, 3),
             "shown_bytes": d.shown_bytes,
@@ -311,23 +308,23 @@ def heatmap_json(d: HM.HeatmapData) -> dict:
             "omitted_mappings": d.omitted_mappings}
 
 
-def _heatmap(h: H.History, args, source: dict, head: dict) -> int:
-    by_mapping = granularity_of(source, h) == "mapping"
-    build = BM.mapping_heatmap if by_mapping else HM.heatmap
+def _heatmap(h: hotness.History, args, source: dict, head: dict) -> int:
+    per_mapping = granularity_of(source, h) == "mapping"
+    build = by_mapping.mapping_heatmap if per_mapping else heatmap.heatmap
     if args.png:
         pd = build(h, rows=args.png_rows, cols=min(h.nrounds, 1200))
         if pd.rows == 0:
             raise UsageError("nothing was resident in these rounds: no heatmap to draw")
         iv = source.get("interval_s") or 0
-        if by_mapping:
+        if per_mapping:
             sub = (f"{pd.rows} mappings ({human_bytes(pd.shown_bytes)}), one row each"
                    + (f", {pd.omitted_mappings} smaller left out" if pd.omitted_mappings else ""))
         else:
             sub = (f"{human_bytes(pd.shown_bytes)} shown in {pd.rows} rows of "
                    f"{human_bytes(pd.shown_bytes / pd.rows)}")
         sub += f", {h.nrounds} rounds" + (f" of {iv:g} s" if iv > 0 else "")
-        RH.heatmap_png(pd, args.png, title=f"{_title(source)}: memory accessed by "
-                       f"{'mapping' if by_mapping else 'address'} and time", subtitle=sub)
+        render_heatmap.heatmap_png(pd, args.png, title=f"{_title(source)}: memory accessed by "
+                       f"{'mapping' if per_mapping else 'address'} and time", subtitle=sub)
     rows, cols = _terminal_size(args)
     if args.json:
         d = build(h, rows=args.rows or 64, cols=args.cols or h.nrounds)
@@ -337,11 +334,11 @@ def _heatmap(h: H.History, args, source: dict, head: dict) -> int:
     if d.rows == 0:
         raise UsageError("nothing was resident in these rounds: no heatmap to draw")
     color = {"always": True, "never": False}.get(args.color)
-    what = "mapping (down, one row each)" if by_mapping else "address (down)"
+    what = "mapping (down, one row each)" if per_mapping else "address (down)"
     print(f"{_title(source)}: accessed share of resident pages, by {what} and time (right)")
     if d.omitted_mappings:
         print(f"({d.rows} biggest mappings shown, {d.omitted_mappings} smaller left out: --rows N shows more)")
-    RH.print_heatmap(d, color=color)
+    render_heatmap.print_heatmap(d, color=color)
     if args.png:
         print(f"wrote {args.png}")
     return 0
