@@ -139,8 +139,14 @@ def vermagic(ko: Path) -> str:
     return data[i + 9:j].decode("utf-8", "replace").split()[0]
 
 
-def vm_kernel_tree() -> str:
-    """The configured tree of idlemap's test-VM kernel (testvm/build-kernel.sh)."""
+def vm_kernel_tree(debug: bool | None = None) -> str:
+    """The configured tree of idlemap's test-VM kernel (testvm/build-kernel.sh):
+    the debug kernel's (KASAN, lockdep...) if debug, else the plain one's.
+    None: the debug tree when running on the debug kernel (its release ends
+    in -debug, so the two modules never share a cache entry), else the plain."""
+    if debug is None:
+        debug = os.uname().release.endswith("-debug")
     script = Path(__file__).resolve().parent / "testvm" / "build-kernel.sh"
-    r = subprocess.run(["bash", str(script), "--path"], stdout=subprocess.PIPE, text=True, check=True)
+    args = ["--debug", "--path"] if debug else ["--path"]
+    r = subprocess.run(["bash", str(script), *args], stdout=subprocess.PIPE, text=True, check=True)
     return str(Path(r.stdout.strip()).parent / "build")

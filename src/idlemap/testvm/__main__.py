@@ -5,6 +5,7 @@ Examples:
   python -m idlemap.testvm --numa 2 --mem 3072 -- python -m pytest tests -m vm
   python -m idlemap.testvm --rw /tmp/out --env OUT=/tmp/out -- python bench.py
   python -m idlemap.testvm --kernel stock-6.1 -- cat /proc/version    # Debian's kernel
+  python -m idlemap.testvm --kernel debug -- dmesg      # KASAN, lockdep (4096 MiB)
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import argparse
 import sys
 
 from ..errors import IdlemapError
-from . import real_python, run
+from . import kernel_image, real_python, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
         "(a kernel with page_idle, DAMON, soft-dirty, NUMA...); exits with its status, "
         "or 125 if the VM itself failed.",
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mem", type=int, default=2048, metavar="MiB", help="guest RAM (default 2048)")
+    parser.add_argument("--mem", type=int, metavar="MiB",
+                        help="guest RAM (default 2048; 4096 with --kernel debug: KASAN's shadow "
+                        "takes an eighth and its quarantine holds freed memory back)")
     parser.add_argument("--cpus", type=int, default=2, metavar="N", help="guest vCPUs (default 2)")
     parser.add_argument("--numa", type=int, default=1, metavar="N", help="NUMA nodes (default 1)")
     parser.add_argument("--rw", action="append", default=[], metavar="DIR",
@@ -31,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, metavar="S",
                         help="stop the VM after S seconds (default 1800)")
     parser.add_argument("--cwd", metavar="DIR", help="working directory (default: the current one)")
-    parser.add_argument("--kernel", choices=("test", "stock-6.1"), default="test",
+    parser.add_argument("--kernel", choices=("test", "debug", "stock-6.1"), default="test",
                         help="test: idlemap's own 6.1 (page_idle, DAMON...; the default); "
+                        "debug: the same with KASAN, PROVE_LOCKING, DEBUG_VM, DEBUG_ATOMIC_SLEEP, "
+                        "DEBUG_LIST (release 6.1.N-debug; build-kernel.sh --debug, ~45 min once); "
                         "stock-6.1: Debian 12's linux-image-6.1.0-N-amd64, no page_idle, "
                         "fetched once (vm/stock-kernel.sh)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
@@ -50,10 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         command[0] = real_python()      # a pyenv shim costs 2-3 s per start in the guest
     try:
         kernel = initrd = None
-        if args.kernel != "test":
+        if args.kernel == "debug":
+            kernel = kernel_image(debug=True, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        elif args.kernel != "test":
             from .stock import stock_kernel
             kernel, initrd = stock_kernel(progress=lambda line: print(line, file=sys.stderr, flush=True))
-        return run(command, mem_mib=args.mem, cpus=args.cpus, numa_nodes=args.numa, env=env,
+        mem = args.mem or (4096 if args.kernel == "debug" else 2048)
+        return run(command, mem_mib=mem, cpus=args.cpus, numa_nodes=args.numa, env=env,
                    timeout_s=args.timeout, cwd=args.cwd, rw_dirs=args.rw, kernel=kernel, initrd=initrd)
     except (IdlemapError, ValueError) as e:
         print(f"idlemap.testvm: {e}", file=sys.stderr)
