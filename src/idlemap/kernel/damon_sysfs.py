@@ -2,7 +2,7 @@
 
 Thin and stateless like the rest of kernel/: this module knows the file
 layout and the value formats; whether a kdamond may be touched is decided by
-the backend (backends/damon.py), never here.
+the backend (backends/damon/), never here.
 
 Every write idlemap makes to a kernel control file -- DAMON sysfs and the
 tracefs files of kernel/damon_trace.py -- goes through one

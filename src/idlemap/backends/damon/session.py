@@ -1,38 +1,6 @@
-"""damon backend: DAMON vaddr region access frequencies, with a kdamond of our own.
-
-DAMON samples one page per region every ``sample_us`` and adapts its
-regions (split/merge between ``min_nr_regions`` and ``max_nr_regions``) so
-that pages of a region are accessed alike; each ``aggr_us`` it reports
-every region's ``nr_accesses`` (samples that found the page accessed).
-Cost is bounded by the region count, not by memory size; the price is
-accuracy: a region is a guess about its pages.  docs/accuracy.md measures
-how good the guess is against exact ground truth.
-
-Results: on Linux 6.1 the per-region picture is only published through the
-``damon:damon_aggregated`` tracepoint (tried_regions came in 6.2), which we
-read from a private tracefs instance (kernel/damon_trace.py).  A page
-counts as accessed in a window if a region covering it showed
-``nr_accesses >= min_nr_accesses`` in an aggregation that ended inside the
-window (at least half of it in the window) -- in any of them ("union", the
-default) or in the median one ("median", DAMON's snapshot view); see
-DamonSettings.estimator and docs/accuracy.md for what each gets wrong.
-Intersected with the present pages from pagemap, that gives the same typed
-records as the other backends (WssSample, by_mapping, an IdleMap
-expansion), with granularity "region".
-
-Ownership -- idlemap never modifies a kdamond it did not start:
- * if ``nr_kdamonds`` is not 0 when we start, every kdamond there belongs to
-   someone else (the system's, damo's, another tool's): we say so in one
-   sentence and stop, before writing anything;
- * two idlemaps are serialised by an abstract UNIX socket name (no file
-   left behind, released by the kernel even on SIGKILL);
- * everything we create is undone on close(), at interpreter exit, on
-   Ctrl-C and on SIGTERM/SIGHUP: our kdamond turned off, nr_kdamonds set
-   back to 0, the tracefs instance removed (and tracefs unmounted if we
-   mounted it).  Only SIGKILL can leave our kdamond behind; it stops by
-   itself when its target exits, and the next idlemap refuses to touch it
-   like any other.
-"""
+"""The DAMON session: one kdamond of our own, its tracepoint reader, and
+the clean-up that leaves DAMON as it was found (ownership rules in the
+package docstring)."""
 from __future__ import annotations
 
 import atexit
@@ -41,182 +9,22 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..analysis.regions import batch_starts, bytes_within, covered_pages, merge_intervals
-from ..analysis.spans import spans_for
-from ..analysis.usage import idle_map_usage
-from ..errors import AccessDenied, FeatureMissing, IdlemapError, TargetExited, UsageError
-from ..kernel import damon_sysfs as ds
-from ..kernel import damon_trace as dt
-from ..kernel import pagemap as pm
-from ..kernel import smaps
-from ..kernel.maps import PAGE_SHIFT, read_maps
-from ..kernel.process import ProcessId, check_same
-from ..records import IdleMap, MappingUsage, WssSample
-from .base import Backend, Capabilities
-
-LOCK_NAME = b"\0idlemap-damon"
-ALTERNATIVE = "`--backend clear_refs` gives exact referenced bytes per mapping"
-
-
-class DamonBusy(IdlemapError):
-    """DAMON is in use by someone else; we stop before writing anything."""
-
-    exit_code = 75          # EX_TEMPFAIL: try again when DAMON is free
-
-
-class DamonFeatureMissing(FeatureMissing):
-    """A DAMON capability that is not a single CONFIG_ option (a kernel version)."""
-
-    def __init__(self, feature: str, sentence: str):
-        self.feature = feature
-        self.config = ""
-        IdlemapError.__init__(self, sentence)
-
-
-# Measured in the test VM (docs/accuracy.md): with DAMON's own default of
-# 10 regions minimum, a window's union over-counted contiguous hot sets by
-# tens of percent up to over 100%; 100 regions brought the medians to single
-# digits or low tens of percent, for about twice the kdamond CPU.  So
-# idlemap starts at 100.
-DEFAULT_ATTRS = ds.MonitoringAttrs(min_nr_regions=100, max_nr_regions=1000)
-ESTIMATORS = ("union", "median")
-
-
-@dataclass(frozen=True)
-class DamonSettings:
-    """How our kdamond monitors, and how its reports become a working set."""
-    attrs: ds.MonitoringAttrs = DEFAULT_ATTRS
-    # A region counts as accessed in an aggregation with at least this many
-    # of its samples accessed (1: "seen accessed at all").
-    min_nr_accesses: int = 1
-    # How a window's aggregations become one page set:
-    #  "union":  pages in a region seen accessed in any aggregation of the
-    #            window -- catches rarely used pages, but every region that
-    #            straddles hot and cold pages adds its cold part;
-    #  "median": the aggregation with the median accessed bytes -- DAMON's
-    #            own one-snapshot view: close on steady working sets, blind
-    #            to pages used less often than once per aggregation.
-    estimator: str = "union"
-    # Exact bytes per window from a DAMOS stat scheme with a "young" ops
-    # filter (stats/sz_ops_filter_passed, 6.14+ files); apply interval in us
-    # (None: the aggregation interval).
-    exact: bool = False
-    exact_interval_us: int | None = None
-    # Intersect accessed regions with present pages (pagemap): bytes that
-    # compare with RSS.  Without it: region bytes inside mappings only.
-    resolve_pages: bool = True
-    trace_buffer_kb: int = 2048
-
-    def describe(self) -> str:
-        a = self.attrs
-        return (f"sample {a.sample_us / 1000:g} ms, aggregation {a.aggr_us / 1000:g} ms, "
-                f"update {a.update_us / 1000:g} ms, regions {a.min_nr_regions}..{a.max_nr_regions}, "
-                f"accessed if nr_accesses >= {self.min_nr_accesses}, {self.estimator} of the window")
-
-    def as_dict(self) -> dict:
-        a = self.attrs
-        return {"sample_us": a.sample_us, "aggr_us": a.aggr_us, "update_us": a.update_us,
-                "min_nr_regions": a.min_nr_regions, "max_nr_regions": a.max_nr_regions,
-                "min_nr_accesses": self.min_nr_accesses, "estimator": self.estimator, "exact": self.exact}
-
-
-@dataclass(frozen=True, slots=True)
-class RegionAccess:
-    """One DAMON region as last reported in a window."""
-    pid: int
-    start: int
-    end: int
-    nr_accesses: int       # samples that found it accessed in one aggregation
-    age: int               # aggregations its access level has held
-    max_nr_accesses: int   # aggr_us // sample_us
-
-    @property
-    def size_bytes(self) -> int:
-        return self.end - self.start
-
-
-@dataclass(slots=True)
-class DamonSample(WssSample):
-    """A WssSample plus what only DAMON knows."""
-    regions: list[RegionAccess] = field(default_factory=list)  # the window's last aggregation
-    # The accessed ranges behind accessed_bytes (the estimator's choice):
-    # (n, 2) uint64 [start, end)
-    accessed_ranges: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.uint64))
-    # The same per aggregation (DAMON's own one-snapshot view), in time order
-    aggregation_ranges: list[np.ndarray] = field(default_factory=list)
-    region_accessed_bytes: int = 0     # accessed regions inside mappings (no pagemap)
-    aggregations: int = 0              # aggregations that fell in the window
-    lost_events: int = 0               # trace events the kernel dropped (whole session)
-    kdamond_cpu_s: float = 0.0         # CPU time of our kdamond thread in the window
-    exact_accessed_bytes: int = -1     # young-filter bytes (exact mode), -1 if not measured
-    settings: DamonSettings | None = None
-
-
-# -- the session: one kdamond of our own ---------------------------------------
-
-def _refusal(infos: list[ds.KdamondInfo], vaddr_note: str) -> str:
-    running = [k for k in infos if k.state == "on"]
-    if running:
-        desc = ", ".join(f"kdamond {k.index} (PID {k.pid}{', ' + k.operations if k.operations else ''})"
-                         for k in running)
-        verb = "is" if len(running) == 1 else "are"
-        return (f"DAMON is busy: {desc} {verb} running and idlemap did not start "
-                f"{'it' if len(running) == 1 else 'them'}, so it will not touch DAMON "
-                f"(nr_kdamonds cannot change while a kdamond runs){vaddr_note}")
-    n = len(infos)
-    return (f"DAMON already has {n} kdamond{'s' if n != 1 else ''} set up (not running) by someone "
-            f"else, and idlemap never modifies kdamonds it did not start (if nobody needs "
-            f"{'it' if n == 1 else 'them'}: echo 0 > {ds.KDAMONDS}/nr_kdamonds){vaddr_note}")
-
-
-def _another_idlemap_holds_damon() -> bool:
-    """True if another idlemap process holds the DAMON lock (the abstract
-    socket every idlemap binds before its first DAMON write).  Touches
-    nothing of DAMON's: a bind that succeeds is released at once."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.bind(LOCK_NAME)
-        return False
-    except OSError:
-        return True
-    finally:
-        probe.close()
-
-
-def unavailable(features=None, root: str = ds.KDAMONDS, holding_lock: bool = False) -> IdlemapError | None:
-    """Why the damon backend cannot run here, as the error to raise; None if it can.
-
-    Reads only (sysfs, /proc/config.gz): safe on a machine whose kdamond
-    belongs to the system.  A kdamond we did not start comes first: that
-    is the one thing we must never touch, whatever else is missing.
-    """
-    if not ds.available(root):
-        return FeatureMissing("DAMON sysfs interface", "CONFIG_DAMON_SYSFS", ALTERNATIVE)
-    if os.geteuid() != 0:
-        return AccessDenied("DAMON's sysfs files", "the damon backend needs root")
-    if features is not None:
-        vaddr = features.damon_vaddr
-    else:
-        from ..kernel.features import kernel_config
-        cfg, _ = kernel_config()
-        vaddr = cfg.get("CONFIG_DAMON_VADDR", "n") in ("y", "m") if cfg else None
-    infos = ds.describe(root)
-    if infos or ds.nr_kdamonds(root) != 0:
-        if not holding_lock and _another_idlemap_holds_damon():
-            # Not "someone else's": the kdamond is another idlemap's, which
-            # stops it (and resets nr_kdamonds) when it is done.
-            return DamonBusy("DAMON is busy: another idlemap process is using it right now (idlemap "
-                             "runs one kdamond at a time); try again when that one is done")
-        note = ("; this kernel also lacks DAMON vaddr (CONFIG_DAMON_VADDR is not set)"
-                if vaddr is False else "")
-        return DamonBusy(_refusal(infos, note))
-    if vaddr is False:
-        return FeatureMissing("DAMON virtual address monitoring", "CONFIG_DAMON_VADDR", ALTERNATIVE)
-    return None
+from ...analysis.regions import batch_starts, bytes_within, covered_pages, merge_intervals
+from ...analysis.spans import spans_for
+from ...analysis.usage import idle_map_usage
+from ...errors import FeatureMissing, IdlemapError, TargetExited, UsageError
+from ...kernel import damon_sysfs as ds
+from ...kernel import damon_trace as dt
+from ...kernel import pagemap as pm
+from ...kernel import smaps
+from ...kernel.maps import PAGE_SHIFT, read_maps
+from ...kernel.process import ProcessId, check_same
+from ...records import IdleMap, MappingUsage
+from .settings import (ALTERNATIVE, ESTIMATORS, LOCK_NAME, DamonBusy, DamonFeatureMissing, DamonSample,
+                       DamonSettings, RegionAccess, unavailable)
 
 
 class DamonSession:
@@ -654,63 +462,3 @@ def _thread_cpu_s(stat_path: str) -> float:
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt()
-
-
-# -- the backend -----------------------------------------------------------------------
-
-class DamonBackend(Backend):
-    name = "damon"
-    caps = Capabilities(
-        granularity="region", per_page=False, needs_root=True, sees_guest_accesses=True,
-        summary="DAMON vaddr region access frequencies (own kdamond; cost bounded by the region count)",
-        damon_settings=True)
-
-    def __init__(self, proc: ProcessId, settings: DamonSettings | None = None,
-                 writer: ds.ControlWriter | None = None, root: str = ds.KDAMONDS):
-        super().__init__(proc)
-        self.settings = settings or DamonSettings()
-        self.session = DamonSession([proc], self.settings, writer, root)
-        self._t0: float | None = None
-        self._cpu0 = 0.0
-        self._kcpu0 = 0.0
-
-    def start(self) -> None:
-        self.session.start()
-
-    def mark(self) -> None:
-        self.session.start()
-        self._t0 = self.session.mark()
-        self._cpu0 = time.process_time()
-        self._kcpu0 = self.session.kdamond_cpu_s()
-        if self.settings.exact:
-            self.session._exact_base = self.session.exact_bytes()
-
-    def sample(self, remark: bool = True) -> DamonSample:
-        if self._t0 is None:
-            self.mark()
-        t_req = time.monotonic()
-        s = self.session.sample(0, self._t0, self._cpu0, self._kcpu0)
-        if remark:
-            # The next window starts where this one was asked to end; older
-            # events can no longer fall in a window (cumulative windows, with
-            # remark=False, keep theirs).
-            self._t0 = t_req
-            self.session.forget_before(t_req - 4 * self.settings.attrs.aggr_us / 1e6)
-            self._cpu0 = time.process_time()
-            self._kcpu0 = self.session.kdamond_cpu_s()
-        return s
-
-    def close(self) -> None:
-        self.session.stop()
-
-
-def damon_settings(sample_ms: float = 5, aggr_ms: float = 100, update_ms: float = 1000,
-                   min_regions: int = DEFAULT_ATTRS.min_nr_regions,
-                   max_regions: int = DEFAULT_ATTRS.max_nr_regions, **kw) -> DamonSettings:
-    """Settings from milliseconds (the units people tune DAMON in)."""
-    return DamonSettings(attrs=ds.MonitoringAttrs(int(sample_ms * 1000), int(aggr_ms * 1000),
-                                                  int(update_ms * 1000), min_regions, max_regions), **kw)
-
-
-__all__ = ["DamonBackend", "DamonBusy", "DamonFeatureMissing", "DamonSample", "DamonSession",
-           "DamonSettings", "RegionAccess", "damon_settings"]
