@@ -7,7 +7,8 @@ syscalls -- process_madvise(MADV_COLD|MADV_PAGEOUT) for reclaim,
 move_pages for tiering.  Commands call ``round()`` on a timer; tests call
 it between workload steps, so they are exact and timing-free.
 
-The rounds come from :class:`idlemap.scan.Scanner` (page_idle backend);
+The rounds come from :class:`idlemap.scan.Scanner` (a per-page backend:
+kmod where idlemap's module is loaded, else page_idle, as auto picks them);
 :class:`PageRounds` adds the per-page history the policies need.
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ def check_target(proc: ProcessId, force: bool, what: str) -> None:
 
 
 class PageRounds:
-    """Scan rounds (idlemap.scan.Scanner, page_idle) with per-page history
+    """Scan rounds (idlemap.scan.Scanner, a per-page backend) with per-page history
     by virtual address carried from round to round."""
 
     def __init__(self, proc: ProcessId, ranges: Iterable[tuple[int, int]] | None = None,
@@ -54,7 +55,7 @@ class PageRounds:
         self.proc = proc
         # acting=True: these readings decide what is paged out or moved, so
         # they must be flushed (tlb.resolve refuses otherwise, docs/tlb.md).
-        self.scanner = Scanner(proc, backend="page_idle", need_per_page=True, tlb_flush=tlb_flush,
+        self.scanner = Scanner(proc, backend="auto", need_per_page=True, tlb_flush=tlb_flush,
                                ranges=ranges, acting=True, unsafe_no_tlb_flush=unsafe_no_tlb_flush)
         self.tlb = self.scanner.tlb
         self.state: pol.PageState | None = None
@@ -67,7 +68,7 @@ class PageRounds:
 
     def next(self) -> tuple[IdleMap, pol.PageState]:
         m = self.scanner.round().idle_map
-        assert m is not None            # page_idle is per page
+        assert m is not None            # the backend is per page (need_per_page)
         if m.npages == 0:
             # An exiting process reads as no mappings at all.
             check_same(self.proc)
@@ -319,6 +320,20 @@ class TierConfig:
     cooldown_rounds: int | None = None      # default max(hot_rounds, cold_rounds)
     tlb_flush: str = "auto"
     unsafe_no_tlb_flush: bool = False
+    # The capacity policy (memtierd's ratio policy): keep the hottest pages
+    # that fit on the fast node, the rest on the slow one.  At most one of:
+    fast_capacity_bytes: int | None = None  # the target's share of the fast node
+    fast_ratio: float | None = None         # ... as a share of its resident pages (0 < R <= 1)
+
+    @property
+    def by_capacity(self) -> bool:
+        return self.fast_capacity_bytes is not None or self.fast_ratio is not None
+
+    @property
+    def first_plan_round(self) -> int:
+        # Ranking by heat needs two readings (one access and one idle age);
+        # the streak policy needs its thresholds' rounds.
+        return 2 if self.by_capacity else max(self.hot_rounds, self.cold_rounds)
 
     @property
     def cooldown(self) -> int:
@@ -340,6 +355,7 @@ class TierRound:
     demote_vpns: np.ndarray
     plan_ranges: list[tuple[str, int, int, str]]   # (direction, first VA, bytes, mapping)
     dry_run: bool = False
+    capacity_pages: int | None = None   # capacity policy: the target's room on the fast node this round
 
 
 @dataclass
@@ -358,6 +374,7 @@ class TierSummary:
     node_used_before_bytes: dict[int, int]
     node_used_after_bytes: dict[int, int]
     stop_reason: str
+    capacity_pages: int | None = None   # capacity policy: the last round's room on the fast node
 
 
 class Tierer:
@@ -369,6 +386,12 @@ class Tierer:
             raise UsageError(why)
         if cfg.fast == cfg.slow:
             raise UsageError("--fast and --slow must be different nodes")
+        if cfg.fast_capacity_bytes is not None and cfg.fast_ratio is not None:
+            raise UsageError("give --fast-capacity or --fast-ratio, not both")
+        if cfg.fast_ratio is not None and not 0 < cfg.fast_ratio <= 1:
+            raise UsageError(f"--fast-ratio must be above 0 and at most 1, not {cfg.fast_ratio:g}")
+        if cfg.fast_capacity_bytes is not None and cfg.fast_capacity_bytes < 0:
+            raise UsageError("--fast-capacity must not be negative")
         online = numa.online_nodes()
         for n in (cfg.fast, cfg.slow):
             if n not in online:
@@ -392,6 +415,7 @@ class Tierer:
             self.close()
             raise
         self.promoted = self.demoted = 0
+        self.capacity_pages: int | None = None
         self.failed: dict[str, int] = {}
         self.cap_pages = None if cfg.cap_bytes is None else int(cfg.cap_bytes // PAGE_SIZE)
         self.gone = False
@@ -410,25 +434,31 @@ class Tierer:
         m, st = self.rounds.next()
         r = self.rounds.round
         cfg = self.cfg
-        hot, cold = pol.tier_candidates(st, m.present, cfg.hot_rounds, cfg.cold_rounds, r, cfg.cooldown)
-        cand, weight = pol.huge_heads(np.nonzero(hot | cold)[0], m.huge, st.vpns, HPAGE_PAGES)
+        if cfg.by_capacity:
+            cand, weight, node, plan = self._capacity_plan(m, st, r)
+        else:
+            hot, cold = pol.tier_candidates(st, m.present, cfg.hot_rounds, cfg.cold_rounds, r, cfg.cooldown)
+            cand, weight = pol.huge_heads(np.nonzero(hot | cold)[0], m.huge, st.vpns, HPAGE_PAGES)
+            self._still_alive()
+            node = numa.move_pages(self.proc.pid, st.vpns[cand] << PAGE_SHIFT)
+            plan = pol.tier_plan(hot[cand], cold[cand], node, st.hot_streak[cand], st.idle_streak[cand],
+                                 cfg.fast, cfg.slow, self.cap_pages, weight)
         addrs = st.vpns[cand] << PAGE_SHIFT
-        self._still_alive()
-        node = numa.move_pages(self.proc.pid, addrs)
-        plan = pol.tier_plan(hot[cand], cold[cand], node, st.hot_streak[cand], st.idle_streak[cand],
-                             cfg.fast, cfg.slow, self.cap_pages, weight)
         promoted = demoted = 0
         failed: dict[str, int] = {}
         if (plan.promote.size or plan.demote.size) and not cfg.dry_run:
-            sel = np.concatenate((plan.promote, plan.demote))
-            target = np.concatenate((np.full(plan.promote.size, cfg.fast, np.int32),
-                                     np.full(plan.demote.size, cfg.slow, np.int32)))
+            # Demotions first in the call: they make the room on the fast
+            # node that the promotions (capacity policy) are sized to.
+            nd = plan.demote.size
+            sel = np.concatenate((plan.demote, plan.promote))
+            target = np.concatenate((np.full(nd, cfg.slow, np.int32),
+                                     np.full(plan.promote.size, cfg.fast, np.int32)))
             self._still_alive()
             status = numa.move_pages(self.proc.pid, addrs[sel], target)
             ok = status == target
             w = weight[sel]
-            promoted = int(w[:plan.promote.size][ok[:plan.promote.size]].sum())
-            demoted = int(w[plan.promote.size:][ok[plan.promote.size:]].sum())
+            demoted = int(w[:nd][ok[:nd]].sum())
+            promoted = int(w[nd:][ok[nd:]].sum())
             failed = numa.failures_by_name(status)
             elsewhere = int(np.count_nonzero((status >= 0) & ~ok))
             if elsewhere:
@@ -441,8 +471,34 @@ class Tierer:
         pv, dv = st.vpns[cand[plan.promote]], st.vpns[cand[plan.demote]]
         out = TierRound(r, m.time_s, plan.hot_pages, plan.cold_pages, plan.promote_pages, plan.demote_pages,
                         promoted, demoted, failed, pv, dv, _plan_ranges(m, pv, dv, weight, plan),
-                        cfg.dry_run)
+                        cfg.dry_run, self.capacity_pages)
         return out
+
+    def _capacity_plan(self, m, st, r):
+        """The capacity policy's round: every present page (a THP by its
+        head) ranked by heat, the hottest that fit the room on the fast node
+        wanted there (analysis/actions.capacity_plan)."""
+        cfg = self.cfg
+        cand, weight = pol.huge_heads(np.nonzero(m.present)[0], m.huge, st.vpns, HPAGE_PAGES)
+        self._still_alive()
+        node = numa.move_pages(self.proc.pid, st.vpns[cand] << PAGE_SHIFT)
+        placed = (node == cfg.fast) | (node == cfg.slow)
+        if cfg.fast_ratio is not None:
+            # The share of what the target has on the two nodes now (pages
+            # elsewhere or not movable count for neither).
+            self.capacity_pages = int(cfg.fast_ratio * int(weight[placed].sum()))
+        else:
+            self.capacity_pages = int(cfg.fast_capacity_bytes // PAGE_SIZE)
+        if r < cfg.first_plan_round:
+            may = np.zeros(cand.size, bool)
+        else:
+            may = pol.rested(st, r, cfg.cooldown)[cand]
+        sub = np.nonzero(placed)[0]
+        order = sub[pol.heat_order(st.idle_streak[cand[sub]], st.hot_streak[cand[sub]], st.accesses[cand[sub]],
+                                   node[sub] == cfg.fast)]
+        plan = pol.capacity_plan(order, node, may, cfg.fast, cfg.slow, self.capacity_pages, self.cap_pages,
+                                 weight)
+        return cand, weight, node, plan
 
     def summary(self, stop_reason: str) -> TierSummary:
         after = None
@@ -455,7 +511,7 @@ class Tierer:
         mem_after = {n: numa.node_memory(n).used_bytes for n in (self.cfg.fast, self.cfg.slow)}
         return TierSummary(self.proc.pid, self.proc.comm, self.cfg.fast, self.cfg.slow, self.cfg.dry_run,
                            self.rounds.round, self.promoted, self.demoted, self.failed, self.before, after,
-                           self.mem_before, mem_after, stop_reason)
+                           self.mem_before, mem_after, stop_reason, self.capacity_pages)
 
     def _still_alive(self) -> None:
         """TargetExited if the process has exited (its pidfd reads ready):

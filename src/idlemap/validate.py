@@ -63,6 +63,27 @@ def whole(lo: int = 1, hi: int = MAX_COUNT, unit: str = "a whole number"):
     return parse
 
 
+_SIZE_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
+
+
+def size(lo: int = 0, hi: int = 1 << 50, unit: str = "a size"):
+    """Bytes: a number with an optional binary suffix (K, M, G, T; "KiB",
+    "MB" ... mean the same: powers of 1024), in ``[lo, hi]``; "512M", "4G"."""
+    import re
+    pat = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
+
+    def parse(text: str) -> int:
+        m = pat.match(text or "")
+        v = None if not m else int(float(m.group(1)) * (1 << _SIZE_SHIFT[m.group(2).lower()]))
+        if v is None or not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be {unit} in bytes with an optional K/M/G/T suffix "
+                                             f"(e.g. 512M, 4G), not {text!r}")
+        return v
+    parse.__name__ = unit
+    parse.idlemap_numeric = True
+    return parse
+
+
 # The ones most options share.
 interval = seconds()                                    # a window or period, > 0
 rounds = whole(1, MAX_COUNT, "a number of rounds")

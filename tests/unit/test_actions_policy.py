@@ -309,3 +309,60 @@ def test_carry_keeps_failure_counts():
     prev = state([4, 5])
     prev.fails[:] = [3, 0]
     assert pol.carry(prev, np.array([3, 4])).fails.tolist() == [0, 3]
+
+
+# -- tiering by capacity (the ratio policy) -------------------------------------
+
+def test_heat_order_idle_age_then_streak_then_count_then_placement():
+    idle = np.array([0, 0, 3, 0, 1, 3], np.uint16)
+    hot = np.array([1, 4, 0, 4, 0, 0], np.uint16)
+    acc = np.array([9, 4, 1, 5, 2, 1], np.uint16)
+    on_fast = np.array([F, F, F, F, F, T])
+    # 3 and 1 have the longest run (3 more rounds in all); 0 ran once;
+    # 4 was idle 1 round; 2 and 5 tie on everything: 5 is on fast already.
+    assert pol.heat_order(idle, hot, acc, on_fast).tolist() == [3, 1, 0, 4, 5, 2]
+
+
+def test_capacity_plan_keeps_the_hottest_that_fit():
+    # Entries hottest first 0..5; fast 0, slow 1.  Capacity 3 pages.
+    order = np.arange(6)
+    node = np.array([1, 0, 1, 0, 0, 1], np.int32)
+    may = np.ones(6, bool)
+    p = pol.capacity_plan(order, node, may, 0, 1, capacity_pages=3, cap_pages=None)
+    assert p.promote.tolist() == [0, 2] and p.demote.tolist() == [3, 4]
+    assert (p.hot_pages, p.cold_pages) == (3, 3)
+    # 3 of ours on fast (1, 3, 4), no room: half the cap demotes (coldest
+    # first) to make the room the other half promotes into (hottest first).
+    p = pol.capacity_plan(order, node, may, 0, 1, capacity_pages=3, cap_pages=2)
+    assert p.demote.tolist() == [4] and p.promote.tolist() == [0]
+    p = pol.capacity_plan(order, node, may, 0, 1, capacity_pages=3, cap_pages=1)
+    assert p.demote.tolist() == [4] and p.promote.tolist() == []
+
+
+def test_capacity_plan_never_exceeds_the_capacity_and_respects_rest():
+    order = np.arange(4)
+    node = np.array([1, 1, 0, 0], np.int32)
+    may = np.array([T, T, F, T])          # entry 2 rests: it stays on fast and takes room
+    p = pol.capacity_plan(order, node, may, 0, 1, capacity_pages=2, cap_pages=None)
+    assert p.demote.tolist() == [3] and p.promote.tolist() == [0]
+    on_fast_after = 2 - p.demote_pages + p.promote_pages
+    assert on_fast_after <= 2
+
+
+def test_capacity_plan_weights_thp_heads_and_skips_other_nodes():
+    order = np.array([0, 2, 1])           # entry 3 is on node 5: not in the order
+    node = np.array([1, 0, 0, 5], np.int32)
+    w = np.array([512, 1, 1, 1])
+    p = pol.capacity_plan(order, node, np.ones(4, bool), 0, 1, capacity_pages=513, cap_pages=None, weight=w)
+    # The THP and entry 2 fit (513); entry 1 does not and is on fast: its
+    # demotion makes the room the THP needs.
+    assert p.promote.tolist() == [0] and p.demote.tolist() == [1] and p.promote_pages == 512
+    assert p.hot_pages == 513 and p.cold_pages == 1
+
+
+def test_accesses_count_rounds_accessed_and_carry():
+    st = pol.PageState.empty(np.array([1, 2], np.int64))
+    for idle in ([F, T], [F, F], [T, F]):
+        pol.update_streaks(st, np.ones(2, bool), np.array(idle))
+    assert st.accesses.tolist() == [2, 2]
+    assert pol.carry(st, np.array([2, 3], np.int64)).accesses.tolist() == [2, 0]

@@ -35,12 +35,13 @@ class PageState:
     hot_streak: np.ndarray            # uint16: consecutive rounds accessed
     acted_round: np.ndarray           # int32: round last advised/moved, NEVER if not
     fails: np.ndarray                 # uint8: failed tries in a row (moves the kernel refused)
+    accesses: np.ndarray              # uint16: rounds accessed since first seen (the ratio policy's heat)
 
     @classmethod
     def empty(cls, vpns: np.ndarray) -> "PageState":
         n = vpns.size
         return cls(vpns.astype(np.int64, copy=False), np.zeros(n, np.uint16), np.zeros(n, np.uint16),
-                   np.full(n, NEVER, np.int32), np.zeros(n, np.uint8))
+                   np.full(n, NEVER, np.int32), np.zeros(n, np.uint8), np.zeros(n, np.uint16))
 
 
 def carry(prev: PageState | None, vpns: np.ndarray) -> PageState:
@@ -62,6 +63,7 @@ def carry(prev: PageState | None, vpns: np.ndarray) -> PageState:
     out.hot_streak[hit] = prev.hot_streak[src]
     out.acted_round[hit] = prev.acted_round[src]
     out.fails[hit] = prev.fails[src]
+    out.accesses[hit] = prev.accesses[src]
     return out
 
 
@@ -74,6 +76,7 @@ def update_streaks(state: PageState, present: np.ndarray, idle: np.ndarray) -> P
                                  0).astype(np.uint16)
     state.hot_streak = np.where(accessed, np.minimum(state.hot_streak.astype(np.uint32) + 1, STREAK_MAX),
                                 0).astype(np.uint16)
+    state.accesses = np.minimum(state.accesses.astype(np.uint32) + accessed, STREAK_MAX).astype(np.uint16)
     return state
 
 
@@ -225,17 +228,22 @@ class TierPlan:
 MAX_FAIL_SHIFT = 6
 
 
+def rested(state: PageState, round_no: int, cooldown: int) -> np.ndarray:
+    """Pages that may move this round.  A page rests ``cooldown`` rounds
+    after a try, doubled for each failed try in a row (up to 64x): a page
+    the kernel keeps refusing (shared: -EACCES) must not take the cap every
+    time its rest is over."""
+    rest = np.int64(cooldown) << np.minimum(state.fails, MAX_FAIL_SHIFT).astype(np.int64)
+    return (state.acted_round == NEVER) | (round_no - state.acted_round.astype(np.int64) >= rest)
+
+
 def tier_candidates(state: PageState, present: np.ndarray, hot_rounds: int, cold_rounds: int,
                     round_no: int, cooldown: int) -> tuple[np.ndarray, np.ndarray]:
-    """(hot, cold) masks of pages that may move this round.  A page rests
-    ``cooldown`` rounds after a try, doubled for each failed try in a row
-    (up to 64x): a page the kernel keeps refusing (shared: -EACCES) must not
-    take the cap every time its rest is over."""
-    rest = np.int64(cooldown) << np.minimum(state.fails, MAX_FAIL_SHIFT).astype(np.int64)
-    rested = (state.acted_round == NEVER) | (round_no - state.acted_round.astype(np.int64) >= rest)
+    """(hot, cold) masks of pages that may move this round (:func:`rested`)."""
+    ok = rested(state, round_no, cooldown)
     hot = present & (state.hot_streak >= hot_rounds)
     cold = present & (state.idle_streak >= cold_rounds)
-    return hot & rested, cold & rested
+    return hot & ok, cold & ok
 
 
 def tier_plan(hot: np.ndarray, cold: np.ndarray, node: np.ndarray, hot_streak: np.ndarray,
@@ -272,6 +280,70 @@ def _pick_weighted(mask, priority, weight, limit) -> np.ndarray:
         small = np.nonzero(~keep & (w == 1))[0][:room]
         keep[small] = True
     return np.sort(order[keep])
+
+
+# -- tiering by capacity (memtierd's ratio policy) ------------------------------
+
+def heat_order(idle_streak: np.ndarray, hot_streak: np.ndarray, accesses: np.ndarray,
+               on_fast: np.ndarray) -> np.ndarray:
+    """Indices, hottest first: the smallest idle age (rounds since the last
+    access), then the longest run of accessed rounds, then the most rounds
+    accessed; among pages equal on all three, those already on the fast
+    node first -- so the capacity boundary never swaps two pages with the
+    same history."""
+    return np.lexsort((~np.asarray(on_fast, bool), -accesses.astype(np.int64), -hot_streak.astype(np.int64),
+                       idle_streak.astype(np.int64)))
+
+
+def _take(idx: np.ndarray, weight: np.ndarray, budget: int) -> np.ndarray:
+    """The longest prefix of ``idx`` (in its order) whose weights fit ``budget``."""
+    if budget <= 0 or idx.size == 0:
+        return idx[:0]
+    return idx[np.cumsum(weight[idx]) <= budget]
+
+
+def capacity_plan(order: np.ndarray, node: np.ndarray, may_move: np.ndarray, fast: int, slow: int,
+                  capacity_pages: int, cap_pages: int | None, weight: np.ndarray | None = None) -> TierPlan:
+    """Keep the hottest pages that fit ``capacity_pages`` on ``fast``, the
+    rest on ``slow`` (memtierd's ratio policy with a size instead of a ratio).
+
+    ``order`` ranks the entries hottest first (:func:`heat_order`) and holds
+    only entries on ``fast`` or ``slow``; the wanted fast set is the
+    longest prefix that fits.  Moves, at most ``cap_pages`` in all, never
+    take the target's pages on ``fast`` above ``capacity_pages``:
+    promotions into the room there is now (hottest first), then demotions
+    (coldest first) -- half the budget left while promotions wait -- then
+    promotions into the room they made, then more demotions.  Only entries
+    with ``may_move`` move (resting pages stay, and count where they are).
+    ``hot_pages``/``cold_pages`` of the plan: the wanted fast and slow sets."""
+    n = node.size
+    w = np.ones(n, np.int64) if weight is None else weight.astype(np.int64)
+    order = np.asarray(order, np.int64)
+    want = np.zeros(n, bool)
+    want[order[np.cumsum(w[order]) <= capacity_pages]] = True
+    in_order = np.zeros(n, bool)
+    in_order[order] = True
+    on_fast = (node == fast) & in_order
+    left = np.iinfo(np.int64).max if cap_pages is None else int(cap_pages)
+    room = capacity_pages - int(w[on_fast].sum())
+    prom_all = order[(want & (node == slow) & may_move)[order]]              # hottest first
+    dem_all = order[::-1][(~want & on_fast & may_move)[order[::-1]]]         # coldest first
+    p1 = _take(prom_all, w, min(room, left))
+    left -= int(w[p1].sum())
+    room -= int(w[p1].sum())
+    pending = prom_all[p1.size:]
+    # With promotions waiting for room, half the budget (rounded up) makes
+    # room and the other half fills it, so a tight cap still promotes.
+    d1 = _take(dem_all, w, left if pending.size == 0 else left - left // 2)
+    left -= int(w[d1].sum())
+    room += int(w[d1].sum())
+    p2 = _take(pending, w, min(room, left))
+    left -= int(w[p2].sum())
+    d = np.concatenate((d1, _take(dem_all[d1.size:], w, left)))
+    prom = np.sort(np.concatenate((p1, p2)))
+    dem = np.sort(d)
+    return TierPlan(prom, dem, int(w[prom].sum()), int(w[dem].sum()), int(w[want].sum()),
+                    int(w[in_order & ~want].sum()))
 
 
 def record_tries(state: PageState, idx: np.ndarray, ok: np.ndarray, round_no: int) -> PageState:

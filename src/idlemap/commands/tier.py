@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .. import validate
 from ..actions import TierConfig, Tierer, check_target, run_rounds
-from ..bitmap import require_page_idle
+from ..backends import choose_for
 from ..errors import TargetExited, UsageError
 from ..kernel.process import identify
 from ..render import actions as ra
@@ -17,11 +17,17 @@ EXAMPLES = """\
   idlemap tier 1234 --fast 0 --slow 1 --hot-rounds 2 --cold-rounds 5 \\
                     --max-mb-per-period 64 --period 5   # continuously, until Ctrl-C
   idlemap tier 1234 --fast 0 --slow 1 --json
+  idlemap tier 1234 --fast 0 --slow 1 --fast-capacity 2G   # the hottest 2 GiB on node 0, the rest on 1
+  idlemap tier 1234 --fast 0 --slow 1 --fast-ratio 0.25    # the hottest quarter of its memory on node 0
 Hot = accessed in each of the last H rounds; cold = idle in each of the last
 C rounds.  Pages in between stay where they are (the anti-thrash gap), and a
-page that moved rests max(H, C) rounds before it may move again.  Pages
-that cannot move are reported by move_pages status (-EBUSY, -ENOMEM,
--EACCES, ...).  See docs/actions.md.
+page that moved rests max(H, C) rounds before it may move again.
+With --fast-capacity or --fast-ratio (memtierd's ratio policy) every page is
+ranked by heat instead -- idle age, then rounds accessed in a row, then
+rounds accessed -- and the hottest that fit stay on (or move to) the fast
+node, the rest go to the slow one; the target never holds more than the
+capacity there because of a move.  Pages that cannot move are reported by
+move_pages status (-EBUSY, -ENOMEM, -EACCES, ...).  See docs/actions.md.
 """
 
 
@@ -34,6 +40,13 @@ def add_arguments(p) -> None:
                    help="hot: accessed in each of the last H rounds (default 2)")
     p.add_argument("--cold-rounds", type=validate.rounds, default=3, metavar="C",
                    help="cold: idle in each of the last C rounds (default 3)")
+    cap = p.add_mutually_exclusive_group()
+    cap.add_argument("--fast-capacity", type=validate.size(0, 1 << 50, "a capacity"), metavar="SIZE",
+                     help="capacity policy: keep the hottest SIZE bytes (e.g. 2G) of the target on --fast, "
+                          "the rest on --slow (--hot-rounds/--cold-rounds then do not apply)")
+    cap.add_argument("--fast-ratio", type=validate.number(0, 1, "a share of the target's memory"), metavar="R",
+                     help="capacity policy: keep the hottest share R (0 < R <= 1) of the target's pages on "
+                          "the two nodes on --fast, the rest on --slow")
     p.add_argument("--max-mb-per-period", type=validate.number(0, 1 << 40, "MiB"), metavar="M",
                    help="move at most M MiB per round (default: no cap)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, move nothing")
@@ -66,7 +79,8 @@ def config(args) -> TierConfig:
         cap_bytes=None if args.max_mb_per_period is None else int(args.max_mb_per_period * (1 << 20)),
         period_s=args.period or 1.0, dry_run=args.dry_run,
         ranges=[parse_range(r) for r in args.range] or None, tlb_flush=args.tlb_flush,
-        unsafe_no_tlb_flush=args.unsafe_no_tlb_flush)
+        unsafe_no_tlb_flush=args.unsafe_no_tlb_flush, fast_capacity_bytes=args.fast_capacity,
+        fast_ratio=args.fast_ratio)
 
 
 def run(args) -> int:
@@ -76,8 +90,8 @@ def run(args) -> int:
     cfg = config(args)
     proc = identify(pid)
     check_target(proc, args.force, "move")
-    require_page_idle()
-    ready = max(cfg.hot_rounds, cfg.cold_rounds)     # first round that can plan anything
+    choose_for("auto", pid, need_per_page=True)     # per page, or one sentence why not, before anything
+    ready = cfg.first_plan_round                     # first round that can plan anything
 
     def settled(r) -> bool:
         # One pass ends when placement settles: a round that could plan
@@ -91,10 +105,17 @@ def run(args) -> int:
         table = ra.tier_table(dry_run=cfg.dry_run)
         if not args.json:
             cap = "" if cfg.cap_bytes is None else f", at most {args.max_mb_per_period:g} MiB per round"
+            if cfg.fast_ratio is not None:
+                policy = (f"the hottest {cfg.fast_ratio:g} of its pages -> node {cfg.fast}, the rest -> node "
+                          f"{cfg.slow}")
+            elif cfg.fast_capacity_bytes is not None:
+                policy = (f"the hottest {cfg.fast_capacity_bytes / (1 << 20):g} MiB -> node {cfg.fast}, the rest "
+                          f"-> node {cfg.slow}")
+            else:
+                policy = (f"hot (accessed {cfg.hot_rounds} rounds running) -> node {cfg.fast}, cold (idle "
+                          f"{cfg.cold_rounds} rounds running) -> node {cfg.slow}")
             print(f"{'Dry run, nothing will move (the readings still mark pages idle): ' if cfg.dry_run else ''}"
-                  f"PID {pid} ({proc.comm}): "
-                  f"hot (accessed {cfg.hot_rounds} rounds running) -> node {cfg.fast}, cold (idle "
-                  f"{cfg.cold_rounds} rounds running) -> node {cfg.slow}, rounds of {cfg.period_s:g} s{cap}.")
+                  f"PID {pid} ({proc.comm}): {policy}, rounds of {cfg.period_s:g} s{cap}.")
             table.header()
 
         def emit(r) -> None:

@@ -129,6 +129,8 @@ def tier_round_json(r, with_ranges: bool) -> dict:
          "promote_bytes": r.promote_pages * PAGE_SIZE, "demote_bytes": r.demote_pages * PAGE_SIZE,
          "promoted_bytes": r.promoted_pages * PAGE_SIZE, "demoted_bytes": r.demoted_pages * PAGE_SIZE,
          "failed_pages": r.failed}
+    if r.capacity_pages is not None:
+        d["fast_capacity_bytes"] = r.capacity_pages * PAGE_SIZE
     if with_ranges:
         d["plan"] = [{"direction": d_, "start": f"{a:#x}", "bytes": n, "mapping": lab}
                      for d_, a, n, lab in r.plan_ranges]
@@ -147,7 +149,8 @@ def tier_summary_json(s) -> dict:
             "target_bytes_by_node_after": _nodes_json(s.pages_by_node_after),
             "node_used_bytes_before": {str(k): v for k, v in s.node_used_before_bytes.items()},
             "node_used_bytes_after": {str(k): v for k, v in s.node_used_after_bytes.items()},
-            "stop_reason": s.stop_reason}
+            "stop_reason": s.stop_reason,
+            **({} if s.capacity_pages is None else {"fast_capacity_bytes": s.capacity_pages * PAGE_SIZE})}
 
 
 def tier_summary_lines(s) -> list[str]:
@@ -158,6 +161,8 @@ def tier_summary_lines(s) -> list[str]:
         lines.append(f"promoted {pmb(s.promoted_pages)} MiB to node {s.fast}, "
                      f"demoted {pmb(s.demoted_pages)} MiB to node {s.slow}, "
                      f"{sum(s.failed.values())} pages failed")
+    if s.capacity_pages is not None:
+        lines.append(f"capacity on node {s.fast}: {pmb(s.capacity_pages)} MiB (the hottest pages that fit)")
     for name, n in sorted(s.failed.items(), key=lambda x: -x[1]):
         lines.append(f"  {n:>8} pages {name}: {STATUS_MEANING.get(name, '')}".rstrip(": "))
     nodes = sorted(set(s.pages_by_node_before) | set(s.pages_by_node_after or {}) | {s.fast, s.slow})
