@@ -5,13 +5,17 @@
  * (its struct pid) and reads/marks that process's pages by virtual address
  * with the process's own page tables: no rmap walk, no frame numbers.
  *
- * Written against Linux 6.1 (x86-64).  What 6.1 does not export to
+ * Written against Linux 6.1 and 6.12 (x86-64).  What they do not export to
  * modules, and what is used instead (docs/kmod.md has the argument):
  *  - walk_page_range: a plain pgd/p4d/pud/pmd/pte walk, under the locks
  *    mm/pagewalk.c's users take (mmap_lock read, pmd_lock for a huge PMD,
  *    the PTE table lock for PTEs);
  *  - __pmd_trans_huge_lock, pmd_clear_bad: their checks done here, without
  *    ever clearing a "bad" entry;
+ *  - __pte_offset_map_lock (6.5+): the same RCU-map, lock, recheck steps
+ *    (map_lock_ptes);
+ *  - huge_pte_offset, hugetlb_vma_lock_read: the same walk, under the
+ *    file's i_mmap_rwsem instead (hugetlb_entry);
  *  - ptep/pmdp_test_and_clear_young (out of line on x86):
  *    test_and_clear_bit(_PAGE_BIT_ACCESSED), which is what they do;
  *  - flush_tlb_mm_range: an IPI running __flush_tlb_all (GPL export) on
@@ -72,6 +76,13 @@ struct walk {
 	const unsigned long *sel;	/* pwrite: clear only pages whose bit is set */
 	bool clear;			/* test-and-clear accessed bits */
 	u64 nr_present, nr_idle;
+	/*
+	 * The last huge entry counted (THP or hugetlb), so that one a chunk
+	 * boundary cuts is tested once per walk: its VA range, whether it
+	 * read young, whether it was marked.
+	 */
+	unsigned long huge_lo, huge_hi;
+	bool huge_young, huge_marked;
 };
 
 static inline unsigned long bit_index(const struct walk *w, unsigned long addr)
@@ -85,17 +96,33 @@ static void set_bits(struct walk *w, int k, unsigned long i, unsigned long n)
 		bitmap_set(w->bm[k], i, n);
 }
 
-/* A 2 MiB THP mapped by one PMD: one accessed bit, counted whole. */
-static void walk_huge_pmd(struct walk *w, pmd_t *pmd, pmd_t val,
-			  unsigned long addr, unsigned long end)
+/*
+ * One huge entry -- a THP's PMD, a hugetlb PMD (2 MiB) or PUD (1 GiB) --
+ * mapping [hlo, hhi), seen over [addr, end) of it: one accessed bit, so
+ * counted whole (every page's bit the same) and marked whole (marking any
+ * of its pages marks it).  entry: the locked entry; young: its snapshot.
+ */
+static void count_huge(struct walk *w, unsigned long *entry, bool young,
+		       unsigned long hlo, unsigned long hhi,
+		       unsigned long addr, unsigned long end)
 {
 	unsigned long i = bit_index(w, addr), n = (end - addr) >> PAGE_SHIFT;
-	bool young = pmd_young(val);
+	bool mark = w->clear && (!w->sel || find_next_bit(w->sel, i + n, i) < i + n);
 
-	if (w->clear && young &&
-	    (!w->sel || find_next_bit(w->sel, i + n, i) < i + n))
-		/* pmdp_test_and_clear_young() on x86, which is not exported */
-		young = test_and_clear_bit(_PAGE_BIT_ACCESSED, (unsigned long *)pmd);
+	if (hlo < addr && hlo == w->huge_lo && hhi == w->huge_hi) {
+		/* cut by a chunk boundary: read as the chunk before read it */
+		young = w->huge_young;
+		if (mark && !w->huge_marked)
+			test_and_clear_bit(_PAGE_BIT_ACCESSED, entry);
+		mark |= w->huge_marked;
+	} else if (mark && young) {
+		/* ptep/pmdp_test_and_clear_young() on x86, which are not exported */
+		young = test_and_clear_bit(_PAGE_BIT_ACCESSED, entry);
+	}
+	w->huge_lo = hlo;
+	w->huge_hi = hhi;
+	w->huge_young = young;
+	w->huge_marked = mark;
 	w->nr_present += n;
 	set_bits(w, BM_PRESENT, i, n);
 	set_bits(w, BM_HUGE, i, n);
@@ -105,14 +132,58 @@ static void walk_huge_pmd(struct walk *w, pmd_t *pmd, pmd_t val,
 	}
 }
 
-static void walk_ptes(struct walk *w, struct mm_struct *mm, pmd_t *pmd,
+/*
+ * Map and lock the PTE table under *pmd; NULL if *pmd is no longer a PTE
+ * table (the caller decides again).  From 6.5 a PTE table can be detached
+ * and freed under mmap_lock held for read (khugepaged's retract_page_tables
+ * and collapse_pte_mapped_thp; the table is freed after an RCU grace
+ * period, pte_free_defer), and pte_offset_map_lock() is out of line
+ * (__pte_offset_map_lock) and not exported.  So, as it does: read the PMD
+ * under rcu_read_lock, take that table's lock, and check the PMD still
+ * points at it; the table then stays until the lock is dropped.  On 6.1 the
+ * table cannot go away under mmap_lock and the same steps are merely
+ * redundant: one path for every kernel.  Unmapped by unmap_ptes().
+ */
+static pte_t *map_lock_ptes(struct mm_struct *mm, pmd_t *pmd, unsigned long addr,
+			    spinlock_t **ptlp)
+{
+	spinlock_t *ptl;
+	pmd_t val;
+
+	rcu_read_lock();
+	val = READ_ONCE(*pmd);
+	if (pmd_none(val) || !pmd_present(val) || pmd_trans_huge(val) ||
+	    pmd_devmap(val) || pmd_bad(val))
+		goto changed;
+	ptl = pte_lockptr(mm, &val);
+	spin_lock(ptl);
+	if (pmd_same(val, READ_ONCE(*pmd))) {
+		*ptlp = ptl;
+		return (pte_t *)pmd_page_vaddr(val) + pte_index(addr);
+	}
+	spin_unlock(ptl);
+changed:
+	rcu_read_unlock();
+	return NULL;
+}
+
+static void unmap_ptes(spinlock_t *ptl)
+{
+	spin_unlock(ptl);
+	rcu_read_unlock();
+}
+
+/* false: *pmd stopped being a PTE table before it was locked (decide again) */
+static bool walk_ptes(struct walk *w, struct mm_struct *mm, pmd_t *pmd,
 		      unsigned long addr, unsigned long end)
 {
 	spinlock_t *ptl;
-	pte_t *start, *pte;
+	pte_t *pte;
 
 	/* The PTE table lock, as mm/pagewalk.c users (clear_refs, pagemap) take it. */
-	start = pte = pte_offset_map_lock(mm, pmd, addr, &ptl);
+	pte = map_lock_ptes(mm, pmd, addr, &ptl);
+	if (!pte)
+		return false;
 	for (; addr != end; pte++, addr += PAGE_SIZE) {
 		pte_t ptent = ptep_get(pte);
 		unsigned long i = bit_index(w, addr);
@@ -139,7 +210,8 @@ static void walk_ptes(struct walk *w, struct mm_struct *mm, pmd_t *pmd,
 				__set_bit(i, w->bm[BM_IDLE]);
 		}
 	}
-	pte_unmap_unlock(start, ptl);
+	unmap_ptes(ptl);
+	return true;
 }
 
 static void walk_pmds(struct walk *w, struct mm_struct *mm, pud_t *pud,
@@ -154,11 +226,11 @@ static void walk_pmds(struct walk *w, struct mm_struct *mm, pud_t *pud,
 		next = pmd_addr_end(addr, end);
 again:
 		/*
-		 * Under mmap_lock (read) a PTE table is never freed or replaced
-		 * by a huge PMD on 6.1 (collapse and retract take it for write),
-		 * but an empty PMD can become a huge one (a THP fault) and a
-		 * huge one can be split or zapped: decide on one snapshot, and
-		 * re-check a huge PMD under its lock as __pmd_trans_huge_lock does.
+		 * Under mmap_lock (read) an empty PMD can become a huge one (a
+		 * THP fault), a huge one can be split or zapped, and from 6.5 a
+		 * PTE table can be retracted (map_lock_ptes): decide on one
+		 * snapshot, and re-check under the entry's lock -- a huge PMD as
+		 * __pmd_trans_huge_lock does, a table as pte_offset_map_lock does.
 		 */
 		val = READ_ONCE(*pmd);
 		if (pmd_none(val))
@@ -168,7 +240,10 @@ again:
 
 			val = *pmd;
 			if (pmd_trans_huge(val)) {
-				walk_huge_pmd(w, pmd, val, addr, next);
+				unsigned long hlo = addr & PMD_MASK;
+
+				count_huge(w, (unsigned long *)pmd, pmd_young(val),
+					   hlo, hlo + PMD_SIZE, addr, next);
 				spin_unlock(ptl);
 				continue;
 			}
@@ -184,7 +259,8 @@ again:
 		}
 		if (pmd_bad(val))	/* never "fixed" here (pmd_clear_bad is not ours to call) */
 			continue;
-		walk_ptes(w, mm, pmd, addr, next);
+		if (!walk_ptes(w, mm, pmd, addr, next))
+			goto again;	/* retracted or collapsed meanwhile (6.5+) */
 	} while (pmd++, addr = next, addr != end);
 }
 
@@ -228,6 +304,68 @@ static void walk_pgds(struct walk *w, struct mm_struct *mm,
 	} while (pgd++, addr = next, addr != end);
 }
 
+/*
+ * The entry of the hugetlb page at addr (sz: PMD_SIZE or PUD_SIZE), or NULL
+ * if there is no table for it: what huge_pte_offset() does, which is not
+ * exported.  Its rule for the caller (include/linux/hugetlb.h, 6.1 and
+ * 6.12): private mappings share no page tables, so mmap_lock keeps them; a
+ * shared mapping's PMD table may be shared between processes and unshared
+ * (huge_pmd_unshare) only under the file's i_mmap_rwsem held for write, so
+ * walk_vmas() holds it for read.  The entry may still change (fault,
+ * migration, unmap): read it under huge_pte_lock().
+ */
+static pte_t *hugetlb_entry(struct mm_struct *mm, unsigned long addr, unsigned long sz)
+{
+	pgd_t *pgd = pgd_offset(mm, addr);
+	p4d_t *p4d;
+	pud_t *pud;
+
+	if (!pgd_present(READ_ONCE(*pgd)))
+		return NULL;
+	p4d = p4d_offset(pgd, addr);
+	if (!p4d_present(READ_ONCE(*p4d)))
+		return NULL;
+	pud = pud_offset(p4d, addr);
+	if (sz == PUD_SIZE)
+		return (pte_t *)pud;
+	if (!pud_present(READ_ONCE(*pud)))
+		return NULL;
+	return (pte_t *)pmd_offset(pud, addr);
+}
+
+/*
+ * A hugetlb VMA: one entry per huge page, a PMD or PUD with the PTE's bit
+ * layout, counted whole like a THP.  Not present but not empty (migration,
+ * hwpoison, a userfaultfd marker): "swapped", as pagemap reports it.
+ */
+static void walk_hugetlb(struct walk *w, struct vm_area_struct *vma,
+			 unsigned long addr, unsigned long end)
+{
+	struct mm_struct *mm = vma->vm_mm;
+	struct hstate *h = hstate_vma(vma);
+	unsigned long sz = huge_page_size(h), next;
+
+	if (sz != PMD_SIZE && sz != PUD_SIZE)	/* x86-64 has no other */
+		return;
+	for (; addr < end; addr = next) {
+		unsigned long hlo = addr & huge_page_mask(h);
+		pte_t *ptep = hugetlb_entry(mm, hlo, sz);
+		spinlock_t *ptl;
+		pte_t e;
+
+		next = min(end, hlo + sz);
+		if (!ptep)
+			continue;
+		ptl = huge_pte_lock(h, mm, ptep);
+		e = ptep_get(ptep);
+		if (pte_present(e))
+			count_huge(w, (unsigned long *)ptep, pte_young(e), hlo, hlo + sz, addr, next);
+		else if (!pte_none(e))
+			set_bits(w, BM_SWAPPED, bit_index(w, addr), (next - addr) >> PAGE_SHIFT);
+		spin_unlock(ptl);
+	}
+}
+
 /* [start, end) under mmap_lock (read): only inside VMAs, never across one. */
 static void walk_vmas(struct walk *w, struct mm_struct *mm,
 		      unsigned long start, unsigned long end)
@@ -239,9 +377,21 @@ static void walk_vmas(struct walk *w, struct mm_struct *mm,
 		unsigned long lo = max(start, vma->vm_start);
 		unsigned long hi = min(end, vma->vm_end);
 
-		/* No struct pages / device memory; hugetlb has its own locking (not walked yet). */
-		if (vma->vm_flags & (VM_PFNMAP | VM_IO) || is_vm_hugetlb_page(vma))
+		/* No struct pages / device memory */
+		if (vma->vm_flags & (VM_PFNMAP | VM_IO))
 			continue;
+		if (is_vm_hugetlb_page(vma)) {
+			struct address_space *mapping;
+
+			if (!vma->vm_file)
+				continue;
+			/* mmap_lock, then i_mmap_rwsem, then the entry's lock: mm/rmap.c's order */
+			mapping = vma->vm_file->f_mapping;
+			i_mmap_lock_read(mapping);
+			walk_hugetlb(w, vma, lo, hi);
+			i_mmap_unlock_read(mapping);
+			continue;
+		}
 		walk_pgds(w, mm, lo, hi);
 	}
 }

@@ -118,8 +118,8 @@ def build(kdir: str | None = None, log=None) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     for name in SOURCES:
         shutil.copy2(src / name, work / name)
-    r = subprocess.run(["make", "-C", kdir, f"M={work}", "modules"], stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True)
+    r = subprocess.run(["make", "-C", kdir, f"M={work}", "modules", *_no_btf(kdir)],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if log is not None:
         log(r.stdout)
     if r.returncode != 0 or not ko.exists():
@@ -127,6 +127,22 @@ def build(kdir: str | None = None, log=None) -> Path:
                    r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "make failed")
         raise IdlemapError(f"building the module against {kdir} failed: {err}")
     return ko
+
+
+def _no_btf(kdir: str) -> list[str]:
+    """Make arguments that skip the module's BTF when pahole is missing.
+
+    A tree with CONFIG_DEBUG_INFO_BTF_MODULES and a vmlinux (Debian's 6.12
+    headers ship one; 6.1's do not) runs pahole (package dwarves) after
+    linking, and fails without it.  BTF only serves BPF tools that read the
+    module's types; the module works the same without it."""
+    if shutil.which("pahole") or not os.path.exists(os.path.join(kdir, "vmlinux")):
+        return []
+    try:
+        config = Path(kdir, ".config").read_text()
+    except OSError:
+        return []
+    return ["CONFIG_DEBUG_INFO_BTF_MODULES="] if "CONFIG_DEBUG_INFO_BTF_MODULES=y" in config else []
 
 
 def vermagic(ko: Path) -> str:

@@ -1,9 +1,11 @@
-"""Debian 12's stock kernel (linux-image-6.1.0-N-amd64): no page_idle, no
-DAMON, so idlemap's module is the only way to per-page tracking there.
-Run by ``scripts/test.sh kmod-stock`` in one VM booted with that kernel
-(``python -m idlemap.testvm --kernel stock-6.1``, idlemap/testvm/stock.py); the
-module is built beforehand on the host against the matching
-linux-headers-6.1.0-N-amd64 and found in the cache the guest sees.
+"""Debian 12's stock kernels: linux-image-6.1.0-N-amd64 (no page_idle, no
+DAMON) and linux-image-6.12.N+deb12-amd64 (DAMON, no page_idle), so
+idlemap's module is the only way to per-page tracking there.  Run by
+``scripts/test.sh kmod-stock`` in one VM per kernel (``python -m
+idlemap.testvm --kernel stock-6.1`` / ``stock-6.12``, idlemap/testvm/stock.py,
+with IDLEMAP_STOCK_DIR naming the kernel's cache directory); the module is
+built beforehand on the host against the matching linux-headers package and
+found in the cache the guest sees.
 
 Exactness is asserted two ways: ``idlemap wss --backend kmod`` on a C loop
 that never pauses (every hot page written many times per window, the cold
@@ -14,8 +16,10 @@ fails the test that caused it, and the whole boot's log is checked at the end.
 """
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +29,7 @@ from idlemap.kernel import kmod, page_idle
 from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE
 from idlemap.kmodbitmap import KmodBitmap
 from idlemap.testing.workload import Workload
+from idlemap.testvm import stock
 
 from fleet_helpers import hot_loop
 
@@ -66,12 +71,23 @@ def splats(lines):
     return [ln for ln in lines if any(s in ln for s in SPLATS)]
 
 
+def stock_dir() -> Path:
+    """The running kernel's cache directory (stock-kernel.sh), seen over 9p."""
+    d = Path(os.environ["IDLEMAP_STOCK_DIR"])
+    assert (d / "release").read_text().strip() == os.uname().release, d
+    return d
+
+
 def stock_config() -> str:
-    """The running kernel's config: the headers' .config (the host's /usr/src,
-    seen over 9p), which the header package ships for this very build."""
-    path = f"/usr/src/linux-headers-{os.uname().release}/.config"
-    with open(path) as f:
-        return f.read()
+    """The running kernel's config, as its image package ships it."""
+    return (stock_dir() / "config").read_text()
+
+
+def series() -> str:
+    """6.1 or 6.12, from the release (6.1.0-N-amd64, 6.12.N+deb12-amd64)."""
+    m = re.fullmatch(r"(6\.1)\.0-\d+-amd64|(6\.12)\.\d+\+deb12-amd64", os.uname().release)
+    assert m, os.uname().release
+    return m.group(1) or m.group(2)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +98,7 @@ def loaded():
     rel = os.uname().release
     ko = kmodbuild.built_path(rel)
     if not ko.exists():
-        ko = kmodbuild.build(kmodbuild.default_kdir(rel))
+        ko = kmodbuild.build(stock.build_tree(stock_dir()))
     assert kmodbuild.vermagic(ko) == rel
     if kmod.loaded():
         kmod.unload()
@@ -105,21 +121,83 @@ def no_splat():
     assert not bad, "kernel splat:\n" + "\n".join(bad[:40])
 
 
+def config_value(cfg: str, name: str) -> str:
+    """y, m, a value, or "" for `# CONFIG_X is not set` and absent."""
+    m = re.search(rf"^CONFIG_{name}=(.*)$", cfg, re.MULTILINE)
+    return m.group(1) if m else ""
+
+
+# What each stock kernel's config says, asserted and printed (docs/kmod.md).
+FACTS = ("IDLE_PAGE_TRACKING", "DAMON", "DAMON_VADDR", "DAMON_PADDR", "DAMON_SYSFS", "PSI",
+         "PSI_DEFAULT_DISABLED", "MEMCG", "MEM_SOFT_DIRTY", "NUMA", "TRANSPARENT_HUGEPAGE",
+         "HUGETLBFS", "HUGETLB_PAGE", "MODULES", "MODULE_SIG", "MODULE_SIG_FORCE")
+EXPECTED = {
+    "6.1": {"IDLE_PAGE_TRACKING": "", "DAMON": "", "DAMON_VADDR": "", "DAMON_PADDR": "",
+            "DAMON_SYSFS": ""},
+    "6.12": {"IDLE_PAGE_TRACKING": "", "DAMON": "y", "DAMON_VADDR": "y", "DAMON_PADDR": "y",
+             "DAMON_SYSFS": "y"},
+}
+COMMON = {"PSI": "y", "PSI_DEFAULT_DISABLED": "", "MEMCG": "y", "MEM_SOFT_DIRTY": "y", "NUMA": "y",
+          "TRANSPARENT_HUGEPAGE": "y", "HUGETLBFS": "y", "HUGETLB_PAGE": "y", "MODULES": "y",
+          "MODULE_SIG": "y", "MODULE_SIG_FORCE": ""}
+
+
 def test_this_is_the_stock_kernel_without_page_idle():
-    rel = os.uname().release
-    assert rel.startswith("6.1.0-") and rel.endswith("-amd64"), rel
+    rel, ser = os.uname().release, series()
     cfg = stock_config()
-    assert "# CONFIG_IDLE_PAGE_TRACKING is not set" in cfg
-    assert "# CONFIG_DAMON is not set" in cfg
-    assert "CONFIG_MODULES=y" in cfg and "# CONFIG_MODULE_SIG_FORCE is not set" in cfg
+    got = {k: config_value(cfg, k) for k in FACTS}
+    want = {**COMMON, **EXPECTED[ser]}
+    assert {k: got[k] for k in want} == want, got
     assert not os.path.exists(page_idle.PATH) and not page_idle.available()
+    # what the config promises is there at run time
+    assert os.path.isdir("/sys/kernel/mm/damon/admin") == (ser == "6.12")
+    with open("/proc/pressure/memory") as f:       # PSI on (not default-disabled)
+        assert f.read().startswith("some ")
+    assert os.path.isdir("/sys/kernel/mm/hugepages/hugepages-2048kB")
     # guest-init does not mount securityfs; the lockdown LSM reports there
     if not os.path.exists("/sys/kernel/security/lockdown"):
         subprocess.run(["mount", "-t", "securityfs", "securityfs", "/sys/kernel/security"], check=True)
     with open("/sys/kernel/security/lockdown") as f:
         assert "[none]" in f.read()
-    print(f"\n{rel}: CONFIG_IDLE_PAGE_TRACKING is not set (no {page_idle.PATH}), "
-          "CONFIG_DAMON is not set; modules unsigned allowed, lockdown none")
+    print(f"\n{rel}: " + ", ".join(f"{k}={v or 'n'}" for k, v in got.items())
+          + f"; no {page_idle.PATH}; lockdown none")
+
+
+def test_damos_quota_goals_on_6_12():
+    """6.12's DAMON has DAMOS quota goals, with the metrics user_input and
+    some_mem_psi_us (memory PSI): set one up through sysfs (not started),
+    read it back, remove it.  On 6.1 there is no DAMON at all."""
+    if series() != "6.12":
+        assert not os.path.exists("/sys/kernel/mm/damon")
+        return
+    admin = Path("/sys/kernel/mm/damon/admin/kdamonds")
+
+    def put(rel, value):
+        (admin / rel).write_text(f"{value}\n")
+
+    put("nr_kdamonds", 1)
+    try:
+        put("0/contexts/nr_contexts", 1)
+        put("0/contexts/0/schemes/nr_schemes", 1)
+        q = "0/contexts/0/schemes/0/quotas"
+        put(f"{q}/goals/nr_goals", 1)
+        put(f"{q}/goals/0/target_metric", "some_mem_psi_us")
+        put(f"{q}/goals/0/target_value", 1000)
+        assert (admin / q / "goals/0/target_metric").read_text().strip() == "some_mem_psi_us"
+        assert (admin / q / "goals/0/target_value").read_text().strip() == "1000"
+        actions = []
+        for a in ("pageout", "lru_prio", "lru_deprio", "migrate_hot", "migrate_cold", "stat"):
+            try:
+                put("0/contexts/0/schemes/0/action", a)
+                actions.append(a)
+            except OSError:
+                pass
+        with pytest.raises(OSError):
+            put(f"{q}/goals/0/target_metric", "node_mem_used_bp")     # later kernels
+    finally:
+        put("nr_kdamonds", 0)
+    print(f"\nDAMOS quota goal some_mem_psi_us accepted; actions accepted: {' '.join(actions)}")
+    assert actions == ["pageout", "lru_prio", "lru_deprio", "migrate_hot", "migrate_cold", "stat"]
 
 
 def test_module_loads_unsigned_and_out_of_tree(loaded):

@@ -5,6 +5,7 @@ Examples:
   python -m idlemap.testvm --numa 2 --mem 3072 -- python -m pytest tests -m vm
   python -m idlemap.testvm --rw /tmp/out --env OUT=/tmp/out -- python bench.py
   python -m idlemap.testvm --kernel stock-6.1 -- cat /proc/version    # Debian's kernel
+  python -m idlemap.testvm --kernel stock-6.12 -- cat /proc/version   # Debian's newer one
   python -m idlemap.testvm --kernel debug -- dmesg      # KASAN, lockdep (4096 MiB)
 """
 from __future__ import annotations
@@ -34,12 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, metavar="S",
                         help="stop the VM after S seconds (default 1800)")
     parser.add_argument("--cwd", metavar="DIR", help="working directory (default: the current one)")
-    parser.add_argument("--kernel", choices=("test", "debug", "stock-6.1"), default="test",
+    parser.add_argument("--kernel", choices=("test", "debug", "stock-6.1", "stock-6.12"), default="test",
                         help="test: idlemap's own 6.1 (page_idle, DAMON...; the default); "
                         "debug: the same with KASAN, PROVE_LOCKING, DEBUG_VM, DEBUG_ATOMIC_SLEEP, "
                         "DEBUG_LIST (release 6.1.N-debug; build-kernel.sh --debug, ~45 min once); "
-                        "stock-6.1: Debian 12's linux-image-6.1.0-N-amd64, no page_idle, "
-                        "fetched once (vm/stock-kernel.sh)")
+                        "stock-6.1: Debian 12's linux-image-6.1.0-N-amd64, no page_idle; "
+                        "stock-6.12: its linux-image-6.12.N+deb12-amd64 (DAMON, no page_idle); "
+                        "both fetched once (testvm/stock-kernel.sh)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -58,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.kernel == "debug":
             kernel = kernel_image(debug=True, progress=lambda line: print(line, file=sys.stderr, flush=True))
         elif args.kernel != "test":
-            from .stock import stock_kernel
-            kernel, initrd = stock_kernel(progress=lambda line: print(line, file=sys.stderr, flush=True))
+            from .stock import SERIES, stock_kernel
+            kernel, initrd = stock_kernel(SERIES[args.kernel],
+                                          progress=lambda line: print(line, file=sys.stderr, flush=True))
         mem = args.mem or (4096 if args.kernel == "debug" else 2048)
         return run(command, mem_mib=mem, cpus=args.cpus, numa_nodes=args.numa, env=env,
                    timeout_s=args.timeout, cwd=args.cwd, rw_dirs=args.rw, kernel=kernel, initrd=initrd)

@@ -1,38 +1,68 @@
 #!/bin/bash
-# Fetch Debian 12's stock kernel for the test VM: the newest
-# linux-image-6.1.0-N-amd64 whose linux-headers-6.1.0-N-amd64 is also in the
-# package source.  The stock kernel has no CONFIG_IDLE_PAGE_TRACKING: it is
-# where idlemap's kernel module (kmod/) must stand in for page_idle.
+# Fetch one of Debian 12's stock kernels for the test VM (no
+# CONFIG_IDLE_PAGE_TRACKING in either: where idlemap's kernel module, kmod/,
+# must stand in for page_idle):
+#   6.1   the newest linux-image-6.1.0-N-amd64 whose linux-headers-6.1.0-N-amd64
+#         is also in the package source (bookworm's own kernel);
+#   6.12  the newest linux-image-6.12.N+deb12-amd64 (or its -unsigned twin,
+#         the same kernel without the Secure Boot signature, which appears
+#         first) with linux-headers-6.12.N+deb12-amd64 (bookworm-backports/
+#         security's newer kernel).
 #
-#   headers: apt-get install linux-headers-REL (lands in /usr/src, as on any
-#            Debian machine; `idlemap kmod build --kdir` builds against it,
-#            and the guest, whose root is the host's "/", sees it too);
+#   headers: 6.1: apt-get install linux-headers-REL (lands in /usr/src, as on
+#            any Debian machine; `idlemap kmod build --kdir` builds against it,
+#            and the guest, whose root is the host's "/", sees it too).
+#            6.12: its headers package depends on the image package itself,
+#            so installing it would install the kernel on the host: the three
+#            packages (headers, -common, linux-kbuild) are downloaded and
+#            unpacked into the cache instead; DIR/build is the tree.
 #   image:   apt-get download + dpkg-deb -x into the cache, NOT installed:
 #            installing it would pull initramfs-tools, udev and a systemd
 #            upgrade into the host and write /boot, none of which the VM needs.
 # Cached under $IDLEMAP_CACHE (default /var/cache/idlemap)/stock/REL/:
 #   vmlinuz, config, release, modules/NAME.ko (only those the VM's
-#   initramfs loads, decompressed) and modules.order (their load order)
-#   stock-kernel.sh            fetch if needed, print the cache directory
-#   stock-kernel.sh --path     print it if it is complete, else fail (no install)
-# IDLEMAP_STOCK_RELEASE=6.1.0-N-amd64 pins a release.
+#   initramfs loads, decompressed), modules.order (their load order), and
+#   for 6.12 headers/ and build (the kernel tree to build modules against)
+#   stock-kernel.sh [--series 6.1|6.12]          fetch if needed, print the cache directory
+#   stock-kernel.sh [--series 6.1|6.12] --path   print it if it is complete, else fail
+# IDLEMAP_STOCK_RELEASE=REL pins a release (6.1.0-N-amd64, 6.12.N+deb12-amd64).
 set -euo pipefail
 CACHE=${IDLEMAP_CACHE:-/var/cache/idlemap}/stock
 export DEBIAN_FRONTEND=noninteractive
-# What the VM's initramfs loads (stock-initramfs, in idlemap.testvm.stock),
-# dependencies included: virtio PCI, 9p (the root), overlayfs (the writable
-# /tmp, /root...), the virtio console (the command's output), virtio-rng.
-WANT="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci netfs fscache
-9pnet 9pnet_virtio 9p overlay virtio_console virtio-rng"
+series=6.1
+path_only=
+while [ $# -gt 0 ]; do
+    case $1 in
+    --series) series=${2:-}; shift 2 ;;
+    --path) path_only=1; shift ;;
+    *) echo "usage: $0 [--series 6.1|6.12] [--path]" >&2; exit 2 ;;
+    esac
+done
+# RE: the release names of the series (as in the package names);
+# WANT: what the VM's initramfs loads (idlemap.testvm.stock), with their
+# dependencies: virtio PCI, 9p (the root), overlayfs (the writable /tmp,
+# /root...), the virtio console (the command's output), virtio-rng.  6.12
+# builds the virtio core in and has no separate fscache (netfs took it);
+# the rest comes from each module's depends=.
+case $series in
+6.1)
+    RE='6\.1\.0-[0-9]+-amd64'
+    WANT="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci netfs fscache
+9pnet 9pnet_virtio 9p overlay virtio_console virtio-rng" ;;
+6.12)
+    RE='6\.12\.[0-9]+\+deb12-amd64'
+    WANT="virtio_pci 9pnet_virtio 9p overlay virtio_console virtio-rng" ;;
+*) echo "stock-kernel: unknown series $series (6.1 or 6.12)" >&2; exit 2 ;;
+esac
 
-complete() {    # complete DIR: a finished extract whose headers are installed
+complete() {    # complete DIR: a finished extract whose headers are there
     [ -s "$1/vmlinuz" ] && [ -s "$1/release" ] &&
-        [ -f "/usr/src/linux-headers-$(cat "$1/release")/Makefile" ]
+        { [ -f "$1/build/Makefile" ] || [ -f "/usr/src/linux-headers-$(cat "$1/release")/Makefile" ]; }
 }
 
 pick_cached() {  # the newest complete cache entry (no apt-get on a warm machine)
     local d best=
-    for d in $(ls -d "$CACHE"/6.1.0-*-amd64 2>/dev/null | sort -V); do
+    for d in $(ls -d "$CACHE"/* 2>/dev/null | grep -E "/$RE\$" | sort -V); do
         complete "$d" && best=$d
     done
     [ -n "$best" ] && echo "$best"
@@ -44,7 +74,7 @@ if [ -n "${IDLEMAP_STOCK_RELEASE:-}" ]; then
 else
     if dir=$(pick_cached); then echo "$dir"; exit 0; fi
 fi
-if [ "${1:-}" = "--path" ]; then
+if [ -n "$path_only" ]; then
     echo "stock-kernel: not fetched yet (run $0)" >&2
     exit 1
 fi
@@ -59,30 +89,37 @@ if [ -n "${IDLEMAP_STOCK_RELEASE:-}" ]; then
 else
     echo "stock-kernel: apt-get update" >&2
     apt-get update -qq >&2
-    imgs=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' | awk '{print $1}' |
-           sed 's/^linux-image-//' | sort -u)
-    hdrs=$(apt-cache search --names-only '^linux-headers-6\.1\.0-[0-9]+-amd64$' | awk '{print $1}' |
-           sed 's/^linux-headers-//' | sort -u)
+    names() {   # names PREFIX SUFFIX: the releases of the series with that package
+        apt-cache search --names-only "^$1($RE)$2\$" | awk '{print $1}' |
+            sed -E "s/^$1//; s/$2\$//" | sort -u
+    }
+    imgs=$( (names linux-image- ''; names linux-image- -unsigned) | sort -u)
+    hdrs=$(names linux-headers- '')
     rel=$(comm -12 <(echo "$imgs") <(echo "$hdrs") | sort -V | tail -n 1)
-    [ -n "$rel" ] || { echo "stock-kernel: no linux-image-6.1.0-*-amd64 with matching headers in the package source" >&2; exit 1; }
+    [ -n "$rel" ] || { echo "stock-kernel: no linux-image-$series kernel with matching headers in the package source" >&2; exit 1; }
 fi
 dir=$CACHE/$rel
 if complete "$dir"; then echo "$dir"; exit 0; fi
-echo "stock-kernel: fetching linux-image-$rel and installing linux-headers-$rel (~100 MB)" >&2
+echo "stock-kernel: fetching linux-image-$rel and the headers (~100 MB)" >&2
 
-need=()
-for p in "linux-headers-$rel" gcc make xz-utils; do
-    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+need=(gcc make xz-utils)
+[ "$series" = 6.1 ] && need+=("linux-headers-$rel")
+missing=()
+for p in "${need[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
-if [ ${#need[@]} -gt 0 ]; then
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/idlemap-stock.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 chmod 755 "$work"     # apt-get download runs as _apt
-(cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "linux-image-$rel" >&2)
-dpkg-deb -x "$work"/linux-image-"$rel"_*.deb "$work/x"
+image=linux-image-$rel
+# the signed package appears some days after the unsigned one (a referenced name until then)
+apt-cache show "$image" 2>/dev/null | grep -q "^Package:" || image=linux-image-$rel-unsigned
+(cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "$image" >&2)
+dpkg-deb -x "$work"/"$image"_*.deb "$work/x"
 mods=$work/x/lib/modules/$rel
 out=$dir.tmp
 rm -rf "$out"
@@ -140,6 +177,20 @@ with open(os.path.join(out, "modules.order"), "w") as f:
     f.write("".join(n + "\n" for n in order))
 print("stock-kernel: initramfs modules, in load order: " + " ".join(order))
 PY
+if [ "$series" = 6.12 ]; then
+    # The headers unpacked next to the image: linux-headers-REL's Makefile
+    # includes /usr/src/linux-headers-BASE-common/Makefile by absolute path,
+    # so it is pointed at the unpacked copy (as it will be after the mv).
+    base=${rel%-amd64}
+    (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "linux-headers-$rel" \
+        "linux-headers-$base-common" "linux-kbuild-$base" >&2)
+    for deb in "$work"/linux-headers-*.deb "$work"/linux-kbuild-*.deb; do
+        dpkg-deb -x "$deb" "$out/headers"
+    done
+    echo "include $dir/headers/usr/src/linux-headers-$base-common/Makefile" \
+        > "$out/headers/usr/src/linux-headers-$rel/Makefile"
+    ln -s "headers/usr/src/linux-headers-$rel" "$out/build"
+fi
 rm -rf "$dir"
 mv "$out" "$dir"
 echo "stock-kernel: $rel cached in $dir" >&2

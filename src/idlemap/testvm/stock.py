@@ -1,8 +1,10 @@
-"""Debian 12's stock kernel in the test VM (``python -m idlemap.testvm --kernel stock-6.1``).
+"""Debian 12's stock kernels in the test VM (``python -m idlemap.testvm
+--kernel stock-6.1`` or ``stock-6.12``).
 
 The stock linux-image-6.1.0-N-amd64 has no CONFIG_IDLE_PAGE_TRACKING and no
 DAMON: the kernel on which idlemap's module (kmod/) is the only way to
-per-page tracking.  Unlike the test kernel, its virtio, 9p and overlayfs
+per-page tracking.  linux-image-6.12.N+deb12-amd64 has DAMON but no
+page_idle either.  Unlike the test kernel, their 9p and overlayfs
 drivers are modules, so it cannot mount the host's "/" by itself: a small
 busybox initramfs insmods them, mounts the root as the kernel would have
 (root=, rootflags= from the same command line), and switch_roots into the
@@ -22,9 +24,9 @@ from pathlib import Path
 from ..errors import VmError
 from . import BUSYBOX, HERE
 
-__all__ = ["stock_kernel", "NAME"]
+__all__ = ["SERIES", "build_tree", "stock_dir", "stock_kernel"]
 
-NAME = "stock-6.1"              # the name --kernel takes
+SERIES = {"stock-6.1": "6.1", "stock-6.12": "6.12"}     # --kernel NAME -> stock-kernel.sh --series
 SCRIPT = HERE / "stock-kernel.sh"
 
 # PID 1 until the real root is mounted.  Errors go to the kernel log (the
@@ -66,10 +68,14 @@ exec $bb switch_root /newroot "$init" "$@"
 """
 
 
-def stock_kernel(fetch: bool = True, progress: Callable[[str], None] | None = None) -> tuple[str, str]:
-    """(vmlinuz, initramfs) of Debian's stock 6.1 kernel, fetching the
-    packages the first time (stock-kernel.sh: ~20 s and ~100 MB)."""
-    args = [] if fetch else ["--path"]
+def stock_dir(series: str = "6.1", fetch: bool = True,
+              progress: Callable[[str], None] | None = None) -> Path:
+    """The cache directory of Debian's stock kernel of ``series`` ("6.1" or
+    "6.12"), fetching the packages the first time (stock-kernel.sh: ~20 s
+    and ~100 MB)."""
+    if series not in SERIES.values():
+        raise VmError(f"no stock kernel series {series!r} (there are {', '.join(SERIES.values())})")
+    args = ["--series", series] + ([] if fetch else ["--path"])
     proc = subprocess.Popen(["bash", str(SCRIPT), *args], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None and proc.stdout is not None
@@ -81,9 +87,23 @@ def stock_kernel(fetch: bool = True, progress: Callable[[str], None] | None = No
     out = proc.stdout.read().strip()
     if proc.wait() != 0 or not out:
         last = next((ln for ln in reversed(tail) if ln.strip()), "no output")
-        raise VmError(f"the stock kernel is not available ({SCRIPT.name} said: {last.strip()})")
-    d = Path(out)
+        raise VmError(f"the stock {series} kernel is not available ({SCRIPT.name} said: {last.strip()})")
+    return Path(out)
+
+
+def stock_kernel(series: str = "6.1", fetch: bool = True,
+                 progress: Callable[[str], None] | None = None) -> tuple[str, str]:
+    """(vmlinuz, initramfs) of Debian's stock kernel of ``series``."""
+    d = stock_dir(series, fetch, progress)
     return str(d / "vmlinuz"), str(initramfs(d))
+
+
+def build_tree(d: Path) -> str:
+    """The kernel tree to build modules against for the kernel cached in d:
+    the headers unpacked there (6.12), else the installed package's (6.1)."""
+    if (d / "build" / "Makefile").exists():
+        return str(d / "build")
+    return f"/usr/src/linux-headers-{(d / 'release').read_text().strip()}"
 
 
 def initramfs(d: Path) -> Path:
