@@ -1,18 +1,19 @@
 #!/bin/bash
 # Run idlemap's tests: the host suite, then the vm suite inside one test VM
 # (a kernel with page_idle, DAMON vaddr, soft-dirty, 2 NUMA nodes...), then
-# kmod-stock: idlemap's module on Debian's stock kernel, which has no
-# page_idle, in a second, short VM (tests/system/test_kmod_stock.py; ~30 s,
-# plus ~15 s once to fetch that kernel and its headers).
-#   scripts/test.sh [all|host|vm|kmod-stock] [-- PYTEST-ARGS...]
+# kmod-stock: idlemap's module on Debian's stock kernels, which have no
+# page_idle, 6.1 and 6.12, one short VM each (tests/system/test_kmod_stock.py
+# and test_kmod_hugetlb.py; ~35 s each, plus ~15 s once per kernel to fetch
+# it and its headers); kmod-stock-6.1 / kmod-stock-6.12 run one of them.
+#   scripts/test.sh [all|host|vm|kmod-stock|kmod-stock-6.1|kmod-stock-6.12] [-- PYTEST-ARGS...]
 # Runs scripts/setup.sh first.  Ends with one line "N passed, N failed,
 # N skipped" and exits non-zero if any phase failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 phase=all
-case ${1:-} in all|host|vm|kmod-stock) phase=$1; shift ;; esac
+case ${1:-} in all|host|vm|kmod-stock|kmod-stock-6.1|kmod-stock-6.12) phase=$1; shift ;; esac
 [ "${1:-}" = "--" ] && shift
-[ "${1:-}" = "" ] || [ "${1#-}" != "$1" ] || { echo "usage: $0 [all|host|vm|kmod-stock] [-- PYTEST-ARGS...]" >&2; exit 2; }
+[ "${1:-}" = "" ] || [ "${1#-}" != "$1" ] || { echo "usage: $0 [all|host|vm|kmod-stock|kmod-stock-6.1|kmod-stock-6.12] [-- PYTEST-ARGS...]" >&2; exit 2; }
 
 bash scripts/setup.sh || exit 1
 PYTHON=${PYTHON:-python3}
@@ -49,29 +50,37 @@ if [ "$phase" = all ] || [ "$phase" = vm ]; then
     echo "vm phase: $((SECONDS - start)) s including the boot"
 fi
 
-if [ "$phase" = all ] || [ "$phase" = kmod-stock ]; then
-    echo "== kmod-stock tests (Debian's stock kernel, no page_idle; one VM: 2048 MiB, 2 CPUs)"
+case $phase in
+all|kmod-stock) stock_series="6.1 6.12" ;;
+kmod-stock-*) stock_series=${phase#kmod-stock-} ;;
+*) stock_series= ;;
+esac
+for series in $stock_series; do
+    echo "== kmod-stock $series tests (Debian's stock $series kernel, no page_idle; one VM: 2048 MiB, 2 CPUs)"
     start=$SECONDS
-    # The newest linux-image-6.1.0-N-amd64 with matching headers: fetched and
-    # installed once (~15 s), then cached; its initramfs is built here too.
-    if stock=$("$PY" -c 'import sys; from idlemap.testvm.stock import stock_kernel
-print(stock_kernel(progress=lambda line: print(line, file=sys.stderr))[0])'); then
-        rel=$(cat "$(dirname "$stock")/release")
+    # The newest linux-image-6.1.0-N-amd64 / linux-image-6.12.N+deb12-amd64
+    # with matching headers: fetched once (~15 s), then cached; its
+    # initramfs is built here too.
+    if stock=$("$PY" -c 'import sys; from idlemap.testvm.stock import stock_dir
+print(stock_dir(sys.argv[1], progress=lambda line: print(line, file=sys.stderr)))' "$series"); then
+        kdir=$("$PY" -c 'import sys; from pathlib import Path; from idlemap.testvm.stock import build_tree
+print(build_tree(Path(sys.argv[1])))' "$stock")
         # The module, built on the host against the stock headers (~2 s): the
         # guest finds it in the cache it sees read-only.
-        "$PY" -m idlemap kmod build --kdir "/usr/src/linux-headers-$rel" >/dev/null 2>&1 ||
-            echo "note: building kmod/ against linux-headers-$rel failed; the test will try in the VM"
-        "$PY" -m idlemap.testvm --kernel stock-6.1 --mem 2048 --cpus 2 --rw "$OUT" \
-            --env IDLEMAP_IN_STOCK_VM=1 --env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 -- \
-            "$PY" -m pytest tests/system/test_kmod_stock.py -m kmod_stock -q -s \
-            --junitxml="$OUT/kmod-stock.xml" "$@"
+        "$PY" -m idlemap kmod build --kdir "$kdir" >/dev/null 2>&1 ||
+            echo "note: building kmod/ against $kdir failed; the test will try in the VM"
+        "$PY" -m idlemap.testvm --kernel "stock-$series" --mem 2048 --cpus 2 --rw "$OUT" \
+            --env IDLEMAP_IN_STOCK_VM=1 --env IDLEMAP_STOCK_DIR="$stock" \
+            --env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 -- \
+            "$PY" -m pytest tests/system/test_kmod_stock.py tests/system/test_kmod_hugetlb.py \
+            -m kmod_stock -q -s --junitxml="$OUT/kmod-stock-$series.xml" "$@"
         check $?
     else
-        echo "kmod-stock: Debian's stock kernel could not be fetched (see above)"
+        echo "kmod-stock $series: Debian's stock kernel could not be fetched (see above)"
         failed=1
     fi
-    echo "kmod-stock phase: $((SECONDS - start)) s including the package check, module build and boot"
-fi
+    echo "kmod-stock $series phase: $((SECONDS - start)) s including the package check, module build and boot"
+done
 
 "$PY" - "$OUT" <<'EOF'
 import sys
