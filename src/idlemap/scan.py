@@ -41,7 +41,7 @@ class Scanner:
         the rounds decide reclaim or tiering, so they must be flushed
         (tlb.resolve refuses otherwise)."""
         self.proc = proc
-        self.choice = backends.choose(backend, need_per_page=need_per_page)
+        self.choice = backends.choose_for(backend, proc.pid, need_per_page=need_per_page)
         cls = self.choice.cls
         self.tlb = tlb.resolve_for(proc, tlb_flush, cls, acting=acting, unsafe=unsafe_no_tlb_flush)
         self.ranges = merge_ranges(ranges)
@@ -57,7 +57,7 @@ class Scanner:
         else:
             if self.ranges is not None:
                 from .errors import UsageError
-                raise UsageError("--range needs a per-page backend (page_idle or kmod); "
+                raise UsageError(f"--range needs a per-page backend ({' or '.join(backends.per_page_names())}); "
                                  f"{cls.name} measures whole {cls.caps.granularity}s")
             self.backend = cls(proc, **kw)
         self.index = 0

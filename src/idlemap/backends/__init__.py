@@ -1,88 +1,205 @@
-"""Backends behind one interface, and the choice between them."""
+"""Backends behind one interface, and the choice between them.
+
+The choice is data: each backend's Capabilities say what it needs (names in
+requirements.FEATURES, the one feature table), whether it gives a per-page
+map, whether it sees a KVM guest's accesses, and its place in ``--backend
+auto``'s order.  :func:`choose` reads only those fields.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import FeatureMissing, UsageError
+from ..errors import UsageError
 from ..kernel.features import Features, probe
+from ..kernel.tasks import list_tasks
+from ..requirements import FEATURES, Feature, combined_refusal, environment, refusal
 from .base import Backend, Capabilities
 from .clear_refs import ClearRefsBackend
 from .damon import DamonBackend
-from .damon import unavailable as damon_unavailable
 from .kmod import KmodBackend
 from .page_idle import PageIdleBackend
+from .system import ClearRefsSystemScanner, PageIdleSystemScanner, Selection, SystemScanner
+from .system_kmod import KmodSystemScanner
 
 BACKENDS: dict[str, type[Backend]] = {
-    "page_idle": PageIdleBackend,
-    "clear_refs": ClearRefsBackend,
-    "damon": DamonBackend,
-    "kmod": KmodBackend,
-}
+    cls.name: cls for cls in (KmodBackend, PageIdleBackend, ClearRefsBackend, DamonBackend)}
 
 PER_PAGE_HINT = ("`--backend clear_refs` gives exact totals per mapping, and `idlemap demo` "
                  "shows per-page tracking in the test VM")
+GUEST_BLIND = "cannot see a KVM guest's accesses (EPT accessed bits)"
 
 
 @dataclass(frozen=True)
 class Choice:
     cls: type[Backend]
     reason: str
+    auto: bool = False          # picked by --backend auto (the reason says why this one)
 
 
-def why_not(name: str, f: Features) -> str | None:
-    """None if backend ``name`` can run here, else the one-sentence reason."""
-    if name == "page_idle":
-        if not f.page_idle:
-            return "this kernel has no page_idle bitmap (CONFIG_IDLE_PAGE_TRACKING is not set)"
-        if not f.is_root or not f.page_idle_writable:
-            return "page_idle needs root (the bitmap and pagemap frame numbers are root-only)"
-        if not f.pagemap_frames:
-            return "pagemap hides frame numbers here (needs CAP_SYS_ADMIN)"
-        return None
-    if name == "clear_refs":
-        if not f.clear_refs:
-            return "this kernel has no /proc/PID/clear_refs (CONFIG_PROC_PAGE_MONITOR is not set)"
-        return None
-    if name == "kmod":
-        from ..kernel import kmod
-        if not kmod.available():
-            return kmod.NOT_LOADED
-        if not f.is_root:
-            return "the idlemap module's device (/dev/idlemap) needs root (CAP_SYS_ADMIN)"
-        return None
-    if name == "damon":
-        err = damon_unavailable(f)      # reads only; a kdamond not ours comes first
-        return str(err) if err else None
-    return f"unknown backend {name!r}"
+def _missing(cls: type[Backend], f: Features) -> Feature | Exception | None:
+    """The first thing ``cls`` lacks here: its own probe's error, or the
+    first feature of the table it needs that is not met; None if it runs."""
+    caps = cls.caps
+    if caps.probe is not None:
+        err = caps.probe(f)
+        if err is not None:
+            return err
+    env = environment(f)
+    for name in caps.needs():
+        if not FEATURES[name].met(env):
+            return FEATURES[name]
+    return None
 
 
-def choose(name: str = "auto", need_per_page: bool = False, features: Features | None = None) -> Choice:
+def _sentence(m: Feature | Exception) -> str:
+    return m.sentence() if isinstance(m, Feature) else str(m)
+
+
+def why_not(name: str | type[Backend], f: Features) -> str | None:
+    """None if the backend can run here, else the one-sentence reason."""
+    cls = BACKENDS.get(name) if isinstance(name, str) else name
+    if cls is None:
+        return f"unknown backend {name!r}"
+    m = _missing(cls, f)
+    return None if m is None else _sentence(m)
+
+
+def _refuse(cls: type[Backend], m: Feature | Exception, alternative: str = "") -> Exception:
+    if isinstance(m, Exception):
+        return m
+    return refusal(m, f"the {cls.name} backend", alternative)
+
+
+def per_page_names() -> list[str]:
+    return [n for n, c in BACKENDS.items() if c.caps.per_page]
+
+
+def auto_order() -> list[type[Backend]]:
+    return sorted((c for c in BACKENDS.values() if c.caps.auto_rank is not None), key=lambda c: c.caps.auto_rank)
+
+
+def choose(name: str = "auto", need_per_page: bool = False, features: Features | None = None,
+           guest: bool = False) -> Choice:
+    """The backend for ``name`` (auto: the first in rank order that runs
+    here), with the reason in one sentence.
+
+    ``need_per_page``: the command needs an IdleMap.  ``guest``: the
+    target's memory is also accessed by a KVM guest (its VMM), so a backend
+    that cannot see those accesses is passed over while one that can runs.
+    """
     f = features or probe()
     if name != "auto":
-        if name not in BACKENDS:
+        cls = BACKENDS.get(name)
+        if cls is None:
             raise UsageError(f"unknown backend {name!r} (choose from auto, {', '.join(BACKENDS)})")
-        reason = why_not(name, f)
-        if reason:
-            if name == "page_idle" and not f.page_idle:
-                raise FeatureMissing("page_idle bitmap", "CONFIG_IDLE_PAGE_TRACKING", PER_PAGE_HINT)
-            if name == "damon":
-                raise damon_unavailable(f) or UsageError(f"cannot use backend {name}: {reason}")
-            raise UsageError(f"cannot use backend {name}: {reason}")
-        if need_per_page and not BACKENDS[name].caps.per_page:
-            raise UsageError(f"backend {name} has no per-page map; this command needs page_idle")
-        return Choice(BACKENDS[name], "chosen with --backend")
-    no_pi = why_not("page_idle", f)
-    if no_pi is None:
-        return Choice(PageIdleBackend, "page_idle is available: exact per-page tracking")
+        if need_per_page and not cls.caps.per_page:
+            raise UsageError(f"backend {name} has no per-page map; this command needs one of "
+                             f"{', '.join(per_page_names())}")
+        m = _missing(cls, f)
+        if m is not None:
+            raise _refuse(cls, m, PER_PAGE_HINT if cls.caps.per_page else "")
+        return Choice(cls, "chosen with --backend")
+    passed: list[tuple[type[Backend], str]] = []         # why each better one was not taken
+    refused: list[tuple[str, Feature]] = []
+    blind: list[type[Backend]] = []
+    for cls in auto_order():
+        if need_per_page and not cls.caps.per_page:
+            continue
+        m = _missing(cls, f)
+        if m is not None:
+            passed.append((cls, f"{cls.name}: {_sentence(m)}"))
+            if isinstance(m, Feature):
+                refused.append((cls.name, m))
+            continue
+        if guest and not cls.caps.sees_guest_accesses:
+            blind.append(cls)
+            passed.append((cls, f"{cls.name} {GUEST_BLIND}"))
+            continue
+        return Choice(cls, _auto_reason(cls, passed), auto=True)
+    if blind:
+        # Nothing that sees the guest runs here: the best of the others,
+        # saying what it misses.
+        cls = blind[0]
+        return Choice(cls, f"{cls.name}, though it {GUEST_BLIND}: "
+                           + "; ".join(r for c, r in passed if c is not cls and c not in blind), auto=True)
+    what = "this command needs per-page tracking" if need_per_page else "no backend can run here"
     if need_per_page:
-        if not f.page_idle:
-            raise FeatureMissing("page_idle bitmap", "CONFIG_IDLE_PAGE_TRACKING",
-                                 "this command needs per-page tracking; " + PER_PAGE_HINT)
-        raise UsageError(f"this command needs per-page tracking, but {no_pi}")
-    no_cr = why_not("clear_refs", f)
-    if no_cr is None:
-        return Choice(ClearRefsBackend, f"clear_refs, because {no_pi}")
-    raise UsageError(f"no backend can run here: {no_pi}; {no_cr}")
+        raise combined_refusal(refused, what, PER_PAGE_HINT)
+    raise combined_refusal(refused, what)
 
 
-__all__ = ["Backend", "Capabilities", "BACKENDS", "Choice", "choose", "why_not"]
+def _auto_reason(cls: type[Backend], passed: list[tuple[type[Backend], str]]) -> str:
+    if not passed:
+        return cls.caps.auto_why or f"{cls.name}: {cls.caps.summary}"
+    return f"{cls.name}, because " + "; ".join(r for _, r in passed)
+
+
+def options_for(cls, given: dict[str, tuple[str, object]]) -> dict:
+    """The constructor keywords of ``cls`` from ``given`` (keyword -> (the
+    option's flag, its value or None when not given)): one the backend does
+    not take is a usage error naming the backends that do."""
+    kw = {}
+    for key, (flag, value) in given.items():
+        if key in cls.caps.options:
+            kw[key] = value
+        elif value is not None:
+            among = SYSTEM_BACKENDS if cls in SYSTEM_BACKENDS.values() else BACKENDS
+            takers = [n for n, c in among.items() if key in c.caps.options]
+            raise UsageError(f"{flag} goes with the {' or '.join(takers)} backend, not {cls.name}")
+    return kw
+
+
+def is_kvm_guest(pid: int) -> bool:
+    """Is ``pid`` a VMM running a KVM guest (whose accesses go through
+    EPT/NPT accessed bits)?  Reads only; False if it cannot tell."""
+    from ..errors import IdlemapError
+    from ..kernel.process import cmdline
+    from ..vm import describe, executable, vmm_kind
+    from ..vm.vmm import detect_accel
+    try:
+        if vmm_kind(cmdline(pid), executable(pid)) is None:
+            return False
+        return detect_accel(describe(pid)) == "kvm"
+    except (IdlemapError, OSError):      # gone or unreadable: its own reads will say so
+        return False
+
+
+def choose_for(name: str, pid: int, need_per_page: bool = False, features: Features | None = None) -> Choice:
+    """:func:`choose` for one target process (auto passes over backends
+    blind to a KVM guest's accesses when the target is its VMM)."""
+    return choose(name, need_per_page, features, guest=name == "auto" and is_kvm_guest(pid))
+
+
+# -- the system pass (top, exporter): one scanner per backend ---------------------
+SYSTEM_BACKENDS: dict[str, type[SystemScanner]] = {
+    cls.name: cls for cls in (KmodSystemScanner, PageIdleSystemScanner, ClearRefsSystemScanner)}
+
+
+@dataclass(frozen=True)
+class SystemChoice:
+    cls: type[SystemScanner]
+    reason: str
+
+
+def kvm_guest_among(selection: Selection) -> bool:
+    """Is a KVM guest's VMM among the processes ``selection`` covers?"""
+    from ..vm import list_vmms
+    vmms = {v.pid for v in list_vmms()}
+    if not vmms:
+        return False
+    return any(is_kvm_guest(t.pid) for t in selection.apply(list_tasks()) if t.pid in vmms)
+
+
+def choose_system(name: str = "auto", features: Features | None = None,
+                  selection: Selection | None = None, guests: bool = False) -> SystemChoice:
+    """The system scanner for ``name`` (auto: as :func:`choose`, among
+    the backends that have one), with the reason in one sentence.  Auto
+    passes over a backend blind to KVM guests' accesses if ``guests`` (rows
+    per VM were asked for) or a KVM guest's VMM is in ``selection``."""
+    f = features or probe()
+    guest = name == "auto" and (guests or (selection is not None and kvm_guest_among(selection)))
+    c = choose(name, features=f, guest=guest)
+    return SystemChoice(SYSTEM_BACKENDS[c.cls.name], c.reason)
+
+__all__ = ["Backend", "Capabilities", "BACKENDS", "SYSTEM_BACKENDS", "Choice", "SystemChoice", "choose",
+           "choose_for", "choose_system", "is_kvm_guest", "options_for", "per_page_names", "why_not"]

@@ -24,7 +24,8 @@ class ClearRefsBackend(Backend):
     name = "clear_refs"
     caps = Capabilities(
         granularity="mapping", per_page=False, needs_root=False, sees_guest_accesses=False,
-        summary="exact referenced bytes per mapping (clear_refs + smaps), no per-page map", tlb_flush=True)
+        summary="exact referenced bytes per mapping (clear_refs + smaps), no per-page map",
+        options=frozenset({"tlb_flush"}), requires=("clear_refs + smaps",), auto_rank=2)
 
     def __init__(self, proc, tlb_flush: str = "none"):
         super().__init__(proc)

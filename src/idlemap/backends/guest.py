@@ -2,8 +2,6 @@
 (guest-physical addresses).  Where the guest RAM is comes from the vm package."""
 from __future__ import annotations
 
-import inspect
-
 from ..errors import UsageError, proc_errors
 from ..kernel import smaps
 from ..kernel.process import ProcessId, identify
@@ -29,10 +27,10 @@ class GuestBackend(Backend):
         self.layout = layout
         self.name = inner_cls.name
         self.caps = inner_cls.caps
-        params = inspect.signature(inner_cls.__init__).parameters
-        if "ranges" in params:
+        opts = inner_cls.caps.options
+        if "ranges" in opts:
             kw["ranges"] = layout.hva_ranges()
-        self._own_pss = "with_pss" in params
+        self._own_pss = "with_pss" in opts
         if self._own_pss:
             kw["with_pss"] = False     # the VMM's whole-process PSS is not the guest's
         self.inner = inner_cls(proc, **kw)

@@ -25,7 +25,14 @@ class PageIdleBackend(Backend):
     name = "page_idle"
     caps = Capabilities(
         granularity="page", per_page=True, needs_root=True, sees_guest_accesses=True,
-        summary="exact per-page idle bitmap (pagemap + /sys/kernel/mm/page_idle/bitmap)", tlb_flush=True)
+        summary="exact per-page idle bitmap (pagemap + /sys/kernel/mm/page_idle/bitmap)",
+        options=frozenset({"ranges", "with_pss", "tlb_flush"}),
+        requires=("page_idle bitmap", "pagemap frame numbers"), auto_rank=1,
+        auto_why="page_idle is available: exact per-page tracking")
+
+    @classmethod
+    def open_bitmap(cls, proc, tlb_flush: str = "none") -> IdleBitmap:
+        return IdleBitmap(proc, tlb_flush=tlb_flush)
 
     def __init__(self, proc, ranges=None, tlb_flush: str = "none", with_pss: bool = True):
         super().__init__(proc)

@@ -10,6 +10,9 @@ once per process that maps it -- each time with an rmap walk over all of its
 mappings -- and each process's mark would wipe the accessed bits the others
 were about to read.  Here the bitmap cost grows with memory, once.
 
+``KmodSystemScanner`` (system_kmod.py) walks each process's page tables
+with idlemap's module instead, where it is loaded.
+
 ``ClearRefsSystemScanner`` is the fallback where the kernel has no page_idle
 (CONFIG_IDLE_PAGE_TRACKING off, e.g. every Debian kernel): clear_refs per
 process at the mark and ``Referenced`` from smaps_rollup at the read.  Exact
@@ -37,7 +40,6 @@ from .. import tlb
 from ..kernel import clear_refs as cr
 from ..kernel import kpageflags, lru, smaps
 from ..kernel import pagemap as pm
-from ..kernel.features import Features, probe
 from ..kernel.frames import SYSFS_IO_CAP, pwrite_runs
 from ..kernel.maps import PAGE_SHIFT, PAGE_SIZE, read_raw, tracked_bounds
 from ..kernel.page_idle import PageIdleBitmap
@@ -222,7 +224,7 @@ class PageIdleSystemScanner(SystemScanner):
     caps = Capabilities(
         granularity="page", per_page=True, needs_root=True, sees_guest_accesses=True,
         summary="one global page_idle mark and read per window over the union of all processes' frames",
-        tlb_flush=True)
+        options=frozenset({"mark", "guests", "tlb_flush"}))
 
     def __init__(self, selection: Selection | None = None, pss: bool = False, cgroups: bool = False,
                  mark: str = "frames", drain_lru: bool = True, guests: bool = False,
@@ -463,23 +465,3 @@ class ClearRefsSystemScanner(SystemScanner):
             processes=rows, cgroups=cgs, total_rss_bytes=sum(x.rss_bytes for x in rows),
             total_wss_bytes=sum(x.wss_bytes for x in rows), scan_s=now - t0, new_processes=new,
             vanished=r.vanished, denied=r.denied, errors=r.errors)
-
-
-SYSTEM_BACKENDS: dict[str, type[SystemScanner]] = {
-    "page_idle": PageIdleSystemScanner,
-    "clear_refs": ClearRefsSystemScanner,
-}
-
-
-@dataclass(frozen=True)
-class SystemChoice:
-    cls: type[SystemScanner]
-    reason: str
-
-
-def choose_system(name: str = "auto", features: Features | None = None) -> SystemChoice:
-    """The scanner for ``name`` (auto: page_idle where it works, else
-    clear_refs per process), with the reason in one sentence."""
-    from . import choose
-    c = choose(name, features=features or probe())
-    return SystemChoice(SYSTEM_BACKENDS[c.cls.name], c.reason)

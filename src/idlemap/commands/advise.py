@@ -68,17 +68,18 @@ def run(args) -> int:
     # Imported here: `report FILE advise` uses show() below and must not pull
     # in the scanner and its backends.
     from .live import scan_and_show
-    if args.backend in ("auto", "page_idle", "clear_refs"):
+    from ..backends import BACKENDS, choose_for
+    cls = BACKENDS.get(args.backend)
+    if cls is None or cls.caps.granularity != "region":
         # Ages need per-page rounds: say so before scanning, not after N
         # rounds of per-mapping totals that cannot answer.
-        from ..bitmap import require_page_idle
         from . import take_pid, user_target
         given = list(getattr(args, "args", None) or [])
         if not given and getattr(args, "target", None) is not None:
             given = [args.target]
         pid, _ = take_pid(args, given)
         user_target(pid)              # an unknown PID is exit 1 everywhere, checked first
-        require_page_idle()
+        choose_for("auto" if cls is None or not cls.caps.per_page else args.backend, pid, need_per_page=True)
     return scan_and_show("advise", args)
 
 

@@ -7,9 +7,8 @@ import time
 
 import numpy as np
 
-from .. import outputs, validate
+from .. import backends, outputs, validate
 from ..analysis.spans import merge_ranges
-from ..bitmap import IdleBitmap, require_page_idle
 from ..errors import BadInput, UsageError
 from ..kernel.maps import PAGE_SHIFT, PAGE_SIZE
 from ..kernel.process import cmdline
@@ -95,7 +94,9 @@ def run(args) -> int:
     for side in (".present", ".json"):     # FILE itself was checked while parsing
         outputs.check(args.output + side, "the bitmap's side file")   # before the scan, not after
     proc = user_target(pid)        # a kernel thread: exit 2, as in every command
-    require_page_idle()
+    # Per page only: kmod where the module is loaded (not for a KVM guest's
+    # VMM), else page_idle; the refusal names what each lacks.
+    choice = backends.choose_for("auto", pid, need_per_page=True)
     layout, gpa_ranges = None, ranges
     if args.vm:
         from ..vm import describe, find_guest_ram, gpa_ranges_to_hva, idle_map_to_gpa, layout_json
@@ -105,10 +106,9 @@ def run(args) -> int:
             raise BadInput("the given range(s) hold no guest RAM (`idlemap vms PID` shows where it is)")
     elif args.qmp:
         raise UsageError("--qmp goes with --vm")
-    from ..backends.page_idle import PageIdleBackend
-    policy = tlb_policy(args, proc, PageIdleBackend)
+    policy = tlb_policy(args, proc, choice.cls)
     tlb_note(policy, args.json)
-    with IdleBitmap(proc, tlb_flush=policy.flush) as bm:
+    with choice.cls.open_bitmap(proc, policy.flush) as bm:
         bm.mark_idle(ranges)
         time.sleep(max(0.0, args.wait))
         m = bm.read(ranges)
@@ -121,6 +121,7 @@ def run(args) -> int:
     idle = int(np.count_nonzero(m.present & m.idle))
     meta = {"schema": SCHEMA, "pid": pid, "comm": proc.comm, "cmdline": cmdline(pid),
             "page_size": PAGE_SIZE, "window_s": round(m.window_s, 6), "time": time.time(), **policy.as_dict(),
+            "backend": choice.cls.name,
             "ranges": [[f"{s.start:#x}", f"{s.end:#x}", s.mapping.label] for s in m.spans],
             "pages": m.npages, "present_pages": present, "idle_pages": idle,
             "accessed_pages": present - idle, "huge_pages_4k": int(np.count_nonzero(m.huge)),

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 
-from ..kernel.features import Features, probe
+from ..errors import IdlemapError
+from ..kernel.features import probe
 
 HELP = "show which kernel features idlemap can use here, and what works without the rest"
 EXAMPLES = """\
@@ -17,47 +18,53 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help=f"print the probe and verdicts as JSON (schema {SCHEMA})")
 
 
-def feature_rows(f: Features) -> list[tuple[str, str, str]]:
-    def yn(v):
-        return "unknown" if v is None else ("yes" if v else "no")
-    return [
-        ("page_idle bitmap", yn(f.page_idle), "CONFIG_IDLE_PAGE_TRACKING"),
-        ("pagemap", yn(f.pagemap), "CONFIG_PROC_PAGE_MONITOR"),
-        ("pagemap frame numbers", yn(f.pagemap_frames), "needs CAP_SYS_ADMIN"),
-        ("kpageflags", yn(f.kpageflags), "CONFIG_PROC_PAGE_MONITOR, root"),
-        ("clear_refs + smaps", yn(f.clear_refs), "CONFIG_PROC_PAGE_MONITOR"),
-        ("soft-dirty", yn(f.soft_dirty), "CONFIG_MEM_SOFT_DIRTY"),
-        ("DAMON sysfs", yn(f.damon_sysfs), "CONFIG_DAMON_SYSFS"),
-        ("DAMON vaddr", yn(f.damon_vaddr), "CONFIG_DAMON_VADDR"),
-        ("DAMON paddr", yn(f.damon_paddr), "CONFIG_DAMON_PADDR"),
-        ("a kdamond is running", yn(f.damon_busy), "(not ours: idlemap never touches it)"),
-        ("MGLRU", yn(f.lru_gen), "CONFIG_LRU_GEN"),
-        ("transparent huge pages", f.thp or "no", "CONFIG_TRANSPARENT_HUGEPAGE"),
-        ("NUMA nodes", ",".join(map(str, f.numa_nodes)) or "none", "CONFIG_NUMA"),
-        ("swap", f"{f.swap_bytes >> 20} MiB", "CONFIG_SWAP + swapon"),
-        ("FUSE", yn(f.fuse), "CONFIG_FUSE_FS"),
-    ]
+def feature_rows(env) -> list[tuple[str, str, str, str]]:
+    """(feature, here, CONFIG_, since) for every kernel fact of the one
+    feature table (requirements.FEATURES)."""
+    from ..requirements import FEATURES
+    return [(f.name, f.shown(env), f.config or f.hint, f.since) for f in FEATURES.values() if f.kernel]
+
+
+def kmod_line(env) -> str:
+    """The module in one line: loaded, or buildable here, or why not."""
+    from ..requirements import FEATURES, missing
+    if FEATURES["idlemap module"].met(env):
+        return ("idlemap module: loaded (/dev/idlemap); `--backend auto` uses it first, "
+                "except for a KVM guest's VMM (it cannot see EPT accessed bits)")
+    lacks = missing(env, ["gcc and kernel headers", "module loading", "root"])
+    if not lacks:
+        return "idlemap module: not loaded, buildable here: `idlemap kmod build && idlemap kmod load`"
+    return ("idlemap module: not loaded, not buildable here: "
+            + "; ".join(f"{f.sentence()} -- {f.hint}" if f.hint else f.sentence() for f in lacks))
 
 
 def run(args) -> int:
     from .. import cli
+    from ..backends import choose
     from ..requirements import WAYS, gather, verdict
     f = probe()
     env = gather(f)
+    try:
+        auto = choose("auto", features=f)
+        auto_line = f"--backend auto here: {auto.reason}"
+    except IdlemapError as e:
+        auto_line = f"--backend auto here: none ({e})"
     # Every command cli knows, in its order (a command the table does not
     # know yet is reported as such rather than silently left out).
     verdicts = [verdict(c, env) if c in WAYS else None for c in cli.COMMANDS]
     if args.json:
-        print(json.dumps({"schema": SCHEMA, "features": f.as_dict(),
+        print(json.dumps({"schema": SCHEMA, "features": f.as_dict(), "kmod": kmod_line(env), "auto": auto_line,
                           "commands": [v.as_dict() if v else {"command": c, "works": None}
                                        for c, v in zip(cli.COMMANDS, verdicts)]}, indent=1))
         return 0
     print(f"kernel {f.kernel}, running as {'root' if f.is_root else 'non-root'}"
           + (f", config from {f.config_source}" if f.config_source else ", kernel config not readable"))
-    w = max(len(r[0]) for r in feature_rows(f))
-    print(f"\n{'FEATURE'.ljust(w)}  {'HERE':8} NEEDS")
-    for name, val, need in feature_rows(f):
-        print(f"{name.ljust(w)}  {val:8} {need}")
+    rows = feature_rows(env)
+    w, hw = max(len(r[0]) for r in rows), max(8, *(len(r[1]) for r in rows))
+    print(f"\n{'FEATURE'.ljust(w)}  {'HERE'.ljust(hw)} {'SINCE':7} NEEDS")
+    for name, val, need, since in rows:
+        print(f"{name.ljust(w)}  {val.ljust(hw)} {since or '-':7} {need}")
+    print(f"\n{kmod_line(env)}\n{auto_line}")
     cw = max(len(c) for c in cli.COMMANDS)
     print(f"\n{'COMMAND'.ljust(cw)}  {'WORKS':5}  HOW HERE / WHY NOT, AND WHAT TO DO")
     for c, v in zip(cli.COMMANDS, verdicts):

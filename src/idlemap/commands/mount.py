@@ -23,21 +23,26 @@ per word, byte offset b covers virtual pages from b*8, 1 = idle (holes read
 idle); writing 1 bits marks those pages idle; offsets and sizes must be
 multiples of 8.  present_bitmap tells holes from idle pages.  idle_pages is
 the run-length stream of docs/idle_pages.md.
+Backend: auto takes idlemap's module (kmod) where it is loaded, else
+page_idle, else clear_refs (then only present_bitmap and wss work).
 Access (docs/fuse.md): per-page idle data -- idle_bitmap, idle_pages, and wss
-with page_idle -- only for root (CAP_SYS_ADMIN), as the kernel keeps
-page_idle: frames of shared files would tell other users' accesses.  Other
+with a per-page backend -- only for root (CAP_SYS_ADMIN), as the kernel keeps
+page_idle and /dev/idlemap: frames of shared files would tell other users' accesses.  Other
 users get present_bitmap (and wss with clear_refs) of processes they may
 ptrace, as /proc/PID/pagemap.  An open file is bound to the program the
 process ran when it was opened: after an exec it answers EACCES.
 """
 SCHEMA = "idlemap.mount/1"
+# Per-page backends serve every file; a per-mapping one present_bitmap and
+# wss (the wss file reads smaps itself).  DAMON's regions serve none.
+MOUNT_BACKENDS = [n for n, c in backends.BACKENDS.items() if c.caps.per_page or c.caps.granularity == "mapping"]
 
 
 def add_arguments(p) -> None:
     p.add_argument("mountpoint", metavar="DIR", type=_mountpoint_arg, help="an existing, empty directory")
-    p.add_argument("--backend", default="auto", choices=["auto", "page_idle", "clear_refs"],
-                   help="auto (default): page_idle if the kernel has it; with clear_refs only "
-                        "present_bitmap and wss work")
+    p.add_argument("--backend", default="auto", choices=["auto", *MOUNT_BACKENDS],
+                   help="auto (default): kmod if idlemap's module is loaded, else page_idle if the kernel "
+                        "has it; with clear_refs only present_bitmap and wss work")
     p.add_argument("--allow-other", action="store_true",
                    help="let other users in: they get present_bitmap (and wss with clear_refs) of "
                         "processes they may ptrace; per-page idle data stays root-only")
@@ -101,8 +106,11 @@ def run(args) -> int:
         raise AccessDenied("/dev/fuse and other processes' page tables",
                            "idlemap mount runs as root: it reads page frames and page_idle for its callers")
     mountpoint = check_mountpoint(args.mountpoint)
-    choice = backends.choose(args.backend, need_per_page=args.backend == "page_idle")
-    config = MountConfig(mountpoint, choice.cls.name, choice.reason, args.allow_other, args.tlb_flush)
+    choice = backends.choose(args.backend)
+    caps = choice.cls.caps
+    config = MountConfig(mountpoint, choice.cls.name, choice.reason, args.allow_other, args.tlb_flush,
+                         per_page=caps.per_page, flushes_tlb=caps.flushes_tlb,
+                         open_bitmap=choice.cls.open_bitmap if caps.per_page else None)
     if args.foreground:
         _logging(args, background=False)
 

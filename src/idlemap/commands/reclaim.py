@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .. import validate
 from ..actions import ReclaimConfig, Reclaimer, check_target, run_rounds
-from ..bitmap import require_page_idle
+from ..backends import choose_for
 from ..errors import TargetExited, UsageError
 from ..kernel.process import identify
 from ..render import actions as ra
@@ -84,7 +84,7 @@ def run(args) -> int:
     cfg = config(args)
     proc = identify(pid)
     check_target(proc, args.force, "reclaim")
-    require_page_idle()
+    choose_for("auto", pid, need_per_page=True)     # per page, or one sentence why not, before anything
     count = args.count
     if count is None and args.period is None:
         count = cfg.cold_for if cfg.dry_run else cfg.cold_for + 3

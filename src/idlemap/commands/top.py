@@ -7,7 +7,8 @@ import sys
 from .. import validate
 from . import windows
 from ..analysis.system import SORT_KEYS
-from ..backends.system import MARK_MODES, SYSTEM_BACKENDS, Selection, choose_system
+from ..backends import SYSTEM_BACKENDS, choose_system, options_for
+from ..backends.system import MARK_MODES, Selection
 from ..errors import NoSuchProcess, UsageError
 from ..kernel.tasks import read_task
 from ..render import top as render
@@ -24,9 +25,13 @@ EXAMPLES = """\
   idlemap top --pss                 # shared pages weighted by 1/mapcount too
   idlemap top --tree 1234           # only PID 1234 and its descendants
   idlemap top --vms                 # also a table of VMs: each VMM's guest RAM only
-With page_idle (CONFIG_IDLE_PAGE_TRACKING, root) each window costs one global
-mark and one read of the bitmap, whatever the number of processes; without
-it idlemap falls back to clear_refs per process and says so.
+With idlemap's module loaded (kmod), each window is one page-table walk per
+process in the kernel, read and re-mark together, TLB flushed (a KVM guest's
+VMM among the processes keeps page_idle: the module cannot see its guest's
+accesses).  With page_idle (CONFIG_IDLE_PAGE_TRACKING, root) each window costs
+one global mark and one read of the bitmap, whatever the number of processes;
+without either, idlemap falls back to clear_refs per process.  The first line
+says which, and why.
 """
 SCHEMA = render.SCHEMA
 DEFAULT_INTERVAL_S = 3.0
@@ -50,10 +55,11 @@ def add_selection_arguments(p) -> None:
     p.add_argument("--pss", action="store_true",
                    help="also PSS-weighted figures: a page shared by k mappings counts 1/k in each")
     p.add_argument("--backend", default="auto", choices=["auto", *SYSTEM_BACKENDS],
-                   help="auto: page_idle (one global pass) if available, else clear_refs per process")
+                   help="auto: kmod (one walk per process) if idlemap's module is loaded, else page_idle "
+                        "(one global pass) if available, else clear_refs per process")
     p.add_argument("--vms", action="store_true",
                    help="page_idle: also a row per virtual machine -- a VMM's guest RAM only -- from "
-                        "the same pass (docs/vms.md)")
+                        "the same pass (docs/vms.md); auto then keeps page_idle even where kmod is loaded")
     # Unflushed by default, unlike the per-process commands: a system-wide
     # flush would clear the soft-dirty bits of every process on the machine
     # (other tools' state) and walk each one's page tables every window
@@ -81,16 +87,18 @@ def selection_from(args) -> Selection:
 
 
 def make_scanner(args, cgroups: bool):
-    choice = choose_system(args.backend)
-    if args.vms and not choice.cls.caps.per_page:
-        raise UsageError("--vms needs the page_idle backend (clear_refs cannot tell guest RAM apart "
-                         "and does not see a KVM guest's accesses)")
-    if args.tlb_flush != "none" and not choice.cls.caps.tlb_flush:
-        raise UsageError("--tlb-flush goes with the page_idle backend")
-    kw = ({"mark": args.mark, "guests": args.vms, "tlb_flush": args.tlb_flush}
-          if choice.cls.caps.per_page else {})
-    scanner = choice.cls(selection_from(args), pss=args.pss, cgroups=cgroups, **kw)
-    scanner.tlb = resolve(None, args.tlb_flush, can_flush=True, what=f"{choice.cls.name} backend")
+    selection = selection_from(args)
+    choice = choose_system(args.backend, selection=selection, guests=args.vms)
+    # Each option goes to the scanners whose capabilities take it (a value
+    # left at its default is not "given").
+    kw = options_for(choice.cls, {
+        "mark": ("--mark", None if args.mark == "frames" else args.mark),
+        "guests": ("--vms", args.vms or None),
+        "tlb_flush": ("--tlb-flush", None if args.tlb_flush == "none" else args.tlb_flush)})
+    scanner = choice.cls(selection, pss=args.pss, cgroups=cgroups, **kw)
+    caps = choice.cls.caps
+    scanner.tlb = resolve(None, args.tlb_flush, can_flush=True, what=f"{choice.cls.name} backend",
+                          flushes_itself=caps.flushes_tlb)
     return choice, scanner
 
 

@@ -45,7 +45,9 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help=f"JSON lines (schema {SCHEMA})")
     p.add_argument("-T", "--timestamp", action="store_true", help="print a wall-clock time column")
     p.add_argument("--backend", default="auto", choices=["auto", *backends.BACKENDS],
-                   help="how to measure (default auto: page_idle if available, else clear_refs)")
+                   help="how to measure (default auto: kmod if idlemap's module is loaded and the target "
+                        "is not a KVM guest's VMM, else page_idle if available, else clear_refs; the first "
+                        "line says which and why, JSON rows carry it as \"backend\")")
     add_tlb_arguments(p)
     p.add_argument("--vm", action="store_true",
                    help="PID is a VMM (QEMU, Firecracker...): measure its guest RAM, in guest-physical terms")
@@ -78,7 +80,7 @@ def run(args) -> int:
         raise UsageError(f"-P {args.profile} with --profile-base {args.profile_base:g} s would need a window "
                          "longer than a week; use fewer windows")
     proc = user_target(pid)
-    choice = backends.choose(args.backend)
+    choice = backends.choose_for(args.backend, proc.pid)
     policy = tlb_policy(args, proc, choice.cls)
     kw = {"tlb_flush": policy.flush} if choice.cls.caps.tlb_flush else {}
     kw.update(damon_kwargs(args, choice.cls.name))

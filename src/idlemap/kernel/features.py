@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 
 from . import page_idle
 
+KMOD_DEVICE = "/dev/idlemap"        # kernel/kmod.py's DEVICE (not imported: it pulls numpy)
+
 
 @dataclass(frozen=True)
 class Features:
@@ -34,6 +36,7 @@ class Features:
     swap_bytes: int = 0
     fuse: bool = False
     config_source: str = ""         # where CONFIG_ answers came from
+    kmod_loaded: bool = False       # idlemap's module: /dev/idlemap exists (opening it needs root)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +68,14 @@ def kernel_config() -> tuple[dict[str, str], str]:
                 cfg[line[2:-11]] = "n"
         return cfg, path
     return {}, ""
+
+
+def swap_configured() -> bool:
+    """An active swap area exists (/proc/swaps lists one): without one no
+    page of any process can be swapped out, so "no page present" means
+    "no page at all" (the kmod backend's check of empty reservations)."""
+    text = _read("/proc/swaps")
+    return text is None or len(text.strip().splitlines()) > 1
 
 
 def parse_node_list(text: str) -> list[int]:
@@ -141,4 +152,5 @@ def probe() -> Features:
         swap_bytes=swap,
         fuse=os.path.exists("/dev/fuse"),
         config_source=cfg_src,
+        kmod_loaded=os.path.exists(KMOD_DEVICE),
     )

@@ -13,9 +13,12 @@ semantics live in ``services.procfiles``; access rules in
   the stream semantics of idle_pages need;
 * the permission check happens at open, with the caller's credentials from
   the request, as /proc/PID/pagemap does it; per-page idle data
-  (idle_bitmap, idle_pages, wss with page_idle) additionally needs what
-  the kernel asks for page_idle and page frames (CAP_SYS_ADMIN, root):
-  ``access.may_read_frames``;
+  (idle_bitmap, idle_pages, wss with a per-page backend) additionally
+  needs what the kernel asks for page_idle, page frames and /dev/idlemap
+  (CAP_SYS_ADMIN, root): ``access.may_read_frames``;
+* the per-page files come from the backend the command chose (page_idle's
+  IdleBitmap or the module's KmodBitmap, ``MountConfig.open_bitmap``); with
+  a backend that has no per-page map (clear_refs) they answer EOPNOTSUPP;
 * an open file stays bound to the process image it was checked against
   (``procfiles.ImageBinding``, checked before and after every request):
   after an exec it answers EACCES, as /proc's descriptors stop answering;
@@ -33,7 +36,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..bitmap import IdleBitmap
 from ..errors import FeatureMissing, IdlemapError, NoSuchProcess, UsageError
 from ..kernel import creds as kcreds
 from ..kernel.process import ProcessId, identify, list_pids
@@ -53,20 +55,29 @@ FILES: dict[bytes, tuple[int, int]] = {      # name -> (kind, mode)
 }
 NAMES = {kind: name for name, (kind, _) in FILES.items()}
 MODES = {kind: mode for kind, mode in FILES.values()}
-NEEDS_PAGE_IDLE = (IDLE_BITMAP, IDLE_PAGES)
+NEEDS_PER_PAGE = (IDLE_BITMAP, IDLE_PAGES)
 ROOT_INODE = 1
-PAGE_IDLE_MISSING = ("idle_bitmap and idle_pages are unavailable: this kernel has no page_idle "
-                     "bitmap (CONFIG_IDLE_PAGE_TRACKING is not set); present_bitmap and wss "
-                     "(clear_refs backend) still work")
+
+
+def per_page_missing(config: "MountConfig") -> str:
+    return (f"idle_bitmap and idle_pages are unavailable with the {config.backend} backend (no per-page "
+            f"map{': ' + config.backend_reason if config.backend_reason else ''}); present_bitmap and wss "
+            "still work")
 
 
 @dataclass(frozen=True)
 class MountConfig:
     mountpoint: str
-    backend: str                 # "page_idle" or "clear_refs" (already chosen)
+    backend: str                 # the chosen backend's name, for the log and the wss file
     backend_reason: str = ""
     allow_other: bool = False
     tlb_flush: str = "auto"
+    # From the backend's capabilities: a per-page map (idle_bitmap and
+    # idle_pages work), a TLB flush of its own, and how to open its bitmap
+    # for one process (Backend.open_bitmap(proc, tlb_flush)).
+    per_page: bool = False
+    flushes_tlb: bool = False
+    open_bitmap: Callable | None = None
 
 
 def split_inode(inode: int) -> tuple[int, int]:
@@ -105,7 +116,7 @@ def build_operations(config: MountConfig):
                 self.user_ns = kcreds.user_ns("self")
             except OSError:
                 self.user_ns = ("unknown",)      # matches no caller: nobody's capabilities count
-            self._warned_page_idle = False
+            self._warned_per_page = False
             self._t0 = time.time_ns()
 
         # -- attributes ----------------------------------------------------
@@ -246,8 +257,8 @@ def build_operations(config: MountConfig):
             return access.Caller(ctx.uid, ctx.gid, cc.tgid, cc.has_cap_sys_ptrace, cc.cap_eff)
 
         def _needs_frames(self, kind: int) -> bool:
-            """Does this file hand out per-page idle data (page_idle)?"""
-            return kind in NEEDS_PAGE_IDLE or (kind == WSS and self.config.backend == "page_idle")
+            """Does this file hand out per-page idle data?"""
+            return kind in NEEDS_PER_PAGE or (kind == WSS and self.config.per_page)
 
         def _decide(self, pid: int, ctx, kind: int) -> access.Decision:
             try:
@@ -294,19 +305,19 @@ def build_operations(config: MountConfig):
             except BaseException:
                 binding.close()
                 raise
-            if kind in NEEDS_PAGE_IDLE and self.config.backend != "page_idle":
+            if kind in NEEDS_PER_PAGE and not self.config.per_page:
                 binding.close()
-                if not self._warned_page_idle:
-                    log.warning("%s", PAGE_IDLE_MISSING)
-                    self._warned_page_idle = True
+                if not self._warned_per_page:
+                    log.warning("%s", per_page_missing(self.config))
+                    self._warned_per_page = True
                 raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
             try:
                 f = await trio.to_thread.run_sync(self._make_file, kind, proc)
             except (IdlemapError, OSError) as e:
                 binding.close()
-                if isinstance(e, FeatureMissing) and not self._warned_page_idle:
+                if isinstance(e, FeatureMissing) and not self._warned_per_page:
                     log.warning("%s", e)
-                    self._warned_page_idle = True
+                    self._warned_per_page = True
                 raise pyfuse3.FUSEError(errno_of(e)) from None
             except BaseException:
                 binding.close()
@@ -325,16 +336,20 @@ def build_operations(config: MountConfig):
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
         def _make_file(self, kind: int, proc: ProcessId):
-            # auto: flushed unless this target's soft-dirty bits belong to
-            # another tool (tlb.py); decided per open file, per target.
-            tlb = resolve_tlb(proc, self.config.tlb_flush, can_flush=True).flush
-            if kind == IDLE_BITMAP:
-                return BitmapFile(proc, "idle", IdleBitmap(proc, tlb_flush=tlb), self.marks)
             if kind == PRESENT_BITMAP:
                 return BitmapFile(proc, "present")
+            bm = None
+            if self.config.per_page:
+                # auto: flushed unless this target's soft-dirty bits belong to
+                # another tool (tlb.py); decided per open file, per target.  A
+                # backend that flushes in its own walk (kmod) needs none.
+                tlb = resolve_tlb(proc, self.config.tlb_flush, can_flush=True,
+                                  flushes_itself=self.config.flushes_tlb).flush
+                bm = self.config.open_bitmap(proc, tlb)
+            if kind == IDLE_BITMAP:
+                return BitmapFile(proc, "idle", bm, self.marks)
             if kind == IDLE_PAGES:
-                return IdlePagesFile(proc, IdleBitmap(proc, tlb_flush=tlb))
-            bm = IdleBitmap(proc, tlb_flush=tlb) if self.config.backend == "page_idle" else None
+                return IdlePagesFile(proc, bm)
             return WssFile(proc, bm, self.marks, self.config.backend)
 
         async def _run(self, fh: int, what: str, fn: Callable, *args):
@@ -425,9 +440,8 @@ def serve(config: MountConfig, ready: Callable[[], None] | None = None) -> None:
         raise UsageError(f"cannot mount on {config.mountpoint}: {e}") from None
     log.info("mounted idlemap on %s (backend %s%s)", config.mountpoint, config.backend,
              f": {config.backend_reason}" if config.backend_reason else "")
-    if config.backend != "page_idle":
-        log.warning("%s", PAGE_IDLE_MISSING if "CONFIG_IDLE_PAGE_TRACKING" in config.backend_reason
-                    else f"idle_bitmap and idle_pages are unavailable with the {config.backend} backend")
+    if not config.per_page:
+        log.warning("%s", per_page_missing(config))
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -50,7 +50,7 @@ class DamonBackend(Backend):
     caps = Capabilities(
         granularity="region", per_page=False, needs_root=True, sees_guest_accesses=True,
         summary="DAMON vaddr region access frequencies (own kdamond; cost bounded by the region count)",
-        damon_settings=True)
+        options=frozenset({"settings"}), requires=("DAMON sysfs", "DAMON vaddr"), probe=unavailable)
 
     def __init__(self, proc: ProcessId, settings: DamonSettings | None = None,
                  writer: ds.ControlWriter | None = None, root: str = ds.KDAMONDS):

@@ -1,0 +1,122 @@
+"""System-wide scanner on idlemap's kernel module: one walk per process.
+
+Where /dev/idlemap exists, a window of ``idlemap top`` or the exporter is
+one module walk of each process's page tables: bind the one open device to
+the process, walk its trackable mappings with "read and re-mark" (the walk
+returns the present and idle page counts, so no bitmap crosses into user
+space), next process.  No pagemap, no frames, no global bitmap, and the TLB
+is flushed by the module after it clears accessed bits, so the readings are
+exact without a soft-dirty flush.
+
+What it gives up against the page_idle pass: a page shared by several
+processes counts once per process that maps it (the walk sees page tables,
+not frames), so totals and cgroups are sums, as with clear_refs; and a KVM
+guest's accesses (EPT) are not seen (``sees_guest_accesses=False``: auto
+keeps page_idle when a KVM guest's VMM is among the processes).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from ..analysis import system as an
+from ..errors import AccessDenied, NoSuchProcess, UsageError
+from ..kernel import kmod, smaps
+from ..kernel.maps import PAGE_SIZE, read_raw, tracked_bounds
+from ..kernel.tasks import TaskInfo, read_cgroup, read_task
+from .base import Capabilities
+from .system import Selection, SystemScanner, _Round
+
+
+class KmodSystemScanner(SystemScanner):
+    name = "kmod"
+    caps = Capabilities(
+        granularity="page", per_page=True, needs_root=True, sees_guest_accesses=False,
+        summary="one walk of each process's page tables per window by idlemap's module (read and "
+                "re-mark in one walk, TLB flushed); shared pages count once per process",
+        flushes_tlb=True)
+
+    def __init__(self, selection: Selection | None = None, pss: bool = False, cgroups: bool = False):
+        super().__init__(selection, pss, cgroups)
+        self.dev = kmod.Device()
+        self._marked: dict[tuple[int, int], float] = {}
+        self.marked_at: float | None = None
+
+    def close(self) -> None:
+        self.dev.close()
+
+    def _walk(self, t: TaskInfo, clear: bool, r: _Round) -> tuple[int, int] | None:
+        """(present, idle) pages of ``t``; with ``clear`` its accessed bits
+        are cleared in the same walk.  None if it vanished or is not ours."""
+        try:
+            self.dev.bind(t.pid)
+            # The module holds the process bound from here on; the PID is
+            # the one listed only if its start time still matches.
+            now = read_task(t.pid)
+            if now is None or now.start_ticks != t.start_ticks:
+                raise NoSuchProcess(t.pid)
+            present = idle = 0
+            for lo, hi in tracked_bounds(read_raw(t.pid), accessible_only=True):
+                p, i = self.dev.walk(lo, hi, clear=clear)
+                present += p
+                idle += i
+            return present, idle
+        except NoSuchProcess:
+            r.vanished += 1
+        except UsageError:          # became a kernel thread's PID meanwhile: no user memory
+            r.vanished += 1
+        except AccessDenied:
+            r.denied += 1
+        except OSError as e:
+            r.errors.append(f"walking PID {t.pid}'s page tables failed: {os.strerror(e.errno or 0)}")
+        return None
+
+    def mark(self) -> None:
+        r = _Round()
+        marked: dict = {}
+        for t in self.tasks():
+            if self._walk(t, True, r) is not None:
+                marked[t.key] = time.monotonic()
+        self._marked = marked
+        self.marked_at = time.monotonic()
+
+    def sample(self, remark: bool = True) -> an.SystemSample:
+        if self.marked_at is None:
+            self.mark()
+        t0 = time.monotonic()
+        r = _Round()
+        rows, windows = [], []
+        marked: dict = {}
+        new = 0
+        for t in self.tasks():
+            since = self._marked.get(t.key)
+            got = self._walk(t, remark or since is None, r)
+            if got is None:
+                continue
+            end = time.monotonic()
+            if since is None:
+                new += 1            # marked just now: reported from the next window
+                marked[t.key] = end
+                continue
+            marked[t.key] = end if remark else since
+            present, idle = got
+            pss = -1
+            if self.pss:
+                try:
+                    pss = smaps.read_rollup(t.pid).get("Pss", -1)
+                except (NoSuchProcess, AccessDenied, OSError):
+                    pss = -1
+            windows.append(end - since)
+            rows.append(an.ProcessUsage(t.pid, t.comm, read_cgroup(t.pid), present * PAGE_SIZE,
+                                        (present - idle) * PAGE_SIZE, end - since, pss, -1))
+        self._marked = marked
+        now = time.monotonic()
+        if remark:
+            self.marked_at = now
+        window = sorted(windows)[len(windows) // 2] if windows else 0.0
+        cgs = an.cgroup_usage_summed(rows) if self.cgroups else []
+        return an.SystemSample(
+            backend=self.name, granularity=self.caps.granularity, time_s=now, window_s=window,
+            processes=rows, cgroups=cgs, total_rss_bytes=sum(x.rss_bytes for x in rows),
+            total_wss_bytes=sum(x.wss_bytes for x in rows), scan_s=now - t0, new_processes=new,
+            vanished=r.vanished, denied=r.denied, errors=r.errors)
