@@ -82,23 +82,24 @@ schema("idlemap.reclaim.summary/1", "idlemap reclaim --json: the last line",
 schema("idlemap.tier.round/1", "idlemap tier --json: one line per round",
        {"round": I, "dry_run": B, "hot_bytes": BYTES, "cold_bytes": BYTES, "promote_bytes": BYTES,
         "demote_bytes": BYTES, "promoted_bytes": BYTES, "demoted_bytes": BYTES, "failed_pages": FAILED,
-        "plan": {"type": "array"}},
+        "plan": {"type": "array"}, "fast_capacity_bytes": BYTES},
        ["round", "dry_run", "hot_bytes", "cold_bytes", "promoted_bytes", "demoted_bytes"])
 NODES = NULLABLE({"type": "object", "additionalProperties": BYTES})
 schema("idlemap.tier.summary/1", "idlemap tier --json: the last line",
        {"pid": I, "comm": S, "fast": I, "slow": I, "dry_run": B, "rounds": I, "promoted_bytes": BYTES,
         "demoted_bytes": BYTES, "failed_pages": FAILED, "target_bytes_by_node_before": NODES,
         "target_bytes_by_node_after": NODES, "node_used_bytes_before": NODES, "node_used_bytes_after": NODES,
-        "stop_reason": S},
+        "stop_reason": S, "fast_capacity_bytes": BYTES},
        ["pid", "fast", "slow", "rounds", "promoted_bytes", "demoted_bytes"])
 schema("idlemap.reclaim.cgroup.round/1", "idlemap reclaim --cgroup --json: one line per round",
        {"round": I, "procs": I, "memory_bytes": BYTES, "cold_bytes": BYTES, "refault_bytes": BYTES,
-        "request_bytes": BYTES, "reclaimed_bytes": I, "step_bytes": BYTES, "note": S},
+        "request_bytes": BYTES, "reclaimed_bytes": I, "step_bytes": BYTES, "note": S, "back_bytes": BYTES,
+        "promotion_rate_pct_per_min": N},
        ["round", "memory_bytes", "cold_bytes", "reclaimed_bytes"])
 schema("idlemap.reclaim.cgroup.summary/1", "idlemap reclaim --cgroup --json: the last line",
        {"cgroup": S, "rounds": I, "memory_before_bytes": BYTES, "memory_after_bytes": BYTES,
         "requested_bytes": BYTES, "reclaimed_bytes": I, "refault_bytes": BYTES, "backoffs": I, "stop_reason": S,
-        "dry_run": B},
+        "dry_run": B, "back_bytes": BYTES, "promotion_rate_max_pct_per_min": N, "threshold_floor_rounds": I},
        ["cgroup", "rounds", "memory_before_bytes", "memory_after_bytes", "reclaimed_bytes"])
 
 schema("idlemap.record.round/1", "idlemap record --json: one line per round written",

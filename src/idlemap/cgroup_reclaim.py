@@ -14,11 +14,16 @@ Each round (every ``period_s``):
 3. the **request** is the cold bytes still resident at that threshold,
    at most ``step`` bytes;
 4. it is *not* made, and the step halves (**back-off**), when PSI
-   ``some avg10`` of the cgroup is at or above ``psi_target`` or the
-   cgroup's refaults (``memory.stat`` workingset_refault_anon + _file) in
-   the round exceed ``max_refault_pct`` of what was reclaimed over the
-   last 5 rounds; after a calm round the step grows back (doubles, up to
-   ``max_step``).  3 back-offs in a row stop the loop;
+   ``some avg10`` of the cgroup is at or above ``psi_target``, when the
+   **promotion rate of what the loop reclaimed** (pages it saw go that are
+   present again, over the last 5 rounds, per minute, as a share of the
+   working set) is above ``promotion_target`` (and at least 1 MiB came
+   back) -- then the threshold's floor
+   doubles too: those pages were not cold enough -- or when the cgroup's
+   refaults (``memory.stat`` workingset_refault_anon + _file) in the round
+   exceed ``max_refault_pct`` of what was reclaimed over the last 5 rounds;
+   after a calm round the step grows back (doubles, up to ``max_step``).
+   3 refault back-offs in a row stop the loop;
 5. otherwise the request is written to ``memory.reclaim`` (not in a dry
    run) and ``memory.current`` before and after says what went.
 
@@ -50,6 +55,12 @@ REFAULT_WINDOW = 5
 # pages of an interpreter faulting back do not stop a loop that has only
 # just begun (5% of 16 MiB: 0.8 MiB).
 REFAULT_FLOOR = 16 * MiB
+# The promotion goal is judged only once this much of what the loop
+# reclaimed has come back within the window (like the per-process refault
+# guard's 256 pages): at 0.2%/min of 100 MiB over 5 s windows, 5 pages would
+# already be over the target, and a few interpreter pages faulting back are
+# not a threshold that was too short.
+PROMOTION_FLOOR = 1 * MiB
 
 
 @dataclass
@@ -65,6 +76,9 @@ class CgroupReclaimConfig:
     tlb_flush: str = "auto"
     unsafe_no_tlb_flush: bool = False
     kmax: int = 256                     # ages tracked up to this many rounds
+    # %/min of the working set: the most of what the loop reclaimed that may
+    # come back (None: not a goal; the advisor's target still sets T)
+    promotion_target_pct_per_min: float | None = None
 
 
 @dataclass
@@ -80,13 +94,17 @@ class CgroupRound:
     reclaimed_bytes: int                # memory.current drop over the write
     step_bytes: int
     note: str = ""
+    back_bytes: int = 0                 # pages the loop reclaimed, present again this round
+    promotion_rate_pct_per_min: float = 0.0   # of those, over the last REFAULT_WINDOW rounds
 
     def as_dict(self) -> dict:
         return {"schema": ROUND_SCHEMA, "round": self.index, "procs": self.procs,
                 "memory_bytes": self.memory_bytes, "threshold_rounds": self.threshold_rounds,
                 "cold_bytes": self.cold_bytes, "psi_some_avg10": self.psi_some_avg10,
                 "refault_bytes": self.refault_bytes, "request_bytes": self.request_bytes,
-                "reclaimed_bytes": self.reclaimed_bytes, "step_bytes": self.step_bytes, "note": self.note}
+                "reclaimed_bytes": self.reclaimed_bytes, "step_bytes": self.step_bytes, "note": self.note,
+                "back_bytes": self.back_bytes,
+                "promotion_rate_pct_per_min": round(self.promotion_rate_pct_per_min, 6)}
 
 
 ROUND_SCHEMA = "idlemap.reclaim.cgroup.round/1"
@@ -108,6 +126,9 @@ class CgroupSummary:
     stop_reason: str
     dry_run: bool
     tlb: dict = field(default_factory=dict)
+    back_bytes: int = 0                 # reclaimed pages that came back, in all
+    promotion_rate_max: float = 0.0     # the highest windowed promotion rate of a round
+    threshold_floor: int = 0            # the floor the promotion goal raised T to
 
     def as_dict(self) -> dict:
         return {"schema": SUMMARY_SCHEMA, "cgroup": self.path, "rounds": self.rounds,
@@ -115,17 +136,30 @@ class CgroupSummary:
                 "requested_bytes": self.requested_bytes, "reclaimed_bytes": self.reclaimed_bytes,
                 "refault_bytes": self.refault_bytes, "psi_max_avg10": self.psi_max_avg10,
                 "backoffs": self.backoffs, "advice": self.advice, "stop_reason": self.stop_reason,
-                "dry_run": self.dry_run, **self.tlb}
+                "dry_run": self.dry_run, "back_bytes": self.back_bytes,
+                "promotion_rate_max_pct_per_min": round(self.promotion_rate_max, 6),
+                "threshold_floor_rounds": self.threshold_floor, **self.tlb}
 
 
 def back_off(psi: float, psi_target: float, refault_bytes: int, recent_reclaimed: int,
-             max_refault_pct: float) -> str:
+             max_refault_pct: float, promotion_rate: float = 0.0,
+             promotion_target: float | None = None, back_bytes: int = 0) -> str:
     """Why this round must not reclaim ("" if it may): pure, unit-tested."""
     if psi >= psi_target:
         return f"PSI some avg10 {psi:g}% >= {psi_target:g}%"
+    if promotion_target is not None and promotion_rate > promotion_target and back_bytes >= PROMOTION_FLOOR:
+        return (f"promotion rate of reclaimed pages {promotion_rate:.3g}%/min > "
+                f"{promotion_target:g}%/min")
     if refault_bytes > 0 and refault_bytes > max_refault_pct / 100.0 * max(recent_reclaimed, REFAULT_FLOOR):
         return f"refaults {refault_bytes / MiB:.1f} MiB > {max_refault_pct:g}% of recent reclaim"
     return ""
+
+
+def promotion_rate(back_bytes: int, window_s: float, working_set_bytes: int) -> float:
+    """% of the working set per minute that came back over ``window_s``."""
+    if back_bytes <= 0 or window_s <= 0 or working_set_bytes <= 0:
+        return 0.0
+    return back_bytes / working_set_bytes / (window_s / 60.0) * 100.0
 
 
 class _Member:
@@ -134,6 +168,32 @@ class _Member:
         self.ages = A.VpnAgeTracker(kmax)
         self.present = np.zeros(0, bool)
         self.pagemap = pm.Pagemap(scanner.proc.pid)
+        self.reclaimed = np.empty(0, np.int64)      # vpns the loop saw go and not yet come back
+
+    def _present_now(self, v: np.ndarray) -> np.ndarray:
+        starts, counts = pol.coalesce(v)
+        e = self.pagemap.read_ranges(starts, counts, np.empty(v.size, np.uint64))
+        return (e & pm.PRESENT) != 0
+
+    def note_reclaimed(self) -> None:
+        """After a memory.reclaim write: the pages present at this round's
+        reading that are gone now are the loop's doing."""
+        v = self.ages.vpns[self.present]
+        if v.size:
+            self.reclaimed = np.union1d(self.reclaimed, v[~self._present_now(v)])
+
+    def came_back(self) -> int:
+        """Pages the loop reclaimed that are present again (a fault brought
+        them back: each is a promotion); they leave the set."""
+        v, vp = self.reclaimed, self.ages.vpns
+        if v.size == 0 or vp.size == 0:
+            return 0
+        at = np.minimum(np.searchsorted(vp, v), vp.size - 1)
+        known = vp[at] == v
+        back = known & self.present[at]
+        # Pages no longer mapped at all will not come back: forget them.
+        self.reclaimed = v[known & ~back]
+        return int(back.sum())
 
     def close(self) -> None:
         self.pagemap.close()
@@ -178,6 +238,10 @@ class CgroupReclaimer:
         self.requested = self.reclaimed = self.refaulted = 0
         self.psi_max = 0.0
         self.memory_before = cg.memory_current(self.path)
+        self.floor = cfg.min_cold_for
+        self.back_window: list[tuple[int, float]] = []     # (bytes back, window s) per recent round
+        self.back_total = 0
+        self.promo_max = 0.0
         self.last_refaults = cg.refaults(cg.read_stat(self.path))
         self.last_t: float | None = None
         self.tlb: dict = {}
@@ -216,6 +280,7 @@ class CgroupReclaimer:
         k1 = self.cfg.kmax + 1
         resident = np.zeros(k1, np.int64)
         promoted = np.zeros(k1, np.int64)
+        back = 0
         for pid, m in list(self.members.items()):
             try:
                 r = m.scanner.round()
@@ -225,6 +290,7 @@ class CgroupReclaimer:
             im = r.sample.idle_map
             res, prom = m.ages.step(im.vpns(), im.present & ~im.idle, im.present)
             m.present = np.array(im.present, bool)
+            back += m.came_back()
             resident += res
             promoted += prom
         now = time.monotonic()
@@ -232,9 +298,15 @@ class CgroupReclaimer:
         self.last_t = now
         self.acc.add(resident, promoted, window)
         self.index += 1
+        back_bytes = back * PAGE_SIZE
+        self.back_total += back_bytes
+        self.back_window = (self.back_window + [(back_bytes, window)])[-REFAULT_WINDOW:]
+        promo = promotion_rate(sum(b for b, _ in self.back_window), sum(w for _, w in self.back_window),
+                               self.acc.working_set_bytes)
+        self.promo_max = max(self.promo_max, promo)
 
         adv_k = self.acc.advised_rounds(self.cfg.target_pct_per_min)
-        k = None if adv_k is None else max(adv_k, self.cfg.min_cold_for)
+        k = None if adv_k is None else max(adv_k, self.floor)
         cold = 0
         if k is not None and self.acc.r > k:
             inodes = cg.subtree_inodes(self.path)
@@ -250,7 +322,8 @@ class CgroupReclaimer:
         self.last_refaults = rf_now
         self.refaulted += rf
         mem = cg.memory_current(self.path)
-        why = back_off(psi, self.cfg.psi_target_pct, rf, sum(self.recent), self.cfg.max_refault_pct)
+        why = back_off(psi, self.cfg.psi_target_pct, rf, sum(self.recent), self.cfg.max_refault_pct,
+                       promo, self.cfg.promotion_target_pct_per_min, sum(b for b, _ in self.back_window))
         request = reclaimed = 0
         note = ""
         if why:
@@ -258,6 +331,12 @@ class CgroupReclaimer:
             self.backoffs_in_row += 1
             self.step = max(MiB, self.step // 2)
             note = f"back-off: {why}"
+            if why.startswith("promotion"):
+                # What came back was reclaimed at too short a threshold:
+                # double its floor, and judge the new one on its own pages.
+                self.floor = min(self.cfg.kmax, 2 * (k or self.floor))
+                self.back_window = []
+                note += f"; threshold now at least {self.floor} rounds"
             # Pressure only holds the loop (it decays within seconds, as
             # Senpai waits it out); refaults round after round mean the
             # threshold is wrong for this workload: stop.
@@ -273,6 +352,11 @@ class CgroupReclaimer:
                 after = cg.memory_current(self.path)
                 reclaimed = max(0, mem - after)
                 mem = after
+                for pid, m in list(self.members.items()):
+                    try:
+                        m.note_reclaimed()
+                    except NoSuchProcess:
+                        self.members.pop(pid).close()
                 if not full:
                     # What is left at this threshold is not on the cgroup's
                     # LRU lists as we thought: go slower rather than let
@@ -288,7 +372,7 @@ class CgroupReclaimer:
             note = (note + "; " if note else "") + "no process in the cgroup"
         self._sync()
         return CgroupRound(self.index - 1, len(self.members), mem, k, cold, psi, rf, request, reclaimed,
-                           self.step, note)
+                           self.step, note, back_bytes, promo)
 
     def summary(self, reason: str) -> CgroupSummary:
         try:
@@ -299,7 +383,8 @@ class CgroupReclaimer:
         return CgroupSummary(self.path, self.index, self.memory_before, after, self.requested, self.reclaimed,
                              self.refaulted, self.psi_max, self.backoffs,
                              None if adv.advised is None else adv.advised.as_dict(),
-                             self.stopped or reason, self.cfg.dry_run, self.tlb)
+                             self.stopped or reason, self.cfg.dry_run, self.tlb, self.back_total,
+                             self.promo_max, self.floor)
 
     def close(self) -> None:
         for m in self.members.values():

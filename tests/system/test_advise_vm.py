@@ -217,3 +217,53 @@ def test_dry_run_changes_nothing_and_bad_paths(cgroup_dir, capsys):
         assert main(["reclaim", *argv, "--dry-run"]) in (2, 69)
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err, err
+
+
+def test_promotion_goal_raises_the_threshold_over_a_warm_set(zram_swap, cgroup_dir):
+    """The loop's own promotion-rate goal, alone: PSI and refault guards
+    out of the way (psi target 100%, refault limit 100%) and a loose advisor
+    target (100%/min, which a 4 MiB warm set coming back every 8 rounds
+    stays under).  The hot set is a loop that never pauses; rounds are
+    driven here, and the warm set is touched before every 8th.  The warm set
+    is cold at 2 rounds, so the loop reclaims it; when it comes back the
+    goal (0.2%/min) backs off and doubles the threshold's floor, until the
+    warm set is no longer idle long enough to go."""
+    from idlemap.cgroup_reclaim import CgroupReclaimConfig, CgroupReclaimer
+    hot_mib, warm_mib, cold_mib = 32, 4, 128
+    hot, warm = pages(hot_mib), pages(warm_mib)
+    total = hot + warm + pages(cold_mib)
+    with Workload() as w:
+        join(cgroup_dir, w.pid)
+        a = w.map("data", hot_mib + warm_mib + cold_mib)
+        w.touch("data")
+        cfg = CgroupReclaimConfig(path=cgroup_dir, target_pct_per_min=100.0, psi_target_pct=100.0,
+                                  max_refault_pct=100.0, promotion_target_pct_per_min=0.2)
+        rounds = []
+        with CgroupReclaimer(cfg) as eng:
+            eng.start()
+            for r in range(26):
+                if r % 8 == 0:
+                    w.stop()
+                    w.touch("data", 1, hot, warm)
+                    w.hot("data", 0, hot)
+                time.sleep(0.5)
+                rounds.append(eng.round())
+            s = eng.summary("done")
+        w.stop()
+        with pm.Pagemap(w.pid) as p:
+            present = (p.read(a >> PAGE_SHIFT, total) & pm.PRESENT) != 0
+    backs = [x.index for x in rounds if "promotion rate" in x.note]
+    report("promotion_goal", floor=s.threshold_floor, backoffs_at=backs, back_mib=s.back_bytes / MiB,
+           promotion_rate_max=s.promotion_rate_max, reclaimed_mib=s.reclaimed_bytes / MiB,
+           hot_resident_pct=100 * present[:hot].mean(), warm_resident_pct=100 * present[hot:hot + warm].mean(),
+           cold_reclaimed_pct=100 * (1 - present[hot + warm:].mean()), advice=s.advice,
+           per_round=[(x.threshold_rounds, round(x.cold_bytes / MiB, 1), round(x.reclaimed_bytes / MiB, 1),
+                       round(x.back_bytes / MiB, 1), round(x.promotion_rate_pct_per_min, 2), x.note)
+                      for x in rounds])
+    assert s.tlb["tlb_exact"] is True
+    assert backs, "the promotion goal never backed off"
+    assert s.threshold_floor >= 4
+    assert s.back_bytes >= 0.9 * warm_mib * MiB             # the warm set went and came back
+    assert sum(x.back_bytes for x in rounds if x.index > backs[-1]) < MiB
+    assert present[hot:hot + warm].mean() >= 0.99 and present[:hot].mean() >= 0.99
+    assert 1 - present[hot + warm:].mean() >= 0.90

@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from idlemap.cgroup_reclaim import MiB, back_off
+from idlemap.cgroup_reclaim import MiB, back_off, promotion_rate
 from idlemap.cli import main
 from idlemap.errors import IdlemapError, UsageError
 from idlemap.kernel import cgroup as cg
@@ -123,3 +123,15 @@ def test_cli_bad_input_is_one_sentence(argv, words, capsys, keep_sigterm):
     rc = main(argv)
     err = capsys.readouterr().err
     assert rc in (2, 69) and err.count("\n") == 1 and err.startswith("idlemap: ") and words in err, err
+
+
+def test_promotion_goal_backs_off_after_pressure_before_refaults():
+    # 1 MiB of 100 MiB back over 30 s: 2%/min.
+    assert promotion_rate(MiB, 30.0, 100 * MiB) == pytest.approx(2.0)
+    assert promotion_rate(0, 30.0, 100 * MiB) == 0.0 and promotion_rate(MiB, 0.0, 100 * MiB) == 0.0
+    assert back_off(0.0, 0.1, 0, 0, 5.0, 2.0, None, MiB) == ""              # no goal: no back-off
+    assert back_off(0.0, 0.1, 0, 0, 5.0, 0.2, 0.2, MiB) == ""               # at the target is fine
+    assert back_off(0.0, 0.1, 0, 0, 5.0, 2.0, 0.2, MiB).startswith("promotion rate of reclaimed pages 2%/min")
+    assert back_off(0.0, 0.1, 0, 0, 5.0, 2.0, 0.2, MiB - 4096) == ""        # a few pages are not evidence
+    assert back_off(0.5, 0.1, 0, 0, 5.0, 2.0, 0.2, MiB).startswith("PSI")
+    assert back_off(0.0, 0.1, 10 * MiB, 0, 5.0, 2.0, 0.2, MiB).startswith("promotion")

@@ -78,6 +78,8 @@ def run(args) -> int:
     if args.cgroup is not None:
         from .reclaim_cgroup import run as run_cgroup
         return run_cgroup(args)
+    if args.promotion_target is not None:
+        raise UsageError("--promotion-target goes with --cgroup (reclaim PID backs off on its own refaults)")
     pid, rest = take_pid(args, args.args)
     if rest:
         raise UsageError("too many arguments: idlemap reclaim PID --cold-for N")
