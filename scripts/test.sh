@@ -5,15 +5,20 @@
 # page_idle, 6.1 and 6.12, one short VM each (tests/system/test_kmod_stock.py
 # and test_kmod_hugetlb.py; ~35 s each, plus ~15 s once per kernel to fetch
 # it and its headers); kmod-stock-6.1 / kmod-stock-6.12 run one of them.
-#   scripts/test.sh [all|host|vm|kmod-stock|kmod-stock-6.1|kmod-stock-6.12] [-- PYTEST-ARGS...]
+# kmod-debug, not part of all (it alone takes longer than all the rest, ~13
+# min): every kmod test and the fuzzer of /dev/idlemap, for
+# IDLEMAP_FUZZ_SECONDS (default 300), on a debug build of the test kernel
+# (KASAN, PROVE_LOCKING, DEBUG_VM, DEBUG_ATOMIC_SLEEP, DEBUG_LIST; built
+# once, ~10 min on 2 cores); any splat in the kernel log fails the test.
+#   scripts/test.sh [all|host|vm|kmod-stock|kmod-stock-6.1|kmod-stock-6.12|kmod-debug] [-- PYTEST-ARGS...]
 # Runs scripts/setup.sh first.  Ends with one line "N passed, N failed,
 # N skipped" and exits non-zero if any phase failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 phase=all
-case ${1:-} in all|host|vm|kmod-stock|kmod-stock-6.1|kmod-stock-6.12) phase=$1; shift ;; esac
+case ${1:-} in all|host|vm|kmod-stock|kmod-stock-6.1|kmod-stock-6.12|kmod-debug) phase=$1; shift ;; esac
 [ "${1:-}" = "--" ] && shift
-[ "${1:-}" = "" ] || [ "${1#-}" != "$1" ] || { echo "usage: $0 [all|host|vm|kmod-stock|kmod-stock-6.1|kmod-stock-6.12] [-- PYTEST-ARGS...]" >&2; exit 2; }
+[ "${1:-}" = "" ] || [ "${1#-}" != "$1" ] || { echo "usage: $0 [all|host|vm|kmod-stock|kmod-stock-6.1|kmod-stock-6.12|kmod-debug] [-- PYTEST-ARGS...]" >&2; exit 2; }
 
 bash scripts/setup.sh || exit 1
 PYTHON=${PYTHON:-python3}
@@ -81,6 +86,37 @@ print(build_tree(Path(sys.argv[1])))' "$stock")
     fi
     echo "kmod-stock $series phase: $((SECONDS - start)) s including the package check, module build and boot"
 done
+
+if [ "$phase" = kmod-debug ]; then
+    echo "== kmod-debug tests (the debug test kernel: KASAN, lockdep, DEBUG_VM...; one VM: 4096 MiB, 2 CPUs)"
+    start=$SECONDS
+    # The debug kernel (build-kernel.sh --debug): built once, ~10 min on 2
+    # cores, then cached under its own key; release 6.1.N-debug.
+    if "$PY" -c 'import sys; from idlemap.testvm import kernel_image
+kernel_image(debug=True, progress=lambda line: print(line, file=sys.stderr))' >/dev/null; then
+        # The module, built on the host against the debug tree (lockdep and
+        # KASAN change the kernel's structures: never the plain tree's build).
+        "$PY" -c 'from idlemap import kmodbuild; kmodbuild.build(kmodbuild.vm_kernel_tree(debug=True))' \
+            >/dev/null 2>&1 || echo "note: building kmod/ against the debug tree failed; the VM tests will try"
+        # Every kmod test file that runs in the test VM; test_kmod_debug.py
+        # first (the checkers are armed, the boot log is clean).
+        kmod_files=$(ls tests/system/test_kmod_*.py | grep -v -e /test_kmod_debug.py -e /test_kmod_stock.py)
+        "$PY" -m idlemap.testvm --kernel debug --mem 4096 --cpus 2 --timeout 5400 --rw "$OUT" \
+            --env IDLEMAP_IN_VM=1 --env IDLEMAP_DEBUG_KERNEL=1 --env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 \
+            --env IDLEMAP_FUZZ_SECONDS="${IDLEMAP_FUZZ_SECONDS:-300}" \
+            --env IDLEMAP_FUZZ_REPORT="$OUT/fuzz.json" -- \
+            "$PY" -m pytest tests/system/test_kmod_debug.py $kmod_files -m "vm or kmod_debug" -q -s \
+            --junitxml="$OUT/kmod-debug.xml" "$@"
+        check $?
+        [ -s "$OUT/fuzz.json" ] && "$PY" -c 'import json, sys; r = json.load(open(sys.argv[1]))
+print("fuzzer: %d calls in %.0f s on %s, outcomes %s" % (r["calls"], r["seconds"], r["kernel"], r["outcomes"]))' \
+            "$OUT/fuzz.json"
+    else
+        echo "kmod-debug: the debug test kernel could not be built (see above)"
+        failed=1
+    fi
+    echo "kmod-debug phase: $((SECONDS - start)) s including the module build and boot"
+fi
 
 "$PY" - "$OUT" <<'EOF'
 import sys

@@ -1,11 +1,16 @@
 """Fixtures shared by the system tests that need swap or NUMA nodes (the
-test VM has both: zram built in, two nodes from QEMU's -numa)."""
+test VM has both: zram built in, two nodes from QEMU's -numa), and the
+kernel-log check around every kmod test."""
 import os
 import subprocess
 
 import pytest
 
 from idlemap.kernel import numa
+
+from kernel_log import Kmsg, lockdep_on, splats
+
+IN_A_VM = "1" in (os.environ.get("IDLEMAP_IN_VM"), os.environ.get("IDLEMAP_IN_STOCK_VM"))
 
 ZRAM = "/sys/block/zram0"
 
@@ -36,3 +41,22 @@ def two_nodes():
     if len(nodes) < 2:
         pytest.skip("one NUMA node: boot the VM with --numa 2 (CONFIG_NUMA, ACPI_NUMA)")
     return nodes[:2]
+
+
+@pytest.fixture(autouse=True)
+def kmod_kernel_log(request):
+    """Around every test of a test_kmod_* file run in a VM: fails it if the
+    kernel logged a splat meanwhile (kernel_log.SPLAT: BUG, WARNING, Oops;
+    on the debug kernel KASAN, lockdep, DEBUG_VM, DEBUG_ATOMIC_SLEEP and
+    DEBUG_LIST reports), or if lockdep stopped validating (it does after its
+    first report).  Set up before the module's own fixtures, so a splat
+    while the module loads counts against the first test."""
+    if not (IN_A_VM and request.module.__name__.startswith("test_kmod_")):
+        yield
+        return
+    log = Kmsg()
+    lockdep = lockdep_on()
+    yield
+    bad = splats(log.read())
+    assert not bad, "kernel splat:\n" + "\n".join(bad[:60])
+    assert not (lockdep and not lockdep_on()), "lockdep turned itself off during this test"

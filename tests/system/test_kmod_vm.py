@@ -3,7 +3,10 @@ kernel's tree, loaded, and checked against page_idle on the same workloads.
 
 Timing-free where exactness is asserted: mark -> tell the workload to touch
 exactly set X -> wait for its ack -> read -> compare bit for bit.  Every
-test fails if the kernel logged a splat (BUG/WARNING/Oops/KASAN) meanwhile.
+test fails if the kernel logged a splat meanwhile (kernel_log.SPLAT: BUG,
+WARNING, Oops, and on the debug kernel KASAN and lockdep reports), or if
+lockdep turned itself off.  scripts/test.sh runs this file in the vm phase
+and again on the debug kernel (kmod-debug).  The fuzzer is test_kmod_fuzz.py.
 """
 import errno
 import os
@@ -24,11 +27,12 @@ from idlemap.kernel.page_idle import PATH as BITMAP_PATH
 from idlemap.kmodbitmap import KmodBitmap
 from idlemap.testing.workload import Workload
 
+from kernel_log import Kmsg
+
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(
     os.environ.get("IDLEMAP_IN_VM") != "1", reason="loads a kernel module: only in the test VM")]
 
 MiB = 1 << 20
-SPLATS = ("BUG:", "WARNING:", "Oops", "KASAN", "general protection fault", "list_del corruption")
 
 
 def pages(mib):
@@ -54,37 +58,10 @@ def loaded():
         assert not kmod.loaded()
 
 
-class Kmsg:
-    """New kernel log records since creation (/dev/kmsg, from its end)."""
-
-    def __init__(self):
-        self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
-        os.lseek(self.fd, 0, os.SEEK_END)
-
-    def read(self) -> list[str]:
-        out = []
-        while True:
-            try:
-                rec = os.read(self.fd, 8192)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                if e.errno == errno.EPIPE:      # overwritten records: keep reading
-                    continue
-                raise
-            if not rec:
-                break
-            out.append(rec.decode("utf-8", "replace").split(";", 1)[-1].strip())
-        os.close(self.fd)
-        return out
-
-
 @pytest.fixture(autouse=True)
-def no_splat(loaded):
-    k = Kmsg()
-    yield
-    bad = [ln for ln in k.read() if any(s in ln for s in SPLATS)]
-    assert not bad, "kernel splat:\n" + "\n".join(bad[:40])
+def with_module(loaded):
+    """Every test runs with the module loaded.  The kernel log is checked
+    around each by conftest.py's kmod_kernel_log."""
 
 
 def span_view(m, addr, npages):
@@ -543,66 +520,6 @@ def test_concurrent_readers_on_one_target():
         for t in ts:
             t.join()
     assert not errors, errors
-
-
-def test_fuzz_the_device_interface():
-    """Random offsets, sizes, modes, ioctls, walks (bad pointers: only ones
-    that cannot be our memory) and bindings, for ~20 s: only the documented
-    errors, never anything else, no splat."""
-    import fcntl
-    import random
-    rnd = random.Random(14)
-    allowed = {errno.EINVAL, errno.ESRCH, errno.EFAULT, errno.ENXIO, errno.ENOTTY, errno.EBADFD}
-    seen: dict[str, int] = {}
-    buf = np.zeros(1 << 16, np.uint64)          # 4 Mi pages worth of bits
-    bad_ptrs = [1, 0x1000, 0xffff800000000000, 0xffffffffff600000]
-    dead = subprocess.Popen(["sleep", "0"])
-    dead.wait()
-    with Workload() as w:
-        w.map("a", 32, "thp")
-        w.touch("a", 2)
-        pids = [w.pid, os.getpid(), 1, 2, dead.pid, 0, -1, 1 << 30]
-        deadline = time.monotonic() + 20
-        n = 0
-        with kmod.Device() as d:
-            while time.monotonic() < deadline:
-                n += 1
-                op = rnd.randrange(6)
-                try:
-                    if op == 0:
-                        fcntl.ioctl(d.fd, kmod.IOC_BIND, rnd.choice(pids) & 0xffffffffffffffff)
-                    elif op == 1:
-                        d.set_mode(rnd.choice([0, 1, 0x100, 0x101, 2, 0x200]))
-                    elif op == 2:
-                        off = rnd.choice([0, 4, 8, rnd.randrange(1 << 40) * 8, rnd.randrange(1 << 63)])
-                        os.pread(d.fd, rnd.choice([0, 7, 8, 4096, 1 << 19]), off)
-                    elif op == 3:
-                        off = rnd.choice([0, 8, (w.addrs["a"] >> PAGE_SHIFT) // 8, rnd.randrange(1 << 40) * 8])
-                        os.pwrite(d.fd, bytes(rnd.choice([8, 16, 4096])), off)
-                    elif op == 4:
-                        s = rnd.choice([0, w.addrs["a"], rnd.randrange(1 << 47), 1 << 47]) & ~(PAGE_SIZE - 1)
-                        e = s + rnd.choice([0, PAGE_SIZE, 64 * MiB, 1 << 30, 1 << 47])
-                        if rnd.random() < 0.1:
-                            s += 1
-                        span = max(0, (e - s)) >> PAGE_SHIFT
-                        ok = span <= buf.size * 64
-                        ptr = lambda: (buf.ctypes.data if ok and rnd.random() < 0.7
-                                       else rnd.choice([0] + bad_ptrs))
-                        arg = bytearray(kmod._WALK.pack(s, e, ptr(), ptr(), ptr(), ptr(),
-                                                        rnd.choice([0, 1, 2]), rnd.choice([0, 0, 0, 1]),
-                                                        0, 0, 0))
-                        fcntl.ioctl(d.fd, kmod.IOC_WALK, arg, True)
-                    else:
-                        fcntl.ioctl(d.fd, kmod._io(rnd.randrange(4, 40)))
-                    seen["ok"] = seen.get("ok", 0) + 1
-                except OSError as e:
-                    assert e.errno in allowed, (op, e)
-                    k = errno.errorcode[e.errno]
-                    seen[k] = seen.get(k, 0) + 1
-                except OverflowError:
-                    seen["overflow"] = seen.get("overflow", 0) + 1
-    print(f"\nfuzz: {n} calls, outcomes {seen}")
-    assert seen.get("ok", 0) > 0 and seen.get("EINVAL", 0) > 0
 
 
 def test_pread_in_remark_mode_reads_and_re_marks():

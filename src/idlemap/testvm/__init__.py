@@ -52,7 +52,7 @@ def kernel_image(build: bool = True, progress: Callable[[str], None] | None = No
     """Path of the test-VM bzImage, building it (~5 min, once) if missing.
 
     debug: the same kernel with KASAN, PROVE_LOCKING, DEBUG_VM... (release
-    6.1.N-debug; ~45 min to build on 2 cores, once).  progress, if given,
+    6.1.N-debug; ~10 min to build on 2 cores, once).  progress, if given,
     receives the build's progress lines as they come.
     """
     flag = ("--debug",) if debug else ()

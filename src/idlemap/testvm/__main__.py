@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernel", choices=("test", "debug", "stock-6.1", "stock-6.12"), default="test",
                         help="test: idlemap's own 6.1 (page_idle, DAMON...; the default); "
                         "debug: the same with KASAN, PROVE_LOCKING, DEBUG_VM, DEBUG_ATOMIC_SLEEP, "
-                        "DEBUG_LIST (release 6.1.N-debug; build-kernel.sh --debug, ~45 min once); "
+                        "DEBUG_LIST (release 6.1.N-debug; build-kernel.sh --debug, ~10 min once); "
                         "stock-6.1: Debian 12's linux-image-6.1.0-N-amd64, no page_idle; "
                         "stock-6.12: its linux-image-6.12.N+deb12-amd64 (DAMON, no page_idle); "
                         "both fetched once (testvm/stock-kernel.sh)")

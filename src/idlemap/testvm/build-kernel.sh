@@ -9,7 +9,7 @@
 #   build-kernel.sh --path     print the path the cache would use (no build)
 #   build-kernel.sh --debug [--path]
 #       the debug kernel: kernel.fragment plus kernel-debug.fragment (KASAN,
-#       PROVE_LOCKING, DEBUG_VM...), its own key; ~45 min on 2 cores
+#       PROVE_LOCKING, DEBUG_VM...), its own key; ~10 min on 2 cores (9.5 measured)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${IDLEMAP_CACHE:-/var/cache/idlemap}
