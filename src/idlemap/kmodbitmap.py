@@ -22,19 +22,106 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
 from .analysis.spans import spans_for
 from .errors import NoSuchProcess, TargetExited
-from .kernel import kmod
-from .kernel.maps import PAGE_SHIFT, parse_maps, read_raw
+from .kernel import kmod, smaps
+from .kernel.features import swap_configured
+from .kernel.maps import PAGE_SHIFT, Mapping, parse_maps, read_raw
 from .kernel.process import ProcessId, check_same, identify
 from .records import IdleMap, Span
 
 
 def _bits(words: np.ndarray, n: int) -> np.ndarray:
     return np.unpackbits(words.view(np.uint8), count=n, bitorder="little").view(np.bool_)
+
+
+# PROT_NONE mappings of at least this many pages are checked for being
+# empty reservations (the page_idle path's threshold, bitmap.py).
+RESERVED_MIN_PAGES = 1 << 15
+
+# Spans closer than this (and with no other mapping between them) are read
+# by one walk: a gap costs the module nothing but its bitmap bits, while a
+# call costs a system call and the bitmaps' set-up in Python -- a Python
+# process has ~170 mappings, mostly adjacent, and one call per mapping made
+# a 256 MiB read ~100x slower than the module's walk of it.
+MAX_GAP_PAGES = 2048
+
+
+@dataclass(slots=True)
+class _Group:
+    """One walk: VA [start, end), whose pages land at [out_lo, out_hi) of
+    the IdleMap's arrays (``take``: the walk's page positions to keep, None
+    when the spans fill the range without gaps); ``rows``: its four bitmaps
+    (idle, present, huge, swapped), set by the layout."""
+    start: int
+    end: int
+    out_lo: int
+    out_hi: int
+    take: np.ndarray | None
+    rows: list[np.ndarray] | None = None
+
+    @property
+    def npages(self) -> int:
+        return (self.end - self.start) >> PAGE_SHIFT
+
+    def put(self, arr: np.ndarray, words: np.ndarray) -> None:
+        """This walk's bitmap ``words`` into its pages of ``arr``."""
+        bits = _bits(words, self.npages)
+        if self.take is None:
+            arr[self.out_lo:self.out_hi] = bits
+        else:
+            np.take(bits, self.take, out=arr[self.out_lo:self.out_hi])
+
+
+def _groups(spans: list[Span], maps: list[Mapping]) -> list[_Group]:
+    """Consecutive spans merged into walks.  Two spans merge only across a
+    gap of at most MAX_GAP_PAGES that no mapping touches (a gap inside a
+    mapping left out -- another range, an untrackable kind -- would have its
+    accessed bits cleared by a re-mark)."""
+    starts = np.array([m.start for m in maps], np.uint64)
+    ends = np.array([m.end for m in maps], np.uint64)
+    runs: list[list[Span]] = []
+    for s in spans:
+        if runs:
+            prev = runs[-1][-1]
+            gap = (s.start - prev.end) >> PAGE_SHIFT
+            if gap == 0 or (gap <= MAX_GAP_PAGES and not np.any(
+                    (starts < np.uint64(s.start)) & (ends > np.uint64(prev.end)))):
+                runs[-1].append(s)
+                continue
+        runs.append([s])
+    out = []
+    for run in runs:
+        lo, hi = run[0].start, run[-1].end
+        n = sum(s.npages for s in run)
+        take = None
+        if n != (hi - lo) >> PAGE_SHIFT:
+            take = np.concatenate([np.arange((s.start - lo) >> PAGE_SHIFT, (s.end - lo) >> PAGE_SHIFT)
+                                   for s in run])
+        out.append(_Group(lo, hi, run[0].offset, run[0].offset + n, take))
+    return out
+
+
+class _Layout:
+    """What a read needs while the memory map is unchanged: the spans, the
+    walks, one buffer holding every walk's four bitmaps, and read-only
+    zeros handed out as the huge and swapped arrays when no walk found one."""
+
+    def __init__(self, spans: list[Span], groups: list[_Group]):
+        self.spans, self.groups = spans, groups
+        self.total = sum(s.npages for s in spans)
+        words = [(g.npages + 63) // 64 for g in groups]
+        self.bufs = np.empty((4, sum(words)), np.uint64)
+        w0 = 0
+        for g, nw in zip(groups, words):
+            g.rows = [self.bufs[k, w0:w0 + nw] for k in range(4)]    # contiguous pieces of each row
+            w0 += nw
+        self.zeros = np.zeros(self.total, np.bool_)
+        self.zeros.flags.writeable = False
 
 
 class KmodBitmap:
@@ -58,6 +145,14 @@ class KmodBitmap:
             raise
         self.marked_at: float | None = None
         self.last_marked = 0
+        # Reused while the memory map (and the set of empty reservations)
+        # is unchanged: the spans, their walks, and the walks' bitmaps.
+        self._key: tuple | None = None
+        self._maps: list[Mapping] = []
+        self._all: list[Span] = []
+        self._reserved: list[Span] = []
+        self._layout: _Layout = _Layout([], [])
+        self._layout_key: frozenset | None = None
 
     def close(self) -> None:
         self.dev.close()
@@ -68,7 +163,24 @@ class KmodBitmap:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _spans(self, ranges) -> list[Span]:
+    def _empty_reserved(self) -> frozenset[int]:
+        """Starts of the big PROT_NONE mappings (address space a JVM, Go or
+        V8 reserves) that hold no page now: left out of the read, whose
+        arrays would otherwise hold a bit per page of a terabyte.  The
+        module counts their present pages (it walks only populated page
+        tables); a swapped page is not present, so where swap is configured
+        smaps confirms (Rss and Swap 0).  Checked on every walk: pages can
+        appear without the memory map changing (mprotect back and forth)."""
+        if not self._reserved:
+            return frozenset()
+        empty = {s.mapping.start for s in self._reserved if self.dev.walk(s.start, s.end)[0] == 0}
+        if empty and swap_configured():
+            empty &= smaps.unpopulated(self.proc.pid, [s.mapping for s in self._reserved
+                                                       if s.mapping.start in empty])
+        return frozenset(empty)
+
+    def _plan(self, ranges) -> _Layout:
+        """The spans to read now, their walks and bitmap buffers."""
         try:
             data = read_raw(self.proc.pid)
         except TargetExited:
@@ -79,14 +191,32 @@ class KmodBitmap:
             raise TargetExited(self.proc.pid) from None
         if not data:
             check_same(self.proc)       # a zombie has an empty map
-        return spans_for(parse_maps(data), ranges)
+        rs = None if ranges is None else tuple(sorted((int(a), int(b)) for a, b in ranges))
+        key = (data, rs)
+        if key != self._key:
+            self._maps = parse_maps(data)
+            self._all = spans_for(self._maps, rs)
+            self._reserved = [s for s in self._all
+                              if s.mapping.perms[:3] == "---" and s.npages >= RESERVED_MIN_PAGES]
+            self._key = key
+            self._layout_key = None
+        empty = self._empty_reserved()
+        if empty != self._layout_key:
+            spans, offset = [], 0
+            for s in self._all:
+                if s.mapping.start not in empty:
+                    spans.append(Span(s.mapping, s.start, s.end, offset))
+                    offset += s.npages
+            self._layout = _Layout(spans, _groups(spans, self._maps))
+            self._layout_key = empty
+        return self._layout
 
     def mark_idle(self, ranges: Iterable[tuple[int, int]] | None = None) -> int:
         """Clear the accessed bit of every present page in ``ranges`` (default:
         all mappings), then flush the TLB.  Returns the pages marked."""
         n = 0
-        for s in self._spans(ranges):
-            p, _ = self.dev.walk(s.start, s.end, clear=True)
+        for g in self._plan(ranges).groups:
+            p, _ = self.dev.walk(g.start, g.end, clear=True)
             n += p
         self.last_marked = n
         self.marked_at = time.monotonic()
@@ -96,30 +226,34 @@ class KmodBitmap:
         """Which pages are idle now.  With ``remark`` the same walk clears
         the accessed bits it tests (and the TLB is flushed): the next window
         starts at this read."""
-        spans = self._spans(ranges)
-        total = sum(s.npages for s in spans)
-        present = np.zeros(total, np.bool_)
-        idle = np.zeros(total, np.bool_)
-        huge = np.zeros(total, np.bool_)
-        swapped = np.zeros(total, np.bool_)
+        lay = self._plan(ranges)
+        # idle and present: fresh per read (every page is written below);
+        # huge and swapped: the layout's read-only zeros unless a walk found one.
+        idle, present = np.empty(lay.total, np.bool_), np.empty(lay.total, np.bool_)
+        huge = swapped = lay.zeros
         accessed = 0
-        for s in spans:
-            n = s.npages
-            words = (n + 63) // 64
-            bufs = np.zeros((4, words), np.uint64)
-            p, i = self.dev.walk(s.start, s.end, idle=bufs[0], present=bufs[1], huge=bufs[2],
-                                 swapped=bufs[3], clear=remark)
+        for g in lay.groups:
+            idle_w, present_w, huge_w, swapped_w = g.rows
+            p, i = self.dev.walk(g.start, g.end, *g.rows, clear=remark)
             accessed += p - i
-            sl = slice(s.offset, s.offset + n)
-            for arr, words_k in zip((idle, present, huge, swapped), bufs):
-                if words_k.any():           # huge and swapped are mostly empty: no unpack
-                    arr[sl] = _bits(words_k, n)
+            if p:
+                g.put(idle, idle_w)
+                g.put(present, present_w)
+            else:
+                idle[g.out_lo:g.out_hi] = False
+                present[g.out_lo:g.out_hi] = False
+            if p and huge_w.any():
+                huge = lay.zeros.copy() if huge is lay.zeros else huge
+                g.put(huge, huge_w)
+            if swapped_w.any():
+                swapped = lay.zeros.copy() if swapped is lay.zeros else swapped
+                g.put(swapped, swapped_w)
         now = time.monotonic()
         window = now - self.marked_at if self.marked_at is not None else 0.0
         if remark:
             self.last_marked = accessed
             self.marked_at = now
-        return IdleMap(self.proc.pid, spans, present, idle, huge, swapped, now, window)
+        return IdleMap(self.proc.pid, lay.spans, present, idle, huge, swapped, now, window)
 
 
 __all__ = ["KmodBitmap", "PAGE_SHIFT"]
