@@ -24,7 +24,8 @@ Writes FILE (idle bits) and FILE.present (present bits), both in the RFC's
 covers virtual addresses from b << 15 (4 KiB pages).  Files are sparse:
 only words of mapped ranges are written.  A bit is 1 in FILE only for a
 present page that stayed idle; holes are 0 in both files.  FILE.json holds
-the metadata (pid, ranges, page size, window).
+the metadata (pid, ranges, page size, window, backend).  Read by idlemap's
+module (kmod) where it is loaded, else by page_idle (root either way).
 With --vm, PID is a VMM and everything is guest-physical: bit i of FILE is
 guest frame i (byte offset b covers guest-physical addresses from b << 15),
 --range takes guest-physical ranges, and FILE.json holds the guest layout:
