@@ -110,7 +110,7 @@ def run(args) -> int:
     caps = choice.cls.caps
     config = MountConfig(mountpoint, choice.cls.name, choice.reason, args.allow_other, args.tlb_flush,
                          per_page=caps.per_page, flushes_tlb=caps.flushes_tlb,
-                         open_bitmap=choice.cls.open_bitmap if caps.per_page else None)
+                         open_bitmap=_open_bitmap(choice, args.tlb_flush) if caps.per_page else None)
     if args.foreground:
         _logging(args, background=False)
 
@@ -122,6 +122,29 @@ def run(args) -> int:
             pass
         return 0
     return _daemonize(args, config, serve)
+
+
+def _open_bitmap(choice, tlb_mode: str):
+    """How the mount opens a process's bitmap.  One backend serves every
+    process, except that where auto took one blind to a KVM guest's
+    accesses (kmod), a KVM guest's VMM gets the per-page backend auto would
+    take for it (page_idle, where it runs), with its own TLB policy."""
+    cls = choice.cls
+    if not choice.auto or cls.caps.sees_guest_accesses:
+        return cls.open_bitmap
+    try:
+        for_guests = backends.choose("auto", need_per_page=True, guest=True).cls
+    except IdlemapError:
+        return cls.open_bitmap
+    if not for_guests.caps.sees_guest_accesses:
+        return cls.open_bitmap
+
+    def open_bitmap(proc, tlb_flush: str):
+        if backends.is_kvm_guest(proc.pid):
+            from ..tlb import resolve_for
+            return for_guests.open_bitmap(proc, resolve_for(proc, tlb_mode, for_guests).flush)
+        return cls.open_bitmap(proc, tlb_flush)
+    return open_bitmap
 
 
 def _daemonize(args, config, serve) -> int:

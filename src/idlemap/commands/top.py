@@ -90,13 +90,14 @@ def make_scanner(args, cgroups: bool):
     selection = selection_from(args)
     choice = choose_system(args.backend, selection=selection, guests=args.vms)
     # Each option goes to the scanners whose capabilities take it (a value
-    # left at its default is not "given").
+    # left at its default is not "given"; a flush asked of a scanner that
+    # flushes in its own walk is already done).
+    caps = choice.cls.caps
     kw = options_for(choice.cls, {
         "mark": ("--mark", None if args.mark == "frames" else args.mark),
         "guests": ("--vms", args.vms or None),
-        "tlb_flush": ("--tlb-flush", None if args.tlb_flush == "none" else args.tlb_flush)})
+        "tlb_flush": ("--tlb-flush", None if args.tlb_flush == "none" or caps.flushes_tlb else args.tlb_flush)})
     scanner = choice.cls(selection, pss=args.pss, cgroups=cgroups, **kw)
-    caps = choice.cls.caps
     scanner.tlb = resolve(None, args.tlb_flush, can_flush=True, what=f"{choice.cls.name} backend",
                           flushes_itself=caps.flushes_tlb)
     return choice, scanner
