@@ -22,7 +22,10 @@ child that maps memory and touches exactly the pages it is told to):
     in Python, so the language's share is visible;
   * exactness of every tool against the pages the workload touched;
   * optionally: a "busy" guest (other processes hold --busy-mib), the
-    slowdown of a memory-bound loop while idlemap scans it, and a profile.
+    slowdown of a memory-bound loop while idlemap scans it, and a profile;
+  * with --kmod KO: idlemap's kernel module loaded from KO and the kmod
+    backend measured in every case and phase and in the slowdown run
+    (bench/scan_kmod.py).
 
 Timings are wall-clock seconds of the work itself (process start-up of the
 C baselines excluded: they time themselves).  The guest is QEMU TCG:
@@ -50,6 +53,7 @@ from idlemap.kernel import pagemap as pm
 from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE, read_maps
 from idlemap.testing.workload import Workload
 
+from . import scan_kmod
 from .common import BENCH, REPO, emit_json
 from .scan_workloads import ReservedWorkload
 
@@ -354,9 +358,11 @@ def pagemap_read_s(t: Target) -> float:
         return time.perf_counter() - p0
 
 
-def phase_a(t: Target, reps: int, exe: str, v1: bool, py: bool, v1pub: bool = False) -> list[dict]:
+def phase_a(t: Target, reps: int, exe: str, v1: bool, py: bool, v1pub: bool = False,
+            kmod: bool = False) -> list[dict]:
     """idlemap on a clean machine, the per-page baselines in the middle of
-    its reps (they only mark the target's frames, like idlemap)."""
+    its reps (they only mark the target's frames, like idlemap); then, with
+    ``kmod``, the kernel module's rows (bench/scan_kmod.py)."""
     bm = IdleBitmap(t.pid)
     try:
         first = idlemap_cycle(bm, t)          # pays first-use costs (parse maps, buffers)
@@ -381,6 +387,8 @@ def phase_a(t: Target, reps: int, exe: str, v1: bool, py: bool, v1pub: bool = Fa
     im = summarize("idlemap", "python", ims, "clean machine, per-page baselines run mid-way")
     im["first_cycle_s"] = first["cycle_s"]
     im["target_pagemap_read_s"] = pagemap_read_s(t)
+    if kmod:
+        out += scan_kmod.phase_a(sys.modules[__name__], t, reps)
     return [im, summarize("idlemap-window", "python", wins, WINDOW_NOTE)] + out
 
 
@@ -396,7 +404,8 @@ def run_before(t: Target, reps: int, before) -> dict:
     return summarize("idlemap-before", "python", reps_, "the scanner before the speed work")
 
 
-def phase_b(t: Target, reps: int, exe: str, py: bool, published: bool = True) -> list[dict]:
+def phase_b(t: Target, reps: int, exe: str, py: bool, published: bool = True,
+            kmod: bool = False) -> list[dict]:
     """Whole-bitmap and idlemap alternating, rep by rep.  The whole-bitmap
     mark leaves every LRU frame of the machine idle-flagged, so idlemap's
     reads here also pay rmap walks for idle-flagged neighbours of its
@@ -405,6 +414,7 @@ def phase_b(t: Target, reps: int, exe: str, py: bool, published: bool = True) ->
         return []
     huge = target_huge(t)
     bm = IdleBitmap(t.pid)
+    km = scan_kmod.Alternating(sys.modules[__name__], t) if kmod else None
     try:
         idlemap_cycle(bm, t)
         v2s, ims, wins, pubs = [], [], [], []
@@ -412,6 +422,8 @@ def phase_b(t: Target, reps: int, exe: str, py: bool, published: bool = True) ->
             v2s.append(c_cycle(exe, "v2", t, huge))
             ims.append(idlemap_cycle(bm, t))
             wins.append(idlemap_window(bm, t, mark_first=True))
+            if km:
+                km.rep()
             if r < 2 and published:
                 pubs.append(c_cycle(exe, "v2pub", t, huge))
         out = [summarize("wss-v2", "c", v2s),
@@ -423,26 +435,38 @@ def phase_b(t: Target, reps: int, exe: str, py: bool, published: bool = True) ->
             out.append(summarize("wss-v2", "python", [py_cycle(py_v2, t, huge)]))
     finally:
         bm.close()
+        if km:
+            out_k = km.close()
+    if km:
+        out += out_k
     return out
 
 
 # -- slowdown of a memory-bound loop ------------------------------------------
-def run_slowdown(mib: int, intervals: list[float], seconds: float, rounds: int) -> dict:
+def run_slowdown(mib: int, intervals: list[float], seconds: float, rounds: int,
+                 kmod: bool = False) -> dict:
     """Passes of the workload's hot loop (one write per page over ``mib``)
     per second, alone and while idlemap re-reads and re-marks it every
-    interval (what `idlemap wss PID interval` does), interleaved."""
+    interval (what `idlemap wss PID interval` does), interleaved; with
+    ``kmod`` also through the kernel module (which flushes the TLB after
+    every re-mark)."""
     w = Workload()
     try:
         w.map("h", mib, "nothp")
         w.touch("h", 1)
         npages = mib * MiB // PAGE_SIZE
-        modes = [None] + intervals
-        rates: dict[str, list[float]] = {str(m): [] for m in modes}
-        scans: dict[str, list[float]] = {str(m): [] for m in modes}
+        modes: list[tuple[str, float] | None] = [None] + [("page_idle", iv) for iv in intervals]
+        if kmod:
+            modes += [("kmod", iv) for iv in intervals]
+        key = {m: "None" if m is None else ("" if m[0] == "page_idle" else "kmod:") + str(m[1])
+               for m in modes}
+        rates: dict[str, list[float]] = {key[m]: [] for m in modes}
+        scans: dict[str, list[float]] = {key[m]: [] for m in modes}
         for _ in range(rounds):
             for mode in modes:
-                bm = IdleBitmap(w.pid) if mode is not None else None
-                if bm is not None:
+                bm = None
+                if mode is not None:
+                    bm = (scan_kmod.KmodBitmap if mode[0] == "kmod" else IdleBitmap)(w.pid)
                     bm.mark_idle()
                 w.hot("h", 0, npages)
                 t0 = time.perf_counter()
@@ -450,7 +474,8 @@ def run_slowdown(mib: int, intervals: list[float], seconds: float, rounds: int) 
                 if bm is None:
                     time.sleep(seconds)
                 else:
-                    nxt = t0 + mode
+                    iv = mode[1]
+                    nxt = t0 + iv
                     while True:
                         now = time.perf_counter()
                         if now >= t0 + seconds:
@@ -462,23 +487,24 @@ def run_slowdown(mib: int, intervals: list[float], seconds: float, rounds: int) 
                         bm.read(remark=True)
                         busy += time.perf_counter() - s0
                         nscan += 1
-                        nxt += mode
+                        nxt += iv
                         if nxt < time.perf_counter():        # cannot keep up: go on at once
                             nxt = time.perf_counter()
                 passes = w.stop()
                 el = time.perf_counter() - t0
                 if bm is not None:
                     bm.close()
-                rates[str(mode)].append(passes / el)
-                scans[str(mode)].append(busy / el)
+                rates[key[mode]].append(passes / el)
+                scans[key[mode]].append(busy / el)
         base = statistics.median(rates["None"])
         out = {"target_mib": mib, "seconds_per_run": seconds, "runs": rounds,
                "passes_per_s_alone": base, "alone_runs": rates["None"], "with_scan": []}
-        for iv in intervals:
-            r = statistics.median(rates[str(iv)])
-            out["with_scan"].append({"interval_s": iv, "passes_per_s": r, "runs": rates[str(iv)],
+        for mode in modes[1:]:
+            r = statistics.median(rates[key[mode]])
+            out["with_scan"].append({"backend": mode[0], "interval_s": mode[1], "passes_per_s": r,
+                                     "runs": rates[key[mode]],
                                      "slowdown": 1 - r / base if base else None,
-                                     "scanner_busy_share": statistics.median(scans[str(iv)])})
+                                     "scanner_busy_share": statistics.median(scans[key[mode]])})
         return out
     finally:
         w.close()
@@ -610,7 +636,7 @@ def print_table(doc: dict) -> None:
         s = doc["slowdown"]
         log(f"slowdown of a {s['target_mib']} MiB write loop: alone {s['passes_per_s_alone']:.2f} passes/s")
         for w in s["with_scan"]:
-            log(f"  scanning every {w['interval_s']} s: {w['passes_per_s']:.2f} passes/s, "
+            log(f"  {w.get('backend', 'page_idle')} every {w['interval_s']} s: {w['passes_per_s']:.2f} passes/s, "
                 f"slowdown {w['slowdown'] * 100:.1f}%, scanner busy {w['scanner_busy_share'] * 100:.0f}% of the time")
     for p in doc.get("profiles", []):
         log(f"profile {p['case']} ({p['cycles']} cycles, {p['wall_s']:.1f} s, {p['samples']} samples):")
@@ -645,6 +671,8 @@ def main(argv=None) -> int:
     ap.add_argument("--before", metavar="DIR", help="a directory holding idlemap_before/, the scanner "
                     "before the speed work (bench.run extracts it from git), measured alongside")
     ap.add_argument("--before-sizes", default="64,1024,1024thp", help="cases to run --before on")
+    ap.add_argument("--kmod", metavar="KO", help="idlemap's kernel module built for this kernel: load it "
+                    "and measure the kmod backend on the same processes (bench/scan_kmod.py)")
     args = ap.parse_args(argv)
 
     if not page_idle.available() or os.geteuid() != 0:
@@ -660,6 +688,17 @@ def main(argv=None) -> int:
            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     tmp = tempfile.mkdtemp(prefix="idlemap-bench.")
     exe = build_baselines(args.cc, tmp)
+    km = bool(args.kmod)
+    if km:
+        doc["kmod"] = scan_kmod.load(args.kmod)
+    try:
+        return _run(args, doc, tmp, exe, km, gib if not args.no_sparse else 0, cases)
+    finally:
+        if km:
+            scan_kmod.unload()
+
+
+def _run(args, doc: dict, tmp: str, exe: str, km: bool, gib: int, cases: list) -> int:
     before = None
     if args.before:
         sys.path.insert(0, args.before)
@@ -684,7 +723,7 @@ def main(argv=None) -> int:
             small4k = kind == "dense" and not thp
             res = phase_a(t, args.reps, exe, v1=small4k and mib <= args.v1_max_mib,
                           py=small4k and mib <= args.py_max_mib,
-                          v1pub=small4k and mib <= args.v1pub_max_mib)
+                          v1pub=small4k and mib <= args.v1pub_max_mib, kmod=km)
             if before is not None and kind == "dense" and \
                     f"{mib}{'thp' if thp else ''}" in args.before_sizes.split(","):
                 res.append(run_before(t, max(2, args.reps // 2), before))
@@ -702,7 +741,7 @@ def main(argv=None) -> int:
         log(f"== {name}: phase B (alternating with whole bitmap)")
         t = Target(kind, mib, thp, reserve_gib=gib if kind == "sparse" else 0)
         try:
-            res = phase_b(t, args.v2_reps, exe, py=kind == "dense" and mib <= args.py_max_mib)
+            res = phase_b(t, args.v2_reps, exe, py=kind == "dense" and mib <= args.py_max_mib, kmod=km)
             for r in res:
                 r["phase"] = "B"
             records[name]["results"] += res
@@ -718,10 +757,10 @@ def main(argv=None) -> int:
             other.touch("busy", 1)
             t = Target("dense", 256, False)
             try:
-                res = phase_a(t, args.reps, exe, v1=False, py=False)
+                res = phase_a(t, args.reps, exe, v1=False, py=False, kmod=km)
                 for r in res:
                     r["phase"] = "A"
-                res_b = phase_b(t, args.v2_reps, exe, py=False)
+                res_b = phase_b(t, args.v2_reps, exe, py=False, kmod=km)
                 for r in res_b:
                     r["phase"] = "B"
                 doc["cases"].append({"name": f"busy: 256 MiB 4K + {args.busy_mib} MiB other",
@@ -736,7 +775,7 @@ def main(argv=None) -> int:
     if args.slowdown:
         log("== slowdown")
         doc["slowdown"] = run_slowdown(256, [float(x) for x in args.slowdown.split(",")],
-                                       args.slowdown_s, args.slowdown_runs)
+                                       args.slowdown_s, args.slowdown_runs, kmod=km)
     doc["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     print_table(doc)
     emit_json(doc, args.out)
