@@ -5,8 +5,8 @@
 # page_idle, 6.1 and 6.12, one short VM each (tests/system/test_kmod_stock.py
 # and test_kmod_hugetlb.py; ~35 s each, plus ~15 s once per kernel to fetch
 # it and its headers); kmod-stock-6.1 / kmod-stock-6.12 run one of them.
-# kmod-debug, not part of all (it alone takes longer than all the rest, ~13
-# min): every kmod test and the fuzzer of /dev/idlemap, for
+# kmod-debug, not part of all (~11 min: it would nearly double the ~13 min
+# of all): every kmod test and the fuzzer of /dev/idlemap, for
 # IDLEMAP_FUZZ_SECONDS (default 300), on a debug build of the test kernel
 # (KASAN, PROVE_LOCKING, DEBUG_VM, DEBUG_ATOMIC_SLEEP, DEBUG_LIST; built
 # once, ~10 min on 2 cores); any splat in the kernel log fails the test.
@@ -88,7 +88,7 @@ print(build_tree(Path(sys.argv[1])))' "$stock")
 done
 
 if [ "$phase" = kmod-debug ]; then
-    echo "== kmod-debug tests (the debug test kernel: KASAN, lockdep, DEBUG_VM...; one VM: 4096 MiB, 2 CPUs)"
+    echo "== kmod-debug tests (the debug test kernel: KASAN, lockdep, DEBUG_VM...; one VM: 4096 MiB, 2 CPUs, 2 NUMA nodes)"
     start=$SECONDS
     # The debug kernel (build-kernel.sh --debug): built once, ~10 min on 2
     # cores, then cached under its own key; release 6.1.N-debug.
@@ -101,7 +101,7 @@ kernel_image(debug=True, progress=lambda line: print(line, file=sys.stderr))' >/
         # Every kmod test file that runs in the test VM; test_kmod_debug.py
         # first (the checkers are armed, the boot log is clean).
         kmod_files=$(ls tests/system/test_kmod_*.py | grep -v -e /test_kmod_debug.py -e /test_kmod_stock.py)
-        "$PY" -m idlemap.testvm --kernel debug --mem 4096 --cpus 2 --timeout 5400 --rw "$OUT" \
+        "$PY" -m idlemap.testvm --kernel debug --mem 4096 --cpus 2 --numa 2 --timeout 5400 --rw "$OUT" \
             --env IDLEMAP_IN_VM=1 --env IDLEMAP_DEBUG_KERNEL=1 --env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 \
             --env IDLEMAP_FUZZ_SECONDS="${IDLEMAP_FUZZ_SECONDS:-300}" \
             --env IDLEMAP_FUZZ_REPORT="$OUT/fuzz.json" -- \
@@ -109,7 +109,8 @@ kernel_image(debug=True, progress=lambda line: print(line, file=sys.stderr))' >/
             --junitxml="$OUT/kmod-debug.xml" "$@"
         check $?
         [ -s "$OUT/fuzz.json" ] && "$PY" -c 'import json, sys; r = json.load(open(sys.argv[1]))
-print("fuzzer: %d calls in %.0f s on %s, outcomes %s" % (r["calls"], r["seconds"], r["kernel"], r["outcomes"]))' \
+print("fuzzer: %d calls in %.0f s on %s, outcomes %s; pages seen by its checked walks %s"
+      % (r["calls"], r["seconds"], r["kernel"], r["outcomes"], r["pages_seen"]))' \
             "$OUT/fuzz.json"
     else
         echo "kmod-debug: the debug test kernel could not be built (see above)"

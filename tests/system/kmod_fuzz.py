@@ -106,11 +106,13 @@ class Arena:
 
 
 class Tally:
-    """Calls made and their outcomes, by operation."""
+    """Calls made and their outcomes, by operation; and the pages the
+    checked walks saw (what the target's churn put in front of them)."""
 
     def __init__(self):
         self.calls = 0
         self.by: dict[str, int] = {}
+        self.pages = dict.fromkeys(("present", "idle", "huge", "swapped"), 0)
 
     def add(self, op: str, outcome: str) -> None:
         self.calls += 1
@@ -121,9 +123,11 @@ class Tally:
         self.calls += other["calls"]
         for k, v in other["by"].items():
             self.by[k] = self.by.get(k, 0) + v
+        for k, v in other["pages"].items():
+            self.pages[k] += v
 
     def as_dict(self) -> dict:
-        return {"calls": self.calls, "by": self.by}
+        return {"calls": self.calls, "by": self.by, "pages": self.pages}
 
     def outcomes(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -153,7 +157,8 @@ def walk(fd: int, start: int, end: int, ptrs=(0, 0, 0, 0), flags: int = 0, reser
     return WALK.unpack(arg.raw)[8:]
 
 
-def checked_walk(fd: int, start: int, end: int, bufs: np.ndarray, clear: bool, want: tuple[bool, ...]):
+def checked_walk(fd: int, start: int, end: int, bufs: np.ndarray, clear: bool, want: tuple[bool, ...],
+                 tally: Tally | None = None):
     """A walk into good buffers, and what must hold of any answer: next in
     (start, end] (a multiple of 64 pages from start unless it is end); idle,
     huge within present; swapped outside it; counts equal the bits."""
@@ -177,6 +182,12 @@ def checked_walk(fd: int, start: int, end: int, bufs: np.ndarray, clear: bool, w
             assert not (swapped & present).any(), "a page both present and swapped"
     if idle is not None:
         assert int(np.bitwise_count(idle).sum()) == nr_idle
+    if tally is not None:
+        tally.pages["present"] += nr_present
+        tally.pages["idle"] += nr_idle
+        for name, bits in (("huge", huge), ("swapped", swapped)):
+            if bits is not None:
+                tally.pages[name] += int(np.bitwise_count(bits).sum())
     return nxt
 
 
@@ -210,14 +221,14 @@ def agent(fd: int, target, seconds: float, seed: int, tally: Tally, arena: Arena
             start = min(max(start, 0), VA_LIMIT - PAGE)
             end = min(VA_LIMIT, max(start + PAGE, hi + rnd.randrange(-64, 4096) * PAGE))
             want = tuple(rnd.random() < 0.7 for _ in range(4))
-            r = call(tally, "walk", checked_walk, fd, start, end, bufs, rnd.random() < 0.5, want)
+            r = call(tally, "walk", checked_walk, fd, start, end, bufs, rnd.random() < 0.5, want, tally)
             if r is None:
                 pid = 0
         elif op == 4:                                    # the whole address space, call after call
             start, n = rnd.choice([0, lo & ~((8 << 30) - 1)]), 0
             while start < VA_LIMIT and n < 64:
                 r = call(tally, "walk-all", checked_walk, fd, start, VA_LIMIT, bufs,
-                         rnd.random() < 0.3, (True, True, False, False))
+                         rnd.random() < 0.3, (True, True, True, True), tally)
                 if r is None:
                     pid = 0
                     break

@@ -61,9 +61,10 @@ def loaded():
         kmod.unload()
         secs = time.monotonic() - t0
         report = {"kernel": os.uname().release, "budget_s": BUDGET, "seconds": round(secs, 1),
-                  "calls": TOTAL.calls, "outcomes": TOTAL.outcomes(), "by_op": TOTAL.by}
+                  "calls": TOTAL.calls, "outcomes": TOTAL.outcomes(), "by_op": TOTAL.by,
+                  "pages_seen": TOTAL.pages}
         print(f"\nfuzz total: {TOTAL.calls} calls in {secs:.0f} s on {os.uname().release}, "
-              f"outcomes {TOTAL.outcomes()}")
+              f"outcomes {TOTAL.outcomes()}, pages seen by checked walks {TOTAL.pages}")
         if os.environ.get("IDLEMAP_FUZZ_REPORT"):
             with open(os.environ["IDLEMAP_FUZZ_REPORT"], "w") as f:
                 json.dump(report, f, indent=1)
@@ -154,7 +155,8 @@ class Threads:
 
 def _report(name, tally, secs):
     TOTAL.merge(tally.as_dict())
-    print(f"\nfuzz {name}: {tally.calls} calls in {secs:.0f} s, outcomes {tally.outcomes()}")
+    print(f"\nfuzz {name}: {tally.calls} calls in {secs:.0f} s, outcomes {tally.outcomes()}, "
+          f"pages seen {tally.pages}")
 
 
 def test_fuzz_calls_on_one_fd(tmp_path):
