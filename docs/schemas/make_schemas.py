@@ -159,8 +159,16 @@ schema("idlemap.report.info/1", "idlemap report FILE info --json",
        ["size_bytes", "format_version"])
 schema("idlemap.advise/1", "idlemap advise --json, idlemap report FILE advise --json",
        {"rounds": I, "interval_s": N, "working_set_bytes": BYTES, "target_pct_per_min": N,
-        "advised": NULLABLE({"type": "object"}), "thresholds": {"type": "array", "items": {"type": "object"}}, "png": S},
-       ["rounds", "working_set_bytes", "thresholds"])
+        "advised": NULLABLE({"type": "object"}), "thresholds": {"type": "array", "items": {"type": "object"}}, "png": S,
+        "source": obj({"pid": I, "comm": S, "cgroup": S, "processes": I, "backend": S, "interval_s": N,
+                       "vm": obj({"vmm": S, "name": S, "accel": S, "ram_bytes": BYTES}, ["vmm", "ram_bytes"]), **TLB}),
+        "processes": {"type": "array", "items": obj({"pid": I, "comm": S, "rounds": I, "working_set_bytes": BYTES,
+                                                      "advised_rounds": NULLABLE(I),
+                                                      "at_group_threshold": NULLABLE({"type": "object"})},
+                                                     ["pid", "working_set_bytes", "at_group_threshold"])}},
+       ["rounds", "working_set_bytes", "thresholds"],
+       "One process (source.pid; source.vm for a VMM's guest RAM) or, with --cgroup, a cgroup (source.cgroup) "
+       "summed over its processes, each in processes[] at the group's advised threshold.")
 
 schema("idlemap.bitmap/1", "idlemap bitmap --json (and FILE.json beside the bitmap)",
        {"pid": I, "comm": S, "pages": I, "present_pages": I, "idle_pages": I, "accessed_pages": I,

@@ -30,24 +30,19 @@ Each round (every ``period_s``):
 The kernel chooses the pages (its LRU order): idlemap decides how much,
 and when to stop.  Pages our readings call cold were not referenced since
 their last mark, which the kernel's reclaim sees too (page_idle keeps a
-cleared accessed bit in PG_young), so they are what the LRU takes first.
+cleared accessed bit in PG_young), so they should be what the LRU takes
+first -- but under MGLRU a hot page not touched again between the reading
+and the write was seen evicted first (docs/advise.md), which is what the
+refault and promotion goals are for.
 """
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from .analysis import actions as pol
 from .analysis import advise as A
-from .errors import IdlemapError, NoSuchProcess
+from .cgroup_scan import CgroupScan
 from .kernel import cgroup as cg
-from .kernel import pagemap as pm
 from .kernel.maps import PAGE_SIZE
-from .kernel.process import identify
-from .scan import Scanner
 
 MiB = 1 << 20
 REFAULT_WINDOW = 5
@@ -162,64 +157,6 @@ def promotion_rate(back_bytes: int, window_s: float, working_set_bytes: int) -> 
     return back_bytes / working_set_bytes / (window_s / 60.0) * 100.0
 
 
-class _Member:
-    def __init__(self, scanner: Scanner, kmax: int):
-        self.scanner = scanner
-        self.ages = A.VpnAgeTracker(kmax)
-        self.present = np.zeros(0, bool)
-        self.pagemap = pm.Pagemap(scanner.proc.pid)
-        self.reclaimed = np.empty(0, np.int64)      # vpns the loop saw go and not yet come back
-
-    def _present_now(self, v: np.ndarray) -> np.ndarray:
-        starts, counts = pol.coalesce(v)
-        e = self.pagemap.read_ranges(starts, counts, np.empty(v.size, np.uint64))
-        return (e & pm.PRESENT) != 0
-
-    def note_reclaimed(self) -> None:
-        """After a memory.reclaim write: the pages present at this round's
-        reading that are gone now are the loop's doing."""
-        v = self.ages.vpns[self.present]
-        if v.size:
-            self.reclaimed = np.union1d(self.reclaimed, v[~self._present_now(v)])
-
-    def came_back(self) -> int:
-        """Pages the loop reclaimed that are present again (a fault brought
-        them back: each is a promotion); they leave the set."""
-        v, vp = self.reclaimed, self.ages.vpns
-        if v.size == 0 or vp.size == 0:
-            return 0
-        at = np.minimum(np.searchsorted(vp, v), vp.size - 1)
-        known = vp[at] == v
-        back = known & self.present[at]
-        # Pages no longer mapped at all will not come back: forget them.
-        self.reclaimed = v[known & ~back]
-        return int(back.sum())
-
-    def close(self) -> None:
-        self.pagemap.close()
-        self.scanner.close()
-
-    def cold_charged(self, k: int, inodes: set[int]) -> int:
-        """Pages present with age >= k whose frame is charged to the cgroup.
-
-        A process joins a cgroup with its old pages still charged where they
-        were (cgroup v2 does not move charges), and memory.reclaim can only
-        take the cgroup's own pages: asking for cold pages it does not hold
-        makes the kernel reclaim hot ones instead (seen in the test VM: 11
-        MiB of refaults and PSI at 2%).  So the request counts frames by
-        /proc/kpagecgroup."""
-        v = self.ages.cold_vpns(k, self.present)
-        if v.size == 0:
-            return 0
-        starts, counts = pol.coalesce(v)
-        e = self.pagemap.read_ranges(starts, counts, np.empty(v.size, np.uint64))
-        ok = (e & pm.PRESENT) != 0
-        if not ok.any():
-            return 0
-        ino = cg.page_cgroups(e[ok] & pm.PFN_MASK)
-        return int(np.isin(ino, np.fromiter(inodes, np.int64)).sum())
-
-
 class CgroupReclaimer:
     """One round per :meth:`round` (tests drive it between workload steps)."""
 
@@ -227,8 +164,9 @@ class CgroupReclaimer:
         self.cfg = cfg
         self.path = cg.resolve(cfg.path)
         cg.require_memory_files(self.path)
-        self.members: dict[int, _Member] = {}
-        self.acc = A.Accumulator(cfg.kmax)
+        self.scan = CgroupScan(self.path, cfg.kmax, cfg.tlb_flush, acting=True,
+                               unsafe_no_tlb_flush=cfg.unsafe_no_tlb_flush)
+        self.acc = self.scan.acc
         self.step = cfg.max_step_bytes
         self.index = 0
         self.backoffs = 0
@@ -243,60 +181,22 @@ class CgroupReclaimer:
         self.back_total = 0
         self.promo_max = 0.0
         self.last_refaults = cg.refaults(cg.read_stat(self.path))
-        self.last_t: float | None = None
-        self.tlb: dict = {}
 
-    # -- membership -------------------------------------------------------
-    def _sync(self) -> None:
-        pids = set(cg.procs(self.path)) - {os.getpid()}
-        for pid in list(self.members):
-            if pid not in pids:
-                self.members.pop(pid).close()
-        for pid in sorted(pids - set(self.members)):
-            try:
-                proc = identify(pid)
-                if proc.is_kernel_thread:
-                    continue
-                sc = Scanner(proc, backend="page_idle", need_per_page=True, tlb_flush=self.cfg.tlb_flush,
-                             acting=True, unsafe_no_tlb_flush=self.cfg.unsafe_no_tlb_flush)
-            except NoSuchProcess:
-                continue
-            try:
-                sc.start()
-            except NoSuchProcess:
-                sc.close()
-                continue
-            self.tlb = sc.tlb.as_dict()
-            try:
-                self.members[pid] = _Member(sc, self.cfg.kmax)
-            except NoSuchProcess:
-                sc.close()
+    @property
+    def members(self) -> dict:
+        return self.scan.members
+
+    @property
+    def tlb(self) -> dict:
+        return self.scan.tlb
 
     def start(self) -> None:
-        self._sync()
-        self.last_t = time.monotonic()
+        self.scan.start()
 
     def round(self) -> CgroupRound:
-        k1 = self.cfg.kmax + 1
-        resident = np.zeros(k1, np.int64)
-        promoted = np.zeros(k1, np.int64)
-        back = 0
-        for pid, m in list(self.members.items()):
-            try:
-                r = m.scanner.round()
-            except NoSuchProcess:
-                self.members.pop(pid).close()
-                continue
-            im = r.sample.idle_map
-            res, prom = m.ages.step(im.vpns(), im.present & ~im.idle, im.present)
-            m.present = np.array(im.present, bool)
-            back += m.came_back()
-            resident += res
-            promoted += prom
-        now = time.monotonic()
-        window = now - (self.last_t or now)
-        self.last_t = now
-        self.acc.add(resident, promoted, window)
+        g = self.scan.round()
+        back = g.back_pages
+        window = g.window_s
         self.index += 1
         back_bytes = back * PAGE_SIZE
         self.back_total += back_bytes
@@ -310,11 +210,9 @@ class CgroupReclaimer:
         cold = 0
         if k is not None and self.acc.r > k:
             inodes = cg.subtree_inodes(self.path)
-            for pid, m in list(self.members.items()):
-                try:
-                    cold += m.cold_charged(k, inodes) * PAGE_SIZE
-                except NoSuchProcess:
-                    self.members.pop(pid).close()
+            counted: list[int] = []
+            self.scan.each(lambda m: counted.append(m.cold_charged(k, inodes)))
+            cold = sum(counted) * PAGE_SIZE
         psi = cg.read_pressure(self.path).get("some", {}).get("avg10", 0.0)
         self.psi_max = max(self.psi_max, psi)
         rf_now = cg.refaults(cg.read_stat(self.path))
@@ -352,11 +250,7 @@ class CgroupReclaimer:
                 after = cg.memory_current(self.path)
                 reclaimed = max(0, mem - after)
                 mem = after
-                for pid, m in list(self.members.items()):
-                    try:
-                        m.note_reclaimed()
-                    except NoSuchProcess:
-                        self.members.pop(pid).close()
+                self.scan.each(lambda m: m.note_reclaimed())
                 if not full:
                     # What is left at this threshold is not on the cgroup's
                     # LRU lists as we thought: go slower rather than let
@@ -370,7 +264,7 @@ class CgroupReclaimer:
         self.recent = (self.recent + [reclaimed])[-REFAULT_WINDOW:]
         if not self.members and not self.stopped:
             note = (note + "; " if note else "") + "no process in the cgroup"
-        self._sync()
+        self.scan.sync()
         return CgroupRound(self.index - 1, len(self.members), mem, k, cold, psi, rf, request, reclaimed,
                            self.step, note, back_bytes, promo)
 
@@ -387,12 +281,7 @@ class CgroupReclaimer:
                              self.promo_max, self.floor)
 
     def close(self) -> None:
-        for m in self.members.values():
-            try:
-                m.close()
-            except (IdlemapError, OSError):
-                pass
-        self.members.clear()
+        self.scan.close()
 
     def __enter__(self) -> "CgroupReclaimer":
         return self

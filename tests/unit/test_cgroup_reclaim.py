@@ -118,6 +118,13 @@ def keep_sigterm():
     (["reclaim", "--cgroup", "/x", "--psi-target", "nan"], "--psi-target"),
     (["reclaim", "--cgroup", "/x", "--target", "5%/fortnight"], "--target"),
     (["reclaim", "123"], "--cold-for"),
+    (["reclaim", "123", "--cold-for", "2", "--promotion-target", "1%/min"], "--promotion-target goes with --cgroup"),
+    (["reclaim", "--cgroup", "/x", "--promotion-target", "-1"], "--promotion-target"),
+    (["advise", "--cgroup", "/no/such/cgroup/here"], "cgroup"),
+    (["advise", "--cgroup", "/etc"], "cgroup"),
+    (["advise", "--cgroup", "/x", "-p", "123"], "not both"),
+    (["advise", "--cgroup", "/x", "--vm"], "--vm"),
+    (["advise", "--cgroup", "/x", "--range", "0x1000-0x2000"], "--range"),
 ])
 def test_cli_bad_input_is_one_sentence(argv, words, capsys, keep_sigterm):
     rc = main(argv)

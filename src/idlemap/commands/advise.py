@@ -25,6 +25,7 @@ EXAMPLES = """\
   idlemap advise 1234 --json               # every threshold, schema idlemap.advise/1
   idlemap advise 1234 --png advice.png     # savings against promotion rate
   idlemap advise --vm 4321 -n 20           # a VMM: its guest RAM
+  idlemap advise --cgroup /app -n 20       # every process of a cgroup v2 group, summed
   idlemap report app.rec advise            # the same from a record file
 A threshold of k rounds is T = k x interval: pages idle >= T are "cold".
 Their promotion rate is how many cold pages were touched again, per minute,
@@ -62,11 +63,17 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help=f"one JSON object ({SCHEMA})")
     p.add_argument("--png", metavar="FILE", type=outputs.arg("the PNG"),
                    help="also write a PNG of savings against promotion rate (needs matplotlib)")
+    p.add_argument("--cgroup", metavar="PATH",
+                   help="every process of this cgroup v2 group (and the groups below it), summed, with a "
+                        "row per process (/sys/fs/cgroup/app or /app); then give no PID")
 
 
 def run(args) -> int:
     # Imported here: `report FILE advise` uses show() below and must not pull
     # in the scanner and its backends.
+    if args.cgroup is not None:
+        from .advise_cgroup import run as run_cgroup
+        return run_cgroup(args)
     from .live import scan_and_show
     from ..backends import BACKENDS, choose_for
     cls = BACKENDS.get(args.backend)
@@ -164,6 +171,9 @@ def show(h, args, source: dict, head: dict) -> int:
     adv = A.advise_history(h, getattr(args, "target_rate", A.DEFAULT_TARGET_PCT_PER_MIN),
                            source.get("interval_s") or None)
     who = f"PID {source.get('pid')} ({source.get('comm', '')})"
+    vm = source.get("vm")
+    if vm:
+        who = f"VM {vm.get('name') or '(unnamed)'} ({vm.get('vmm')}, PID {source.get('pid')}, guest RAM)"
     png = getattr(args, "png", None)
     if png:
         advice_png(adv, png, f"{who}: memory idle >= T against its promotion rate")

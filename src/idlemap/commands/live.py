@@ -67,6 +67,9 @@ def scan_and_show(kind: str, args) -> int:
     source = {"pid": sc.proc.pid, "comm": sc.proc.comm, "backend": sc.backend_name,
               "granularity": sc.granularity, "interval_s": interval,
               **sc.tlb.as_dict()}
+    if sc.guest is not None:
+        g = sc.guest
+        source["vm"] = {"vmm": g.vmm, "name": g.name, "accel": g.accel, "ram_bytes": g.ram_bytes}
     rc = show(kind, h, args, source)
     if writer and not args.json:
         print(f"rounds saved to {args.output}")
