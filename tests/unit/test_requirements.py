@@ -190,6 +190,9 @@ def test_options_go_only_where_the_capabilities_take_them():
     kmod_sys, pi_sys = SYSTEM_BACKENDS["kmod"], SYSTEM_BACKENDS["page_idle"]
     assert options_for(pi_sys, {"mark": ("--mark", "range")}) == {"mark": "range"}
     assert options_for(kmod_sys, {"mark": ("--mark", None)}) == {}
+    # Options left at their defaults are not passed at all (the scanner's own defaults hold).
+    assert options_for(pi_sys, {"mark": ("--mark", None), "tlb_flush": ("--tlb-flush", None),
+                                "guests": ("--vms", None)}) == {}
     with pytest.raises(UsageError, match="--mark goes with the page_idle backend, not kmod"):
         options_for(kmod_sys, {"mark": ("--mark", "range")})
 

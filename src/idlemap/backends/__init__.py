@@ -140,9 +140,11 @@ def options_for(cls, given: dict[str, tuple[str, object]]) -> dict:
     not take is a usage error naming the backends that do."""
     kw = {}
     for key, (flag, value) in given.items():
+        if value is None:
+            continue                    # not given: the backend's own default
         if key in cls.caps.options:
             kw[key] = value
-        elif value is not None:
+        else:
             among = SYSTEM_BACKENDS if cls in SYSTEM_BACKENDS.values() else BACKENDS
             takers = [n for n, c in among.items() if key in c.caps.options]
             raise UsageError(f"{flag} goes with the {' or '.join(takers)} backend, not {cls.name}")
