@@ -61,7 +61,7 @@ kmod-stock-*) stock_series=${phase#kmod-stock-} ;;
 *) stock_series= ;;
 esac
 for series in $stock_series; do
-    echo "== kmod-stock $series tests (Debian's stock $series kernel, no page_idle; one VM: 2048 MiB, 2 CPUs)"
+    echo "== kmod-stock $series tests (Debian's stock $series kernel, no page_idle; one VM: 3072 MiB, 2 CPUs)"
     start=$SECONDS
     # The newest linux-image-6.1.0-N-amd64 / linux-image-6.12.N+deb12-amd64
     # with matching headers: fetched once (~15 s), then cached; its
@@ -74,7 +74,8 @@ print(build_tree(Path(sys.argv[1])))' "$stock")
         # guest finds it in the cache it sees read-only.
         "$PY" -m idlemap kmod build --kdir "$kdir" >/dev/null 2>&1 ||
             echo "note: building kmod/ against $kdir failed; the test will try in the VM"
-        "$PY" -m idlemap.testvm --kernel "stock-$series" --mem 2048 --cpus 2 --rw "$OUT" \
+        # 3072 MiB: room for a 1 GiB hugetlb page allocated at run time
+        "$PY" -m idlemap.testvm --kernel "stock-$series" --mem 3072 --cpus 2 --rw "$OUT" \
             --env IDLEMAP_IN_STOCK_VM=1 --env IDLEMAP_STOCK_DIR="$stock" \
             --env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 -- \
             "$PY" -m pytest tests/system/test_kmod_stock.py tests/system/test_kmod_hugetlb.py \

@@ -6,9 +6,10 @@ strided access, never a per-page Python loop), then acknowledges; so a test
 can mark idle -> touch set X -> wait for the ack -> read, with no clock race.
 
 Protocol (one line each way, over the child's stdin/stdout):
-  map NAME MiB [thp|nothp|hugetlb] [file PATH] [shared]  -> "ok ADDR"
-                                      (hugetlb: MAP_HUGETLB, default huge page size;
-                                      MiB a multiple of it, pages reserved beforehand)
+  map NAME MiB [thp|nothp|hugetlb|hugetlb1g] [file PATH] [shared]  -> "ok ADDR"
+                                      (hugetlb: MAP_HUGETLB, the default huge page
+                                      size, hugetlb1g: 1 GiB pages; MiB a multiple
+                                      of it, pages reserved beforehand)
   touch NAME STEP [FIRST [COUNT]]     write pages FIRST, FIRST+STEP, ... -> "ok N"
   read NAME STEP [FIRST [COUNT]]      read them instead (no write) -> "ok N"
   hot NAME FIRST COUNT                keep touching those pages in a loop
@@ -34,6 +35,7 @@ PAGE = mmap.PAGESIZE
 MADV_HUGEPAGE = 14
 MADV_NOHUGEPAGE = 15
 MAP_HUGETLB = 0x40000     # <linux/mman.h>; not in Python's mmap module
+MAP_HUGE_1GB = 30 << 26   # log2(1 GiB) << MAP_HUGE_SHIFT
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _MPOL_BIND = 2
@@ -72,10 +74,11 @@ class _Child:
             flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
             if "shared" in opts:
                 flags = mmap.MAP_SHARED | mmap.MAP_ANONYMOUS
-            if "hugetlb" in opts:
+            if "hugetlb" in opts or "hugetlb1g" in opts:
                 # hugetlb mappings never merge with a neighbour (their own
                 # file) and are huge-page aligned: no guard page, no madvise
-                mm = mmap.mmap(-1, size, flags=flags | MAP_HUGETLB)
+                flags |= MAP_HUGETLB | (MAP_HUGE_1GB if "hugetlb1g" in opts else 0)
+                mm = mmap.mmap(-1, size, flags=flags)
                 arr = np.frombuffer(mm, dtype=np.uint8)
                 addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
                 self.maps[name] = (mm, arr, addr)
