@@ -242,7 +242,13 @@ def _kvm_usable() -> bool:
 
 
 def _machine_args(mem_mib: int, cpus: int, numa_nodes: int) -> list[str]:
-    args = ["-m", f"{mem_mib}M", "-smp", str(cpus)]
+    smp = str(cpus)
+    if numa_nodes > 1 and cpus % numa_nodes == 0:
+        # One socket per node: with all CPUs in one socket they share a
+        # last-level cache across nodes, which the kernel WARNs about at boot
+        # (smpboot.c topology_sane), and the kmod tests fail on any WARNING.
+        smp = f"{cpus},sockets={numa_nodes},cores={cpus // numa_nodes},threads=1"
+    args = ["-m", f"{mem_mib}M", "-smp", smp]
     if numa_nodes == 1:
         return args
     # One RAM backend per node and the CPUs split between them; QEMU
