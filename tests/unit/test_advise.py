@@ -140,3 +140,28 @@ def test_parse_target(text, want):
 def test_parse_target_refuses(text):
     with pytest.raises(ValueError):
         A.parse_target(text)
+
+
+def test_frame_advisor_by_frame_per_group():
+    """FrameAdvisor (the exporter's): frames 0-1 hot, 2-3 touched every 2nd
+    window, 4-9 never; a second group shares frames 0-3 and has 20-21 never
+    touched.  Advised T = 2 windows, cold = the never-touched frames."""
+    import numpy as np
+    fa = A.FrameAdvisor(6, page_size=4096)
+    union = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 20, 21], np.uint64)
+    a = (union[:10], np.ones(10, np.int64))
+    b = (np.array([0, 1, 2, 3, 20, 21], np.uint64), np.array([1, 1, 1, 1, 512, 1]))   # 20: a THP head
+    for r in range(6):
+        idle = np.ones(union.size, bool)
+        idle[:2] = False
+        if r % 2 == 0:
+            idle[2:4] = False
+        fa.step(union, idle, {"a": a, "b": b}, 1.0)
+    adv = fa.advice("a", 0.2)
+    assert adv.advised.rounds == 2 and adv.advised.cold_end_bytes == 6 * 4096 and adv.working_set_bytes == 10 * 4096
+    assert adv.thresholds[0].rate_pct_per_min > 0            # T = 1: the warm frames come back
+    adv_b = fa.advice("b", 0.2)
+    assert adv_b.advised.rounds == 2 and adv_b.advised.cold_end_bytes == 513 * 4096
+    # A group missing from a window is forgotten; one window is too few.
+    fa.step(union, np.ones(union.size, bool), {"b": b}, 1.0)
+    assert fa.advice("a", 0.2) is None and fa.advice("b", 0.2) is not None

@@ -125,6 +125,8 @@ def keep_sigterm():
     (["advise", "--cgroup", "/x", "-p", "123"], "not both"),
     (["advise", "--cgroup", "/x", "--vm"], "--vm"),
     (["advise", "--cgroup", "/x", "--range", "0x1000-0x2000"], "--range"),
+    (["exporter", "--advise", "--backend", "clear_refs", "--listen", "127.0.0.1:0"], "--advise needs the page_idle"),
+    (["exporter", "--advise", "--advise-windows", "1"], "--advise-windows"),
 ])
 def test_cli_bad_input_is_one_sentence(argv, words, capsys, keep_sigterm):
     rc = main(argv)

@@ -231,6 +231,12 @@ class VpnAgeTracker:
         self.t = AgeTracker(0, kmax)
 
     def step(self, vpns: np.ndarray, accessed: np.ndarray, present: np.ndarray):
+        self.align(vpns)
+        return self.t.step(accessed, present)
+
+    def align(self, vpns: np.ndarray) -> None:
+        """Re-index the ages onto ``vpns`` (sorted keys): kept keys keep
+        theirs, new ones start unseen."""
         vpns = np.asarray(vpns, np.int64)
         if not (vpns.size == self.vpns.size and np.array_equal(vpns, self.vpns)):
             order = np.argsort(vpns, kind="stable")
@@ -242,7 +248,60 @@ class VpnAgeTracker:
                 pc, hit = np.zeros(sv.size, np.int64), np.zeros(sv.size, bool)
             self.t.reindex(pc[hit], order[hit], vpns.size)
             self.vpns = vpns
-        return self.t.step(accessed, present)
 
     def cold_vpns(self, k: int, present: np.ndarray) -> np.ndarray:
         return self.vpns[present & (self.t.age >= k)]
+
+
+# -- many processes from one global pass (the exporter) ---------------------------
+class FrameAdvisor:
+    """Advice per process and per cgroup from system-wide windows (one
+    page_idle read over the union of every process's frames), over the
+    last ``rounds`` windows.
+
+    Ages are kept per *frame* (a system-wide pass reads frames, not virtual
+    pages): a frame's age advances while it stays in the union.  So a page
+    reclaimed and brought back comes back in another frame and is seen as
+    new, not as a promotion, and a frame freed and reused within one window
+    carries its old page's age.  These figures describe resident memory;
+    ``advise PID`` and ``advise --cgroup`` track virtual pages and see
+    swapped pages come back."""
+
+    def __init__(self, rounds: int, page_size: int = PAGE_SIZE):
+        self.rounds = max(2, int(rounds))
+        self.kmax = self.rounds
+        self.page_size = page_size
+        self.ages = VpnAgeTracker(self.kmax)
+        self.history: dict[object, list[tuple[np.ndarray, np.ndarray, float]]] = {}
+
+    def step(self, union: np.ndarray, idle: np.ndarray, groups: dict, window_s: float) -> None:
+        """One window: ``union`` (sorted unique frames) with ``idle`` per
+        frame, and ``groups`` {key: (pfns, pages)} -- each group's frames
+        (in the union, unique within the group) and the 4 KiB pages each
+        stands for (512 for a THP head).  Groups not given this window are
+        forgotten."""
+        accessed = ~np.asarray(idle, bool)
+        self.ages.align(np.asarray(union, np.int64))
+        prev = np.minimum(self.ages.t.age, self.kmax)
+        self.ages.t.step(accessed, np.ones(accessed.size, bool))
+        age = np.minimum(self.ages.t.age, self.kmax)
+        kept = {}
+        for key, (pfns, pages) in groups.items():
+            idx = np.searchsorted(union, pfns)
+            w = np.asarray(pages, np.float64)
+            acc = accessed[idx]
+            res = np.bincount(age[idx], weights=w, minlength=self.kmax + 1).astype(np.int64)
+            prom = np.bincount(prev[idx][acc], weights=w[acc], minlength=self.kmax + 1).astype(np.int64)
+            kept[key] = (self.history.get(key, []) + [(res, prom, window_s)])[-self.rounds:]
+        self.history = kept
+
+    def advice(self, key, target_pct_per_min: float) -> Advice | None:
+        """The advice for ``key`` over its windows in the history (None if
+        it has fewer than 2: no threshold can be resolved)."""
+        h = self.history.get(key)
+        if not h or len(h) < 2:
+            return None
+        acc = Accumulator(self.kmax, self.page_size)
+        for res, prom, w in h:
+            acc.add(res, prom, w)
+        return acc.advice(target_pct_per_min)

@@ -128,6 +128,15 @@ class GuestUsage:
                 "cold_bytes": self.cold_bytes, "window_s": round(self.window_s, 4)}
 
 
+@dataclass(frozen=True, slots=True)
+class FrameDetail:
+    """What a page_idle system window read, frame by frame (kept only when
+    asked: the exporter's advice needs it, and it is ~9 bytes a frame)."""
+    union: np.ndarray             # sorted unique frames
+    idle: np.ndarray              # bool per union frame
+    frames: list[ProcFrames]      # aligned with SystemSample.processes
+
+
 @dataclass(slots=True)
 class SystemSample:
     """One system-wide window."""
@@ -146,6 +155,7 @@ class SystemSample:
     vanished: int = 0             # exited while being scanned (not an error)
     denied: int = 0               # not readable (not root?)
     errors: list[str] = field(default_factory=list)   # anything else, one sentence each
+    detail: FrameDetail | None = None    # with keep_frames (page_idle only)
 
 
 def union_of(frames: list[ProcFrames]) -> np.ndarray:

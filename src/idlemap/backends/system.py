@@ -82,6 +82,9 @@ class SystemScanner(abc.ABC):
 
     name = ""
     caps: Capabilities
+    # Hand the window's frames and idle bits on in SystemSample.detail (the
+    # exporter's advice); a scanner that reads no frames ignores it.
+    keep_frames = False
 
     def __init__(self, selection: Selection | None = None, pss: bool = False, cgroups: bool = False):
         self.selection = selection or Selection()
@@ -383,7 +386,8 @@ class PageIdleSystemScanner(SystemScanner):
             backend=self.name, granularity=self.caps.granularity, time_s=now, window_s=window,
             processes=rows, cgroups=cgs, guests=guests, total_rss_bytes=total_rss, total_wss_bytes=total_wss,
             scan_s=time.monotonic() - t0, frames=int(union.size), new_processes=new,
-            vanished=r.vanished, denied=r.denied, errors=r.errors)
+            vanished=r.vanished, denied=r.denied, errors=r.errors,
+            detail=an.FrameDetail(union, idle, rep_frames) if self.keep_frames else None)
 
 
 class ClearRefsSystemScanner(SystemScanner):

@@ -19,6 +19,7 @@ EXAMPLES = """\
   idlemap exporter --pids 1234,5678 --pss   # two processes, with PSS-weighted figures
   idlemap exporter --listen 0.0.0.0:9466    # every interface (default: loopback only)
   idlemap exporter --vms                    # also idlemap_guest_* series per VM (guest RAM only)
+  idlemap exporter --advise --interval 30   # also advised savings and promotion rates (last 10 windows)
   curl -s 127.0.0.1:9466/metrics | grep ^idlemap_
 See docs/fleet.md for systemd, Kubernetes, PromQL and a Grafana dashboard.
 """
@@ -39,6 +40,15 @@ def add_arguments(p) -> None:
                    help="only the N largest processes/groups by --sort (default 0: all)")
     p.add_argument("--sort", default="rss", choices=SORT_KEYS,
                    help="what --top-n ranks by (default rss: the same series from window to window)")
+    p.add_argument("--advise", action="store_true",
+                   help="also the savings advisor's series per process (and per cgroup with --cgroups): "
+                        "advised savings, threshold and promotion rate over the last --advise-windows windows "
+                        "(page_idle system scan; docs/advise.md)")
+    p.add_argument("--advise-windows", type=validate.whole(2, 10_000, "a number of windows"), default=10,
+                   metavar="N", help="--advise: windows the advice looks back over (default 10: thresholds "
+                                     "from 1 to 9 windows)")
+    from .advise import add_target_option
+    add_target_option(p)
     add_selection_arguments(p)
 
 
@@ -54,6 +64,15 @@ def run(args) -> int:
     choice, scanner = make_scanner(args, cgroups=args.cgroups)
     state = svc.ExporterState(choice.cls.name, choice.cls.caps.granularity, f"{args.interval:g}s",
                               tlb_flushed=scanner.tlb.exact)
+    if args.advise:
+        if choice.cls.name != "page_idle":
+            scanner.close()
+            raise UsageError(f"--advise needs the page_idle system scan (ages by frame), not {choice.cls.name} "
+                             "(--backend page_idle)")
+        from ..analysis.advise import FrameAdvisor
+        scanner.keep_frames = True
+        state.advisor = FrameAdvisor(args.advise_windows)
+        state.advise_target = args.target_rate
     if args.top_processes and not args.cgroups:
         raise UsageError("--top-processes goes with --cgroups (without it every process is exported; "
                          "--top-n limits them)")

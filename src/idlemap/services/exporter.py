@@ -20,6 +20,13 @@ Metrics (bytes and seconds, Prometheus naming):
   idlemap_scans_total, idlemap_scan_errors_total{reason}, idlemap_processes_vanished_total,
   idlemap_processes_unreadable
   idlemap_backend_info{backend,granularity,version}
+  with --advise (page_idle): the savings advisor over the last N windows
+  idlemap_advised_savings_bytes{pid,comm,cgroup}   resident now and idle >= the advised T
+                                                   (0: no threshold meets the target)
+  idlemap_advised_threshold_seconds{pid,comm,cgroup}
+  idlemap_promotion_rate_percent_per_minute{pid,comm,cgroup}   at the advised T
+  idlemap_cgroup_advised_savings_bytes{cgroup} ... the same per cgroup (with --cgroups)
+  idlemap_advise_target_percent_per_minute, idlemap_advise_windows
 
 The window length is a gauge (idlemap_interval_seconds configured,
 idlemap_window_seconds measured), not a label: a label would be part of
@@ -34,6 +41,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ..analysis.advise import Advice, FrameAdvisor
 from ..analysis.system import SystemSample, sort_rows
 from ..errors import IdlemapError, UsageError
 from ..rounds import paced
@@ -87,6 +95,11 @@ class ExporterState:
     last_scan_wall: float = 0.0
     errors_total: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_REASONS, 0))
     interval_s: float = 0.0           # the configured window length (idlemap_interval_seconds)
+    advisor: FrameAdvisor | None = None   # --advise
+    advise_target: float = 0.2
+    # {(pid, comm): Advice | None} and {cgroup: Advice | None} of the last window
+    advice: dict = field(default_factory=dict)
+    cgroup_advice: dict = field(default_factory=dict)
 
     def record(self, s: SystemSample) -> None:
         # Unreadable processes are a state (the same ones every window, e.g.
@@ -95,7 +108,28 @@ class ExporterState:
         self.vanished_total += s.vanished
         self.scans_total += 1
         self.last_scan_wall = time.time()
+        if self.advisor is not None and s.detail is not None:
+            self._advise(s)
         self.sample = s
+
+    def _advise(self, s: SystemSample) -> None:
+        import numpy as np
+        d = s.detail
+        groups: dict = {}
+        by_cg: dict[str, list] = {}
+        for p, f in zip(s.processes, d.frames):
+            groups[("p", p.pid, p.comm)] = (f.pfns, f.pages)
+            by_cg.setdefault(p.cgroup, []).append(f)
+        for cg, fs in by_cg.items():
+            # A page shared inside the group counts once, as idlemap_cgroup_*.
+            pf = np.concatenate([f.pfns for f in fs])
+            pg = np.concatenate([f.pages for f in fs])
+            u, first = np.unique(pf, return_index=True)
+            groups[("c", cg)] = (u, pg[first])
+        self.advisor.step(d.union, d.idle, groups, s.window_s)
+        t = self.advise_target
+        self.advice = {(k[1], k[2]): self.advisor.advice(k, t) for k in groups if k[0] == "p"}
+        self.cgroup_advice = {k[1]: self.advisor.advice(k, t) for k in groups if k[0] == "c"}
 
     def failed(self) -> None:
         self.errors_total["scan_failed"] += 1
@@ -217,8 +251,51 @@ def make_collector(state: ExporterState, processes: bool = True, cgroups: bool =
                     gr.add_metric(lab, g.rss_bytes)
                     gs.add_metric(lab, g.ram_bytes)
                 yield from (gw, gc, gr, gs)
+            if state.advisor is not None:
+                yield from _advice_families(state, s, processes, cgroups, sort, top_n, process_top_n)
 
     return IdlemapCollector()
+
+
+def _advice_families(state: ExporterState, s: SystemSample, processes: bool, cgroups: bool, sort: str,
+                     top_n: int, process_top_n: int):
+    """The advisor's series for the processes and groups the other series
+    cover (the same --top-n selection)."""
+    from prometheus_client.core import GaugeMetricFamily
+    yield GaugeMetricFamily("idlemap_advise_target_percent_per_minute", "The promotion-rate target the "
+                            "advice meets (--target)", value=state.advise_target)
+    yield GaugeMetricFamily("idlemap_advise_windows", "Windows the advice looks back over (--advise-windows)",
+                            value=state.advisor.rounds)
+
+    def fams(prefix: str, labels: list[str]):
+        return (GaugeMetricFamily(f"idlemap_{prefix}advised_savings_bytes", "Resident bytes idle for at least "
+                                  "the advised threshold in the last window (0: no threshold meets the target)",
+                                  labels=labels),
+                GaugeMetricFamily(f"idlemap_{prefix}advised_threshold_seconds", "The advised idle-age threshold: "
+                                  "the shortest whose promotion rate meets the target", labels=labels),
+                GaugeMetricFamily(f"idlemap_{prefix}promotion_rate_percent_per_minute", "Pages idle for the "
+                                  "advised threshold then touched, per minute, as a share of the working set",
+                                  labels=labels))
+
+    def add(f, lab, adv: Advice | None) -> None:
+        if adv is None:
+            return                      # fewer than 2 windows seen: nothing resolved yet
+        a = adv.advised
+        f[0].add_metric(lab, 0 if a is None else a.cold_end_bytes)
+        if a is not None:
+            f[1].add_metric(lab, a.seconds)
+            f[2].add_metric(lab, a.rate_pct_per_min)
+
+    if processes:
+        pf = fams("", ["pid", "comm", "cgroup"])
+        for p in sort_rows(s.processes, sort, process_top_n):
+            add(pf, [str(p.pid), p.comm, p.cgroup], state.advice.get((p.pid, p.comm)))
+        yield from pf
+    if cgroups:
+        cf = fams("cgroup_", ["cgroup"])
+        for c in sort_rows(s.cgroups, sort if sort != "pss" else "rss", top_n):
+            add(cf, [c.cgroup], state.cgroup_advice.get(c.cgroup))
+        yield from cf
 
 
 def serve(host: str, port: int, collector) -> tuple[object, int]:
