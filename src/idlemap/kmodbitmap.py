@@ -44,11 +44,12 @@ def _bits(words: np.ndarray, n: int) -> np.ndarray:
 RESERVED_MIN_PAGES = 1 << 15
 
 # Spans closer than this (and with no other mapping between them) are read
-# by one walk: a gap costs the module nothing but its bitmap bits, while a
-# call costs a system call and the bitmaps' set-up in Python -- a Python
-# process has ~170 mappings, mostly adjacent, and one call per mapping made
-# a 256 MiB read ~100x slower than the module's walk of it.
-MAX_GAP_PAGES = 2048
+# by one walk: a gap costs the module at most one turn of its 128 MiB chunk
+# loop and its bitmap bits, while a call costs a system call, the bitmaps'
+# set-up in Python and, when it re-marks, a TLB flush -- a Python process
+# has ~170 mappings, mostly adjacent, and one call per mapping made a
+# 256 MiB read ~10x slower than the module's walk of it.
+MAX_GAP_PAGES = 1 << 15
 
 
 @dataclass(slots=True)
