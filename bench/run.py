@@ -18,8 +18,9 @@ idlemap's kernel module (kmod/, issue 14) is built first, on the host,
 against the test kernel's tree, and both guests load it and measure the
 kmod backend on the same processes (bench/scan_kmod.py; --no-kmod leaves
 it out).  On a machine whose VM is shared, ``--lock FILE`` holds an flock
-on FILE for each guest and lets go between them; ``--only 2g|8g`` runs one
-guest and keeps the other's figures from the JSON (the doc says which run
+on FILE for each guest and lets go between them.  The JSON is written
+after each guest, and a guest not run (``--only 2g|8g``) or not reached
+keeps its figures from the JSON already there (the doc says which run
 produced which).
 
 Results come back from the guests through a directory shared read-write.
@@ -141,6 +142,13 @@ def run_guest(label: str, mem_mib: int, extra: list[str], outdir: str, lock: str
     doc["host_load_before"] = load0
     doc["host_load_after"] = os.getloadavg()
     return doc
+
+
+def save_json(data: dict, path: str) -> None:
+    data["guests"] = dict(sorted(data["guests"].items()))
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
 
 
 def git_head() -> str:
@@ -727,7 +735,7 @@ def main(argv=None) -> int:
     try:
         data = {"schema": "idlemap.bench/1", "date": time.strftime("%Y-%m-%d"), "host": host_info(),
                 "guests": {}}
-        if args.only and os.path.exists(args.json):
+        if not args.quick and os.path.exists(args.json):   # a guest not run (or not yet) keeps its figures
             with open(args.json) as f:
                 data["guests"] = json.load(f).get("guests", {})
         guests = GUESTS_QUICK if args.quick else [g for g in GUESTS_FULL if not args.only or g[0] == args.only]
@@ -741,9 +749,12 @@ def main(argv=None) -> int:
                 extra = [*extra, "--kmod", ko]
             data["guests"][label] = run_guest(label, mem, extra, outdir, args.lock)
             data["guests"][label]["commit"] = git_head()
+            if not args.quick:          # kept guest by guest: a later guest that fails loses nothing
+                save_json(data, args.json)
         data["guests"] = dict(sorted(data["guests"].items()))
         if not args.no_totals:
             data["totals"] = run_totals(outdir, args.quick)
+            data["totals"]["date"] = time.strftime("%Y-%m-%d %H:%M")
         elif os.path.exists(args.json):
             with open(args.json) as f:
                 old = json.load(f)
@@ -752,9 +763,7 @@ def main(argv=None) -> int:
         if args.quick:
             print(render(data))
             return 0
-        with open(args.json, "w") as f:       # first: a render that fails keeps the measurements
-            json.dump(data, f, indent=1)
-            f.write("\n")
+        save_json(data, args.json)          # first: a render that fails keeps the measurements
         text = render(data)
         with open(args.md, "w") as f:
             f.write(text)

@@ -733,6 +733,9 @@ def _run(args, doc: dict, tmp: str, exe: str, km: bool, gib: int, cases: list) -
                              "target_pages": t.npages, "results": res}
             for p in args.profile.split(","):
                 if p and p == f"{mib}{'thp' if thp else ''}" and kind == "dense":
+                    if not os.path.exists(os.path.join(os.path.dirname(sys.executable), "py-spy")):
+                        log("(no py-spy next to this Python: no profile; pip install py-spy)")
+                        continue
                     doc.setdefault("profiles", []).append(run_profile(t, args.profile_s, tmp))
         finally:
             t.close()
