@@ -737,7 +737,10 @@ def main(argv=None) -> int:
                 "guests": {}}
         if not args.quick and os.path.exists(args.json):   # a guest not run (or not yet) keeps its figures
             with open(args.json) as f:
-                data["guests"] = json.load(f).get("guests", {})
+                old = json.load(f)
+            data["guests"] = old.get("guests", {})
+            if "totals" in old:
+                data["totals"] = old["totals"]
         guests = GUESTS_QUICK if args.quick else [g for g in GUESTS_FULL if not args.only or g[0] == args.only]
         before = extract_before(outdir)
         data["before_commit"] = BEFORE_COMMIT
@@ -755,11 +758,6 @@ def main(argv=None) -> int:
         if not args.no_totals:
             data["totals"] = run_totals(outdir, args.quick)
             data["totals"]["date"] = time.strftime("%Y-%m-%d %H:%M")
-        elif os.path.exists(args.json):
-            with open(args.json) as f:
-                old = json.load(f)
-            if "totals" in old:
-                data["totals"] = old["totals"]
         if args.quick:
             print(render(data))
             return 0
