@@ -68,6 +68,13 @@ struct idlemap_file {
 	u32 mode;			/* IDLEMAP_MODE_* for pread */
 	unsigned long *buf[BM_N];	/* CHUNK_BYTES each: one chunk of output */
 	unsigned long *sel;		/* CHUNK_BYTES: one chunk of a pwrite */
+	/*
+	 * A call cut short by MAX_PAGES_PER_CALL: where it stopped (0: it was
+	 * not) and the huge entry it ended in, so that a call continuing from
+	 * there tests a huge page the cut falls in once, as a chunk does.
+	 */
+	unsigned long cont_addr, huge_lo, huge_hi;
+	bool huge_young, huge_marked;
 };
 
 struct walk {
@@ -465,6 +472,7 @@ static long run(struct idlemap_file *f, unsigned long start, unsigned long end,
 	struct walk w = { .clear = clear };
 	struct mm_struct *mm;
 	unsigned long addr, cend;
+	bool cut;
 	long ret = 0;
 	int k;
 
@@ -473,7 +481,16 @@ static long run(struct idlemap_file *f, unsigned long start, unsigned long end,
 	mm = target_mm(f->pid);
 	if (IS_ERR(mm))
 		return PTR_ERR(mm);
-	end = min(end, start + MAX_PAGES_PER_CALL * PAGE_SIZE);
+	if (start == f->cont_addr) {	/* the continuation of a call cut short */
+		w.huge_lo = f->huge_lo;
+		w.huge_hi = f->huge_hi;
+		w.huge_young = f->huge_young;
+		w.huge_marked = f->huge_marked;
+	}
+	f->cont_addr = 0;
+	cut = end - start > MAX_PAGES_PER_CALL * PAGE_SIZE;
+	if (cut)
+		end = start + MAX_PAGES_PER_CALL * PAGE_SIZE;
 	for (addr = start; addr < end; addr = cend) {
 		unsigned long npages, nbytes, off = ((addr - start) >> PAGE_SHIFT) / BITS_PER_BYTE;
 
@@ -528,6 +545,13 @@ static long run(struct idlemap_file *f, unsigned long start, unsigned long end,
 	if (clear && w.nr_present)
 		flush_mm(mm);
 	mmput(mm);
+	if (cut && !ret) {
+		f->cont_addr = end;
+		f->huge_lo = w.huge_lo;
+		f->huge_hi = w.huge_hi;
+		f->huge_young = w.huge_young;
+		f->huge_marked = w.huge_marked;
+	}
 	if (stats) {
 		stats->nr_present = w.nr_present;
 		stats->nr_idle = w.nr_idle;
@@ -622,6 +646,7 @@ static long do_bind(struct idlemap_file *f, unsigned long arg)
 	old = f->pid;
 	f->pid = pid;			/* the reference is the fd's until release or rebind */
 	put_pid(old);
+	f->cont_addr = 0;		/* no continuation across targets */
 	return 0;
 }
 

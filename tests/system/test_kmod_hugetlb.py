@@ -11,6 +11,7 @@ CONFIG_HUGETLBFS, HUGETLB_PAGE) and Debian's stock 6.1 and 6.12 kernels
 (marker kmod_stock; scripts/test.sh kmod-stock).  Huge pages are reserved
 here through /proc/sys/vm/nr_hugepages and given back at the end.
 """
+import mmap
 import os
 from pathlib import Path
 
@@ -212,3 +213,34 @@ def test_hugetlb_page_cut_by_a_chunk_boundary_reads_whole(loaded, hugepages):
     assert n_present == npages and n_idle == 0, (n_present, n_idle, np.flatnonzero(bits)[:5])
     assert np.unpackbits(present.view(np.uint8), bitorder="little")[:npages].all()
     assert again == (npages, npages)
+
+
+def test_hugetlb_page_cut_by_a_call_boundary_reads_whole(loaded, hugepages):
+    """One call walks at most 8 GiB; the Python layer (Device.walk) calls
+    again from where it stopped.  A walk starting 1 MiB into a hugetlb
+    mapping of 8 GiB + 4 MiB (address space only: MAP_NORESERVE, two huge
+    pages faulted in, at 0 and at 8 GiB) puts that boundary in the middle of
+    the second one: the continuing call must take it as the first call read
+    it, so after touching both, read and re-mark says all 768 present pages
+    accessed (256 of the first, 512 of the second), then none."""
+    size = (8 << 30) + 4 * MiB
+    mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40000 | 0x4000)
+    try:
+        buf = memoryview(mm)
+        a = np.frombuffer(buf[:8], np.uint64).ctypes.data     # the mapping's address
+        assert a % HPAGE == 0
+        start, end = a + MiB, a + size
+        npages = (end - start) >> PAGE_SHIFT
+        idle = np.zeros(-(-npages // 64), np.uint64)
+        with kmod.Device(os.getpid()) as dev:
+            for _ in range(2):
+                mm[0] = mm[8 << 30] = 1                         # both huge pages accessed
+                dev.walk(start, end, clear=True)
+            mm[0] = mm[8 << 30] = 1
+            got = dev.walk(start, end, idle=idle, clear=True)
+            again = dev.walk(start, end, clear=True)
+        del buf
+    finally:
+        mm.close()
+    assert got == (768, 0), (got, np.flatnonzero(np.unpackbits(idle.view(np.uint8), bitorder="little"))[:5])
+    assert again == (768, 768)
