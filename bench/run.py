@@ -652,6 +652,7 @@ def render(data: dict) -> str:
         add("## Target slowdown\n")
         add(f"A {sd['target_mib']} MiB loop writing one byte per page (the workload's `hot` loop), passes per "
             f"second over {sd['seconds_per_run']:.0f} s runs, alone and while `IdleBitmap.read(remark=True)` "
+            f"(page_idle) or `KmodBitmap.read(remark=True)` (kmod, when measured) "
             f"re-reads and re-marks it every interval (what `idlemap wss PID INTERVAL` does); "
             f"{sd['runs']} runs each, interleaved, medians.\n")
         add("| scanning | passes/s | slowdown | scanner busy |")
