@@ -333,8 +333,8 @@ def churn(seed: int) -> None:
             r = libc.mremap(addr, length, new, 1)        # MREMAP_MAYMOVE
             if r not in (None, MAP_FAILED):
                 m[0], m[1] = r, new
-        elif op == 5:                                    # zap, free, page out, cool, collapse
-            libc.madvise(addr + part, plen, rnd.choice([4, 8, 20, 21, 25]))
+        elif op == 5:                                    # zap, free, cool, page out (swap), collapse
+            libc.madvise(addr + part, plen, rnd.choice([4, 8, 20, 21, 21, 21, 25]))
         elif op == 6:                                    # protection changes split VMAs and THPs
             libc.mprotect(addr + part, plen, rnd.choice([PROT_NONE, mmap.PROT_READ, rw]))
         elif op in (7, 8):                               # touch (where writable), read
