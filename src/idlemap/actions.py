@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import rounds
-from .analysis import actions as pol
+from .analysis import actions as policy
 from .analysis.spans import HPAGE_PAGES, spans_for
 from .errors import NoSuchProcess, TargetExited, UsageError
 from .kernel import numa, smaps
@@ -58,7 +58,7 @@ class PageRounds:
         self.scanner = Scanner(proc, backend="auto", need_per_page=True, tlb_flush=tlb_flush,
                                ranges=ranges, acting=True, unsafe_no_tlb_flush=unsafe_no_tlb_flush)
         self.tlb = self.scanner.tlb
-        self.state: pol.PageState | None = None
+        self.state: policy.PageState | None = None
         self.map: IdleMap | None = None
         self.round = 0
 
@@ -66,14 +66,14 @@ class PageRounds:
         """Round 0: mark every page idle."""
         self.scanner.start()
 
-    def next(self) -> tuple[IdleMap, pol.PageState]:
+    def next(self) -> tuple[IdleMap, policy.PageState]:
         m = self.scanner.round().idle_map
         assert m is not None            # the backend is per page (need_per_page)
         if m.npages == 0:
             # An exiting process reads as no mappings at all.
             check_same(self.proc)
         self.round += 1
-        st = pol.update_streaks(pol.carry(self.state, m.vpns()), m.present, m.idle)
+        st = policy.update_streaks(policy.carry(self.state, m.vpns()), m.present, m.idle)
         self.state, self.map = st, m
         return m, st
 
@@ -199,7 +199,7 @@ class Reclaimer:
             self.close()
             raise
         self.rss_before, self.swap_before = roll.get("Rss", 0), roll.get("Swap", 0)
-        self.guard = pol.RefaultGuard(cfg.cold_for, cfg.rate_bytes_per_s, cfg.refault_pct)
+        self.guard = policy.RefaultGuard(cfg.cold_for, cfg.rate_bytes_per_s, cfg.refault_pct)
         self.advised_pages = self.reclaimed_pages = self.refault_pages = 0
         self.gone = False
 
@@ -221,20 +221,20 @@ class Reclaimer:
         majflt = fault_counts(self.proc.pid)[1]
         major, self._majflt_last = majflt - self._majflt_last, majflt
         accessed = m.present & ~m.idle
-        back = pol.take_refaults(st, accessed)
+        back = policy.take_refaults(st, accessed)
         backoffs = self.guard.backoffs
         was_stopped = self.guard.stopped
         # Judged only once something was advised: before that, the
         # target's major faults are its own business (file reads...).
-        pol.guard_refaults(self.guard, r, back, major if self.advised_pages else 0)
+        policy.guard_refaults(self.guard, r, back, major if self.advised_pages else 0)
         note = self.guard.reason if (self.guard.backoffs != backoffs or self.guard.stopped != was_stopped) else ""
         if self.guard.stopped:
             cand = np.zeros(m.npages, dtype=bool)
         else:
-            cand = pol.reclaim_candidates(st, m.present, self.guard.cold_for, r)
-        limit = pol.budget_pages(self.guard.rate_bytes_per_s, self.cfg.period_s, PAGE_SIZE)
-        idx = pol.pick(cand, st.idle_streak, limit)
-        first, npages = pol.coalesce(st.vpns[idx])
+            cand = policy.reclaim_candidates(st, m.present, self.guard.cold_for, r)
+        limit = policy.budget_pages(self.guard.rate_bytes_per_s, self.cfg.period_s, PAGE_SIZE)
+        idx = policy.pick(cand, st.idle_streak, limit)
+        first, npages = policy.coalesce(st.vpns[idx])
         starts, lengths = first << PAGE_SHIFT, npages << PAGE_SHIFT
         refaults = sum(back.values())
         accepted = reclaimed = 0
@@ -245,7 +245,7 @@ class Reclaimer:
             res = pmad.process_madvise(self.pidfd, self.proc.pid, starts, lengths, self.advice)
             accepted, failed = res.advised_bytes, res.failed
             st.acted_round[idx] = r
-            pol.guard_advised(self.guard, r, int(idx.size))
+            policy.guard_advised(self.guard, r, int(idx.size))
             # Counted before the check below, which fails if the target exits.
             self.advised_pages += int(idx.size)
             reclaimed = self._not_resident(m, idx)
@@ -381,7 +381,7 @@ class Tierer:
     """Promote hot pages to the fast node, demote cold ones to the slow one."""
 
     def __init__(self, proc: ProcessId, cfg: TierConfig):
-        why = pol.check_thresholds(cfg.hot_rounds, cfg.cold_rounds)
+        why = policy.check_thresholds(cfg.hot_rounds, cfg.cold_rounds)
         if why:
             raise UsageError(why)
         if cfg.fast == cfg.slow:
@@ -437,11 +437,11 @@ class Tierer:
         if cfg.by_capacity:
             cand, weight, node, plan = self._capacity_plan(m, st, r)
         else:
-            hot, cold = pol.tier_candidates(st, m.present, cfg.hot_rounds, cfg.cold_rounds, r, cfg.cooldown)
-            cand, weight = pol.huge_heads(np.nonzero(hot | cold)[0], m.huge, st.vpns, HPAGE_PAGES)
+            hot, cold = policy.tier_candidates(st, m.present, cfg.hot_rounds, cfg.cold_rounds, r, cfg.cooldown)
+            cand, weight = policy.huge_heads(np.nonzero(hot | cold)[0], m.huge, st.vpns, HPAGE_PAGES)
             self._still_alive()
             node = numa.move_pages(self.proc.pid, st.vpns[cand] << PAGE_SHIFT)
-            plan = pol.tier_plan(hot[cand], cold[cand], node, st.hot_streak[cand], st.idle_streak[cand],
+            plan = policy.tier_plan(hot[cand], cold[cand], node, st.hot_streak[cand], st.idle_streak[cand],
                                  cfg.fast, cfg.slow, self.cap_pages, weight)
         addrs = st.vpns[cand] << PAGE_SHIFT
         promoted = demoted = 0
@@ -464,10 +464,10 @@ class Tierer:
             if elsewhere:
                 failed["on another node"] = elsewhere
             # Tried pages rest too, failed ones longer each time (-EACCES...).
-            pol.record_tries(st, cand[sel], ok, r)
+            policy.record_tries(st, cand[sel], ok, r)
             self.promoted += promoted
             self.demoted += demoted
-            self.failed = pol.merge_counts(self.failed, failed)
+            self.failed = policy.merge_counts(self.failed, failed)
         pv, dv = st.vpns[cand[plan.promote]], st.vpns[cand[plan.demote]]
         out = TierRound(r, m.time_s, plan.hot_pages, plan.cold_pages, plan.promote_pages, plan.demote_pages,
                         promoted, demoted, failed, pv, dv, _plan_ranges(m, pv, dv, weight, plan),
@@ -479,7 +479,7 @@ class Tierer:
         head) ranked by heat, the hottest that fit the room on the fast node
         wanted there (analysis/actions.capacity_plan)."""
         cfg = self.cfg
-        cand, weight = pol.huge_heads(np.nonzero(m.present)[0], m.huge, st.vpns, HPAGE_PAGES)
+        cand, weight = policy.huge_heads(np.nonzero(m.present)[0], m.huge, st.vpns, HPAGE_PAGES)
         self._still_alive()
         node = numa.move_pages(self.proc.pid, st.vpns[cand] << PAGE_SHIFT)
         placed = (node == cfg.fast) | (node == cfg.slow)
@@ -492,11 +492,11 @@ class Tierer:
         if r < cfg.first_plan_round:
             may = np.zeros(cand.size, bool)
         else:
-            may = pol.rested(st, r, cfg.cooldown)[cand]
+            may = policy.rested(st, r, cfg.cooldown)[cand]
         sub = np.nonzero(placed)[0]
-        order = sub[pol.heat_order(st.idle_streak[cand[sub]], st.hot_streak[cand[sub]], st.accesses[cand[sub]],
+        order = sub[policy.heat_order(st.idle_streak[cand[sub]], st.hot_streak[cand[sub]], st.accesses[cand[sub]],
                                    node[sub] == cfg.fast)]
-        plan = pol.capacity_plan(order, node, may, cfg.fast, cfg.slow, self.capacity_pages, self.cap_pages,
+        plan = policy.capacity_plan(order, node, may, cfg.fast, cfg.slow, self.capacity_pages, self.cap_pages,
                                  weight)
         return cand, weight, node, plan
 
@@ -540,7 +540,7 @@ def _plan_ranges(m, pv, dv, weight, plan) -> list[tuple[str, int, int, str]]:
             continue
         # A THP head stands for its 512 pages: expand so runs coalesce.
         full = np.concatenate([vpns[w == 1]] + [v + np.arange(HPAGE_PAGES) for v in vpns[w > 1].tolist()])
-        first, n = pol.coalesce(np.sort(full))
+        first, n = policy.coalesce(np.sort(full))
         for f, c, label in zip(first.tolist(), n.tolist(), range_labels(m, first)):
             out.append((direction, f << PAGE_SHIFT, c << PAGE_SHIFT, label))
     return out

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .analysis import actions as pol
+from .analysis import actions as policy
 from .analysis import advise as A
 from .errors import IdlemapError, NoSuchProcess
 from .kernel import cgroup as cg
@@ -53,7 +53,7 @@ class Member:
 
     def present_now(self, v: np.ndarray) -> np.ndarray:
         """Which of the (sorted) page numbers ``v`` are present now (pagemap)."""
-        starts, counts = pol.coalesce(v)
+        starts, counts = policy.coalesce(v)
         e = self.pagemap.read_ranges(starts, counts, np.empty(v.size, np.uint64))
         return (e & pm.PRESENT) != 0
 
@@ -89,7 +89,7 @@ class Member:
         v = self.ages.cold_vpns(k, self.present)
         if v.size == 0:
             return 0
-        starts, counts = pol.coalesce(v)
+        starts, counts = policy.coalesce(v)
         e = self.pagemap.read_ranges(starts, counts, np.empty(v.size, np.uint64))
         ok = (e & pm.PRESENT) != 0
         if not ok.any():

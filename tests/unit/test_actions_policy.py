@@ -4,14 +4,14 @@ import errno
 import numpy as np
 import pytest
 
-from idlemap.analysis import actions as pol
+from idlemap.analysis import actions as policy
 from idlemap.kernel import numa
 
 T, F = True, False
 
 
 def state(vpns, idle=None, hot=None, acted=None):
-    st = pol.PageState.empty(np.asarray(vpns, np.int64))
+    st = policy.PageState.empty(np.asarray(vpns, np.int64))
     if idle is not None:
         st.idle_streak[:] = idle
     if hot is not None:
@@ -26,7 +26,7 @@ def state(vpns, idle=None, hot=None, acted=None):
 def test_carry_keeps_counters_of_pages_still_mapped():
     prev = state([10, 11, 12, 20], idle=[1, 2, 3, 4], hot=[5, 6, 7, 8], acted=[-1, 3, -1, 2])
     # 10 unmapped, 13 and 21 new, 11/12/20 kept.
-    st = pol.carry(prev, np.array([11, 12, 13, 20, 21]))
+    st = policy.carry(prev, np.array([11, 12, 13, 20, 21]))
     assert st.vpns.tolist() == [11, 12, 13, 20, 21]
     assert st.idle_streak.tolist() == [2, 3, 0, 4, 0]
     assert st.hot_streak.tolist() == [6, 7, 0, 8, 0]
@@ -34,15 +34,15 @@ def test_carry_keeps_counters_of_pages_still_mapped():
 
 
 def test_carry_first_round_and_empty():
-    st = pol.carry(None, np.array([5, 6]))
+    st = policy.carry(None, np.array([5, 6]))
     assert st.idle_streak.tolist() == [0, 0] and st.acted_round.tolist() == [-1, -1]
-    assert pol.carry(state([1, 2], idle=[3, 3]), np.array([], np.int64)).vpns.size == 0
-    assert pol.carry(state([]), np.array([7])).idle_streak.tolist() == [0]
+    assert policy.carry(state([1, 2], idle=[3, 3]), np.array([], np.int64)).vpns.size == 0
+    assert policy.carry(state([]), np.array([7])).idle_streak.tolist() == [0]
 
 
 def test_carry_same_layout_reuses_arrays():
     prev = state([1, 2, 3], idle=[1, 2, 3])
-    st = pol.carry(prev, np.array([1, 2, 3]))
+    st = policy.carry(prev, np.array([1, 2, 3]))
     assert st.idle_streak is prev.idle_streak
 
 
@@ -50,40 +50,40 @@ def test_update_streaks():
     st = state([1, 2, 3, 4], idle=[2, 0, 5, 1], hot=[0, 3, 0, 0])
     present = np.array([T, T, T, F])
     idle = np.array([T, F, F, F])
-    pol.update_streaks(st, present, idle)
+    policy.update_streaks(st, present, idle)
     # idle again -> 3; accessed -> hot 4; accessed after idle -> hot 1; not present -> 0/0.
     assert st.idle_streak.tolist() == [3, 0, 0, 0]
     assert st.hot_streak.tolist() == [0, 4, 1, 0]
 
 
 def test_streaks_saturate_instead_of_wrapping():
-    st = state([1], idle=[pol.STREAK_MAX])
-    pol.update_streaks(st, np.array([T]), np.array([T]))
-    assert int(st.idle_streak[0]) == pol.STREAK_MAX
+    st = state([1], idle=[policy.STREAK_MAX])
+    policy.update_streaks(st, np.array([T]), np.array([T]))
+    assert int(st.idle_streak[0]) == policy.STREAK_MAX
 
 
 # -- ranges, budgets ------------------------------------------------------------
 
 def test_coalesce_runs_never_bridge_gaps():
-    first, n = pol.coalesce(np.array([3, 4, 5, 7, 9, 10]))
+    first, n = policy.coalesce(np.array([3, 4, 5, 7, 9, 10]))
     assert first.tolist() == [3, 7, 9] and n.tolist() == [3, 1, 2]
-    first, n = pol.coalesce(np.array([], np.int64))
+    first, n = policy.coalesce(np.array([], np.int64))
     assert first.size == 0 and n.size == 0
 
 
 def test_budget_pages_uses_nominal_period():
-    assert pol.budget_pages(None, 1.0, 4096) is None
-    assert pol.budget_pages(10 * 2**20, 0.5, 4096) == 1280      # 5 MiB per round
-    assert pol.budget_pages(1000, 1.0, 4096) == 0
+    assert policy.budget_pages(None, 1.0, 4096) is None
+    assert policy.budget_pages(10 * 2**20, 0.5, 4096) == 1280      # 5 MiB per round
+    assert policy.budget_pages(1000, 1.0, 4096) == 0
 
 
 def test_pick_highest_priority_first_result_sorted():
     mask = np.array([T, T, F, T, T])
     prio = np.array([1, 9, 9, 5, 9])
-    assert pol.pick(mask, prio, None).tolist() == [0, 1, 3, 4]
-    assert pol.pick(mask, prio, 2).tolist() == [1, 4]
-    assert pol.pick(mask, prio, 3).tolist() == [1, 3, 4]
-    assert pol.pick(mask, prio, 0).tolist() == []
+    assert policy.pick(mask, prio, None).tolist() == [0, 1, 3, 4]
+    assert policy.pick(mask, prio, 2).tolist() == [1, 4]
+    assert policy.pick(mask, prio, 3).tolist() == [1, 3, 4]
+    assert policy.pick(mask, prio, 0).tolist() == []
 
 
 # -- reclaim ------------------------------------------------------------------
@@ -91,7 +91,7 @@ def test_pick_highest_priority_first_result_sorted():
 def test_reclaim_candidates_threshold_and_retry():
     st = state([1, 2, 3, 4, 5], idle=[3, 2, 3, 3, 3], acted=[-1, -1, 9, 7, -1])
     present = np.array([T, T, T, T, F])
-    cand = pol.reclaim_candidates(st, present, cold_for=3, round_no=10)
+    cand = policy.reclaim_candidates(st, present, cold_for=3, round_no=10)
     # page 2 not idle long enough; page 3 advised last round; page 4 advised
     # 3 rounds ago and still resident: retried; page 5 not present.
     assert cand.tolist() == [T, F, F, T, F]
@@ -100,66 +100,66 @@ def test_reclaim_candidates_threshold_and_retry():
 def test_take_refaults_counts_by_advice_round_and_clears():
     st = state([1, 2, 3, 4], acted=[4, 4, 6, -1])
     accessed = np.array([T, F, T, T])
-    back = pol.take_refaults(st, accessed)
+    back = policy.take_refaults(st, accessed)
     assert back == {4: 1, 6: 1}
     assert st.acted_round.tolist() == [-1, 4, -1, -1]
-    assert pol.take_refaults(st, np.zeros(4, bool)) == {}
+    assert policy.take_refaults(st, np.zeros(4, bool)) == {}
 
 
 def test_guard_no_verdict_on_few_pages():
-    g = pol.RefaultGuard(cold_for=2, rate_bytes_per_s=None, min_pages=100)
-    pol.guard_advised(g, 1, 10)
-    pol.guard_refaults(g, 2, {1: 10})          # 100% but only 10 pages
+    g = policy.RefaultGuard(cold_for=2, rate_bytes_per_s=None, min_pages=100)
+    policy.guard_advised(g, 1, 10)
+    policy.guard_refaults(g, 2, {1: 10})          # 100% but only 10 pages
     assert g.backoffs == 0 and not g.stopped
 
 
 def test_guard_backs_off_then_stops():
-    g = pol.RefaultGuard(cold_for=2, rate_bytes_per_s=8.0, threshold_pct=5.0, min_pages=100, max_backoffs=2)
-    pol.guard_advised(g, 1, 1000)
-    pol.guard_refaults(g, 2, {1: 50})          # 5.0%: not above
+    g = policy.RefaultGuard(cold_for=2, rate_bytes_per_s=8.0, threshold_pct=5.0, min_pages=100, max_backoffs=2)
+    policy.guard_advised(g, 1, 1000)
+    policy.guard_refaults(g, 2, {1: 50})          # 5.0%: not above
     assert g.backoffs == 0
-    pol.guard_refaults(g, 3, {1: 1})           # 5.1%
+    policy.guard_refaults(g, 3, {1: 1})           # 5.1%
     assert (g.backoffs, g.cold_for, g.rate_bytes_per_s, g.stopped) == (1, 4, 4.0, False)
     assert "backed off" in g.reason
     # Counters restart after a back-off: the old pages no longer count.
     assert g.window_ratio(3) == (0, 0)
-    pol.guard_advised(g, 4, 200)
-    pol.guard_refaults(g, 5, {4: 20})
+    policy.guard_advised(g, 4, 200)
+    policy.guard_refaults(g, 5, {4: 20})
     assert (g.backoffs, g.cold_for) == (2, 8)
-    pol.guard_advised(g, 6, 200)
-    pol.guard_refaults(g, 7, {6: 200})
+    policy.guard_advised(g, 6, 200)
+    policy.guard_refaults(g, 7, {6: 200})
     assert g.stopped and g.backoffs == 2 and g.reason.startswith("stopped")
 
 
 def test_guard_judges_major_faults_too():
     """The target's own major faults count as pages that came back, even
     when the bitmap saw no access (a reading the TLB hid)."""
-    g = pol.RefaultGuard(cold_for=2, rate_bytes_per_s=None, threshold_pct=5.0, min_pages=100)
-    pol.guard_advised(g, 1, 1000)
-    pol.guard_refaults(g, 2, {}, major_faults=40)     # 4%: not above
+    g = policy.RefaultGuard(cold_for=2, rate_bytes_per_s=None, threshold_pct=5.0, min_pages=100)
+    policy.guard_advised(g, 1, 1000)
+    policy.guard_refaults(g, 2, {}, major_faults=40)     # 4%: not above
     assert g.backoffs == 0 and g.window_ratio(2) == (40, 1000)
-    pol.guard_refaults(g, 3, {1: 5}, major_faults=30)  # 70 of 1000: 7%
+    policy.guard_refaults(g, 3, {1: 5}, major_faults=30)  # 70 of 1000: 7%
     assert g.backoffs == 1 and not g.stopped
 
 
 def test_guard_stops_at_once_on_heavy_damage():
     """Damage over four times the threshold stops acting the round it shows,
     without trying slower first."""
-    g = pol.RefaultGuard(cold_for=2, rate_bytes_per_s=None, threshold_pct=5.0, min_pages=100)
-    pol.guard_advised(g, 1, 1000)
-    pol.guard_refaults(g, 2, {}, major_faults=600)
+    g = policy.RefaultGuard(cold_for=2, rate_bytes_per_s=None, threshold_pct=5.0, min_pages=100)
+    policy.guard_advised(g, 1, 1000)
+    policy.guard_refaults(g, 2, {}, major_faults=600)
     assert g.stopped and g.backoffs == 0
     assert "60.0%" in g.reason and "major faults" in g.reason
 
 
 def test_guard_window_forgets_old_rounds():
-    g = pol.RefaultGuard(cold_for=1, rate_bytes_per_s=None, window_rounds=3, min_pages=1)
-    pol.guard_advised(g, 1, 100)
-    pol.guard_refaults(g, 2, {})
-    pol.guard_refaults(g, 4, {})
+    g = policy.RefaultGuard(cold_for=1, rate_bytes_per_s=None, window_rounds=3, min_pages=1)
+    policy.guard_advised(g, 1, 100)
+    policy.guard_refaults(g, 2, {})
+    policy.guard_refaults(g, 4, {})
     assert 1 not in g.advised
     # A late refault of a page advised outside the window does not count.
-    pol.guard_refaults(g, 5, {1: 100})
+    policy.guard_refaults(g, 5, {1: 100})
     assert g.backoffs == 0
 
 
@@ -169,12 +169,12 @@ def test_tier_gap_and_cooldown():
     # hot streaks / idle streaks over 6 pages, thresholds H=2, C=3.
     st = state(range(6), hot=[2, 1, 0, 0, 5, 0], idle=[0, 0, 3, 2, 0, 4], acted=[-1, -1, -1, -1, 9, 8])
     present = np.ones(6, bool)
-    hot, cold = pol.tier_candidates(st, present, hot_rounds=2, cold_rounds=3, round_no=10, cooldown=3)
+    hot, cold = policy.tier_candidates(st, present, hot_rounds=2, cold_rounds=3, round_no=10, cooldown=3)
     # page 1 (hot once) and page 3 (idle twice) are in the gap; page 4 moved
     # last round and rests; page 5 moved 2 rounds ago: rests (cooldown 3).
     assert hot.tolist() == [T, F, F, F, F, F]
     assert cold.tolist() == [F, F, T, F, F, F]
-    hot, cold = pol.tier_candidates(st, present, 2, 3, round_no=11, cooldown=3)
+    hot, cold = policy.tier_candidates(st, present, 2, 3, round_no=11, cooldown=3)
     assert cold.tolist() == [F, F, T, F, F, T]
 
 
@@ -184,20 +184,20 @@ def test_tier_plan_promotes_first_within_cap():
     node = np.array([1, 1, 0, 0, 0], np.int32)      # fast 0, slow 1
     hs = np.array([3, 5, 0, 0, 9], np.uint16)
     ids = np.array([0, 0, 4, 7, 0], np.uint16)
-    p = pol.tier_plan(hot, cold, node, hs, ids, fast=0, slow=1, cap_pages=None)
+    p = policy.tier_plan(hot, cold, node, hs, ids, fast=0, slow=1, cap_pages=None)
     # Hot page 4 is already on the fast node: nothing to do for it.
     assert p.promote.tolist() == [0, 1] and p.demote.tolist() == [2, 3]
     assert (p.hot_pages, p.cold_pages, p.promote_pages, p.demote_pages) == (3, 2, 2, 2)
-    p = pol.tier_plan(hot, cold, node, hs, ids, 0, 1, cap_pages=3)
+    p = policy.tier_plan(hot, cold, node, hs, ids, 0, 1, cap_pages=3)
     assert p.promote.tolist() == [0, 1] and p.demote.tolist() == [3]     # coldest first
-    p = pol.tier_plan(hot, cold, node, hs, ids, 0, 1, cap_pages=1)
+    p = policy.tier_plan(hot, cold, node, hs, ids, 0, 1, cap_pages=1)
     assert p.promote.tolist() == [1] and p.demote.tolist() == []          # hottest first
 
 
 def test_tier_plan_ignores_pages_with_error_status():
     hot = np.array([T, T])
     node = np.array([-2, 1], np.int32)       # -ENOENT: not present any more
-    p = pol.tier_plan(hot, ~hot, node, np.array([2, 2], np.uint16), np.zeros(2, np.uint16), 0, 1, None)
+    p = policy.tier_plan(hot, ~hot, node, np.array([2, 2], np.uint16), np.zeros(2, np.uint16), 0, 1, None)
     assert p.promote.tolist() == [1]
 
 
@@ -205,7 +205,7 @@ def test_tier_plan_weights_thp_heads():
     hot = np.array([T, T])
     node = np.array([1, 1], np.int32)
     w = np.array([512, 1])
-    p = pol.tier_plan(hot, ~hot, node, np.array([5, 4], np.uint16), np.zeros(2, np.uint16), 0, 1, 100, w)
+    p = policy.tier_plan(hot, ~hot, node, np.array([5, 4], np.uint16), np.zeros(2, np.uint16), 0, 1, 100, w)
     # The THP (512 pages) does not fit a 100-page cap; the small page does.
     assert p.promote.tolist() == [1] and p.promote_pages == 1 and p.hot_pages == 513
 
@@ -215,25 +215,25 @@ def test_huge_heads_keeps_one_entry_per_thp():
     huge = np.zeros(vpns.size, bool)
     huge[:1024] = True
     idx = np.array([0, 1, 511, 512, 700, 1024, 1025])
-    kept, w = pol.huge_heads(idx, huge, vpns)
+    kept, w = policy.huge_heads(idx, huge, vpns)
     assert kept.tolist() == [0, 512, 1024, 1025] and w.tolist() == [512, 512, 1, 1]
 
 
 def test_check_thresholds():
-    assert pol.check_thresholds(1, 1) is None
-    assert "at least 1" in pol.check_thresholds(0, 3)
+    assert policy.check_thresholds(1, 1) is None
+    assert "at least 1" in policy.check_thresholds(0, 3)
 
 
 def simulate(pattern, hot_rounds, cold_rounds, cooldown):
     """Drive one page through rounds of accessed(True)/idle(False) on a
     two-node machine (fast 0, slow 1); return where it was after each round."""
-    st = pol.PageState.empty(np.array([0]))
+    st = policy.PageState.empty(np.array([0]))
     node = 1
     where = []
     for r, acc in enumerate(pattern, start=1):
-        pol.update_streaks(st, np.array([T]), np.array([not acc]))
-        hot, cold = pol.tier_candidates(st, np.array([T]), hot_rounds, cold_rounds, r, cooldown)
-        p = pol.tier_plan(hot, cold, np.array([node], np.int32), st.hot_streak, st.idle_streak, 0, 1, None)
+        policy.update_streaks(st, np.array([T]), np.array([not acc]))
+        hot, cold = policy.tier_candidates(st, np.array([T]), hot_rounds, cold_rounds, r, cooldown)
+        p = policy.tier_plan(hot, cold, np.array([node], np.int32), st.hot_streak, st.idle_streak, 0, 1, None)
         if p.promote.size:
             node, st.acted_round[0] = 0, r
         elif p.demote.size:
@@ -259,14 +259,14 @@ def test_cooldown_delays_a_move_back():
 
 
 def test_merge_counts():
-    assert pol.merge_counts({"-EBUSY": 1}, {"-EBUSY": 2, "-ENOMEM": 1}) == {"-EBUSY": 3, "-ENOMEM": 1}
+    assert policy.merge_counts({"-EBUSY": 1}, {"-EBUSY": 2, "-ENOMEM": 1}) == {"-EBUSY": 3, "-ENOMEM": 1}
 
 
 @pytest.mark.parametrize("n", [0, 1, 1000])
 def test_pick_never_exceeds_limit(n):
     rng = np.random.default_rng(n)
     mask = rng.random(5000) < 0.5
-    got = pol.pick(mask, rng.integers(0, 10, 5000), n)
+    got = policy.pick(mask, rng.integers(0, 10, 5000), n)
     assert got.size == min(n, int(mask.sum())) and mask[got].all() and np.all(np.diff(got) > 0)
 
 
@@ -292,23 +292,23 @@ def test_failed_moves_rest_longer_each_time():
     st = state([1, 2])
     present = np.ones(2, bool)
     st.idle_streak[:] = 5
-    pol.record_tries(st, np.array([0, 1]), np.array([F, T]), round_no=1)
+    policy.record_tries(st, np.array([0, 1]), np.array([F, T]), round_no=1)
     assert st.fails.tolist() == [1, 0]
-    cold_at = [r for r in range(2, 12) if pol.tier_candidates(st, present, 1, 1, r, cooldown=2)[1][0]]
+    cold_at = [r for r in range(2, 12) if policy.tier_candidates(st, present, 1, 1, r, cooldown=2)[1][0]]
     assert cold_at[0] == 1 + 4          # cooldown 2, doubled once
-    pol.record_tries(st, np.array([0]), np.array([F]), round_no=5)
-    cold_at = [r for r in range(6, 20) if pol.tier_candidates(st, present, 1, 1, r, cooldown=2)[1][0]]
+    policy.record_tries(st, np.array([0]), np.array([F]), round_no=5)
+    cold_at = [r for r in range(6, 20) if policy.tier_candidates(st, present, 1, 1, r, cooldown=2)[1][0]]
     assert cold_at[0] == 5 + 8
-    pol.record_tries(st, np.array([0]), np.array([T]), round_no=13)
+    policy.record_tries(st, np.array([0]), np.array([T]), round_no=13)
     assert st.fails.tolist() == [0, 0]
     # Page 2 moved fine at round 1: plain cooldown.
-    assert pol.tier_candidates(st, present, 1, 1, 3, cooldown=2)[1][1]
+    assert policy.tier_candidates(st, present, 1, 1, 3, cooldown=2)[1][1]
 
 
 def test_carry_keeps_failure_counts():
     prev = state([4, 5])
     prev.fails[:] = [3, 0]
-    assert pol.carry(prev, np.array([3, 4])).fails.tolist() == [0, 3]
+    assert policy.carry(prev, np.array([3, 4])).fails.tolist() == [0, 3]
 
 
 # -- tiering by capacity (the ratio policy) -------------------------------------
@@ -320,7 +320,7 @@ def test_heat_order_idle_age_then_streak_then_count_then_placement():
     on_fast = np.array([F, F, F, F, F, T])
     # 3 and 1 have the longest run (3 more rounds in all); 0 ran once;
     # 4 was idle 1 round; 2 and 5 tie on everything: 5 is on fast already.
-    assert pol.heat_order(idle, hot, acc, on_fast).tolist() == [3, 1, 0, 4, 5, 2]
+    assert policy.heat_order(idle, hot, acc, on_fast).tolist() == [3, 1, 0, 4, 5, 2]
 
 
 def test_capacity_plan_keeps_the_hottest_that_fit():
@@ -328,14 +328,14 @@ def test_capacity_plan_keeps_the_hottest_that_fit():
     order = np.arange(6)
     node = np.array([1, 0, 1, 0, 0, 1], np.int32)
     may = np.ones(6, bool)
-    p = pol.capacity_plan(order, node, may, 0, 1, capacity_pages=3, cap_pages=None)
+    p = policy.capacity_plan(order, node, may, 0, 1, capacity_pages=3, cap_pages=None)
     assert p.promote.tolist() == [0, 2] and p.demote.tolist() == [3, 4]
     assert (p.hot_pages, p.cold_pages) == (3, 3)
     # 3 of ours on fast (1, 3, 4), no room: half the cap demotes (coldest
     # first) to make the room the other half promotes into (hottest first).
-    p = pol.capacity_plan(order, node, may, 0, 1, capacity_pages=3, cap_pages=2)
+    p = policy.capacity_plan(order, node, may, 0, 1, capacity_pages=3, cap_pages=2)
     assert p.demote.tolist() == [4] and p.promote.tolist() == [0]
-    p = pol.capacity_plan(order, node, may, 0, 1, capacity_pages=3, cap_pages=1)
+    p = policy.capacity_plan(order, node, may, 0, 1, capacity_pages=3, cap_pages=1)
     assert p.demote.tolist() == [4] and p.promote.tolist() == []
 
 
@@ -343,7 +343,7 @@ def test_capacity_plan_never_exceeds_the_capacity_and_respects_rest():
     order = np.arange(4)
     node = np.array([1, 1, 0, 0], np.int32)
     may = np.array([T, T, F, T])          # entry 2 rests: it stays on fast and takes room
-    p = pol.capacity_plan(order, node, may, 0, 1, capacity_pages=2, cap_pages=None)
+    p = policy.capacity_plan(order, node, may, 0, 1, capacity_pages=2, cap_pages=None)
     assert p.demote.tolist() == [3] and p.promote.tolist() == [0]
     on_fast_after = 2 - p.demote_pages + p.promote_pages
     assert on_fast_after <= 2
@@ -353,7 +353,7 @@ def test_capacity_plan_weights_thp_heads_and_skips_other_nodes():
     order = np.array([0, 2, 1])           # entry 3 is on node 5: not in the order
     node = np.array([1, 0, 0, 5], np.int32)
     w = np.array([512, 1, 1, 1])
-    p = pol.capacity_plan(order, node, np.ones(4, bool), 0, 1, capacity_pages=513, cap_pages=None, weight=w)
+    p = policy.capacity_plan(order, node, np.ones(4, bool), 0, 1, capacity_pages=513, cap_pages=None, weight=w)
     # The THP and entry 2 fit (513); entry 1 does not and is on fast: its
     # demotion makes the room the THP needs.
     assert p.promote.tolist() == [0] and p.demote.tolist() == [1] and p.promote_pages == 512
@@ -361,8 +361,8 @@ def test_capacity_plan_weights_thp_heads_and_skips_other_nodes():
 
 
 def test_accesses_count_rounds_accessed_and_carry():
-    st = pol.PageState.empty(np.array([1, 2], np.int64))
+    st = policy.PageState.empty(np.array([1, 2], np.int64))
     for idle in ([F, T], [F, F], [T, F]):
-        pol.update_streaks(st, np.ones(2, bool), np.array(idle))
+        policy.update_streaks(st, np.ones(2, bool), np.array(idle))
     assert st.accesses.tolist() == [2, 2]
-    assert pol.carry(st, np.array([2, 3], np.int64)).accesses.tolist() == [2, 0]
+    assert policy.carry(st, np.array([2, 3], np.int64)).accesses.tolist() == [2, 0]

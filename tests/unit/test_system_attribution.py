@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from idlemap.analysis import system as an
+from idlemap.analysis import system as system_analysis
 from idlemap.backends.system import MERGE_GAP_PAGES, vma_ranges
 from idlemap.kernel.maps import PAGE_SIZE
 from idlemap.kernel.tasks import TaskInfo, descendants, parse_cgroup, parse_stat
@@ -23,7 +23,7 @@ P = PAGE_SIZE
 def pf(pfns, pages=None):
     pfns = np.array(pfns, np.uint64)
     pages = np.ones(pfns.size, np.int64) if pages is None else np.array(pages, np.int64)
-    return an.ProcFrames.from_tracked(pfns, pages)
+    return system_analysis.ProcFrames.from_tracked(pfns, pages)
 
 
 def test_from_tracked_dedups_frames_and_counts_mappings():
@@ -35,13 +35,13 @@ def test_from_tracked_dedups_frames_and_counts_mappings():
 
 def test_attribute_shared_page_counts_whole_in_each_process():
     a, b = pf([1, 2, 3]), pf([3, 4])
-    union = an.union_of([a, b])
+    union = system_analysis.union_of([a, b])
     assert union.tolist() == [1, 2, 3, 4]
     idle = np.array([True, False, False, True])      # frames 2 and 3 accessed
-    assert an.attribute(a, union, idle) == (3 * P, 2 * P, -1, -1)
-    assert an.attribute(b, union, idle) == (2 * P, 1 * P, -1, -1)
+    assert system_analysis.attribute(a, union, idle) == (3 * P, 2 * P, -1, -1)
+    assert system_analysis.attribute(b, union, idle) == (2 * P, 1 * P, -1, -1)
     # Together: frame 3 once.
-    assert an.union_usage([a, b], union, idle) == (4 * P, 2 * P)
+    assert system_analysis.union_usage([a, b], union, idle) == (4 * P, 2 * P)
 
 
 def test_attribute_pss_weights_by_mapcount_and_thp_weighs_512():
@@ -49,7 +49,7 @@ def test_attribute_pss_weights_by_mapcount_and_thp_weighs_512():
     union = np.array([10, 20, 30], np.uint64)
     idle = np.array([False, False, True])
     mapcount = np.array([1, 4, 2])                    # 20: 2 of a's + 2 elsewhere
-    rss, wss, pss, wpss = an.attribute(a, union, idle, mapcount)
+    rss, wss, pss, wpss = system_analysis.attribute(a, union, idle, mapcount)
     assert rss == (1 + 1 + 512) * P and wss == 2 * P
     assert pss == round((1 + 2 / 4 + 512 / 2) * P)
     assert wpss == round((1 + 2 / 4) * P)
@@ -60,39 +60,39 @@ def test_attribute_mapcount_below_own_mappings_is_raised():
     # fewer mappings than we saw; never weigh a page more than whole.
     a = pf([5, 5])
     union = np.array([5], np.uint64)
-    _, _, pss, _ = an.attribute(a, union, np.array([False]), np.array([0]))
+    _, _, pss, _ = system_analysis.attribute(a, union, np.array([False]), np.array([0]))
     assert pss == P
 
 
 def test_union_with_pages_keeps_thp_weight():
-    u, pages = an.union_with_pages([pf([1, 512], [1, 512]), pf([512, 2], [512, 1])])
+    u, pages = system_analysis.union_with_pages([pf([1, 512], [1, 512]), pf([512, 2], [512, 1])])
     assert u.tolist() == [1, 2, 512] and pages.tolist() == [1, 1, 512]
 
 
 def test_cgroups_count_shared_frames_once_and_add_pss():
     a, b, c = pf([1, 2]), pf([2, 3]), pf([4])
-    union = an.union_of([a, b, c])
+    union = system_analysis.union_of([a, b, c])
     idle = np.array([False, True, False, True])
-    rows = [an.ProcessUsage(1, "a", "/x", 2 * P, 1 * P, 1.0, 100, 50),
-            an.ProcessUsage(2, "b", "/x", 2 * P, 1 * P, 1.0, 200, 60),
-            an.ProcessUsage(3, "c", "/y", 1 * P, 0, 1.0, -1, -1)]
-    cg = {c.cgroup: c for c in an.cgroup_usage_exact(rows, [a, b, c], union, idle)}
+    rows = [system_analysis.ProcessUsage(1, "a", "/x", 2 * P, 1 * P, 1.0, 100, 50),
+            system_analysis.ProcessUsage(2, "b", "/x", 2 * P, 1 * P, 1.0, 200, 60),
+            system_analysis.ProcessUsage(3, "c", "/y", 1 * P, 0, 1.0, -1, -1)]
+    cg = {c.cgroup: c for c in system_analysis.cgroup_usage_exact(rows, [a, b, c], union, idle)}
     assert (cg["/x"].nprocs, cg["/x"].rss_bytes, cg["/x"].wss_bytes) == (2, 3 * P, 2 * P)
     assert (cg["/x"].pss_bytes, cg["/x"].wss_pss_bytes) == (300, 110)
     assert cg["/y"].pss_bytes == -1 and cg["/y"].cold_bytes == P
-    summed = {c.cgroup: c for c in an.cgroup_usage_summed(rows)}
+    summed = {c.cgroup: c for c in system_analysis.cgroup_usage_summed(rows)}
     assert summed["/x"].rss_bytes == 4 * P     # clear_refs: no frames, shared counted twice
 
 
 def test_sort_rows():
-    rows = [an.ProcessUsage(3, "c", "", 10, 1, 1), an.ProcessUsage(1, "a", "", 5, 5, 1),
-            an.ProcessUsage(2, "b", "", 10, 9, 1)]
-    assert [r.pid for r in an.sort_rows(rows, "wss")] == [2, 1, 3]
-    assert [r.pid for r in an.sort_rows(rows, "rss")] == [2, 3, 1]
-    assert [r.pid for r in an.sort_rows(rows, "cold")] == [3, 2, 1]
-    assert [r.pid for r in an.sort_rows(rows, "wss", 1)] == [2]
+    rows = [system_analysis.ProcessUsage(3, "c", "", 10, 1, 1), system_analysis.ProcessUsage(1, "a", "", 5, 5, 1),
+            system_analysis.ProcessUsage(2, "b", "", 10, 9, 1)]
+    assert [r.pid for r in system_analysis.sort_rows(rows, "wss")] == [2, 1, 3]
+    assert [r.pid for r in system_analysis.sort_rows(rows, "rss")] == [2, 3, 1]
+    assert [r.pid for r in system_analysis.sort_rows(rows, "cold")] == [3, 2, 1]
+    assert [r.pid for r in system_analysis.sort_rows(rows, "wss", 1)] == [2]
     with pytest.raises(ValueError):
-        an.sort_rows(rows, "bogus")
+        system_analysis.sort_rows(rows, "bogus")
 
 
 MAPS = b"""\
@@ -135,13 +135,13 @@ def test_parse_stat_cgroup_and_trees():
 
 
 def sample(**kw):
-    rows = [an.ProcessUsage(100, "big", "/a", 300 << 20, 100 << 20, 1.0, 250 << 20, 80 << 20),
-            an.ProcessUsage(200, "small", "/b", 10 << 20, 9 << 20, 1.0, 10 << 20, 9 << 20)]
+    rows = [system_analysis.ProcessUsage(100, "big", "/a", 300 << 20, 100 << 20, 1.0, 250 << 20, 80 << 20),
+            system_analysis.ProcessUsage(200, "small", "/b", 10 << 20, 9 << 20, 1.0, 10 << 20, 9 << 20)]
     d = dict(backend="page_idle", granularity="page", time_s=1.0, window_s=1.0, processes=rows,
-             cgroups=an.cgroup_usage_summed(rows), total_rss_bytes=310 << 20, total_wss_bytes=109 << 20,
+             cgroups=system_analysis.cgroup_usage_summed(rows), total_rss_bytes=310 << 20, total_wss_bytes=109 << 20,
              scan_s=0.25, frames=1234, new_processes=1, vanished=2)
     d.update(kw)
-    return an.SystemSample(**d)
+    return system_analysis.SystemSample(**d)
 
 
 def test_top_frame_plain_and_json():

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..analysis import system as an
+from ..analysis import system as system_analysis
 from ..analysis.spans import find_huge_blocks
 from ..errors import AccessDenied, NoSuchProcess, UsageError
 from .. import tlb
@@ -98,7 +98,7 @@ class SystemScanner(abc.ABC):
     def mark(self) -> None: ...
 
     @abc.abstractmethod
-    def sample(self, remark: bool = True) -> an.SystemSample: ...
+    def sample(self, remark: bool = True) -> system_analysis.SystemSample: ...
 
     def close(self) -> None:
         pass
@@ -191,10 +191,10 @@ def walk_process(pid: int, use_kpageflags: bool = True, cache: dict | None = Non
             pmap.read(r.first_vpn, r.npages, entries[r.offset:r.offset + r.npages])
     if guest_ranges is None:
         pfns, pages = tracked_frames(runs, entries, use_kpageflags)
-        return an.ProcFrames.from_tracked(pfns, pages)
+        return system_analysis.ProcFrames.from_tracked(pfns, pages)
     pfns, pages, idx = tracked_frames(runs, entries, use_kpageflags, with_index=True)
     inside = _inside(runs, entries.size, guest_ranges)[idx]
-    return an.ProcFrames.from_tracked(pfns, pages), an.ProcFrames.from_tracked(pfns[inside], pages[inside])
+    return system_analysis.ProcFrames.from_tracked(pfns, pages), system_analysis.ProcFrames.from_tracked(pfns[inside], pages[inside])
 
 
 def _inside(runs, n: int, ranges: list[tuple[int, int]]) -> np.ndarray:
@@ -214,8 +214,8 @@ class _Round:
 
     def __init__(self):
         self.tasks: list[TaskInfo] = []
-        self.frames: list[an.ProcFrames] = []
-        self.guests: list[tuple[object, an.ProcFrames] | None] = []   # (GuestLayout, frames) of VMMs
+        self.frames: list[system_analysis.ProcFrames] = []
+        self.guests: list[tuple[object, system_analysis.ProcFrames] | None] = []   # (GuestLayout, frames) of VMMs
         self.cgroups: list[str] = []
         self.vanished = 0
         self.denied = 0
@@ -341,15 +341,15 @@ class PageIdleSystemScanner(SystemScanner):
 
     def mark(self) -> None:
         r = self._walk()
-        self._set(an.union_of(r.frames), r.tasks)
+        self._set(system_analysis.union_of(r.frames), r.tasks)
         self._marked = {t.key for t in r.tasks}
 
-    def sample(self, remark: bool = True) -> an.SystemSample:
+    def sample(self, remark: bool = True) -> system_analysis.SystemSample:
         if self.marked_at is None:
             self.mark()
         t0 = time.monotonic()
         r = self._walk()
-        union, union_pages = an.union_with_pages(r.frames)
+        union, union_pages = system_analysis.union_with_pages(r.frames)
         plan = self.bitmap.plan(union)
         idle = self.bitmap.read_plan(plan)
         now = time.monotonic()
@@ -368,26 +368,26 @@ class PageIdleSystemScanner(SystemScanner):
             if t.key not in marked:
                 new += 1
                 continue
-            rss, wss, pss, wpss = an.attribute(f, union, idle, mapcount)
-            rows.append(an.ProcessUsage(t.pid, t.comm, cg, rss, wss, window, pss, wpss))
+            rss, wss, pss, wpss = system_analysis.attribute(f, union, idle, mapcount)
+            rows.append(system_analysis.ProcessUsage(t.pid, t.comm, cg, rss, wss, window, pss, wpss))
             rep_frames.append(f)
             if g is not None:
                 layout, gf = g
-                grss, gwss, _, _ = an.attribute(gf, union, idle, None)
-                guests.append(an.GuestUsage(t.pid, layout.vmm, layout.name, layout.accel,
+                grss, gwss, _, _ = system_analysis.attribute(gf, union, idle, None)
+                guests.append(system_analysis.GuestUsage(t.pid, layout.vmm, layout.name, layout.accel,
                                             layout.ram_bytes, grss, gwss, window))
         if new == 0:      # the usual case: the union is exactly the reported frames
             total_rss = int(union_pages.sum()) * PAGE_SIZE
             total_wss = int(union_pages[~idle].sum()) * PAGE_SIZE
         else:
-            total_rss, total_wss = an.union_usage(rep_frames, union, idle)
-        cgs = an.cgroup_usage_exact(rows, rep_frames, union, idle) if self.cgroups else []
-        return an.SystemSample(
+            total_rss, total_wss = system_analysis.union_usage(rep_frames, union, idle)
+        cgs = system_analysis.cgroup_usage_exact(rows, rep_frames, union, idle) if self.cgroups else []
+        return system_analysis.SystemSample(
             backend=self.name, granularity=self.caps.granularity, time_s=now, window_s=window,
             processes=rows, cgroups=cgs, guests=guests, total_rss_bytes=total_rss, total_wss_bytes=total_wss,
             scan_s=time.monotonic() - t0, frames=int(union.size), new_processes=new,
             vanished=r.vanished, denied=r.denied, errors=r.errors,
-            detail=an.FrameDetail(union, idle, rep_frames) if self.keep_frames else None)
+            detail=system_analysis.FrameDetail(union, idle, rep_frames) if self.keep_frames else None)
 
 
 class ClearRefsSystemScanner(SystemScanner):
@@ -421,7 +421,7 @@ class ClearRefsSystemScanner(SystemScanner):
         self._marked = marked
         self.marked_at = time.monotonic()
 
-    def sample(self, remark: bool = True) -> an.SystemSample:
+    def sample(self, remark: bool = True) -> system_analysis.SystemSample:
         if self.marked_at is None:
             self.mark()
         t0 = time.monotonic()
@@ -452,7 +452,7 @@ class ClearRefsSystemScanner(SystemScanner):
                 w = time.monotonic() - since
                 windows.append(w)
                 pss = roll.get("Pss", -1) if self.pss else -1
-                rows.append(an.ProcessUsage(t.pid, t.comm, read_cgroup(t.pid), roll.get("Rss", 0),
+                rows.append(system_analysis.ProcessUsage(t.pid, t.comm, read_cgroup(t.pid), roll.get("Rss", 0),
                                             roll.get("Referenced", 0), w, pss, -1))
             if remark or since is None:
                 self._clear(t, marked, r)
@@ -463,8 +463,8 @@ class ClearRefsSystemScanner(SystemScanner):
         window = float(np.median(windows)) if windows else 0.0
         if remark:
             self.marked_at = now
-        cgs = an.cgroup_usage_summed(rows) if self.cgroups else []
-        return an.SystemSample(
+        cgs = system_analysis.cgroup_usage_summed(rows) if self.cgroups else []
+        return system_analysis.SystemSample(
             backend=self.name, granularity=self.caps.granularity, time_s=now, window_s=window,
             processes=rows, cgroups=cgs, total_rss_bytes=sum(x.rss_bytes for x in rows),
             total_wss_bytes=sum(x.wss_bytes for x in rows), scan_s=now - t0, new_processes=new,

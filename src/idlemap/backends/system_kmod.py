@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..analysis import system as an
+from ..analysis import system as system_analysis
 from ..errors import AccessDenied, NoSuchProcess, UsageError
 from ..kernel import kmod, smaps
 from ..kernel.maps import PAGE_SIZE, read_raw, tracked_bounds
@@ -80,7 +80,7 @@ class KmodSystemScanner(SystemScanner):
         self._marked = marked
         self.marked_at = time.monotonic()
 
-    def sample(self, remark: bool = True) -> an.SystemSample:
+    def sample(self, remark: bool = True) -> system_analysis.SystemSample:
         if self.marked_at is None:
             self.mark()
         t0 = time.monotonic()
@@ -107,15 +107,15 @@ class KmodSystemScanner(SystemScanner):
                 except (NoSuchProcess, AccessDenied, OSError):
                     pss = -1
             windows.append(end - since)
-            rows.append(an.ProcessUsage(t.pid, t.comm, read_cgroup(t.pid), present * PAGE_SIZE,
+            rows.append(system_analysis.ProcessUsage(t.pid, t.comm, read_cgroup(t.pid), present * PAGE_SIZE,
                                         (present - idle) * PAGE_SIZE, end - since, pss, -1))
         self._marked = marked
         now = time.monotonic()
         if remark:
             self.marked_at = now
         window = sorted(windows)[len(windows) // 2] if windows else 0.0
-        cgs = an.cgroup_usage_summed(rows) if self.cgroups else []
-        return an.SystemSample(
+        cgs = system_analysis.cgroup_usage_summed(rows) if self.cgroups else []
+        return system_analysis.SystemSample(
             backend=self.name, granularity=self.caps.granularity, time_s=now, window_s=window,
             processes=rows, cgroups=cgs, total_rss_bytes=sum(x.rss_bytes for x in rows),
             total_wss_bytes=sum(x.wss_bytes for x in rows), scan_s=now - t0, new_processes=new,
