@@ -10,7 +10,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define IDLEMAP_API_VERSION	1
+#define IDLEMAP_API_VERSION	2
 
 /* Private to /dev/idlemap (a misc device of its own). */
 #define IDLEMAP_IOC_MAGIC	0xB7
@@ -34,6 +34,10 @@
 /* Flags for struct idlemap_walk. */
 #define IDLEMAP_WALK_CLEAR	0x1	/* test-and-clear the accessed bits
 					 * (mark idle), then flush the TLB */
+#define IDLEMAP_WALK_NOFLUSH	0x2	/* with CLEAR: leave the flush pending;
+					 * the next call on the fd without it
+					 * (any other call, an error, or close)
+					 * flushes once for every walk deferred */
 
 /*
  * One walk of [start, end) (page aligned).  Bit i of each bitmap (u64

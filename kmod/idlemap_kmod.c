@@ -75,6 +75,11 @@ struct idlemap_file {
 	 */
 	unsigned long cont_addr, huge_lo, huge_hi;
 	bool huge_young, huge_marked;
+	/*
+	 * IDLEMAP_WALK_NOFLUSH: the mm whose accessed bits were cleared and
+	 * whose TLB flush is still owed (mmgrab'd; NULL: none owed).
+	 */
+	struct mm_struct *flush_owed;
 };
 
 struct walk {
@@ -434,6 +439,85 @@ static void flush_mm(struct mm_struct *mm)
 		on_each_cpu_mask(mm_cpumask(mm), flush_ipi, NULL, true);
 }
 
+/* Pay a flush deferred by IDLEMAP_WALK_NOFLUSH, if one is owed. */
+static void flush_owed(struct idlemap_file *f)
+{
+	struct mm_struct *mm = f->flush_owed;
+
+	if (!mm)
+		return;
+	f->flush_owed = NULL;
+	flush_mm(mm);
+	mmdrop(mm);
+}
+
+/*
+ * Empty address space from addr, below end: gaps between VMAs, VM_PFNMAP/
+ * VM_IO VMAs (never walked), and inside a VMA every PGD, P4D, PUD or PMD
+ * entry that is none, skipped whole.  Returns where something may be
+ * mapped (addr if at once), or end.  Under mmap_lock (read), and only
+ * inside VMAs: munmap may free page tables of detached VMAs under the read
+ * lock, never those of a VMA find_vma returns.  An entry filled right after
+ * it was checked is a page faulted in after the walk passed it, which the
+ * walk below would miss as well.  Cost: one check per empty entry; a
+ * hugetlb VMA (its own walk) and anything not none stop it.
+ */
+static unsigned long empty_end(struct mm_struct *mm, unsigned long addr, unsigned long end)
+{
+	while (addr < end) {
+		struct vm_area_struct *vma = find_vma(mm, addr);
+		unsigned long vend;
+		pgd_t *pgd;
+		p4d_t *p4d;
+		pud_t *pud;
+		pud_t pudv;
+		pmd_t *pmd;
+
+		if (!vma || vma->vm_start >= end)
+			return end;
+		if (vma->vm_start > addr) {
+			addr = vma->vm_start;
+			continue;
+		}
+		if (vma->vm_flags & (VM_PFNMAP | VM_IO)) {
+			addr = vma->vm_end;
+			continue;
+		}
+		if (is_vm_hugetlb_page(vma))
+			return addr;
+		vend = min(end, vma->vm_end);
+		pgd = pgd_offset(mm, addr);
+		if (pgd_none(READ_ONCE(*pgd))) {
+			addr = pgd_addr_end(addr, vend);
+			continue;
+		}
+		if (pgd_bad(READ_ONCE(*pgd)))
+			return addr;
+		p4d = p4d_offset(pgd, addr);
+		if (p4d_none(READ_ONCE(*p4d))) {
+			addr = p4d_addr_end(addr, vend);
+			continue;
+		}
+		if (p4d_bad(READ_ONCE(*p4d)))
+			return addr;
+		pud = pud_offset(p4d, addr);
+		pudv = READ_ONCE(*pud);
+		if (pud_none(pudv)) {
+			addr = pud_addr_end(addr, vend);
+			continue;
+		}
+		if (pud_bad(pudv))
+			return addr;
+		pmd = pmd_offset(pud, addr);
+		if (pmd_none(READ_ONCE(*pmd))) {
+			addr = pmd_addr_end(addr, vend);
+			continue;
+		}
+		return addr;
+	}
+	return end;
+}
+
 static struct mm_struct *target_mm(struct pid *pid)
 {
 	struct task_struct *task = get_pid_task(pid, PIDTYPE_PID);
@@ -467,7 +551,7 @@ static bool target_alive(struct pid *pid, struct mm_struct *mm)
  */
 static long run(struct idlemap_file *f, unsigned long start, unsigned long end,
 		void __user *const out[BM_N], const void __user *sel, bool clear,
-		struct idlemap_walk *stats)
+		bool defer, struct idlemap_walk *stats)
 {
 	struct walk w = { .clear = clear };
 	struct mm_struct *mm;
@@ -476,11 +560,15 @@ static long run(struct idlemap_file *f, unsigned long start, unsigned long end,
 	long ret = 0;
 	int k;
 
+	if (!clear)
+		flush_owed(f);	/* before a read tests bits a stale TLB could hide */
 	if (!f->pid)
 		return -EBADFD;
 	mm = target_mm(f->pid);
-	if (IS_ERR(mm))
+	if (IS_ERR(mm)) {
+		flush_owed(f);
 		return PTR_ERR(mm);
+	}
 	if (start == f->cont_addr) {	/* the continuation of a call cut short */
 		w.huge_lo = f->huge_lo;
 		w.huge_hi = f->huge_hi;
@@ -492,7 +580,7 @@ static long run(struct idlemap_file *f, unsigned long start, unsigned long end,
 	if (cut)
 		end = start + MAX_PAGES_PER_CALL * PAGE_SIZE;
 	for (addr = start; addr < end; addr = cend) {
-		unsigned long npages, nbytes, off = ((addr - start) >> PAGE_SHIFT) / BITS_PER_BYTE;
+		unsigned long npages, nbytes, skip, off = ((addr - start) >> PAGE_SHIFT) / BITS_PER_BYTE;
 
 		cend = min(end, addr + CHUNK_PAGES * PAGE_SIZE);
 		npages = (cend - addr) >> PAGE_SHIFT;
@@ -519,6 +607,28 @@ static long run(struct idlemap_file *f, unsigned long start, unsigned long end,
 			ret = -ESRCH;
 			break;
 		}
+		skip = empty_end(mm, addr, end);
+		if (skip >= end || skip - addr >= CHUNK_PAGES * PAGE_SIZE) {
+			/* whole chunks of nothing: their bits are 0, no walk */
+			mmap_read_unlock(mm);
+			cend = skip >= end ? end :
+			       addr + rounddown(skip - addr, CHUNK_PAGES * PAGE_SIZE);
+			nbytes = DIV_ROUND_UP((cend - addr) >> PAGE_SHIFT, 64) * 8;
+			for (k = 0; k < BM_N; k++) {
+				if (out[k] && clear_user(out[k] + off, nbytes)) {
+					ret = -EFAULT;
+					break;
+				}
+			}
+			if (ret)
+				break;
+			if (fatal_signal_pending(current)) {
+				ret = -EINTR;
+				break;
+			}
+			cond_resched();
+			continue;
+		}
 		walk_vmas(&w, mm, addr, cend);
 		mmap_read_unlock(mm);
 		/* Copied out with no lock held: a fault here cannot nest in mmap_lock. */
@@ -542,8 +652,22 @@ static long run(struct idlemap_file *f, unsigned long start, unsigned long end,
 	 * page_idle clear accessed bits without a flush on x86, so a clear
 	 * bit does not mean no stale translation.
 	 */
-	if (clear && w.nr_present)
-		flush_mm(mm);
+	if (clear && defer && !ret) {
+		/*
+		 * IDLEMAP_WALK_NOFLUSH: owed until a call without it; one
+		 * flush then covers every walk of this mm before it.
+		 */
+		if (w.nr_present && f->flush_owed != mm) {
+			flush_owed(f);	/* another target's (a rebind): paid now */
+			mmgrab(mm);
+			f->flush_owed = mm;
+		}
+	} else {
+		/* an error ends a deferred read too: nothing left owed */
+		if (clear && w.nr_present && f->flush_owed != mm)
+			flush_mm(mm);
+		flush_owed(f);
+	}
 	mmput(mm);
 	if (cut && !ret) {
 		f->cont_addr = end;
@@ -586,7 +710,7 @@ static ssize_t idlemap_read(struct file *file, char __user *ubuf, size_t count, 
 		return -EINTR;
 	present = f->mode & IDLEMAP_MODE_PRESENT;
 	out[present ? BM_PRESENT : BM_IDLE] = ubuf;
-	ret = run(f, start, end, out, NULL, !present && (f->mode & IDLEMAP_MODE_REMARK), NULL);
+	ret = run(f, start, end, out, NULL, !present && (f->mode & IDLEMAP_MODE_REMARK), false, NULL);
 	mutex_unlock(&f->lock);
 	if (ret < 0)
 		return ret;
@@ -608,7 +732,7 @@ static ssize_t idlemap_write(struct file *file, const char __user *ubuf, size_t 
 		return count ? -ENXIO : 0;	/* past user space, as page_idle's bitmap */
 	if (mutex_lock_killable(&f->lock))
 		return -EINTR;
-	ret = run(f, start, end, out, ubuf, true, NULL);
+	ret = run(f, start, end, out, ubuf, true, false, NULL);
 	mutex_unlock(&f->lock);
 	if (ret < 0)
 		return ret;
@@ -658,7 +782,7 @@ static long do_walk(struct idlemap_file *f, struct idlemap_walk __user *uarg)
 
 	if (copy_from_user(&a, uarg, sizeof(a)))
 		return -EFAULT;
-	if (a.reserved || a.flags & ~IDLEMAP_WALK_CLEAR ||
+	if (a.reserved || a.flags & ~(IDLEMAP_WALK_CLEAR | IDLEMAP_WALK_NOFLUSH) ||
 	    a.start % PAGE_SIZE || a.end % PAGE_SIZE || a.start > a.end || a.end > VA_LIMIT)
 		return -EINVAL;
 	out[BM_IDLE] = u64_to_user_ptr(a.idle);
@@ -668,7 +792,8 @@ static long do_walk(struct idlemap_file *f, struct idlemap_walk __user *uarg)
 	a.nr_present = a.nr_idle = 0;
 	a.next = a.start;
 	if (a.start < a.end) {
-		ret = run(f, a.start, a.end, out, NULL, a.flags & IDLEMAP_WALK_CLEAR, &a);
+		ret = run(f, a.start, a.end, out, NULL, a.flags & IDLEMAP_WALK_CLEAR,
+			  a.flags & IDLEMAP_WALK_NOFLUSH, &a);
 		if (ret < 0)
 			return ret;
 		a.next = a.start + ((unsigned long)ret << PAGE_SHIFT);
@@ -705,6 +830,9 @@ static long idlemap_ioctl(struct file *file, unsigned int cmd, unsigned long arg
 	default:
 		ret = -ENOTTY;
 	}
+	/* a deferred flush lasts only over consecutive deferred walks */
+	if (cmd != IDLEMAP_IOC_WALK || ret < 0)
+		flush_owed(f);
 	mutex_unlock(&f->lock);
 	return ret;
 }
@@ -744,6 +872,7 @@ static int idlemap_release(struct inode *inode, struct file *file)
 	struct idlemap_file *f = file->private_data;
 	int k;
 
+	flush_owed(f);			/* a read cut short by close or exit */
 	put_pid(f->pid);		/* NULL-safe */
 	for (k = 0; k < BM_N; k++)
 		kfree(f->buf[k]);

@@ -216,8 +216,10 @@ class KmodBitmap:
         """Clear the accessed bit of every present page in ``ranges`` (default:
         all mappings), then flush the TLB.  Returns the pages marked."""
         n = 0
-        for g in self._plan(ranges).groups:
-            p, _ = self.dev.walk(g.start, g.end, clear=True)
+        groups = self._plan(ranges).groups
+        for k, g in enumerate(groups):
+            # one TLB flush, at the last walk (the module flushes on any error)
+            p, _ = self.dev.walk(g.start, g.end, clear=True, defer_flush=k < len(groups) - 1)
             n += p
         self.last_marked = n
         self.marked_at = time.monotonic()
@@ -233,9 +235,10 @@ class KmodBitmap:
         idle, present = np.empty(lay.total, np.bool_), np.empty(lay.total, np.bool_)
         huge = swapped = lay.zeros
         accessed = 0
-        for g in lay.groups:
+        for k, g in enumerate(lay.groups):
             idle_w, present_w, huge_w, swapped_w = g.rows
-            p, i = self.dev.walk(g.start, g.end, *g.rows, clear=remark)
+            # re-marking: one TLB flush per read, at its last walk (docs/kmod.md)
+            p, i = self.dev.walk(g.start, g.end, *g.rows, clear=remark, defer_flush=k < len(lay.groups) - 1)
             accessed += p - i
             if p:
                 g.put(idle, idle_w)

@@ -154,6 +154,96 @@ def test_bit_for_bit_equal_to_flushed_page_idle(thp):
           f"{int(mk.accessed.sum())} accessed pages: equal to page_idle bit for bit")
 
 
+def test_deferred_flush_read_in_two_walks_reads_the_hot_loop_hot():
+    """IDLEMAP_WALK_NOFLUSH: a re-marking read in two walks, the hot set's
+    deferred and the cold set's flushing for both (as KmodBitmap reads
+    several clusters), reads every hot page accessed in every window; so
+    does a deferred walk paid by an error, or by closing the fd."""
+    from fleet_helpers import HotSet
+    if os.cpu_count() < 2:
+        pytest.skip("needs 2 CPUs (the VM has 2)")
+    hp = pages(2)
+    os.sched_setaffinity(0, {0})
+    try:
+        with HotSet(2, 8) as hs:
+            os.sched_setaffinity(hs.pid, {1})
+            hot, cold = (hs.addr, hs.addr + 2 * MiB), (hs.addr + 2 * MiB, hs.addr + 10 * MiB)
+            idle = np.zeros(hp // 64, np.uint64)
+            misses, stale = [], []
+            time.sleep(0.3)
+            with kmod.Device(hs.pid) as d:
+                d.walk(*hot, clear=True, defer_flush=True)
+                d.walk(*cold, clear=True)
+                for _ in range(6):
+                    time.sleep(0.3)
+                    _, n_idle = d.walk(*hot, idle=idle, clear=True, defer_flush=True)
+                    d.walk(*cold, clear=True)              # the read's one flush
+                    misses.append(n_idle)
+                # an error after a deferred walk pays its flush
+                d.walk(*hot, clear=True, defer_flush=True)
+                import fcntl
+                bad = bytearray(kmod._WALK.pack(1, PAGE_SIZE, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+                with pytest.raises(OSError):
+                    fcntl.ioctl(d.fd, kmod.IOC_WALK, bad, True)
+                time.sleep(0.3)
+                misses.append(d.walk(*hot, clear=True, defer_flush=True)[1])
+                # what deferring means: a second deferred walk, no flush between
+                time.sleep(0.3)
+                stale.append(d.walk(*hot, clear=True, defer_flush=True)[1])
+            # closed with a flush owed: close pays it
+            time.sleep(0.3)
+            with kmod.Device(hs.pid) as d:
+                misses.append(d.walk(*hot, clear=True)[1])
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count())))
+    print(f"\nhot pages ({hp}) read idle: {misses}; after a deferred walk with no flush since: {stale}")
+    assert misses == [0] * 8
+
+
+def test_sparse_terabyte_reservation_read_exactly():
+    """1 TiB of MAP_NORESERVE with a few pages here and there: the walk
+    skips the empty PUD/PMD entries (one check each) and still reads every
+    page exactly, its bitmaps zero between them."""
+    import ctypes
+    import mmap as mm
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    tib = 1 << 40
+    addr = libc.mmap(None, tib, mm.PROT_READ | mm.PROT_WRITE,
+                     mm.MAP_PRIVATE | mm.MAP_ANONYMOUS | 0x4000, -1, 0)     # MAP_NORESERVE
+    assert addr not in (None, ctypes.c_void_p(-1).value)
+    try:
+        assert libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(tib), 15) == 0   # MADV_NOHUGEPAGE
+        offs = [0, 5 << 30 | 3 << 12, (5 << 30) + (130 << 20), 300 << 30, (1 << 39) - PAGE_SIZE,
+                1 << 39, tib - PAGE_SIZE] + [(7 << 30) - (1 << 20) + i * PAGE_SIZE for i in range(512)]
+        for o in offs:
+            ctypes.memset(addr + o, 1, 1)
+        n = tib >> PAGE_SHIFT
+        idle, present = np.zeros(n // 64, np.uint64), np.zeros(n // 64, np.uint64)
+        with kmod.Device(os.getpid()) as d:
+            assert d.walk(addr, addr + tib, clear=True)[0] == len(offs)
+            touched = offs[1::2]
+            for o in touched:
+                ctypes.memset(addr + o, 2, 1)
+            idle[:] = ~np.uint64(0)                     # the module writes every word
+            present[:] = ~np.uint64(0)
+            n_present, n_idle = d.walk(addr, addr + tib, idle=idle, present=present)
+        def bits(words):                                # set bits of the few nonzero words
+            nz = np.flatnonzero(words)
+            b = np.unpackbits(words[nz].view(np.uint8), bitorder="little").reshape(-1, 64)
+            r, c = np.nonzero(b)
+            return nz[r] * 64 + c
+        got_p, got_i = bits(present), bits(idle)
+        want_p = sorted(o >> PAGE_SHIFT for o in offs)
+        want_i = sorted(set(want_p) - {o >> PAGE_SHIFT for o in touched})
+        assert (n_present, n_idle) == (len(offs), len(want_i))
+        assert got_p.tolist() == want_p
+        assert got_i.tolist() == want_i
+    finally:
+        libc.munmap(ctypes.c_void_p(addr), ctypes.c_size_t(tib))
+
+
 def test_holes_read_zero_and_present_tells_them_apart():
     with Workload() as w:
         a = w.map("a", 1)

@@ -24,7 +24,7 @@ from . import syscalls
 
 DEVICE = "/dev/idlemap"
 MODULE = "idlemap_kmod"
-API_VERSION = 1
+API_VERSION = 2
 
 _MAGIC = 0xB7
 _WALK = struct.Struct("=6Q2I3Q")       # struct idlemap_walk, 80 bytes
@@ -47,6 +47,7 @@ MODE_IDLE = 0x0
 MODE_PRESENT = 0x1
 MODE_REMARK = 0x100
 WALK_CLEAR = 0x1
+WALK_NOFLUSH = 0x2                 # with WALK_CLEAR: the flush left to the next call
 
 NOT_LOADED = "the idlemap kernel module is not loaded (`idlemap kmod build` then `idlemap kmod load`)"
 
@@ -145,19 +146,21 @@ class Device:
     # -- one walk, every bitmap ---------------------------------------------------
     def walk(self, start: int, end: int, idle: np.ndarray | None = None, present: np.ndarray | None = None,
              huge: np.ndarray | None = None, swapped: np.ndarray | None = None,
-             clear: bool = False) -> tuple[int, int]:
+             clear: bool = False, defer_flush: bool = False) -> tuple[int, int]:
         """Walk [start, end) once; fill the given bitmaps (uint64 arrays of at
         least ceil(pages/64) words, bit i = page start + i pages); with
         ``clear`` also clear the accessed bits tested (mark idle) and flush
-        the TLB.  Loops over the module's bounded calls.  Returns (present
-        pages, idle pages)."""
+        the TLB; with ``defer_flush`` too, leave that flush to the next call
+        on this device that does not defer (or close): one flush for a read
+        made of several walks.  Loops over the module's bounded calls.
+        Returns (present pages, idle pages)."""
         bufs = (idle, present, huge, swapped)
         npages = (end - start) >> PAGE_SHIFT
         for b in bufs:
             if b is not None and (b.dtype != np.uint64 or b.size * 64 < npages or not b.flags.c_contiguous):
                 raise ValueError("bitmaps must be contiguous uint64 arrays of ceil(pages/64) words")
         ptrs = [b.ctypes.data if b is not None else 0 for b in bufs]
-        flags = WALK_CLEAR if clear else 0
+        flags = (WALK_CLEAR | (WALK_NOFLUSH if defer_flush else 0)) if clear else 0
         total_present = total_idle = 0
         pos = start
         while pos < end:
