@@ -5,7 +5,7 @@
 # page_idle, 6.1 and 6.12, one short VM each (tests/system/test_kmod_stock.py
 # and test_kmod_hugetlb.py; ~35 s each, plus ~15 s once per kernel to fetch
 # it and its headers); kmod-stock-6.1 / kmod-stock-6.12 run one of them.
-# kmod-debug, not part of all (~11 min: it would nearly double the ~13 min
+# kmod-debug, not part of all (10-13 min: it would nearly double the ~13 min
 # of all): every kmod test and the fuzzer of /dev/idlemap, for
 # IDLEMAP_FUZZ_SECONDS (default 300), on a debug build of the test kernel
 # (KASAN, PROVE_LOCKING, DEBUG_VM, DEBUG_ATOMIC_SLEEP, DEBUG_LIST; built
