@@ -200,6 +200,54 @@ def test_damos_quota_goals_on_6_12():
     assert actions == ["pageout", "lru_prio", "lru_deprio", "migrate_hot", "migrate_cold", "stat"]
 
 
+GIANT = "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages"
+
+
+def test_hugetlb_1gib_page_reads_whole(loaded):
+    """A 1 GiB hugetlb page (a PUD entry; allocated at run time, which needs
+    CONFIG_CONTIG_ALLOC: the stock kernels have it, the test kernel not):
+    its 262 144 bits read accessed or idle together, also across the
+    module's 128 MiB chunks (8 per huge page, mmap_lock dropped between
+    them), in read-and-re-mark windows: one touched page, none, the last.
+    First of the tests that use the module: a 1 GiB run of free memory is
+    likeliest before the others have fragmented it (6.12 failed to find one
+    after them, twice)."""
+    n = pages(1024)
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+    with open("/proc/sys/vm/compact_memory", "w") as f:
+        f.write("1")
+    with open(GIANT, "w") as f:
+        f.write("1")
+    try:
+        with open(GIANT) as f:
+            assert int(f.read()) == 1, "no 1 GiB page could be allocated (boot the VM with --mem 3072)"
+        with Workload() as w:
+            a = w.map("g", 1024, "hugetlb1g")
+            assert a % (1 << 30) == 0
+            w.touch("g", 1, 5, 1)                           # faults the whole page in
+            rng = [(a, a + 1024 * MiB)]
+            got = []
+            with KmodBitmap(w.pid) as km:
+                km.mark_idle(rng)
+                for first in (200_000, None, n - 1):
+                    if first is not None:
+                        w.touch("g", 1, first, 1)
+                    m = km.read(rng, remark=True)
+                    s = next(s for s in m.spans if s.start <= a < s.end)
+                    v = slice(s.offset + ((a - s.start) >> PAGE_SHIFT),
+                              s.offset + ((a - s.start) >> PAGE_SHIFT) + n)
+                    assert m.present[v].all() and m.huge[v].all()
+                    acc = int(m.accessed[v].sum())
+                    assert acc == (n if first is not None else 0), (first, acc)
+                    got.append(acc)
+    finally:
+        with open(GIANT, "w") as f:
+            f.write("0")
+    print(f"\n1 GiB hugetlb page, {n} bits: accessed per window {got}")
+
+
 def test_module_loads_unsigned_and_out_of_tree(loaded):
     assert os.path.exists(kmod.DEVICE)
     with open("/sys/module/idlemap_kmod/taint") as f:
@@ -286,51 +334,6 @@ def test_bitmap_is_bit_for_bit_the_touched_pages(loaded):
     assert np.array_equal(rfc, want_idle)
     assert (rfc == np.uint64(2**64 - 1)).all()
     print(f"\n{n} pages, 5 windows, accessed pages {results}: bit for bit")
-
-
-GIANT = "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages"
-
-
-def test_hugetlb_1gib_page_reads_whole(loaded):
-    """A 1 GiB hugetlb page (a PUD entry; allocated at run time, which needs
-    CONFIG_CONTIG_ALLOC: the stock kernels have it, the test kernel not):
-    its 262 144 bits read accessed or idle together, also across the
-    module's 128 MiB chunks (8 per huge page, mmap_lock dropped between
-    them), in read-and-re-mark windows: one touched page, none, the last."""
-    n = pages(1024)
-    subprocess.run(["sync"], check=True)
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3")
-    with open("/proc/sys/vm/compact_memory", "w") as f:
-        f.write("1")
-    with open(GIANT, "w") as f:
-        f.write("1")
-    try:
-        with open(GIANT) as f:
-            assert int(f.read()) == 1, "no 1 GiB page could be allocated (boot the VM with --mem 3072)"
-        with Workload() as w:
-            a = w.map("g", 1024, "hugetlb1g")
-            assert a % (1 << 30) == 0
-            w.touch("g", 1, 5, 1)                           # faults the whole page in
-            rng = [(a, a + 1024 * MiB)]
-            got = []
-            with KmodBitmap(w.pid) as km:
-                km.mark_idle(rng)
-                for first in (200_000, None, n - 1):
-                    if first is not None:
-                        w.touch("g", 1, first, 1)
-                    m = km.read(rng, remark=True)
-                    s = next(s for s in m.spans if s.start <= a < s.end)
-                    v = slice(s.offset + ((a - s.start) >> PAGE_SHIFT),
-                              s.offset + ((a - s.start) >> PAGE_SHIFT) + n)
-                    assert m.present[v].all() and m.huge[v].all()
-                    acc = int(m.accessed[v].sum())
-                    assert acc == (n if first is not None else 0), (first, acc)
-                    got.append(acc)
-    finally:
-        with open(GIANT, "w") as f:
-            f.write("0")
-    print(f"\n1 GiB hugetlb page, {n} bits: accessed per window {got}")
 
 
 def test_no_splat_since_boot():
