@@ -5,7 +5,7 @@ import time
 
 from .. import backends, rounds, validate
 from ..analysis.wss import profile_windows, summarize, top_mappings
-from ..errors import NoSuchProcess, UsageError
+from ..errors import NoSuchProcess, TargetExited, UsageError
 from ..render.text import MB, Table, json_line, mb
 from . import (add_damon_arguments, add_tlb_arguments, damon_kwargs, pid_arg, take_pid, tlb_note, tlb_policy,
                windows)
@@ -138,7 +138,9 @@ def run(args) -> int:
     except KeyboardInterrupt:
         pass
     except NoSuchProcess as e:
-        exited = e
+        # The target was there when the scan began (user_target): wherever the
+        # kernel layer noticed it go, the user is told it exited mid-scan.
+        exited = e if isinstance(e, TargetExited) or e.pid != proc.pid else TargetExited(proc.pid)
     _summary(samples, args)
     if exited is not None:
         raise exited
