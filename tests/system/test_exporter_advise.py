@@ -30,6 +30,7 @@ def test_advised_savings_reach_prometheus(tmp_path):
     with HotSet(32, 96) as w:
         try:
             exp, port = start_exporter("--interval", "0.5", "--pids", str(w.pid), "--backend", "page_idle",
+                                       "--tlb-flush", "soft-dirty",     # HotSet never pauses
                                        "--advise", "--advise-windows", "4", "--cgroups", "--top-processes", "5")
             m = wait_for_scans(port, 3)
             with Prometheus(tmp_path, [f"127.0.0.1:{port}"]) as prom:
