@@ -31,6 +31,7 @@
 #include <linux/mm.h>
 #include <linux/mmap_lock.h>
 #include <linux/module.h>
+#include <linux/moduleparam.h>
 #include <linux/mutex.h>
 #include <linux/pgtable.h>
 #include <linux/pid.h>
@@ -431,8 +432,35 @@ static void flush_ipi(void *info)
 	__flush_tlb_all();
 }
 
+/*
+ * TLB flushes paid so far (flush_mm calls, every fd, every target): read-only
+ * at /sys/module/idlemap_kmod/parameters/tlb_flushes.  Lets a test count the
+ * flushes of a read -- "one per read" is a claim about how many IPIs a
+ * target's CPU takes -- next to what the kernel itself counts (the CAL row
+ * of /proc/interrupts).
+ */
+static atomic64_t nr_flushes = ATOMIC64_INIT(0);
+
+static int flushes_get(char *buf, const struct kernel_param *kp)
+{
+	return scnprintf(buf, PAGE_SIZE, "%lld\n", (long long)atomic64_read(&nr_flushes));
+}
+
+static int flushes_set(const char *val, const struct kernel_param *kp)
+{
+	return -EPERM;		/* a counter, not a setting (insmod tlb_flushes=N) */
+}
+
+static const struct kernel_param_ops flushes_ops = {
+	.get = flushes_get,
+	.set = flushes_set,
+};
+module_param_cb(tlb_flushes, &flushes_ops, NULL, 0444);
+MODULE_PARM_DESC(tlb_flushes, "TLB flushes paid since load (read-only)");
+
 static void flush_mm(struct mm_struct *mm)
 {
+	atomic64_inc(&nr_flushes);
 	if (boot_cpu_has(X86_FEATURE_PCID))
 		on_each_cpu(flush_ipi, NULL, true);
 	else

@@ -200,6 +200,67 @@ def test_deferred_flush_read_in_two_walks_reads_the_hot_loop_hot():
     assert misses == [0] * 8
 
 
+FLUSHES = "/sys/module/idlemap_kmod/parameters/tlb_flushes"
+
+
+def _flushes() -> int:
+    with open(FLUSHES) as f:
+        return int(f.read())
+
+
+def _cal(cpu: int) -> int:
+    """Function-call IPIs CPU `cpu` has taken (the CAL row of
+    /proc/interrupts): what the kernel itself counts of our flushes."""
+    with open("/proc/interrupts") as f:
+        for line in f:
+            if line.lstrip().startswith("CAL:"):
+                return int(line.split()[1 + cpu])
+    raise AssertionError("no CAL row in /proc/interrupts")
+
+
+def test_one_tlb_flush_per_read_of_a_process_in_several_clusters():
+    """KmodBitmap reads a process in one walk per cluster of mappings and
+    defers every flush but the last (IDLEMAP_WALK_NOFLUSH): one flush per
+    read.  Counted twice: by the module (its read-only tlb_flushes counter:
+    exactly N for N reads) and by the kernel (the CAL IPIs of the target's
+    CPU: at least N, since every flush interrupts it, and fewer than 2N).
+    Control, on the same process: the same walks each paying its own flush
+    (the code before API 2) cost one flush per cluster, and the kernel counts
+    at least that many IPIs -- so the observation can tell the two apart."""
+    from fleet_helpers import HotSet
+    if os.cpu_count() < 2:
+        pytest.skip("needs 2 CPUs (the VM has 2)")
+    n = 20
+    os.sched_setaffinity(0, {1})
+    try:
+        with HotSet(2, 8) as hs:
+            os.sched_setaffinity(hs.pid, {0})       # it never leaves CPU 0: in mm_cpumask there
+            time.sleep(0.3)
+            with KmodBitmap(hs.pid) as bm:
+                bm.mark_idle()
+                groups = bm._layout.groups
+                assert len(groups) >= 3, "hotset maps fewer than 3 clusters: nothing to defer"
+                f0, c0 = _flushes(), _cal(0)
+                for _ in range(n):
+                    m = bm.read(remark=True)
+                f1, c1 = _flushes(), _cal(0)
+                assert m.present.sum() > 0
+                # control: one flushing walk per cluster, as before API 2
+                for _ in range(n):
+                    for g in groups:
+                        bm.dev.walk(g.start, g.end, *g.rows, clear=True)
+                f2, c2 = _flushes(), _cal(0)
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count())))
+    k = len(groups)
+    print(f"\n{n} reads of {k} clusters: module flushes {f1 - f0}, CAL IPIs on the target's CPU {c1 - c0}; "
+          f"one flush per walk: flushes {f2 - f1}, CAL {c2 - c1}")
+    assert f1 - f0 == n
+    assert n <= c1 - c0 < 2 * n
+    assert f2 - f1 == n * k
+    assert c2 - c1 >= n * k
+
+
 def test_sparse_terabyte_reservation_read_exactly():
     """1 TiB of MAP_NORESERVE with a few pages here and there: the walk
     skips the empty PUD/PMD entries (one check each) and still reads every
