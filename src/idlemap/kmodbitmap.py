@@ -52,16 +52,26 @@ RESERVED_MIN_PAGES = 1 << 15
 MAX_GAP_PAGES = 1 << 15
 
 
+# A walk over a few runs of pages with gaps between them is copied out run by
+# run (slices); over more runs, by one gather with an index per page kept.
+# A Python process's library cluster is ~10 runs: 5 us in slices against
+# 66 us for np.take over its 100 Ki pages (host, native).
+MAX_SLICE_RUNS = 64
+
+
 @dataclass(slots=True)
 class _Group:
     """One walk: VA [start, end), whose pages land at [out_lo, out_hi) of
-    the IdleMap's arrays (``take``: the walk's page positions to keep, None
-    when the spans fill the range without gaps); ``rows``: its four bitmaps
-    (idle, present, huge, swapped), set by the layout."""
+    the IdleMap's arrays; ``runs``: the walk's page ranges [a, b) to keep,
+    in order (one run when the spans fill the range without gaps);
+    ``take``: the same as one index per page, when there are too many runs
+    to copy one by one; ``rows``: its four bitmaps (idle, present, huge,
+    swapped), set by the layout."""
     start: int
     end: int
     out_lo: int
     out_hi: int
+    runs: list[tuple[int, int]]
     take: np.ndarray | None
     rows: list[np.ndarray] | None = None
 
@@ -72,10 +82,13 @@ class _Group:
     def put(self, arr: np.ndarray, words: np.ndarray) -> None:
         """This walk's bitmap ``words`` into its pages of ``arr``."""
         bits = _bits(words, self.npages)
-        if self.take is None:
-            arr[self.out_lo:self.out_hi] = bits
-        else:
+        if self.take is not None:
             np.take(bits, self.take, out=arr[self.out_lo:self.out_hi])
+            return
+        o = self.out_lo
+        for a, b in self.runs:
+            arr[o:o + b - a] = bits[a:b]
+            o += b - a
 
 
 def _groups(spans: list[Span], maps: list[Mapping]) -> list[_Group]:
@@ -99,11 +112,17 @@ def _groups(spans: list[Span], maps: list[Mapping]) -> list[_Group]:
     for run in runs:
         lo, hi = run[0].start, run[-1].end
         n = sum(s.npages for s in run)
+        pieces: list[tuple[int, int]] = []
+        for s in run:
+            a, b = (s.start - lo) >> PAGE_SHIFT, (s.end - lo) >> PAGE_SHIFT
+            if pieces and pieces[-1][1] == a:
+                pieces[-1] = (pieces[-1][0], b)          # adjacent spans: one run
+            else:
+                pieces.append((a, b))
         take = None
-        if n != (hi - lo) >> PAGE_SHIFT:
-            take = np.concatenate([np.arange((s.start - lo) >> PAGE_SHIFT, (s.end - lo) >> PAGE_SHIFT)
-                                   for s in run])
-        out.append(_Group(lo, hi, run[0].offset, run[0].offset + n, take))
+        if len(pieces) > MAX_SLICE_RUNS:
+            take = np.concatenate([np.arange(a, b) for a, b in pieces])
+        out.append(_Group(lo, hi, run[0].offset, run[0].offset + n, pieces, take))
     return out
 
 
