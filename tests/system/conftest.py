@@ -1,38 +1,45 @@
-"""Fixtures shared by the system tests that need swap or NUMA nodes (the
-test VM has both: zram built in, two nodes from QEMU's -numa), and the
-kernel-log check around every kmod test."""
+"""Fixtures shared by the system tests that need swap, a cgroup or NUMA
+nodes (the test VM has all three: zram and the memory controller built in,
+two nodes from QEMU's -numa), and the kernel-log check around every kmod
+test."""
+import contextlib
 import os
-import subprocess
 
 import pytest
 
 from idlemap.kernel import numa
+from idlemap.testing import machine
 
 from kernel_log import Kmsg, lockdep_on, splats
 
 IN_A_VM = "1" in (os.environ.get("IDLEMAP_IN_VM"), os.environ.get("IDLEMAP_IN_STOCK_VM"))
 
-ZRAM = "/sys/block/zram0"
+
+@contextlib.contextmanager
+def set_up(cm):
+    """Enter one of idlemap.testing.machine's set-ups; a kernel that lacks
+    it skips the test with the sentence naming the CONFIG_ option."""
+    with contextlib.ExitStack() as stack:
+        try:
+            value = stack.enter_context(cm)
+        except machine.MachineLacks as e:
+            pytest.skip(str(e))
+        yield value
 
 
 @pytest.fixture(scope="module")
 def zram_swap():
-    """1 GiB of swap on zram (CONFIG_ZRAM, CRYPTO_LZO), removed afterwards."""
-    if not os.path.exists(ZRAM):
-        if not os.path.exists("/sys/class/zram-control/hot_add"):
-            pytest.skip("no zram: CONFIG_ZRAM is not set")
-        with open("/sys/class/zram-control/hot_add") as f:
-            f.read()
-    with open(f"{ZRAM}/disksize", "w") as f:
-        f.write("1G")
-    subprocess.run(["mkswap", "/dev/zram0"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["swapon", "/dev/zram0"], check=True)
-    try:
-        yield "/dev/zram0"
-    finally:
-        subprocess.run(["swapoff", "/dev/zram0"], check=False)
-        with open(f"{ZRAM}/reset", "w") as f:
-            f.write("1")
+    """1 GiB of swap on zram for the module's tests, removed afterwards."""
+    with set_up(machine.zram_swap("1G")) as device:
+        yield device
+
+
+@pytest.fixture
+def cgroup_dir():
+    """A fresh cgroup with the memory controller (cgroup2 mounted first if
+    the VM has not), removed after the test."""
+    with set_up(machine.cgroup("test")) as path:
+        yield path
 
 
 @pytest.fixture(scope="module")

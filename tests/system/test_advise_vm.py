@@ -9,7 +9,6 @@ for truth and measurement).
 """
 import json
 import os
-import subprocess
 import time
 
 import pytest
@@ -22,6 +21,7 @@ from idlemap.kernel.maps import PAGE_SHIFT
 from idlemap.kernel.page_idle import PATH as BITMAP_PATH
 from idlemap.kernel.process import identify
 from idlemap.scan import Scanner
+from idlemap.testing.machine import CG_ROOT
 from idlemap.testing.workload import Workload
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(
@@ -116,33 +116,7 @@ def test_live_advise_command(capsys):
 
 
 # -- reclaim --cgroup -----------------------------------------------------------
-CG_ROOT = "/sys/fs/cgroup"
 CG_COLD_MIB, CG_HOT_MIB = 192, 64
-
-
-@pytest.fixture
-def cgroup_dir():
-    """A fresh cgroup with the memory controller (cgroup2 mounted first if
-    the VM has not), removed afterwards."""
-    if not os.path.exists(f"{CG_ROOT}/cgroup.controllers"):
-        os.makedirs(CG_ROOT, exist_ok=True)
-        subprocess.run(["mount", "-t", "cgroup2", "none", CG_ROOT], check=True)
-    with open(f"{CG_ROOT}/cgroup.controllers") as f:
-        if "memory" not in f.read().split():
-            pytest.skip("no memory controller in cgroup v2 (CONFIG_MEMCG)")
-    with open(f"{CG_ROOT}/cgroup.subtree_control", "w") as f:
-        f.write("+memory")
-    path = f"{CG_ROOT}/idlemap-advise-{os.getpid()}"
-    os.mkdir(path)
-    try:
-        yield path
-    finally:
-        for _ in range(50):
-            try:
-                os.rmdir(path)
-                break
-            except OSError:
-                time.sleep(0.1)
 
 
 def join(path, pid):
