@@ -35,8 +35,9 @@ from .kernel.process import ProcessId, check_same, identify
 from .records import IdleMap, Span
 
 
-def _bits(words: np.ndarray, n: int) -> np.ndarray:
-    return np.unpackbits(words.view(np.uint8), count=n, bitorder="little").view(np.bool_)
+def _bits(rows: np.ndarray) -> np.ndarray:
+    """Rows of u64 bitmap words -> rows of one bool per bit (page)."""
+    return np.unpackbits(rows.view(np.uint8), axis=1, bitorder="little").view(np.bool_)
 
 
 # PROT_NONE mappings of at least this many pages are checked for being
@@ -52,10 +53,12 @@ RESERVED_MIN_PAGES = 1 << 15
 MAX_GAP_PAGES = 1 << 15
 
 
-# A walk over a few runs of pages with gaps between them is copied out run by
-# run (slices); over more runs, by one gather with an index per page kept.
-# A Python process's library cluster is ~10 runs: 5 us in slices against
-# 66 us for np.take over its 100 Ki pages (host, native).
+# The walks' bitmaps reach the IdleMap's arrays by one unpack of all of
+# them, then a copy per run of pages kept (slices) or, with more runs than
+# this, one gather with an index per page.  A Python process reads in ~5
+# walks and ~14 runs: the per-call overhead of numpy, which TCG slows ~14x,
+# is most of a steady read's Python time (an np.take over 100 Ki pages:
+# 66 us against 5 us in 10 slices, host, native).
 MAX_SLICE_RUNS = 64
 
 
@@ -64,31 +67,18 @@ class _Group:
     """One walk: VA [start, end), whose pages land at [out_lo, out_hi) of
     the IdleMap's arrays; ``runs``: the walk's page ranges [a, b) to keep,
     in order (one run when the spans fill the range without gaps);
-    ``take``: the same as one index per page, when there are too many runs
-    to copy one by one; ``rows``: its four bitmaps (idle, present, huge,
-    swapped), set by the layout."""
+    ``rows``: its four bitmaps (idle, present, huge, swapped), set by the
+    layout."""
     start: int
     end: int
     out_lo: int
     out_hi: int
     runs: list[tuple[int, int]]
-    take: np.ndarray | None
     rows: list[np.ndarray] | None = None
 
     @property
     def npages(self) -> int:
         return (self.end - self.start) >> PAGE_SHIFT
-
-    def put(self, arr: np.ndarray, words: np.ndarray) -> None:
-        """This walk's bitmap ``words`` into its pages of ``arr``."""
-        bits = _bits(words, self.npages)
-        if self.take is not None:
-            np.take(bits, self.take, out=arr[self.out_lo:self.out_hi])
-            return
-        o = self.out_lo
-        for a, b in self.runs:
-            arr[o:o + b - a] = bits[a:b]
-            o += b - a
 
 
 def _groups(spans: list[Span], maps: list[Mapping]) -> list[_Group]:
@@ -119,29 +109,54 @@ def _groups(spans: list[Span], maps: list[Mapping]) -> list[_Group]:
                 pieces[-1] = (pieces[-1][0], b)          # adjacent spans: one run
             else:
                 pieces.append((a, b))
-        take = None
-        if len(pieces) > MAX_SLICE_RUNS:
-            take = np.concatenate([np.arange(a, b) for a, b in pieces])
-        out.append(_Group(lo, hi, run[0].offset, run[0].offset + n, pieces, take))
+        out.append(_Group(lo, hi, run[0].offset, run[0].offset + n, pieces))
     return out
 
 
 class _Layout:
     """What a read needs while the memory map is unchanged: the spans, the
-    walks, one buffer holding every walk's four bitmaps, and read-only
-    zeros handed out as the huge and swapped arrays when no walk found one."""
+    walks, one buffer holding every walk's four bitmaps, how their bits
+    map to the IdleMap's pages, and read-only zeros handed out as the huge
+    and swapped arrays when no walk found one."""
 
     def __init__(self, spans: list[Span], groups: list[_Group]):
         self.spans, self.groups = spans, groups
         self.total = sum(s.npages for s in spans)
         words = [(g.npages + 63) // 64 for g in groups]
         self.bufs = np.empty((4, sum(words)), np.uint64)
+        # (first bit in a row of bufs, first page in the IdleMap, pages),
+        # merged where both sides continue
+        self.copies: list[tuple[int, int, int]] = []
         w0 = 0
         for g, nw in zip(groups, words):
             g.rows = [self.bufs[k, w0:w0 + nw] for k in range(4)]    # contiguous pieces of each row
+            d = g.out_lo
+            for a, b in g.runs:
+                src = w0 * 64 + a
+                s0, d0, n0 = self.copies[-1] if self.copies else (-1, -1, 0)
+                if s0 + n0 == src and d0 + n0 == d:
+                    self.copies[-1] = (s0, d0, n0 + b - a)
+                else:
+                    self.copies.append((src, d, b - a))
+                d += b - a
             w0 += nw
+        self.take = None
+        if len(self.copies) > MAX_SLICE_RUNS:
+            self.take = np.concatenate([np.arange(s, s + n) for s, _, n in self.copies])
         self.zeros = np.zeros(self.total, np.bool_)
         self.zeros.flags.writeable = False
+
+    def pages(self, rows: np.ndarray) -> np.ndarray:
+        """Rows of bufs (all walks' words) -> rows of one bool per page of
+        the spans, in the IdleMap's order: one unpack, then the copies."""
+        bits = _bits(rows)
+        out = np.empty((rows.shape[0], self.total), np.bool_)
+        if self.take is not None:
+            np.take(bits, self.take, axis=1, out=out)
+        else:
+            for s, d, n in self.copies:
+                out[:, d:d + n] = bits[:, s:s + n]
+        return out
 
 
 class KmodBitmap:
@@ -249,28 +264,23 @@ class KmodBitmap:
         the accessed bits it tests (and the TLB is flushed): the next window
         starts at this read."""
         lay = self._plan(ranges)
-        # idle and present: fresh per read (every page is written below);
-        # huge and swapped: the layout's read-only zeros unless a walk found one.
-        idle, present = np.empty(lay.total, np.bool_), np.empty(lay.total, np.bool_)
-        huge = swapped = lay.zeros
         accessed = 0
+        last = len(lay.groups) - 1
         for k, g in enumerate(lay.groups):
-            idle_w, present_w, huge_w, swapped_w = g.rows
-            # re-marking: one TLB flush per read, at its last walk (docs/kmod.md)
-            p, i = self.dev.walk(g.start, g.end, *g.rows, clear=remark, defer_flush=k < len(lay.groups) - 1)
+            # every word of the walk's bitmaps is written (the module zeroes
+            # what holds no page); re-marking: one TLB flush per read, at
+            # its last walk (docs/kmod.md)
+            p, i = self.dev.walk(g.start, g.end, *g.rows, clear=remark, defer_flush=k < last)
             accessed += p - i
-            if p:
-                g.put(idle, idle_w)
-                g.put(present, present_w)
-            else:
-                idle[g.out_lo:g.out_hi] = False
-                present[g.out_lo:g.out_hi] = False
-            if p and huge_w.any():
-                huge = lay.zeros.copy() if huge is lay.zeros else huge
-                g.put(huge, huge_w)
-            if swapped_w.any():
-                swapped = lay.zeros.copy() if swapped is lay.zeros else swapped
-                g.put(swapped, swapped_w)
+        # idle and present: fresh per read; huge and swapped: the layout's
+        # read-only zeros unless a walk found one.
+        idle, present = lay.pages(lay.bufs[:2])
+        huge = swapped = lay.zeros
+        found = lay.bufs[2:].any(axis=1)
+        if found.any():
+            more = lay.pages(lay.bufs[2:])
+            huge = more[0] if found[0] else huge
+            swapped = more[1] if found[1] else swapped
         now = time.monotonic()
         window = now - self.marked_at if self.marked_at is not None else 0.0
         if remark:
