@@ -17,7 +17,9 @@ with idlemap's module instead, where it is loaded.
 (CONFIG_IDLE_PAGE_TRACKING off, e.g. every Debian kernel): clear_refs per
 process at the mark and ``Referenced`` from smaps_rollup at the read.  Exact
 per process, but it costs one write and one rollup per process, and shared
-pages are not deduplicated across processes.
+pages are not deduplicated across processes.  It and the module's scanner
+mark each process on its own, so they share ``PerProcessScanner``: the
+marks by process identity, and samples whose totals are sums.
 
 Processes that appear between two reads were not marked, so everything they
 touched would look hot: they are marked and reported from the next window.
@@ -221,6 +223,60 @@ class _Round:
         self.denied = 0
         self.errors: list[str] = []
 
+    def lost(self, e: Exception, doing: str) -> None:
+        """Count a process this pass could not read: gone (it exited since
+        the listing), not ours, or any other error, kept as "DOING failed:
+        why" for the sample's errors.  A pass never stops for one process."""
+        if isinstance(e, NoSuchProcess):
+            self.vanished += 1
+        elif isinstance(e, AccessDenied):
+            self.denied += 1
+        else:
+            self.errors.append(f"{doing} failed: {os.strerror(getattr(e, 'errno', None) or 0)}")
+
+
+class PerProcessScanner(SystemScanner):
+    """A system scanner that marks each process on its own (clear_refs, a
+    module walk) rather than one global bitmap: each process's window runs
+    from its own mark, kept by identity (PID, start time) so a reused PID
+    is never read against another process's mark."""
+
+    def __init__(self, selection: Selection | None = None, pss: bool = False, cgroups: bool = False):
+        super().__init__(selection, pss, cgroups)
+        self._marked: dict[tuple[int, int], float] = {}
+        self.marked_at: float | None = None
+
+    @abc.abstractmethod
+    def _mark_one(self, t: TaskInfo, r: _Round) -> bool:
+        """Mark ``t``; False (counted in ``r``) if it vanished or is not ours."""
+
+    def mark(self) -> None:
+        r = _Round()
+        marked: dict = {}
+        for t in self.tasks():
+            if self._mark_one(t, r):
+                # Each process's own time: the marks of many processes
+                # take a while, and its window starts at its mark.
+                marked[t.key] = time.monotonic()
+        self._marked = marked
+        self.marked_at = time.monotonic()
+
+    def _finish(self, rows: list[system_analysis.ProcessUsage], window: float, marked: dict, new: int,
+                r: _Round, t0: float, remark: bool) -> system_analysis.SystemSample:
+        """The sample of a pass that read ``rows`` and left ``marked`` as the
+        marks for the next one; totals and cgroups are sums (no frames to
+        deduplicate shared pages by)."""
+        self._marked = marked
+        now = time.monotonic()
+        if remark:
+            self.marked_at = now
+        cgs = system_analysis.cgroup_usage_summed(rows) if self.cgroups else []
+        return system_analysis.SystemSample(
+            backend=self.name, granularity=self.caps.granularity, time_s=now, window_s=window,
+            processes=rows, cgroups=cgs, total_rss_bytes=sum(x.rss_bytes for x in rows),
+            total_wss_bytes=sum(x.wss_bytes for x in rows), scan_s=now - t0, new_processes=new,
+            vanished=r.vanished, denied=r.denied, errors=r.errors)
+
 
 class PageIdleSystemScanner(SystemScanner):
     name = "page_idle"
@@ -264,14 +320,8 @@ class PageIdleSystemScanner(SystemScanner):
             try:
                 f = walk_process(t.pid, self._use_kpf, self._maps_cache, t.key,
                                  layout.hva_ranges() if layout is not None else None)
-            except NoSuchProcess:
-                r.vanished += 1
-                continue
-            except AccessDenied:
-                r.denied += 1
-                continue
-            except OSError as e:
-                r.errors.append(f"reading PID {t.pid}'s pagemap failed: {os.strerror(e.errno or 0)}")
+            except (NoSuchProcess, AccessDenied, OSError) as e:
+                r.lost(e, f"reading PID {t.pid}'s pagemap")
                 continue
             if layout is not None:
                 f, g = f
@@ -390,36 +440,20 @@ class PageIdleSystemScanner(SystemScanner):
             detail=system_analysis.FrameDetail(union, idle, rep_frames) if self.keep_frames else None)
 
 
-class ClearRefsSystemScanner(SystemScanner):
+class ClearRefsSystemScanner(PerProcessScanner):
     name = "clear_refs"
     caps = Capabilities(
         granularity="mapping", per_page=False, needs_root=False, sees_guest_accesses=False,
         summary="clear_refs + smaps_rollup per process (no page_idle here): exact per process, "
                 "cost grows with the number of processes, shared pages not deduplicated")
 
-    def __init__(self, selection: Selection | None = None, pss: bool = False, cgroups: bool = False):
-        super().__init__(selection, pss, cgroups)
-        self._marked: dict[tuple[int, int], float] = {}
-        self.marked_at: float | None = None
-
-    def _clear(self, t: TaskInfo, into: dict, r: _Round) -> None:
+    def _mark_one(self, t: TaskInfo, r: _Round) -> bool:
         try:
             cr.clear_refs(t.pid, cr.CLEAR_ALL)
-            into[t.key] = time.monotonic()
-        except NoSuchProcess:
-            r.vanished += 1
-        except AccessDenied:
-            r.denied += 1
-        except OSError as e:
-            r.errors.append(f"clear_refs of PID {t.pid} failed: {os.strerror(e.errno or 0)}")
-
-    def mark(self) -> None:
-        r = _Round()
-        marked: dict = {}
-        for t in self.tasks():
-            self._clear(t, marked, r)
-        self._marked = marked
-        self.marked_at = time.monotonic()
+            return True
+        except (NoSuchProcess, AccessDenied, OSError) as e:
+            r.lost(e, f"clear_refs of PID {t.pid}")
+            return False
 
     def sample(self, remark: bool = True) -> system_analysis.SystemSample:
         if self.marked_at is None:
@@ -437,14 +471,8 @@ class ClearRefsSystemScanner(SystemScanner):
             else:
                 try:
                     roll = smaps.read_rollup(t.pid)
-                except NoSuchProcess:
-                    r.vanished += 1
-                    continue
-                except AccessDenied:
-                    r.denied += 1
-                    continue
-                except OSError as e:
-                    r.errors.append(f"reading PID {t.pid}'s smaps_rollup failed: {os.strerror(e.errno or 0)}")
+                except (NoSuchProcess, AccessDenied, OSError) as e:
+                    r.lost(e, f"reading PID {t.pid}'s smaps_rollup")
                     continue
                 if not roll:       # exited between listing and reading: no mm left
                     r.vanished += 1
@@ -455,17 +483,9 @@ class ClearRefsSystemScanner(SystemScanner):
                 rows.append(system_analysis.ProcessUsage(t.pid, t.comm, read_cgroup(t.pid), roll.get("Rss", 0),
                                             roll.get("Referenced", 0), w, pss, -1))
             if remark or since is None:
-                self._clear(t, marked, r)
+                if self._mark_one(t, r):
+                    marked[t.key] = time.monotonic()
             elif since is not None:
                 marked[t.key] = since
-        self._marked = marked
-        now = time.monotonic()
         window = float(np.median(windows)) if windows else 0.0
-        if remark:
-            self.marked_at = now
-        cgs = system_analysis.cgroup_usage_summed(rows) if self.cgroups else []
-        return system_analysis.SystemSample(
-            backend=self.name, granularity=self.caps.granularity, time_s=now, window_s=window,
-            processes=rows, cgroups=cgs, total_rss_bytes=sum(x.rss_bytes for x in rows),
-            total_wss_bytes=sum(x.wss_bytes for x in rows), scan_s=now - t0, new_processes=new,
-            vanished=r.vanished, denied=r.denied, errors=r.errors)
+        return self._finish(rows, window, marked, new, r, t0, remark)

@@ -16,7 +16,6 @@ keeps page_idle when a KVM guest's VMM is among the processes).
 """
 from __future__ import annotations
 
-import os
 import time
 
 from ..analysis import system as system_analysis
@@ -25,10 +24,10 @@ from ..kernel import kmod, smaps
 from ..kernel.maps import PAGE_SIZE, read_raw, tracked_bounds
 from ..kernel.tasks import TaskInfo, read_cgroup, read_task
 from .base import Capabilities
-from .system import Selection, SystemScanner, _Round
+from .system import PerProcessScanner, Selection, _Round
 
 
-class KmodSystemScanner(SystemScanner):
+class KmodSystemScanner(PerProcessScanner):
     name = "kmod"
     caps = Capabilities(
         granularity="page", per_page=True, needs_root=True, sees_guest_accesses=False,
@@ -39,8 +38,6 @@ class KmodSystemScanner(SystemScanner):
     def __init__(self, selection: Selection | None = None, pss: bool = False, cgroups: bool = False):
         super().__init__(selection, pss, cgroups)
         self.dev = kmod.Device()
-        self._marked: dict[tuple[int, int], float] = {}
-        self.marked_at: float | None = None
 
     def close(self) -> None:
         self.dev.close()
@@ -61,24 +58,14 @@ class KmodSystemScanner(SystemScanner):
                 present += p
                 idle += i
             return present, idle
-        except NoSuchProcess:
-            r.vanished += 1
         except UsageError:          # became a kernel thread's PID meanwhile: no user memory
             r.vanished += 1
-        except AccessDenied:
-            r.denied += 1
-        except OSError as e:
-            r.errors.append(f"walking PID {t.pid}'s page tables failed: {os.strerror(e.errno or 0)}")
+        except (NoSuchProcess, AccessDenied, OSError) as e:
+            r.lost(e, f"walking PID {t.pid}'s page tables")
         return None
 
-    def mark(self) -> None:
-        r = _Round()
-        marked: dict = {}
-        for t in self.tasks():
-            if self._walk(t, True, r) is not None:
-                marked[t.key] = time.monotonic()
-        self._marked = marked
-        self.marked_at = time.monotonic()
+    def _mark_one(self, t: TaskInfo, r: _Round) -> bool:
+        return self._walk(t, True, r) is not None
 
     def sample(self, remark: bool = True) -> system_analysis.SystemSample:
         if self.marked_at is None:
@@ -109,14 +96,5 @@ class KmodSystemScanner(SystemScanner):
             windows.append(end - since)
             rows.append(system_analysis.ProcessUsage(t.pid, t.comm, read_cgroup(t.pid), present * PAGE_SIZE,
                                         (present - idle) * PAGE_SIZE, end - since, pss, -1))
-        self._marked = marked
-        now = time.monotonic()
-        if remark:
-            self.marked_at = now
         window = sorted(windows)[len(windows) // 2] if windows else 0.0
-        cgs = system_analysis.cgroup_usage_summed(rows) if self.cgroups else []
-        return system_analysis.SystemSample(
-            backend=self.name, granularity=self.caps.granularity, time_s=now, window_s=window,
-            processes=rows, cgroups=cgs, total_rss_bytes=sum(x.rss_bytes for x in rows),
-            total_wss_bytes=sum(x.wss_bytes for x in rows), scan_s=now - t0, new_processes=new,
-            vanished=r.vanished, denied=r.denied, errors=r.errors)
+        return self._finish(rows, window, marked, new, r, t0, remark)
