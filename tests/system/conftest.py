@@ -4,15 +4,20 @@ two nodes from QEMU's -numa), and the kernel-log check around every kmod
 test."""
 import contextlib
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from idlemap.kernel import numa
+from idlemap import kmodbuild
+from idlemap.kernel import kmod, numa
 from idlemap.testing import machine
 
 from kernel_log import Kmsg, lockdep_on, splats
 
-IN_A_VM = "1" in (os.environ.get("IDLEMAP_IN_VM"), os.environ.get("IDLEMAP_IN_STOCK_VM"))
+IN_STOCK_VM = os.environ.get("IDLEMAP_IN_STOCK_VM") == "1"
+IN_A_VM = IN_STOCK_VM or os.environ.get("IDLEMAP_IN_VM") == "1"
 
 
 @contextlib.contextmanager
@@ -40,6 +45,40 @@ def cgroup_dir():
     the VM has not), removed after the test."""
     with set_up(machine.cgroup("test")) as path:
         yield path
+
+
+@pytest.fixture(scope="module")
+def kmod_loaded():
+    """idlemap's module for the running kernel, loaded for the test file
+    with `idlemap kmod load --ko` (the path users take) and unloaded at its
+    end (the other files measure page_idle, or load their own); yields the
+    .ko.  Which .ko: IDLEMAP_KMOD_KO if set, else the build the host made
+    beforehand (kmodbuild.built_path finds it in the cache the VM sees),
+    else built here, ~30 s under TCG, against the test kernel's tree or, on
+    Debian's stock kernel, its headers package (IDLEMAP_STOCK_DIR)."""
+    rel = os.uname().release
+    ko = Path(os.environ.get("IDLEMAP_KMOD_KO") or kmodbuild.built_path(rel))
+    if not ko.exists():
+        if IN_STOCK_VM:
+            from idlemap.testvm import stock
+            kdir = stock.build_tree(Path(os.environ["IDLEMAP_STOCK_DIR"]))
+        else:
+            kdir = kmodbuild.vm_kernel_tree()
+        ko = kmodbuild.build(kdir)
+    assert kmodbuild.vermagic(ko) == rel
+    if kmod.loaded():
+        kmod.unload()
+    r = subprocess.run([sys.executable, "-m", "idlemap", "kmod", "load", "--ko", str(ko)],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert r.returncode == 0, r.stdout
+    print(f"\n{r.stdout.strip()}")
+    try:
+        yield str(ko)
+    finally:
+        # A test may have unloaded it (and failed to load it back).
+        if kmod.loaded():
+            kmod.unload()
+        assert not kmod.loaded()
 
 
 @pytest.fixture(scope="module")

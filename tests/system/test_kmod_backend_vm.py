@@ -14,7 +14,6 @@ import os
 import numpy as np
 import pytest
 
-from idlemap import kmodbuild
 from idlemap.actions import ReclaimConfig, Reclaimer, TierConfig, Tierer
 from idlemap.cli import main
 from idlemap.kernel import kmod, numa
@@ -43,32 +42,14 @@ def pages(mib):
     return int(mib * MiB) >> PAGE_SHIFT
 
 
-@pytest.fixture(scope="module")
-def ko():
-    """The module built against the VM kernel's tree (or IDLEMAP_KMOD_KO,
-    built on the host beforehand), loaded for the module's tests and
-    unloaded at the end: the other VM tests measure page_idle."""
-    path = os.environ.get("IDLEMAP_KMOD_KO") or str(kmodbuild.build(kmodbuild.vm_kernel_tree()))
-    assert kmodbuild.vermagic(path) == os.uname().release
-    if kmod.loaded():
-        kmod.unload()
-    kmod.load(path)
-    try:
-        yield path
-    finally:
-        if kmod.loaded():
-            kmod.unload()
-        assert not kmod.loaded()
-
-
 @pytest.fixture
-def unloaded(ko):
+def unloaded(kmod_loaded):
     """The module out for one test, back in afterwards."""
     kmod.unload()
     try:
         yield
     finally:
-        kmod.load(ko)
+        kmod.load(kmod_loaded)
 
 
 def wss_json(capsys, pid, *extra):
@@ -80,7 +61,7 @@ def wss_json(capsys, pid, *extra):
     return [r for r in rows if r["schema"] == "idlemap.wss/2"]
 
 
-def test_wss_auto_picks_kmod_when_loaded_and_says_so(ko, capsys):
+def test_wss_auto_picks_kmod_when_loaded_and_says_so(kmod_loaded, capsys):
     with Workload() as w:
         w.map("data", 16, "nothp")
         w.touch("data")
@@ -107,7 +88,7 @@ def test_wss_auto_picks_page_idle_when_the_module_is_not_loaded(unloaded, capsys
         in first, first
 
 
-def test_doctor_reports_the_module(ko, capsys):
+def test_doctor_reports_the_module(kmod_loaded, capsys):
     capsys.readouterr()
     assert main(["doctor", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
@@ -119,7 +100,7 @@ def test_doctor_reports_the_module(ko, capsys):
         assert by[cmd]["works"] and "kmod" in by[cmd]["how"], by[cmd]
 
 
-def test_top_system_pass_on_kmod_is_exact_per_process(ko, capsys):
+def test_top_system_pass_on_kmod_is_exact_per_process(kmod_loaded, capsys):
     """`idlemap top` on kmod: one walk per process; a process touching
     exactly 8 of its 32 MiB reads 8 MiB, one touching nothing reads ~0."""
     with Workload() as busy, Workload() as quiet:
@@ -155,13 +136,13 @@ def test_top_system_pass_on_kmod_is_exact_per_process(ko, capsys):
     assert {p["pid"] for p in win["processes"]} == {busy.pid, quiet.pid}
 
 
-def test_top_keeps_options_to_the_backends_that_take_them(ko, capsys):
+def test_top_keeps_options_to_the_backends_that_take_them(kmod_loaded, capsys):
     assert main(["top", "0.1", "1", "--mark", "range", "--pids", str(os.getpid())]) == 2
     assert "--mark goes with the page_idle backend, not kmod" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not HAVE_PYFUSE3, reason="the fuse extra (pyfuse3) is not installed")
-def test_mount_serves_idle_bitmap_from_kmod(ko):
+def test_mount_serves_idle_bitmap_from_kmod(kmod_loaded):
     """The FUSE idle_bitmap on kmod, used as an RFC-era tool would: write
     all-ones over a mapping (mark), touch a known set, read: exactly the
     untouched pages read idle.  idle_pages and wss come from the same walk."""
@@ -212,7 +193,7 @@ def test_mount_serves_idle_bitmap_from_kmod(ko):
     assert rc == 0, log
 
 
-def test_reclaim_runs_on_kmod_and_pages_out_the_cold_set(ko, zram_swap):
+def test_reclaim_runs_on_kmod_and_pages_out_the_cold_set(kmod_loaded, zram_swap):
     total, hot = pages(64), pages(16)
     with Workload() as w:
         a = w.map("data", 64, "nothp")
@@ -238,7 +219,7 @@ def test_reclaim_runs_on_kmod_and_pages_out_the_cold_set(ko, zram_swap):
     assert np.count_nonzero(~present[hot:]) >= 0.9 * (total - hot)
 
 
-def test_reclaim_command_on_kmod(ko, zram_swap, capsys):
+def test_reclaim_command_on_kmod(kmod_loaded, zram_swap, capsys):
     with Workload() as w:
         w.map("data", 8, "nothp")
         w.touch("data")
@@ -248,7 +229,7 @@ def test_reclaim_command_on_kmod(ko, zram_swap, capsys):
     assert rc == 0, out
 
 
-def test_tier_runs_on_kmod(ko):
+def test_tier_runs_on_kmod(kmod_loaded):
     nodes = numa.online_nodes()
     if len(nodes) < 2:
         pytest.skip("one NUMA node: boot the VM with --numa 2 (CONFIG_NUMA, ACPI_NUMA)")
@@ -273,7 +254,7 @@ def test_tier_runs_on_kmod(ko):
     assert np.count_nonzero(where[hot:] == slow) >= 0.95 * (total - hot)
 
 
-def test_bitmap_command_on_kmod(ko, tmp_path, capsys):
+def test_bitmap_command_on_kmod(kmod_loaded, tmp_path, capsys):
     with Workload() as w:
         w.map("data", 4, "nothp")
         w.touch("data")

@@ -30,7 +30,6 @@ import time
 import numpy as np
 import pytest
 
-from idlemap import kmodbuild
 from idlemap.kernel import kmod
 
 import kmod_fuzz as fz
@@ -45,33 +44,26 @@ SEED = int(os.environ.get("IDLEMAP_FUZZ_SEED", "14"))
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    """The module built against the running kernel's tree (the plain or the
-    debug test kernel: kmodbuild.vm_kernel_tree picks by release), loaded;
-    unloaded at the end, and the figures reported."""
-    ko = os.environ.get("IDLEMAP_KMOD_KO") or str(kmodbuild.build(kmodbuild.vm_kernel_tree()))
-    assert kmodbuild.vermagic(ko) == os.uname().release
-    if kmod.loaded():
-        kmod.unload()
-    kmod.load(ko)
+def fuzz_report(kmod_loaded):
+    """The figures of the whole file, reported once its tests are done (the
+    module is conftest.py's kmod_loaded: built against the running kernel's
+    tree, the plain or the debug test kernel's, kmodbuild.vm_kernel_tree
+    picks by release)."""
     t0 = time.monotonic()
-    try:
-        yield ko
-    finally:
-        kmod.unload()
-        secs = time.monotonic() - t0
-        report = {"kernel": os.uname().release, "budget_s": BUDGET, "seconds": round(secs, 1),
-                  "calls": TOTAL.calls, "outcomes": TOTAL.outcomes(), "by_op": TOTAL.by,
-                  "pages_seen": TOTAL.pages}
-        print(f"\nfuzz total: {TOTAL.calls} calls in {secs:.0f} s on {os.uname().release}, "
-              f"outcomes {TOTAL.outcomes()}, pages seen by checked walks {TOTAL.pages}")
-        if os.environ.get("IDLEMAP_FUZZ_REPORT"):
-            with open(os.environ["IDLEMAP_FUZZ_REPORT"], "w") as f:
-                json.dump(report, f, indent=1)
+    yield
+    secs = time.monotonic() - t0
+    report = {"kernel": os.uname().release, "budget_s": BUDGET, "seconds": round(secs, 1),
+              "calls": TOTAL.calls, "outcomes": TOTAL.outcomes(), "by_op": TOTAL.by,
+              "pages_seen": TOTAL.pages}
+    print(f"\nfuzz total: {TOTAL.calls} calls in {secs:.0f} s on {os.uname().release}, "
+          f"outcomes {TOTAL.outcomes()}, pages seen by checked walks {TOTAL.pages}")
+    if os.environ.get("IDLEMAP_FUZZ_REPORT"):
+        with open(os.environ["IDLEMAP_FUZZ_REPORT"], "w") as f:
+            json.dump(report, f, indent=1)
 
 
 @pytest.fixture(autouse=True)
-def with_module(loaded):
+def with_module(fuzz_report):
     """Every test runs with the module loaded.  The kernel log is checked
     around each by conftest.py's kmod_kernel_log."""
 

@@ -13,12 +13,10 @@ here through /proc/sys/vm/nr_hugepages and given back at the end.
 """
 import mmap
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from idlemap import kmodbuild
 from idlemap.kernel import kmod
 from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE
 from idlemap.kmodbitmap import KmodBitmap
@@ -34,47 +32,6 @@ MiB = 1 << 20
 HPAGE = 2 * MiB
 HP_PAGES = HPAGE // PAGE_SIZE            # 512
 NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
-SPLATS = ("BUG:", "WARNING:", "Oops", "KASAN", "general protection fault", "list_del corruption")
-
-
-def kmsg_lines(fd) -> list[str]:
-    out = []
-    while True:
-        try:
-            rec = os.read(fd, 8192)
-        except BlockingIOError:
-            break
-        except BrokenPipeError:          # overwritten records: go on
-            continue
-        if not rec:
-            break
-        out.append(rec.decode("utf-8", "replace").split(";", 1)[-1].strip())
-    return out
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    """The module built for this kernel (by the host beforehand, or here),
-    loaded; unloaded at the end."""
-    rel = os.uname().release
-    ko = Path(os.environ.get("IDLEMAP_KMOD_KO") or kmodbuild.built_path(rel))
-    if not ko.exists():
-        if IN_TEST_VM:
-            kdir = kmodbuild.vm_kernel_tree()
-        else:
-            from idlemap.testvm import stock
-            kdir = stock.build_tree(Path(os.environ["IDLEMAP_STOCK_DIR"]))
-        ko = kmodbuild.build(kdir)
-    assert kmodbuild.vermagic(ko) == rel
-    if kmod.loaded():
-        kmod.unload()
-    kmod.load(str(ko))
-    try:
-        yield ko
-    finally:
-        kmod.unload()
-
-
 @pytest.fixture(scope="module")
 def hugepages():
     """80 more 2 MiB pages in the pool (160 MiB), the old count restored after."""
@@ -90,18 +47,6 @@ def hugepages():
     finally:
         with open(NR_HUGEPAGES, "w") as f:
             f.write(str(old))
-
-
-@pytest.fixture(autouse=True)
-def no_splat(loaded):
-    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
-    os.lseek(fd, 0, os.SEEK_END)
-    try:
-        yield
-        bad = [ln for ln in kmsg_lines(fd) if any(s in ln for s in SPLATS)]
-    finally:
-        os.close(fd)
-    assert not bad, "kernel splat:\n" + "\n".join(bad[:40])
 
 
 def view(m, addr, npages):
@@ -123,7 +68,7 @@ WINDOWS = [
 
 
 @pytest.mark.parametrize("kind", ["private", "shared"])
-def test_hugetlb_pages_read_whole_bit_for_bit(loaded, hugepages, kind):
+def test_hugetlb_pages_read_whole_bit_for_bit(kmod_loaded, hugepages, kind):
     """8 huge pages (16 MiB, 4096 bits): six read-and-re-mark windows; each
     bit is exactly "its huge page was touched", the present and huge bitmaps
     cover the mapping, nothing reads swapped.  Shared mappings are walked
@@ -150,7 +95,7 @@ def test_hugetlb_pages_read_whole_bit_for_bit(loaded, hugepages, kind):
     print(f"\n{kind} hugetlb, 8 x 2 MiB: huge pages accessed per window {seen}: bit for bit")
 
 
-def test_hugetlb_mark_one_page_marks_the_huge_page(loaded, hugepages):
+def test_hugetlb_mark_one_page_marks_the_huge_page(kmod_loaded, hugepages):
     """RFC pwrite of one word (64 pages) inside huge page 3 marks all of
     huge page 3 and nothing else; RFC pread then says so word for word."""
     with Workload() as w:
@@ -174,7 +119,7 @@ def test_hugetlb_mark_one_page_marks_the_huge_page(loaded, hugepages):
     assert (rfc[3 * 8:4 * 8] == np.uint64(2**64 - 1)).all() and not rfc[:3 * 8].any()
 
 
-def test_hugetlb_untouched_pages_are_holes(loaded, hugepages):
+def test_hugetlb_untouched_pages_are_holes(kmod_loaded, hugepages):
     """Huge pages reserved by the mapping but never faulted in: neither
     present nor idle (not "idle": nothing is there)."""
     with Workload() as w:
@@ -189,7 +134,7 @@ def test_hugetlb_untouched_pages_are_holes(loaded, hugepages):
     assert not m.present[v][half:].any() and not m.idle[v][half:].any()
 
 
-def test_hugetlb_page_cut_by_a_chunk_boundary_reads_whole(loaded, hugepages):
+def test_hugetlb_page_cut_by_a_chunk_boundary_reads_whole(kmod_loaded, hugepages):
     """The module walks in chunks of 128 MiB of address space, dropping
     mmap_lock between them; a walk starting 1 MiB into a hugetlb mapping
     puts a chunk boundary in the middle of a huge page.  Read and re-mark
@@ -215,7 +160,7 @@ def test_hugetlb_page_cut_by_a_chunk_boundary_reads_whole(loaded, hugepages):
     assert again == (npages, npages)
 
 
-def test_hugetlb_page_cut_by_a_call_boundary_reads_whole(loaded, hugepages):
+def test_hugetlb_page_cut_by_a_call_boundary_reads_whole(kmod_loaded, hugepages):
     """One call walks at most 8 GiB; the Python layer (Device.walk) calls
     again from where it stopped.  A walk starting 1 MiB into a hugetlb
     mapping of 8 GiB + 4 MiB (address space only: MAP_NORESERVE, two huge

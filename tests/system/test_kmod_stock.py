@@ -11,8 +11,10 @@ Exactness is asserted two ways: ``idlemap wss --backend kmod`` on a C loop
 that never pauses (every hot page written many times per window, the cold
 ones never again) reads exactly the hot set in every window, and a bitmap
 read through the module is bit for bit the pages a controlled workload was
-told to touch (no clock involved).  Any BUG/WARNING/Oops in the kernel log
-fails the test that caused it, and the whole boot's log is checked at the end.
+told to touch (no clock involved).  Any splat in the kernel log
+(kernel_log.SPLAT: BUG, WARNING, Oops...) fails the test that caused it
+(conftest.py's kmod_kernel_log), and the whole boot's log is checked at the
+end.  The module is loaded by conftest.py's kmod_loaded.
 """
 import json
 import os
@@ -24,51 +26,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from idlemap import kmodbuild
 from idlemap.kernel import kmod, page_idle
 from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE
 from idlemap.kmodbitmap import KmodBitmap
 from idlemap.testing.workload import Workload
-from idlemap.testvm import stock
 
 from fleet_helpers import hot_loop
+from kernel_log import since_boot, splats
 
 pytestmark = [pytest.mark.kmod_stock, pytest.mark.skipif(
     os.environ.get("IDLEMAP_IN_STOCK_VM") != "1",
     reason="needs Debian's stock kernel in the VM: scripts/test.sh kmod-stock")]
 
 MiB = 1 << 20
-SPLATS = ("BUG:", "WARNING:", "Oops", "general protection fault", "list_del corruption")
 # The hot set of the wss test: at 4 KiB pages (hotset.c asks MADV_NOHUGEPAGE).
 HOT_MIB, COLD_MIB = 64, 32
 
 
 def pages(mib):
     return int(mib * MiB) >> PAGE_SHIFT
-
-
-def dmesg() -> list[str]:
-    """The kernel log since boot (/dev/kmsg from its first record)."""
-    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
-    out = []
-    try:
-        while True:
-            try:
-                rec = os.read(fd, 8192)
-            except BlockingIOError:
-                break
-            except BrokenPipeError:          # overwritten records: go on
-                continue
-            if not rec:
-                break
-            out.append(rec.decode("utf-8", "replace").split(";", 1)[-1].strip())
-    finally:
-        os.close(fd)
-    return out
-
-
-def splats(lines):
-    return [ln for ln in lines if any(s in ln for s in SPLATS)]
 
 
 def stock_dir() -> Path:
@@ -88,37 +64,6 @@ def series() -> str:
     m = re.fullmatch(r"(6\.1)\.0-\d+-amd64|(6\.12)\.\d+\+deb12-amd64", os.uname().release)
     assert m, os.uname().release
     return m.group(1) or m.group(2)
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    """Load the module built on the host for this release (built here
-    against /lib/modules/$(uname -r)/build if it is missing, ~30 s under TCG)
-    with `idlemap kmod load --ko`, unload it at the end."""
-    rel = os.uname().release
-    ko = kmodbuild.built_path(rel)
-    if not ko.exists():
-        ko = kmodbuild.build(stock.build_tree(stock_dir()))
-    assert kmodbuild.vermagic(ko) == rel
-    if kmod.loaded():
-        kmod.unload()
-    r = subprocess.run([sys.executable, "-m", "idlemap", "kmod", "load", "--ko", str(ko)],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert r.returncode == 0, r.stdout
-    print(f"\nloaded {ko}: {r.stdout.strip()}")
-    try:
-        yield ko
-    finally:
-        kmod.unload()
-        assert not kmod.loaded()
-
-
-@pytest.fixture(autouse=True)
-def no_splat():
-    before = len(dmesg())
-    yield
-    bad = splats(dmesg()[before:])
-    assert not bad, "kernel splat:\n" + "\n".join(bad[:40])
 
 
 def config_value(cfg: str, name: str) -> str:
@@ -203,7 +148,7 @@ def test_damos_quota_goals_on_6_12():
 GIANT = "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages"
 
 
-def test_hugetlb_1gib_page_reads_whole(loaded):
+def test_hugetlb_1gib_page_reads_whole(kmod_loaded):
     """A 1 GiB hugetlb page (a PUD entry; allocated at run time, which needs
     CONFIG_CONTIG_ALLOC: the stock kernels have it, the test kernel not):
     its 262 144 bits read accessed or idle together, also across the
@@ -248,7 +193,7 @@ def test_hugetlb_1gib_page_reads_whole(loaded):
     print(f"\n1 GiB hugetlb page, {n} bits: accessed per window {got}")
 
 
-def test_module_loads_unsigned_and_out_of_tree(loaded):
+def test_module_loads_unsigned_and_out_of_tree(kmod_loaded):
     assert os.path.exists(kmod.DEVICE)
     with open("/sys/module/idlemap_kmod/taint") as f:
         taint = f.read().strip()
@@ -260,7 +205,7 @@ def test_module_loads_unsigned_and_out_of_tree(loaded):
     print(f"\nmodule taint {taint}")
 
 
-def test_wss_backend_kmod_is_exact_on_a_loop_that_never_pauses(loaded):
+def test_wss_backend_kmod_is_exact_on_a_loop_that_never_pauses(kmod_loaded):
     """`idlemap wss --backend kmod PID 0.5 4 --json --by-mapping` on hotset.c
     pinned to CPU 0 (its translations never leave CPU 0's TLB; we run on
     CPU 1): the data mapping reads exactly HOT_MIB in every window."""
@@ -290,7 +235,7 @@ def test_wss_backend_kmod_is_exact_on_a_loop_that_never_pauses(loaded):
     assert got == [HOT_MIB * MiB] * 4
 
 
-def test_bitmap_is_bit_for_bit_the_touched_pages(loaded):
+def test_bitmap_is_bit_for_bit_the_touched_pages(kmod_loaded):
     """Timing-free: mark -> tell the workload to touch exactly set X -> wait
     for its ack -> read.  Five windows with different patterns (strided,
     ranges, none, all), each read and re-marked in one walk; the RFC pread
@@ -338,6 +283,6 @@ def test_bitmap_is_bit_for_bit_the_touched_pages(loaded):
 
 def test_no_splat_since_boot():
     """Last: the whole kernel log, boot and module load included."""
-    log = dmesg()
+    log = since_boot()
     assert not splats(log), "kernel splat:\n" + "\n".join(splats(log)[:40])
     assert any("idlemap" in ln for ln in log)

@@ -18,7 +18,6 @@ import time
 import numpy as np
 import pytest
 
-from idlemap import kmodbuild
 from idlemap.bitmap import HPAGE_PAGES, IdleBitmap
 from idlemap.errors import NoSuchProcess, TargetExited
 from idlemap.kernel import kmod
@@ -39,29 +38,10 @@ def pages(mib):
     return int(mib * MiB) >> PAGE_SHIFT
 
 
-@pytest.fixture(scope="module")
-def loaded():
-    """Build against the VM kernel's own tree (or take IDLEMAP_KMOD_KO, built
-    on the host beforehand) and load it; unloaded at the end."""
-    t0 = time.monotonic()
-    ko = os.environ.get("IDLEMAP_KMOD_KO") or str(kmodbuild.build(kmodbuild.vm_kernel_tree()))
-    built = time.monotonic() - t0
-    assert kmodbuild.vermagic(ko) == os.uname().release
-    if kmod.loaded():
-        kmod.unload()
-    kmod.load(ko)
-    print(f"\nmodule {ko}: build/find {built:.1f} s in the VM")
-    try:
-        yield ko
-    finally:
-        kmod.unload()
-        assert not kmod.loaded()
-
-
 @pytest.fixture(autouse=True)
-def with_module(loaded):
-    """Every test runs with the module loaded.  The kernel log is checked
-    around each by conftest.py's kmod_kernel_log."""
+def with_module(kmod_loaded):
+    """Every test runs with the module loaded (conftest.py's kmod_loaded).
+    The kernel log is checked around each by conftest.py's kmod_kernel_log."""
 
 
 def span_view(m, addr, npages):
@@ -78,7 +58,7 @@ def test_kmsg_watch_sees_new_records():
     assert any("idlemap-test: kmsg probe" in ln for ln in k.read())
 
 
-def test_device_is_root_only_and_versioned(loaded):
+def test_device_is_root_only_and_versioned(kmod_loaded):
     st = os.stat(kmod.DEVICE)
     assert st.st_mode & 0o777 == 0o600
     with kmod.Device() as d:
@@ -560,7 +540,7 @@ def test_backend_kmod_window_is_exact():
     assert s.backend == "kmod" and s.idle_map is not None
 
 
-def test_cli_status_unload_busy_and_reload(loaded, capsys):
+def test_cli_status_unload_busy_and_reload(kmod_loaded, capsys):
     import json
     from idlemap.cli import main
     assert main(["kmod", "status", "--json"]) == 0
@@ -569,11 +549,11 @@ def test_cli_status_unload_busy_and_reload(loaded, capsys):
     with kmod.Device():
         assert main(["kmod", "unload"]) == 1
         assert "in use" in capsys.readouterr().err
-    assert main(["kmod", "load", "--ko", loaded]) == 2      # already loaded
+    assert main(["kmod", "load", "--ko", kmod_loaded]) == 2      # already loaded
     assert "already loaded" in capsys.readouterr().err
     assert main(["kmod", "unload"]) == 0
     assert not os.path.exists(kmod.DEVICE)
-    assert main(["kmod", "load", "--ko", loaded]) == 0
+    assert main(["kmod", "load", "--ko", kmod_loaded]) == 0
     assert os.path.exists(kmod.DEVICE)
 
 
