@@ -56,8 +56,14 @@
  */
 #define CHUNK_BYTES		4096UL
 #define CHUNK_PAGES		(CHUNK_BYTES * BITS_PER_BYTE)
-/* Work bound per call: 2 Mi pages (8 GiB of address space, 256 KiB of bitmap). */
+/*
+ * Work bound per call: 2 Mi pages walked (8 GiB of address space, 256 KiB
+ * of bitmap), and as much empty address space as is zeroed in the caller's
+ * bitmaps.  Empty address space with no bitmap to zero costs one check per
+ * empty entry (empty_end): at most MAX_SKIP_STEPS of those per call.
+ */
 #define MAX_PAGES_PER_CALL	(64UL * CHUNK_PAGES)
+#define MAX_SKIP_STEPS		(1UL << 14)
 /* Bitmaps cover user space rounded up to whole u64 words. */
 #define VA_LIMIT		round_up(TASK_SIZE_MAX, 64 * PAGE_SIZE)
 
@@ -487,12 +493,15 @@ static void flush_owed(struct idlemap_file *f)
  * inside VMAs: munmap may free page tables of detached VMAs under the read
  * lock, never those of a VMA find_vma returns.  An entry filled right after
  * it was checked is a page faulted in after the walk passed it, which the
- * walk below would miss as well.  Cost: one check per empty entry; a
- * hugetlb VMA (its own walk) and anything not none stop it.
+ * walk below would miss as well.  Cost: one check per empty entry, at
+ * most *steps of them; a hugetlb VMA (its own walk) and anything not none
+ * stop it.
  */
-static unsigned long empty_end(struct mm_struct *mm, unsigned long addr, unsigned long end)
+static unsigned long empty_end(struct mm_struct *mm, unsigned long addr, unsigned long end,
+			       unsigned long *steps)
 {
-	while (addr < end) {
+	/* *steps: checks left in this call; none left: stop looking (a walk follows) */
+	for (; addr < end && *steps; --*steps) {
 		struct vm_area_struct *vma = find_vma(mm, addr);
 		unsigned long vend;
 		pgd_t *pgd;
@@ -543,7 +552,7 @@ static unsigned long empty_end(struct mm_struct *mm, unsigned long addr, unsigne
 		}
 		return addr;
 	}
-	return end;
+	return min(addr, end);	/* out of steps: nothing known past addr */
 }
 
 static struct mm_struct *target_mm(struct pid *pid)
@@ -584,7 +593,9 @@ static long run(struct idlemap_file *f, unsigned long start, unsigned long end,
 	struct walk w = { .clear = clear };
 	struct mm_struct *mm;
 	unsigned long addr, cend;
-	bool cut;
+	/* what this call may still do (above MAX_PAGES_PER_CALL) */
+	unsigned long budget = MAX_PAGES_PER_CALL, steps = MAX_SKIP_STEPS;
+	bool zero_out = out[BM_IDLE] || out[BM_PRESENT] || out[BM_HUGE] || out[BM_SWAPPED];
 	long ret = 0;
 	int k;
 
@@ -604,10 +615,12 @@ static long run(struct idlemap_file *f, unsigned long start, unsigned long end,
 		w.huge_marked = f->huge_marked;
 	}
 	f->cont_addr = 0;
-	cut = end - start > MAX_PAGES_PER_CALL * PAGE_SIZE;
-	if (cut)
-		end = start + MAX_PAGES_PER_CALL * PAGE_SIZE;
-	for (addr = start; addr < end; addr = cend) {
+	/*
+	 * Chunks start at multiples of CHUNK_PAGES from start (the bitmaps'
+	 * byte offsets), and budget stays a multiple of CHUNK_PAGES until the
+	 * last chunk: a call cut short stops at a chunk boundary.
+	 */
+	for (addr = start; addr < end && budget && steps; addr = cend) {
 		unsigned long npages, nbytes, skip, off = ((addr - start) >> PAGE_SHIFT) / BITS_PER_BYTE;
 
 		cend = min(end, addr + CHUNK_PAGES * PAGE_SIZE);
@@ -635,12 +648,17 @@ static long run(struct idlemap_file *f, unsigned long start, unsigned long end,
 			ret = -ESRCH;
 			break;
 		}
-		skip = empty_end(mm, addr, end);
+		skip = empty_end(mm, addr, end, &steps);
 		if (skip >= end || skip - addr >= CHUNK_PAGES * PAGE_SIZE) {
 			/* whole chunks of nothing: their bits are 0, no walk */
 			mmap_read_unlock(mm);
 			cend = skip >= end ? end :
 			       addr + rounddown(skip - addr, CHUNK_PAGES * PAGE_SIZE);
+			if (zero_out) {
+				/* zeroing the caller's bitmaps is work: bounded like a walk */
+				cend = min(cend, addr + budget * PAGE_SIZE);
+				budget -= (cend - addr) >> PAGE_SHIFT;
+			}
 			nbytes = DIV_ROUND_UP((cend - addr) >> PAGE_SHIFT, 64) * 8;
 			for (k = 0; k < BM_N; k++) {
 				if (out[k] && clear_user(out[k] + off, nbytes)) {
@@ -659,6 +677,7 @@ static long run(struct idlemap_file *f, unsigned long start, unsigned long end,
 		}
 		walk_vmas(&w, mm, addr, cend);
 		mmap_read_unlock(mm);
+		budget -= npages;
 		/* Copied out with no lock held: a fault here cannot nest in mmap_lock. */
 		for (k = 0; k < BM_N; k++) {
 			if (out[k] && copy_to_user(out[k] + off, f->buf[k], nbytes)) {
@@ -697,8 +716,8 @@ static long run(struct idlemap_file *f, unsigned long start, unsigned long end,
 		flush_owed(f);
 	}
 	mmput(mm);
-	if (cut && !ret) {
-		f->cont_addr = end;
+	if (addr < end && !ret) {	/* cut short by the bound: where to continue */
+		f->cont_addr = addr;
 		f->huge_lo = w.huge_lo;
 		f->huge_hi = w.huge_hi;
 		f->huge_young = w.huge_young;

@@ -281,8 +281,66 @@ def test_sparse_terabyte_reservation_read_exactly():
         assert (n_present, n_idle) == (len(offs), len(want_i))
         assert got_p.tolist() == want_p
         assert got_i.tolist() == want_i
+        # One system call each: a walk with no bitmap to fill is bounded by
+        # the pages it walks and the empty entries it checks, not by address
+        # space, so counting a terabyte's pages (what KmodBitmap does for a
+        # big PROT_NONE reservation every read) is one call.  With a bitmap
+        # the zeroing is work: 8 GiB per call, as before.
+        import fcntl
+        def one_call(flags, idle_ptr=0):
+            arg = bytearray(kmod._WALK.pack(addr, addr + tib, idle_ptr, 0, 0, 0, flags, 0, 0, 0, 0))
+            with kmod.Device(os.getpid()) as d:
+                fcntl.ioctl(d.fd, kmod.IOC_WALK, arg, True)
+            return kmod._WALK.unpack(arg)[-3:]
+        assert one_call(kmod.WALK_CLEAR) == (addr + tib, len(offs), len(want_i))
+        assert one_call(0) == (addr + tib, len(offs), len(offs))
+        assert one_call(0, idle.ctypes.data)[0] == addr + (8 << 30)
     finally:
         libc.munmap(ctypes.c_void_p(addr), ctypes.c_size_t(tib))
+
+
+def test_walk_cut_short_by_empty_entry_checks_continues_exactly():
+    """A walk with no bitmap may check at most 16 Ki empty entries per call.
+    40 GiB of MAP_NORESERVE with one THP faulted in per GiB and then
+    dropped (MADV_DONTNEED) leaves a PMD table per GiB whose 512 entries are
+    all none: ~20 Ki checks, so the count-only walk takes more than one call
+    (when the THPs were huge; printed), and the calls together still count
+    exactly the 4K pages faulted in afterwards."""
+    import ctypes
+    import fcntl
+    import mmap as mm
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    gib, n = 1 << 30, 40
+    size = n * gib
+    raw = libc.mmap(None, size + gib, mm.PROT_READ | mm.PROT_WRITE,
+                    mm.MAP_PRIVATE | mm.MAP_ANONYMOUS | 0x4000, -1, 0)     # MAP_NORESERVE
+    assert raw not in (None, ctypes.c_void_p(-1).value)
+    addr = (raw + gib - 1) & ~(gib - 1)                 # GiB aligned: one PMD table per GiB
+    try:
+        assert libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(size), 14) == 0    # MADV_HUGEPAGE
+        for i in range(n):
+            ctypes.memset(addr + i * gib, 1, 1)
+        huge = sum(int(ln.split()[1]) for ln in open("/proc/self/smaps_rollup") if ln.startswith("AnonHugePages"))
+        for i in range(n):
+            assert libc.madvise(ctypes.c_void_p(addr + i * gib), ctypes.c_size_t(2 << 20), 4) == 0  # DONTNEED
+        assert libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(size), 15) == 0    # MADV_NOHUGEPAGE
+        touched = [addr + i * gib + (600 << 20) for i in range(0, n, 3)]   # 4K pages in PMDs of their own
+        for a in touched:
+            ctypes.memset(a, 1, 1)
+        arg = bytearray(kmod._WALK.pack(addr, addr + size, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+        with kmod.Device(os.getpid()) as d:
+            fcntl.ioctl(d.fd, kmod.IOC_WALK, arg, True)
+            nxt = kmod._WALK.unpack(arg)[-3]
+            got = d.walk(addr, addr + size)
+    finally:
+        libc.munmap(ctypes.c_void_p(raw), ctypes.c_size_t(size + gib))
+    print(f"\nAnonHugePages before the drop: {huge} kB; first call stopped at +{(nxt - addr) / gib:.2f} GiB of {n}")
+    assert got == (len(touched), 0)
+    assert addr < nxt <= addr + size and (nxt - addr) % (128 << 20) in (0, size % (128 << 20))
+    if huge >= n * 2048:
+        assert nxt < addr + size
 
 
 def test_holes_read_zero_and_present_tells_them_apart():
