@@ -17,6 +17,7 @@ import urllib.request
 import pytest
 
 from idlemap.kernel import page_idle
+from idlemap.testing.child import NoCompiler, end, static_program
 
 MiB = 1 << 20
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -40,19 +41,11 @@ HOTSET_C = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hotset.c")
 
 
 def hotset_binary() -> str:
-    """Compile hotset.c once per source version (gcc -static)."""
-    import hashlib
-    import tempfile
-    with open(HOTSET_C, "rb") as f:
-        tag = hashlib.sha256(f.read()).hexdigest()[:12]
-    exe = os.path.join(tempfile.gettempdir(), f"idlemap-hotset-{tag}")
-    if not os.path.exists(exe):
-        if shutil.which("gcc") is None:
-            pytest.skip("gcc is missing (scripts/setup.sh installs it): the hot-set workload is a C program")
-        tmp = f"{exe}.{os.getpid()}"
-        subprocess.run(["gcc", "-O2", "-static", "-o", tmp, HOTSET_C], check=True)
-        os.replace(tmp, exe)
-    return exe
+    """hotset.c, built once per source version (gcc -static)."""
+    try:
+        return static_program(HOTSET_C)
+    except NoCompiler as e:
+        pytest.skip(str(e))
 
 
 class HotSet:
@@ -78,10 +71,7 @@ class HotSet:
             return int.from_bytes(os.pread(f.fileno(), 8, self.passes_addr), "little")
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.proc.stdout.close()
+        end(self.proc)
 
     def __enter__(self) -> "HotSet":
         return self

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tempfile
 
+from idlemap.testing.child import end
+
 WORD_VA = 64 * 4096
 
 
@@ -433,14 +435,10 @@ class ExecTarget:
 
     def close(self) -> None:
         try:
-            self.proc.stdin.close()
+            self.proc.stdin.close()         # end of input: the shell's `read x` returns
         except OSError:
             pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        end(self.proc, grace_s=10)
 
 
 def hold_across_exec(progs: CPrograms, mnt: str, holder_uid: int, target: ExecTarget,

@@ -8,29 +8,20 @@ independently of analysis/advise.py; time is the rounds' measured windows
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
+
+from idlemap.testing.child import end, static_program
 
 MiB = 1 << 20
 SCHEDULE_C = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schedule.c")
 
 
 def schedule_binary() -> str:
-    """Compile schedule.c once per source version (gcc -static -pthread)."""
-    with open(SCHEDULE_C, "rb") as f:
-        tag = hashlib.sha256(f.read()).hexdigest()[:12]
-    exe = os.path.join(tempfile.gettempdir(), f"idlemap-schedule-{tag}")
-    if not os.path.exists(exe):
-        if shutil.which("gcc") is None:
-            raise RuntimeError("gcc is missing (scripts/setup.sh installs it): the schedule workload is C")
-        tmp = f"{exe}.{os.getpid()}"
-        subprocess.run(["gcc", "-O2", "-static", "-pthread", "-o", tmp, SCHEDULE_C], check=True)
-        os.replace(tmp, exe)
-    return exe
+    """schedule.c, built once per source version (gcc -static -pthread).
+    Without gcc: idlemap.testing.child.NoCompiler, a RuntimeError."""
+    return static_program(SCHEDULE_C, "-pthread")
 
 
 @dataclass(frozen=True)
@@ -81,14 +72,7 @@ class Schedule:
         self._say("l", "looping")
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for f in (self.proc.stdin, self.proc.stdout):
-            try:
-                f.close()
-            except OSError:
-                pass
+        end(self.proc)
 
     def __enter__(self) -> "Schedule":
         return self

@@ -31,6 +31,8 @@ import subprocess
 import sys
 import threading
 
+from .child import end
+
 PAGE = mmap.PAGESIZE
 MADV_HUGEPAGE = 14
 MADV_NOHUGEPAGE = 15
@@ -240,16 +242,11 @@ class Workload:
                 self.call("exit")
             except (RuntimeError, BrokenPipeError, OSError):
                 pass
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        # Unmapping a large mapping takes a moment: 10 s before SIGKILL.
+        end(self.proc, grace_s=10)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        end(self.proc)
 
     def __enter__(self) -> "Workload":
         return self
