@@ -19,6 +19,7 @@ import time
 
 import pytest
 
+from idlemap.testing.child import end
 from idlemap.testing.workload import Workload
 
 
@@ -46,9 +47,7 @@ def run_and_signal(argv: list[str], sig: int, delay: float,
         p.send_signal(sig)
         out, err = p.communicate(timeout=120)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        end(p)
     return p.returncode, out, err
 
 

@@ -53,7 +53,7 @@ def end(proc: subprocess.Popen, grace_s: float = 0.0) -> None:
             pass
     proc.kill()             # SIGKILL by PID, only if it has not been reaped (Popen checks)
     proc.wait()
-    for f in (proc.stdin, proc.stdout):
+    for f in (proc.stdin, proc.stdout, proc.stderr):
         if f is not None:
             try:
                 f.close()
