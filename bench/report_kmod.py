@@ -51,37 +51,49 @@ WHY = {
                 "the whole process takes {k_ms:.1f} ms ({b_ms:.1f} ms in phase B of the same case): "
                 "{sys_ms:.1f} ms in the kernel, {user_ms:.1f} ms in Python. The module's walk of the "
                 "256 MiB target alone takes {walk_ms:.1f} ms ({walk_ratio:,.0f}× faster than per-page). "
-                "The rest of the kernel part is the walks of the process's other mappings -- one call "
-                "per cluster of mappings, 4 for the bench's Python process, whose program, libraries "
-                "and stack lie terabytes apart -- each ending in its own synchronous TLB-flush IPI to both "
-                "vCPUs; under TCG on a loaded host the other vCPU's thread may be descheduled, and "
-                "the sender waits for it. The Python part is reading /proc/PID/maps and building the "
-                "per-page arrays, which TCG slows ~14×. One flush per read (a module call that "
-                "re-marks several ranges, or that defers its flush) would remove most of the kernel "
-                "part; the Python part is the floor of a Python reader.",
+                "The rest of the kernel part is reading /proc/PID/maps, walking the process's other "
+                "mappings (a Python process: its program, heap, libraries and stack, in ~5 walks "
+                "terabytes apart) and the read's one TLB-flush IPI, waited for (under TCG on a "
+                "loaded host the other vCPU's thread may be descheduled, and the sender waits for "
+                "it). The Python part is turning the walks' bitmaps into per-page arrays and the "
+                "system calls' own interpreter work, which TCG slows ~14×: the floor of a Python "
+                "reader.",
     "v2": "whole-bitmap's window here costs {v2_ms:.0f} ms and kmod's {k_ms:.1f} ms, of which the "
           "module's walk of the target is {w_ms:.1f} ms: the rest is the other mappings' walks, "
-          "their TLB flushes and Python (see the per-page goal).",
-    "page_idle": "kmod's window has a floor that does not follow the target: {fixed_ms:.0f} ms at "
-                 "64 MiB (the maps, 4 walks each with its TLB flush, the per-page arrays of a "
-                 "Python process that maps ~{other_mib:.0f} MiB besides its target), while the page_idle path is itself cheap on "
-                 "small and THP targets (one rmap walk per 2 MiB for THP). With 1 GiB of 4K pages "
-                 "the ratio is {r1g:.1f}×.",
-    "slowdown": "every kmod read ends in TLB flushes (one per walk, 4 per read), after which the "
-                "loop's next write to each of its {pages:,} pages makes the CPU walk the page table "
-                "and set the accessed bit again; under TCG that walk is a QEMU TLB fill done in "
-                "software, and the flush IPI interrupts the loop's vCPU. The scanner itself is busy "
-                "{busy:.1%} of the time. page_idle clears the same accessed bits without a flush, so "
-                "the loop keeps its translations (and page_idle misses its accesses: docs/tlb.md). "
-                "On hardware a refill costs tens of ns (~{hw_ms:.0f} ms per second for this loop at "
-                "30 ns: an estimate, not a measurement). The 4 runs of 8 s per mode on a shared host "
-                "also move by several percent (page_idle at 1 s: {pi_sd:+.1f}%).",
+          "the read's TLB flush and Python (see the per-page goal).",
+    "page_idle": "kmod's window has a floor that does not follow the target: {fixed_ms:.1f} ms at "
+                 "64 MiB (the maps, ~5 walks and one TLB flush, the per-page arrays of a Python "
+                 "process that maps ~{other_mib:.0f} MiB besides its target), while the page_idle "
+                 "path is itself cheap on small and THP targets (one rmap walk per 2 MiB for THP): "
+                 "on THP the module's walk of the target is under 1.5 ms at every size, the rest is "
+                 "that floor. With 1 GiB of 4K pages the ratio is {r1g:.1f}×.",
+    "slowdown": "every kmod read ends in one TLB flush, after which the loop's next write to each "
+                "of its {pages:,} pages makes the CPU walk the page table and set the accessed bit "
+                "again -- the price of seeing those accesses at all (page_idle clears the same bits "
+                "without a flush, keeps the loop's translations and misses its accesses: "
+                "docs/tlb.md); under TCG that walk is a QEMU TLB fill done in software, and the "
+                "flush IPI interrupts the loop's vCPU. The scanner itself is busy {busy:.1%} of "
+                "the time. On hardware a refill costs tens of ns (~{hw_ms:.0f} ms per second for "
+                "this loop at 30 ns: an estimate, not a measurement). The loop alone ran "
+                "{alone_lo:.0f}-{alone_hi:.0f} passes/s over its {runs} runs of {secs:.0f} s on "
+                "this shared host, a spread far wider than the goal (page_idle at 1 s: "
+                "{pi_sd:+.1f}%).",
+    "bimodal": "under TCG the loop's own speed has two states, ~{slow:.0f} and ~{fast:.0f} passes/s, "
+               "whatever scans it. The likely cause is QEMU's software TLB (one per vCPU, 256 "
+               "entries at first), which QEMU resizes only when the guest flushes it "
+               "(accel/tcg/cputlb.c): a vCPU that runs the loop without a flush keeps a TLB far "
+               "smaller than its 65,536 pages and misses on every page; a flush -- a context "
+               "switch, or kmod's IPI -- lets QEMU grow it. page_idle never flushes, so its runs "
+               "share the unscanned loop's state; kmod's flush every interval keeps the loop "
+               "mostly in the fast state, which is why kmod reads \"faster while scanned\". What "
+               "a flush costs the target (every page refilled once: ~2 ms per second for this "
+               "loop at 30 ns per refill on hardware, an estimate) is far below what these runs "
+               "resolve; judging the goal needs hardware (KVM).",
     "sparse": "the reservation is checked on every read (exact: pages can appear in it without "
-              "the memory map changing) by a walk of the module that counts its present pages; "
-              "the module walks address space in 128 MiB chunks, releasing mmap_lock between "
-              "them, so 1 TiB costs 8192 chunk turns even with no page table under them "
-              "({extra_ms:.0f} ms more per read here). A walk that skipped empty upper-level "
-              "tables (PUD/P4D) would make it nearly free.",
+              "the memory map changing) by a module walk that counts its present pages -- one "
+              "call, which skips the empty upper-level entries -- and its two PROT_NONE pieces "
+              "are more mappings for the maps read and the layout check: {extra_ms:.1f} ms more "
+              "per read here.",
 }
 
 
@@ -147,8 +159,20 @@ def goals(data: dict) -> list[tuple[str, str, bool | None, str]]:
                                     r1g=next((r for lab, c, r in per if lab == "2g" and
                                               c["name"] == "dense 1024 MiB 4K"), 0) or 0))
     sd = g2.get("slowdown") if g2 else None
+    alone = (sd or {}).get("alone_runs") or []
+    # Under TCG the loop's rate is bimodal (WHY["bimodal"]): with the
+    # unscanned runs themselves more than 2x apart the goal is not judged.
+    bimodal = len(alone) > 1 and min(alone) > 0 and max(alone) / min(alone) > 2
     for w in (sd or {}).get("with_scan", []):
         if w.get("backend") == "kmod" and w["interval_s"] == 1.0:
+            runs = ", ".join(f"{x:.0f}" for x in w.get("runs", []))
+            if bimodal:
+                add("target slowdown ≤ 1% at a 1 s interval (TLB flushed every window)",
+                    f"not judged: {w['slowdown'] * 100:+.1f}% from medians, but the loop alone ran "
+                    f"{', '.join(f'{x:.0f}' for x in alone)} passes/s in its {len(alone)} runs and "
+                    f"{runs} scanned by kmod", None,
+                    WHY["bimodal"].format(slow=min(alone), fast=max(alone)))
+                continue
             note = " (faster while scanned: the host's load changed more than the scan costs)" \
                 if w["slowdown"] < 0 else ""
             add("target slowdown ≤ 1% at a 1 s interval (TLB flushed every window)",
@@ -156,6 +180,8 @@ def goals(data: dict) -> list[tuple[str, str, bool | None, str]]:
                 WHY["slowdown"].format(
                     busy=w["scanner_busy_share"], pages=sd["target_mib"] << 8,
                     hw_ms=(sd["target_mib"] << 8) * 30e-9 * 1e3,
+                    alone_lo=min(sd.get("alone_runs") or [0]), alone_hi=max(sd.get("alone_runs") or [0]),
+                    runs=sd.get("runs", 0), secs=sd.get("seconds_per_run", 0),
                     pi_sd=next((x["slowdown"] * 100 for x in sd["with_scan"]
                                 if x.get("backend", "page_idle") == "page_idle" and x["interval_s"] == 1.0), 0)))
     sp = next((c for c in g2["cases"] if c["kind"] == "sparse"), None) if g2 else None

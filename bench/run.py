@@ -278,6 +278,10 @@ WHY = {
                 "workload loses host CPU to the scanner (and the scanner's rmap walks contend with "
                 "its page-table updates). On hardware the scan is several times shorter and runs "
                 "on another core; this guest cannot show a 2% effect.",
+    "bimodal": "under TCG the unscanned loop itself runs at two speeds (the kmod section, target "
+               "slowdown: most likely QEMU's software TLB, resized only when the guest flushes it); "
+               "page_idle never flushes, so its runs follow whichever state the loop is in, and "
+               "the medians compare states, not scans.",
     "2g8g": "the two guests are separate boots minutes apart on a shared host; the difference "
             "is within the run-to-run noise of the same case in one guest.",
 }
@@ -440,8 +444,16 @@ def goals(data: dict) -> list[tuple[str, str, str, bool | None, str]]:
                 f"{_f(a, 3)} s vs {_f(b, 3)} s → {_f(a / b)}× (first window {_f(a1 / b1)}×)", a / b <= 1.2, "sparse")
     sd = g2.get("slowdown")
     if sd:
+        alone = sd.get("alone_runs") or []
         for w in sd["with_scan"]:
             if w["interval_s"] == 1.0 and w.get("backend", "page_idle") == "page_idle":
+                if len(alone) > 1 and min(alone) > 0 and max(alone) / min(alone) > 2:
+                    # the unscanned loop itself ran at two speeds (report_kmod.WHY["bimodal"])
+                    add("6", "target slowdown ≤ 2% at a 1 s interval",
+                        f"not judged: {_f(w['slowdown'] * 100, 1)}% from medians, but the loop alone ran "
+                        f"{', '.join(f'{x:.0f}' for x in alone)} passes/s in its {len(alone)} runs and "
+                        f"{', '.join(f'{x:.0f}' for x in w.get('runs', []))} scanned", None, "bimodal")
+                    continue
                 note = "" if w["slowdown"] >= 0 else \
                     " (faster while scanned: the host's load changed more than the scan costs)"
                 add("6", "target slowdown ≤ 2% at a 1 s interval", f"{_f(w['slowdown'] * 100, 1)}%{note}",
