@@ -279,7 +279,7 @@ WHY = {
                 "its page-table updates). On hardware the scan is several times shorter and runs "
                 "on another core; this guest cannot show a 2% effect.",
     "bimodal": "under TCG the unscanned loop itself runs at two speeds (the kmod section, target "
-               "slowdown: most likely QEMU's software TLB, resized only when the guest flushes it); "
+               "slowdown; the cause is not established); "
                "page_idle never flushes, so its runs follow whichever state the loop is in, and "
                "the medians compare states, not scans.",
     "2g8g": "the two guests are separate boots minutes apart on a shared host; the difference "
