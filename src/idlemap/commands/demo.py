@@ -16,6 +16,7 @@ from ..errors import UsageError
 from ..kernel.features import probe
 from ..kernel.maps import PAGE_SHIFT
 from ..kernel.process import identify
+from ..rounds import paced, stopped
 from ..tlb import resolve as resolve_tlb
 from ..testing.workload import Workload
 
@@ -124,11 +125,12 @@ def _here(args) -> int:
         results = []
         # The defaults every command uses: flushed after each mark (tlb.py).
         policy = resolve_tlb(proc, "auto", can_flush=True)
+        last_acc = None
         with PageIdleBackend(proc, ranges=None, tlb_flush=policy.flush) as be:
             be.mark()
-            for i in range(args.windows):
-                time.sleep(args.interval)
-                s = be.sample()
+            # The one round loop: windows on a fixed grid from the mark, and
+            # a first Ctrl-C ends the demo between windows, with what it has.
+            for i, s in enumerate(paced(be.sample, args.interval, args.windows)):
                 m = s.idle_map
                 span = next(sp for sp in m.spans if sp.start <= addr < sp.end)
                 off = (addr - span.start) >> PAGE_SHIFT
@@ -151,24 +153,30 @@ def _here(args) -> int:
                     print(f"{i + 1:>6} {s.window_s:>7.3f} {hot:>14.1f} {measured / 256:>14.1f} {err:>9.2f} "
                           f"{hot_seen:>7}/{hot_pages:<7} {cold_idle:>8}/{npages - hot_pages:<7} "
                           f"{s.accessed_bytes / MiB:>14.1f}", flush=True)
-            last_acc = acc
-        # The same workload through clear_refs: exact per mapping, no page map.
-        with ClearRefsBackend(proc, tlb_flush=policy.flush) as cb:
-            cb.mark()
-            time.sleep(args.interval)
-            cs = cb.sample(remark=False)
-        ref = next(u for u in cs.by_mapping if u.mapping.start <= addr < u.mapping.end)
+                last_acc = acc
+        ref = None
+        if not stopped():
+            # The same workload through clear_refs: exact per mapping, no page map.
+            with ClearRefsBackend(proc, tlb_flush=policy.flush) as cb:
+                cb.mark()
+                for cs in paced(lambda: cb.sample(remark=False), args.interval, 1):
+                    ref = next(u for u in cs.by_mapping if u.mapping.start <= addr < u.mapping.end)
         rounds = w.stop()
-    cr_err = 100.0 * (ref.accessed_bytes - hot * MiB) / (hot * MiB)
+    cr_err = 100.0 * (ref.accessed_bytes - hot * MiB) / (hot * MiB) if ref is not None else None
     if args.json:
-        out.write(json.dumps({"schema": SCHEMA, "backend": "clear_refs", "true_hot_bytes": hot * MiB,
-                              "measured_hot_bytes": ref.accessed_bytes, "error_pct": round(cr_err, 3),
-                              "hot_loop_passes": rounds}) + "\n")
+        if ref is not None:
+            out.write(json.dumps({"schema": SCHEMA, "backend": "clear_refs", "true_hot_bytes": hot * MiB,
+                                  "measured_hot_bytes": ref.accessed_bytes, "error_pct": round(cr_err, 3),
+                                  "hot_loop_passes": rounds}) + "\n")
         return 0
-    print(f"\ndata mapping, one character per {size / 64:.0f} MiB ('#' accessed, '.' idle), last window:")
-    print(f"  [{strip(last_acc)}]")
-    print(f"\nbackend clear_refs ({ClearRefsBackend.caps.summary}):")
-    print(f"  data mapping referenced {ref.accessed_bytes / MiB:.1f} MiB vs true {hot} MiB "
-          f"(error {cr_err:+.2f}%)")
+    if last_acc is not None:
+        print(f"\ndata mapping, one character per {size / 64:.0f} MiB ('#' accessed, '.' idle), last window:")
+        print(f"  [{strip(last_acc)}]")
+    if ref is not None:
+        print(f"\nbackend clear_refs ({ClearRefsBackend.caps.summary}):")
+        print(f"  data mapping referenced {ref.accessed_bytes / MiB:.1f} MiB vs true {hot} MiB "
+              f"(error {cr_err:+.2f}%)")
+    else:
+        print("\nstopped: the clear_refs comparison was not run.")
     print(f"\nThe workload's hot loop made {rounds} passes over its {hot} MiB.")
     return 0
