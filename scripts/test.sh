@@ -2,8 +2,8 @@
 # Run idlemap's tests: the host suite, then the vm suite inside one test VM
 # (a kernel with page_idle, DAMON vaddr, soft-dirty, 2 NUMA nodes...), then
 # kmod-stock: idlemap's module on Debian's stock kernels, which have no
-# page_idle, 6.1 and 6.12, one short VM each (tests/system/test_kmod_stock.py
-# and test_kmod_hugetlb.py; ~35 s each, plus ~15 s once per kernel to fetch
+# page_idle, 6.1 and 6.12, one short VM each (tests/system/test_kmod_stock.py,
+# test_kmod_hugetlb.py and test_advise_stock.py; ~35 s each, plus ~15 s once per kernel to fetch
 # it and its headers); kmod-stock-6.1 / kmod-stock-6.12 run one of them.
 # kmod-debug, not part of all (10-13 min: it would nearly double the ~13 min
 # of all): every kmod test and the fuzzer of /dev/idlemap, for
@@ -79,7 +79,7 @@ print(build_tree(Path(sys.argv[1])))' "$stock")
             --env IDLEMAP_IN_STOCK_VM=1 --env IDLEMAP_STOCK_DIR="$stock" \
             --env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 -- \
             "$PY" -m pytest tests/system/test_kmod_stock.py tests/system/test_kmod_hugetlb.py \
-            -m kmod_stock -q -s --junitxml="$OUT/kmod-stock-$series.xml" "$@"
+            tests/system/test_advise_stock.py -m kmod_stock -q -s --junitxml="$OUT/kmod-stock-$series.xml" "$@"
         check $?
     else
         echo "kmod-stock $series: Debian's stock kernel could not be fetched (see above)"

@@ -1,8 +1,10 @@
 """Every process of a cgroup, scanned round by round, with per-page idle
 ages: what ``advise --cgroup`` reports and ``reclaim --cgroup`` acts on.
 
-Each member process has its own :class:`~idlemap.scan.Scanner` (page_idle,
-per page) and :class:`~idlemap.analysis.advise.VpnAgeTracker`; a round
+Each member process has its own :class:`~idlemap.scan.Scanner` (per page:
+the backend is chosen once for the group by :func:`idlemap.backends.choose`,
+like every command's ``--backend``: auto takes idlemap's module when it is
+loaded and we are root, else page_idle) and :class:`~idlemap.analysis.advise.VpnAgeTracker`; a round
 scans them all, advances every page's age and sums the per-age histograms
 into the group's :class:`~idlemap.analysis.advise.Accumulator` (and each
 process's own).  Processes that join or leave the cgroup (or any cgroup
@@ -17,12 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import backends
 from .analysis import actions as policy
 from .analysis import advise as A
 from .errors import IdlemapError, NoSuchProcess
 from .kernel import cgroup as cg
 from .kernel import pagemap as pm
-from .kernel.process import identify
+from .kernel import process_madvise as pmad
+from .kernel.maps import PAGE_SHIFT
+from .kernel.process import check_same, identify
 from .scan import Scanner
 
 
@@ -38,6 +43,7 @@ class Member:
         self.present = np.zeros(0, bool)
         self.pagemap = pm.Pagemap(scanner.proc.pid)
         self.reclaimed = np.empty(0, np.int64)      # vpns a reclaim loop saw go and not yet come back
+        self.pidfd = -1                             # opened at the first pageout
         self.last_t = time.monotonic()
 
     def step(self) -> tuple[np.ndarray, np.ndarray]:
@@ -77,8 +83,9 @@ class Member:
         self.reclaimed = v[known & ~back]
         return int(back.sum())
 
-    def cold_charged(self, k: int, inodes: set[int]) -> int:
-        """Pages present with age >= k whose frame is charged to the cgroup.
+    def cold_charged(self, k: int, inodes: set[int]) -> np.ndarray:
+        """Page numbers present with age >= k whose frame is charged to the
+        cgroup (sorted).
 
         A process joins a cgroup with its old pages still charged where they
         were (cgroup v2 does not move charges), and memory.reclaim can only
@@ -88,16 +95,34 @@ class Member:
         /proc/kpagecgroup."""
         v = self.ages.cold_vpns(k, self.present)
         if v.size == 0:
-            return 0
+            return v
         starts, counts = policy.coalesce(v)
         e = self.pagemap.read_ranges(starts, counts, np.empty(v.size, np.uint64))
         ok = (e & pm.PRESENT) != 0
         if not ok.any():
-            return 0
+            return v[:0]
         ino = cg.page_cgroups(e[ok] & pm.PFN_MASK)
-        return int(np.isin(ino, np.fromiter(inodes, np.int64)).sum())
+        return v[ok][np.isin(ino, np.fromiter(inodes, np.int64))]
+
+    def pageout(self, v: np.ndarray) -> int:
+        """process_madvise(MADV_PAGEOUT) of exactly the (sorted) pages ``v``;
+        the bytes the kernel accepted.  Unlike memory.reclaim, the kernel
+        does not choose: it reclaims these pages whatever their LRU
+        position or accessed bits say."""
+        if v.size == 0:
+            return 0
+        if self.pidfd < 0:
+            self.pidfd = pmad.pidfd_open(self.pid)
+            check_same(self.scanner.proc)           # the pidfd is the process we read, not a PID reuse
+        first, npages = policy.coalesce(v)
+        res = pmad.process_madvise(self.pidfd, self.pid, first << PAGE_SHIFT, npages << PAGE_SHIFT,
+                                   pmad.MADV_PAGEOUT)
+        return res.advised_bytes
 
     def close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
         self.pagemap.close()
         self.scanner.close()
 
@@ -115,8 +140,12 @@ class CgroupScan:
     """The members of cgroup ``path`` (resolved: a cgroup v2 directory)."""
 
     def __init__(self, path: str, kmax: int = 256, tlb_flush: str = "auto", acting: bool = False,
-                 unsafe_no_tlb_flush: bool = False):
+                 unsafe_no_tlb_flush: bool = False, backend: str = "auto"):
         self.path = path
+        # One backend for every member (their ages and sums must mean the
+        # same thing); refused here, before any process is touched, with the
+        # feature it lacks (a backend without a per-page map is a usage error).
+        self.choice = backends.choose(backend, need_per_page=True)
         self.kmax = kmax
         self.tlb_flush, self.acting, self.unsafe = tlb_flush, acting, unsafe_no_tlb_flush
         self.members: dict[int, Member] = {}
@@ -134,7 +163,7 @@ class CgroupScan:
                 proc = identify(pid)
                 if proc.is_kernel_thread:
                     continue
-                sc = Scanner(proc, backend="page_idle", need_per_page=True, tlb_flush=self.tlb_flush,
+                sc = Scanner(proc, backend=self.backend_name, need_per_page=True, tlb_flush=self.tlb_flush,
                              acting=self.acting, unsafe_no_tlb_flush=self.unsafe)
             except NoSuchProcess:
                 continue
@@ -148,6 +177,10 @@ class CgroupScan:
                 self.members[pid] = Member(sc, self.kmax)
             except NoSuchProcess:
                 sc.close()
+
+    @property
+    def backend_name(self) -> str:
+        return self.choice.cls.name
 
     def start(self) -> None:
         self.sync()

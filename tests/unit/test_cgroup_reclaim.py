@@ -120,6 +120,8 @@ def keep_sigterm():
     (["reclaim", "123"], "--cold-for"),
     (["reclaim", "123", "--cold-for", "2", "--promotion-target", "1%/min"], "--promotion-target goes with --cgroup"),
     (["reclaim", "--cgroup", "/x", "--promotion-target", "-1"], "--promotion-target"),
+    (["reclaim", "123", "--cold-for", "2", "--via", "pageout"], "--via goes with --cgroup"),
+    (["reclaim", "--cgroup", "/x", "--via", "madvise"], "--via"),
     (["advise", "--cgroup", "/no/such/cgroup/here"], "cgroup"),
     (["advise", "--cgroup", "/etc"], "cgroup"),
     (["advise", "--cgroup", "/x", "-p", "123"], "not both"),
@@ -144,3 +146,12 @@ def test_promotion_goal_backs_off_after_pressure_before_refaults():
     assert back_off(0.0, 0.1, 0, 0, 5.0, 2.0, 0.2, MiB - 4096) == ""        # a few pages are not evidence
     assert back_off(0.5, 0.1, 0, 0, 5.0, 2.0, 0.2, MiB).startswith("PSI")
     assert back_off(0.0, 0.1, 10 * MiB, 0, 5.0, 2.0, 0.2, MiB).startswith("promotion")
+
+
+@pytest.mark.parametrize("backend", ["clear_refs", "damon"])
+def test_advise_cgroup_refuses_a_backend_without_a_per_page_map(tree, backend, capsys, keep_sigterm):
+    # The group's backend is chosen (here: refused) before any of its
+    # processes -- PIDs 10-12 of the fake tree -- is looked at.
+    rc = main(["advise", "--cgroup", str(tree / "app"), "--backend", backend, "-n", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "no per-page map" in err, err

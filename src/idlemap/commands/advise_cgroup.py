@@ -25,8 +25,6 @@ def _check(args) -> None:
         raise UsageError("give a PID or --cgroup PATH, not both")
     if args.vm or args.qmp:
         raise UsageError("--vm is for one VMM; --cgroup scans every process of a cgroup")
-    if args.backend not in ("auto", "page_idle"):
-        raise UsageError("--cgroup reads every process per page with page_idle (--backend auto or page_idle)")
     if args.scan_range:
         raise UsageError("--range is per process; --cgroup scans the whole address space of each process")
     if getattr(args, "output", None):
@@ -52,7 +50,6 @@ def process_rows(scan, adv: A.Advice, target: float) -> list[dict]:
 
 def run(args) -> int:
     from .. import rounds
-    from ..bitmap import require_page_idle
     from ..cgroup_scan import CgroupScan
     from ..kernel import cgroup as cg
     from . import windows
@@ -63,16 +60,17 @@ def run(args) -> int:
     if path.rstrip("/") in {m.rstrip("/") for m in cg.cgroup2_mounts()}:
         raise UsageError(f"{args.cgroup} is the root cgroup (every process): give a group below it, or use "
                          "`idlemap top` for the whole system")
-    require_page_idle()
     target = args.target_rate
     kmax = max(1, count)
-    scan = CgroupScan(path, kmax, args.tlb_flush)
+    # The backend (--backend: auto, kmod or page_idle) is chosen, or refused
+    # in one sentence, before any process is touched.
+    scan = CgroupScan(path, kmax, args.tlb_flush, backend=args.backend)
     reason = "done"
     try:
         scan.start()
         if not args.json:
-            print(f"scanning cgroup {path}: {len(scan.members)} processes, {count} rounds of {interval:g} s...",
-                  file=sys.stderr, flush=True)
+            print(f"scanning cgroup {path} with {scan.backend_name} [{scan.choice.reason}]: "
+                  f"{len(scan.members)} processes, {count} rounds of {interval:g} s...", file=sys.stderr, flush=True)
 
         def step():
             g = scan.round()
@@ -97,7 +95,7 @@ def run(args) -> int:
     if args.png:
         advice_png(adv, args.png, f"{who}: memory idle >= T against its promotion rate")
     if args.json:
-        source = {"cgroup": path, "backend": "page_idle", "granularity": "page", "interval_s": interval,
+        source = {"cgroup": path, "backend": scan.backend_name, "granularity": "page", "interval_s": interval,
                   "processes": len(procs), **tlb}
         print(json.dumps({"schema": SCHEMA, "source": source, "granularity": "page", **adv.as_dict(),
                           "processes": procs, **({"png": args.png} if args.png else {})}))
