@@ -22,13 +22,18 @@ Each round (every ``period_s``):
    doubles too: those pages were not cold enough -- or when the cgroup's
    refaults (``memory.stat`` workingset_refault_anon + _file) in the round
    exceed ``max_refault_pct`` of what was reclaimed over the last 5 rounds;
-   after a calm round the step grows back (doubles, up to ``max_step``).
-   3 refault back-offs in a row stop the loop;
-5. otherwise the request is written to ``memory.reclaim`` (not in a dry
-   run) and ``memory.current`` before and after says what went.
+   the step starts small (``first_step``) and doubles, up to ``max_step``,
+   each time a round finds the previous write granted in full and calm
+   (no back-off); 3 refault back-offs in a row stop the loop;
+5. otherwise the request is written (not in a dry run): to
+   ``memory.reclaim`` (``via="reclaim"``, the default), or as
+   process_madvise(MADV_PAGEOUT) of that many bytes of exactly the pages
+   read cold (``via="pageout"``); ``memory.current`` before and after says
+   what went.
 
-The kernel chooses the pages (its LRU order): idlemap decides how much,
-and when to stop.  Pages our readings call cold were not referenced since
+Through memory.reclaim the kernel chooses the pages (its LRU order):
+idlemap decides how much, and when to stop; through pageout idlemap
+chooses them too.  Pages our readings call cold were not referenced since
 their last mark, which the kernel's reclaim sees too (page_idle keeps a
 cleared accessed bit in PG_young), so they should be what the LRU takes
 first -- but under MGLRU a hot page not touched again between the reading
@@ -41,6 +46,7 @@ from dataclasses import dataclass, field
 
 from .analysis import advise as A
 from .cgroup_scan import CgroupScan
+from .errors import NoSuchProcess, UsageError
 from .kernel import cgroup as cg
 from .kernel.maps import PAGE_SIZE
 
@@ -65,6 +71,11 @@ class CgroupReclaimConfig:
     psi_target_pct: float = 0.1
     min_cold_for: int = 2
     max_step_bytes: int = 64 * MiB
+    # The first request is this small (at most max_step_bytes) and the step
+    # doubles only once a round shows the last write calm: one 64 MiB first
+    # request was seen to take pages of a running hot loop and hold PSI
+    # above target for the rest of a 16-round run (docs/advise.md).
+    first_step_bytes: int = 8 * MiB
     max_refault_pct: float = 5.0
     period_s: float = 1.0
     dry_run: bool = False
@@ -74,6 +85,10 @@ class CgroupReclaimConfig:
     # %/min of the working set: the most of what the loop reclaimed that may
     # come back (None: not a goal; the advisor's target still sets T)
     promotion_target_pct_per_min: float | None = None
+    # How a request is written: "reclaim" -- memory.reclaim, the kernel's LRU
+    # picks the pages; "pageout" -- process_madvise(MADV_PAGEOUT) of exactly
+    # the pages read cold (and charged to the cgroup), request bytes of them.
+    via: str = "reclaim"
 
 
 @dataclass
@@ -121,6 +136,8 @@ class CgroupSummary:
     stop_reason: str
     dry_run: bool
     tlb: dict = field(default_factory=dict)
+    backend: str = ""                   # the per-page backend the members were read with
+    via: str = "reclaim"                # how requests were written (CgroupReclaimConfig.via)
     back_bytes: int = 0                 # reclaimed pages that came back, in all
     promotion_rate_max: float = 0.0     # the highest windowed promotion rate of a round
     threshold_floor: int = 0            # the floor the promotion goal raised T to
@@ -131,7 +148,7 @@ class CgroupSummary:
                 "requested_bytes": self.requested_bytes, "reclaimed_bytes": self.reclaimed_bytes,
                 "refault_bytes": self.refault_bytes, "psi_max_avg10": self.psi_max_avg10,
                 "backoffs": self.backoffs, "advice": self.advice, "stop_reason": self.stop_reason,
-                "dry_run": self.dry_run, "back_bytes": self.back_bytes,
+                "dry_run": self.dry_run, "backend": self.backend, "via": self.via, "back_bytes": self.back_bytes,
                 "promotion_rate_max_pct_per_min": round(self.promotion_rate_max, 6),
                 "threshold_floor_rounds": self.threshold_floor, **self.tlb}
 
@@ -162,12 +179,15 @@ class CgroupReclaimer:
 
     def __init__(self, cfg: CgroupReclaimConfig):
         self.cfg = cfg
+        if cfg.via not in ("reclaim", "pageout"):
+            raise UsageError(f"--via must be reclaim or pageout, not {cfg.via!r}")
         self.path = cg.resolve(cfg.path)
         cg.require_memory_files(self.path)
         self.scan = CgroupScan(self.path, cfg.kmax, cfg.tlb_flush, acting=True,
                                unsafe_no_tlb_flush=cfg.unsafe_no_tlb_flush)
         self.acc = self.scan.acc
-        self.step = cfg.max_step_bytes
+        self.step = min(cfg.first_step_bytes, cfg.max_step_bytes)
+        self.last_full = False          # the last write got all it asked (grow if this round is calm)
         self.index = 0
         self.backoffs = 0
         self.backoffs_in_row = 0
@@ -208,11 +228,11 @@ class CgroupReclaimer:
         adv_k = self.acc.advised_rounds(self.cfg.target_pct_per_min)
         k = None if adv_k is None else max(adv_k, self.floor)
         cold = 0
+        cold_sets: list = []                # (member, its cold charged pages)
         if k is not None and self.acc.r > k:
             inodes = cg.subtree_inodes(self.path)
-            counted: list[int] = []
-            self.scan.each(lambda m: counted.append(m.cold_charged(k, inodes)))
-            cold = sum(counted) * PAGE_SIZE
+            self.scan.each(lambda m: cold_sets.append((m, m.cold_charged(k, inodes))))
+            cold = sum(v.size for _, v in cold_sets) * PAGE_SIZE
         psi = cg.read_pressure(self.path).get("some", {}).get("avg10", 0.0)
         self.psi_max = max(self.psi_max, psi)
         rf_now = cg.refaults(cg.read_stat(self.path))
@@ -225,6 +245,7 @@ class CgroupReclaimer:
         request = reclaimed = 0
         note = ""
         if why:
+            self.last_full = False
             self.backoffs += 1
             self.backoffs_in_row += 1
             self.step = max(MiB, self.step // 2)
@@ -242,11 +263,17 @@ class CgroupReclaimer:
                 self.stopped = f"3 back-offs in a row ({why})"
         else:
             self.backoffs_in_row = 0
+            if self.last_full:
+                # The last write was granted in full and this round is calm
+                # (no pressure, refaults or promotions since): grow.
+                self.step = min(self.cfg.max_step_bytes, self.step * 2)
+                self.last_full = False
             if k is None or self.acc.r <= k:
                 note = "warming up: no page can be idle long enough yet"
             request = min(cold, self.step) // 1024 * 1024
             if request > 0 and not self.cfg.dry_run:
-                full = cg.reclaim(self.path, request)
+                full = (cg.reclaim(self.path, request) if self.cfg.via == "reclaim"
+                        else self._pageout(cold_sets, request))
                 after = cg.memory_current(self.path)
                 reclaimed = max(0, mem - after)
                 mem = after
@@ -257,8 +284,9 @@ class CgroupReclaimer:
                     # the kernel dig into the working set.
                     note = "the kernel reclaimed less than asked"
                     self.step = max(MiB, self.step // 2)
-                else:
-                    self.step = min(self.cfg.max_step_bytes, self.step * 2)
+                self.last_full = full
+            elif request > 0:
+                self.last_full = True       # a dry run plans as if each write were granted
         self.requested += request
         self.reclaimed += reclaimed
         self.recent = (self.recent + [reclaimed])[-REFAULT_WINDOW:]
@@ -267,6 +295,22 @@ class CgroupReclaimer:
         self.scan.sync()
         return CgroupRound(self.index - 1, len(self.members), mem, k, cold, psi, rf, request, reclaimed,
                            self.step, note, back_bytes, promo)
+
+    def _pageout(self, cold_sets: list, request: int) -> bool:
+        """MADV_PAGEOUT of ``request`` bytes of the cold pages, member by
+        member; True if the kernel took all of them."""
+        left = request // PAGE_SIZE
+        done: list[int] = []
+        for m, v in cold_sets:
+            if left <= 0:
+                break
+            take = v[:left]
+            left -= take.size
+            try:
+                done.append(m.pageout(take))
+            except NoSuchProcess:
+                pass                        # gone: the next round drops it
+        return sum(done) >= request
 
     def summary(self, reason: str) -> CgroupSummary:
         try:
@@ -277,7 +321,8 @@ class CgroupReclaimer:
         return CgroupSummary(self.path, self.index, self.memory_before, after, self.requested, self.reclaimed,
                              self.refaulted, self.psi_max, self.backoffs,
                              None if adv.advised is None else adv.advised.as_dict(),
-                             self.stopped or reason, self.cfg.dry_run, self.tlb, self.back_total,
+                             self.stopped or reason, self.cfg.dry_run, self.tlb, self.scan.backend_name, self.cfg.via,
+                             self.back_total,
                              self.promo_max, self.floor)
 
     def close(self) -> None:

@@ -80,6 +80,8 @@ def run(args) -> int:
         return run_cgroup(args)
     if args.promotion_target is not None:
         raise UsageError("--promotion-target goes with --cgroup (reclaim PID backs off on its own refaults)")
+    if args.via != "reclaim":
+        raise UsageError("--via goes with --cgroup (reclaim PID always writes process_madvise; see --mode)")
     pid, rest = take_pid(args, args.args)
     if rest:
         raise UsageError("too many arguments: idlemap reclaim PID --cold-for N")

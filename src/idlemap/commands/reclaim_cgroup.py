@@ -28,6 +28,10 @@ def add_cgroup_arguments(p) -> None:
     g.add_argument("--psi-target", type=validate.percent, default=0.1, metavar="PCT",
                    help="--cgroup: back off while memory.pressure 'some avg10' is at or above PCT%% (default 0.1)")
     add_target_option(g)
+    g.add_argument("--via", choices=["reclaim", "pageout"], default="reclaim",
+                   help="--cgroup: how each request is written: reclaim -- memory.reclaim, the kernel's LRU picks "
+                        "the pages (default); pageout -- process_madvise(MADV_PAGEOUT) of exactly the pages read "
+                        "cold and charged to the cgroup")
     g.add_argument("--promotion-target", type=target_arg, default=None, metavar="RATE",
                    help="--cgroup: back off, and raise the threshold, while the pages the loop reclaimed come "
                         "back faster than RATE (percent of the working set per minute over the last 5 rounds, "
@@ -56,7 +60,7 @@ def run(args) -> int:
                               min_cold_for=args.cold_for or 2, max_step_bytes=step,
                               max_refault_pct=args.max_refault_pct, period_s=period, dry_run=args.dry_run,
                               tlb_flush=args.tlb_flush, unsafe_no_tlb_flush=args.unsafe_no_tlb_flush,
-                              promotion_target_pct_per_min=args.promotion_target)
+                              promotion_target_pct_per_min=args.promotion_target, via=args.via)
     count = args.count if args.count is not None else (None if args.period is not None else DEFAULT_COUNT)
     with CgroupReclaimer(cfg) as eng:
         if args.unsafe_no_tlb_flush:
@@ -66,9 +70,12 @@ def run(args) -> int:
                        ("PSI(%)", 7), ("REFAULT(MiB)", 12), ("PLAN(MiB)" if cfg.dry_run else "ASK(MiB)", 9),
                        ("RECLAIMED(MiB)", 14), ("BACK(MiB)", 9), ("PROMO(%/min)", 12), ("NOTE", -1)])
         if not args.json:
-            print(f"{'Dry run, nothing will change: ' if cfg.dry_run else ''}cgroup {eng.path}: memory.reclaim "
+            how = "memory.reclaim" if cfg.via == "reclaim" else "MADV_PAGEOUT"
+            print(f"{'Dry run, nothing will change: ' if cfg.dry_run else ''}cgroup {eng.path}: {how} "
                   f"of memory idle at the advised threshold (target {cfg.target_pct_per_min:g}%/min, at least "
-                  f"{cfg.min_cold_for} rounds of {period:g} s), at most {human_bytes(step)} per round, while "
+                  f"{cfg.min_cold_for} rounds of {period:g} s) with {eng.scan.backend_name}, at most "
+                  f"{human_bytes(step)} per round (from {human_bytes(min(step, cfg.first_step_bytes))}, "
+                  f"doubling after each calm round), while "
                   f"PSI some avg10 < {cfg.psi_target_pct:g}%"
                   + ("" if cfg.promotion_target_pct_per_min is None else
                      f" and what it reclaimed comes back at < {cfg.promotion_target_pct_per_min:g}%/min")
