@@ -3,8 +3,9 @@ reclaim loop achieve?  Regenerates the measured table of docs/advise.md.
 
     python -m bench.advise            # boots the test VM, rewrites the table in docs/advise.md
     python -m bench.advise --here     # on this kernel (page_idle, cgroup v2 memory, PSI, root)
+    python -m bench.advise --damos    # idlemap against DAMOS in Debian's stock 6.12 (bench/advise_damos.py)
 
-Three runs, each on static C workloads with a known schedule
+Four runs, each on static C workloads with a known schedule
 (tests/system/schedule.c; the truth comes from the schedule, computed in
 tests/system/sched_helpers.py, not by analysis/advise.py):
 
@@ -18,23 +19,24 @@ tests/system/sched_helpers.py, not by analysis/advise.py):
              192 MiB never touched again; `reclaim --cgroup` (1 s rounds, PSI
              target 0.1%, advisor target 5%/min) for 16 rounds: share of the
              cold set reclaimed and of the hot set resident (pagemap), PSI
-             some avg10 (every round and at the end), refaults.
+             some avg10 (every round and at the end), refaults.  Twice: the
+             requests written to memory.reclaim (the kernel's LRU picks the
+             pages), then as MADV_PAGEOUT of the pages read cold (--via pageout).
   promotion  a 32 MiB hot loop, a 4 MiB warm set touched before every 8th
              round, 128 MiB cold; the loop's promotion goal alone
              (0.2%/min; PSI and refault guards and the advisor's target out of
              the way): back-offs, the threshold floor, what came back, and
              what is resident at the end.
 
-Swap is zram (1 GiB), set up and removed here; cgroups are created under
-/sys/fs/cgroup and removed.  The DAMOS side-by-side of issue 18 is not
-measured here (see docs/advise.md).
+Swap is zram (1 GiB) and each run has a cgroup of its own under
+/sys/fs/cgroup (idlemap.testing.machine, as the VM tests), set up and
+removed here.  The DAMOS side-by-side of issue 18 is ``--damos``
+(bench/advise_damos.py: another kernel, its own table and results file).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import subprocess
 import sys
 import time
 
@@ -44,6 +46,7 @@ from .common import (
     add_run_arguments,
     elsewhere,
     measure_here,
+    row_writer,
     run_in_vm,
     use_system_test_helpers,
 )
@@ -52,50 +55,12 @@ MiB = 1 << 20
 SCHEMA = "idlemap.bench.advise/1"
 DOC = os.path.join(REPO, "docs", "advise.md")
 RESULTS = os.path.join(BENCH, "results", "advise.json")
+RESULTS_DAMOS = os.path.join(BENCH, "results", "advise-damos.json")
 COMMAND = "python -m bench.advise"
 BEGIN, END = "<!-- bench.advise: begin -->", "<!-- bench.advise: end -->"
-CG_ROOT = "/sys/fs/cgroup"
-ZRAM = "/sys/block/zram0"
 
 
-# -- the machine: zram swap, a cgroup -------------------------------------------------
-
-@contextlib.contextmanager
-def zram_swap():
-    if not os.path.exists(ZRAM):
-        with open("/sys/class/zram-control/hot_add") as f:
-            f.read()
-    with open(f"{ZRAM}/disksize", "w") as f:
-        f.write("1G")
-    subprocess.run(["mkswap", "/dev/zram0"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["swapon", "/dev/zram0"], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["swapoff", "/dev/zram0"], check=False)
-        with open(f"{ZRAM}/reset", "w") as f:
-            f.write("1")
-
-
-@contextlib.contextmanager
-def cgroup(name: str):
-    if not os.path.exists(f"{CG_ROOT}/cgroup.controllers"):
-        os.makedirs(CG_ROOT, exist_ok=True)
-        subprocess.run(["mount", "-t", "cgroup2", "none", CG_ROOT], check=True)
-    with open(f"{CG_ROOT}/cgroup.subtree_control", "w") as f:
-        f.write("+memory")
-    path = f"{CG_ROOT}/idlemap-bench-{name}-{os.getpid()}"
-    os.mkdir(path)
-    try:
-        yield path
-    finally:
-        for _ in range(50):
-            try:
-                os.rmdir(path)
-                break
-            except OSError:
-                time.sleep(0.1)
-
+# -- the machine: zram swap and a cgroup come from idlemap.testing.machine --------------
 
 def present(pid: int, addr: int, npages: int):
     from idlemap.kernel import pagemap as pm
@@ -115,6 +80,7 @@ def run_advisor(args) -> dict:
 
     from idlemap.cgroup_scan import CgroupScan
     from idlemap.kernel import cgroup as cg
+    from idlemap.testing.machine import cgroup
     shapes = [Shape(32, 8, 4, 64), Shape(16, 4, 2, 48)]
     n = args.rounds
     with cgroup("advisor") as path:
@@ -153,16 +119,17 @@ def run_advisor(args) -> dict:
             "thresholds": thresholds}
 
 
-def run_psi_loop(args) -> dict:
+def run_psi_loop(args, via: str = "reclaim") -> dict:
     from sched_helpers import Schedule, Shape
 
     from idlemap.cgroup_reclaim import CgroupReclaimConfig, CgroupReclaimer
+    from idlemap.testing.machine import cgroup
     shape = Shape(64, 0, 0, 192)
     hot, total = shape.hot_mib * 256, shape.total_mib * 256
     with cgroup("psi") as path, Schedule(shape, path) as w:
         w.loop()
         time.sleep(1)
-        cfg = CgroupReclaimConfig(path=path, target_pct_per_min=5.0, psi_target_pct=args.psi_target)
+        cfg = CgroupReclaimConfig(path=path, target_pct_per_min=5.0, psi_target_pct=args.psi_target, via=via)
         rounds = []
         with CgroupReclaimer(cfg) as eng:
             eng.start()
@@ -172,20 +139,22 @@ def run_psi_loop(args) -> dict:
             s = eng.summary("done")
         psi_end = psi_avg10(path)
         pres = present(w.pid, w.addr, total)
-    return {"run": "psi-loop", "rounds": len(rounds), "psi_target": args.psi_target,
+    return {"run": "psi-loop" if via == "reclaim" else f"psi-loop-{via}", "via": via, "rounds": len(rounds),
+            "psi_target": args.psi_target,
             "cold_reclaimed_pct": 100.0 * (1 - pres[hot:].mean()), "hot_resident_pct": 100.0 * pres[:hot].mean(),
             "psi_max": max([psi_end, s.psi_max_avg10] + [r.psi_some_avg10 for r in rounds]), "psi_end": psi_end,
             "memory_before_mib": s.memory_before_bytes / MiB, "memory_after_mib": s.memory_after_bytes / MiB,
             "reclaimed_mib": s.reclaimed_bytes / MiB, "refault_mib": s.refault_bytes / MiB, "backoffs": s.backoffs,
             "tlb_exact": s.tlb.get("tlb_exact"),
             "per_round": [(r.threshold_rounds, round(r.cold_bytes / MiB, 1), round(r.request_bytes / MiB, 1),
-                           round(r.reclaimed_bytes / MiB, 1), r.psi_some_avg10) for r in rounds]}
+                           round(r.reclaimed_bytes / MiB, 1), r.psi_some_avg10, r.note) for r in rounds]}
 
 
 def run_promotion(args) -> dict:
     from sched_helpers import Schedule, Shape
 
     from idlemap.cgroup_reclaim import CgroupReclaimConfig, CgroupReclaimer
+    from idlemap.testing.machine import cgroup
     shape = Shape(32, 4, 1, 128)
     hot, warm, total = 32 * 256, 4 * 256, shape.total_mib * 256
     with cgroup("promotion") as path, Schedule(shape, path) as w:
@@ -211,10 +180,11 @@ def run_promotion(args) -> dict:
 
 
 def run_here(args) -> list[dict]:
+    from idlemap.testing.machine import zram_swap
     use_system_test_helpers()
     rows = []
     with zram_swap():
-        for fn in (run_advisor, run_psi_loop, run_promotion):
+        for fn in (run_advisor, run_psi_loop, lambda a: run_psi_loop(a, "pageout"), run_promotion):
             row = fn(args)
             print(row, flush=True)
             rows.append(row)
@@ -250,13 +220,16 @@ def table(rows: list[dict]) -> list[str]:
         for t in a["thresholds"][:4]:
             out.append(f"| | k = {t['k']}: cold (MiB) / rate (%/min) | {t['cold_true_mib']:.1f} / "
                        f"{t['rate_true']:.1f} | {t['cold_mib']:.2f} / {t['rate']:.1f} | |")
-    p = by.get("psi-loop")
-    if p:
+    for name, how in (("psi-loop", "memory.reclaim"), ("psi-loop-pageout", "MADV_PAGEOUT")):
+        p = by.get(name)
+        if not p:
+            continue
         out += [
-            f"| PSI loop, {p['rounds']} rounds of 1 s | cold set reclaimed (of 192 MiB) | 100% | "
+            f"| PSI loop via {how}, {p['rounds']} rounds of 1 s | cold set reclaimed (of 192 MiB) | 100% | "
             f"{p['cold_reclaimed_pct']:.1f}% | (>= 90%) |",
             f"| | hot set resident (of 64 MiB) | 100% | {p['hot_resident_pct']:.1f}% | |",
-            f"| | PSI some avg10, max (every round and at the end) | < {p['psi_target']:g}% | {p['psi_max']:.2f}% | |",
+            f"| | PSI some avg10, max (every round and at the end) | < {p['psi_target']:g}% | {p['psi_max']:.2f}% | "
+            f"({'under' if p['psi_max'] < p['psi_target'] else 'over'} the target) |",
             f"| | memory.current (MiB) | | {p['memory_before_mib']:.1f} -> {p['memory_after_mib']:.1f} | |",
             f"| | refaults (MiB) / back-offs | | {p['refault_mib']:.2f} / {p['backoffs']} | |",
         ]
@@ -274,18 +247,24 @@ def table(rows: list[dict]) -> list[str]:
 
 
 def render(res: dict, args) -> int:
-    lines = table(res["rows"])
+    damos = getattr(args, "damos", False)
+    if damos:
+        from . import advise_damos
+        lines, begin, end, command = advise_damos.table(res["rows"]), advise_damos.BEGIN, advise_damos.END, \
+            f"{COMMAND} --damos"
+    else:
+        lines, begin, end, command = table(res["rows"]), BEGIN, END, COMMAND
     m = res["meta"]
-    block = [BEGIN, f"`{COMMAND}` ({m.get('kernel')}, {m.get('cpus')} CPUs, {m.get('runtime_s')} s):", "",
-             *lines, END]
+    block = [begin, f"`{command}` ({m.get('kernel')}, {m.get('cpus')} CPUs, {m.get('runtime_s')} s):", "",
+             *lines, end]
     if not args.no_doc:
         with open(args.doc) as f:
             text = f.read()
-        if BEGIN not in text or END not in text:
-            print(f"{args.doc} has no {BEGIN} ... {END} block", file=sys.stderr)
+        if begin not in text or end not in text:
+            print(f"{args.doc} has no {begin} ... {end} block", file=sys.stderr)
             return 1
-        head, rest = text.split(BEGIN, 1)
-        text = head + "\n".join(block) + rest.split(END, 1)[1]
+        head, rest = text.split(begin, 1)
+        text = head + "\n".join(block) + rest.split(end, 1)[1]
         with open(args.doc, "w") as f:
             f.write(text)
         print(f"wrote {os.path.relpath(args.doc, REPO)}")
@@ -305,8 +284,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle-s", type=float, default=0.2, help="advisor: pause before each reading")
     p.add_argument("--target", type=float, default=0.2, help="advisor: promotion-rate target, %%/min")
     p.add_argument("--loop-rounds", type=int, default=16, help="psi-loop: rounds of 1 s (default 16)")
-    p.add_argument("--psi-target", type=float, default=0.1, help="psi-loop: PSI some avg10 target, %%")
+    p.add_argument("--psi-target", type=float, default=0.1, help="psi-loop and --damos: PSI target, %%")
+    p.add_argument("--damos", action="store_true",
+                   help="instead: idlemap's cgroup loop against DAMOS pageout with a quota and a PSI goal, in "
+                        "Debian's stock 6.12 kernel (bench/advise_damos.py; results in bench/results/advise-damos.json)")
+    p.add_argument("--damos-rounds", type=int, default=60, help="--damos: rounds of 1 s per method (default 60)")
+    p.add_argument("--damos-base", type=int, default=8, help="--damos: baseline rounds per method (default 8)")
     args = p.parse_args(argv)
+    if args.damos:
+        from . import advise_damos
+        if args.results == RESULTS:
+            args.results = RESULTS_DAMOS
+        if args.render_only:
+            return elsewhere(args, render, in_vm)
+        if not args.here:
+            return advise_damos.in_vm(args, render)
+        emit = row_writer(args)
+        rows, _ = measure_here(args, lambda a: advise_damos.run_here(a, emit), f"{COMMAND} --damos",
+                               schema=SCHEMA)
+        print("\n".join(advise_damos.table(rows)))
+        return 0
     rc = elsewhere(args, render, in_vm)
     if rc is not None:
         return rc

@@ -71,6 +71,10 @@ class Schedule:
         """From now on a thread writes the hot set without pausing."""
         self._say("l", "looping")
 
+    def passes(self) -> int:
+        """Passes the loop has made over the hot set so far."""
+        return int(self._say("c", "passes")[1])
+
     def close(self) -> None:
         end(self.proc)
 

@@ -10,6 +10,8 @@
  *       group n mod GROUPS, n = rounds so far            -> "done N"
  *   l   start a thread writing the hot set over and over, never pausing
  *                                                       -> "looping"
+ *   c   how many passes over the hot set the loop has made (its speed
+ *       is the workload's: bench/advise.py's slowdown)  -> "passes N"
  *   q   exit
  *     schedule HOT_MIB GROUP_MIB GROUPS COLD_MIB
  * The driver (sched_helpers.py) sends a command and waits for its answer
@@ -25,6 +27,7 @@ static volatile char *data;
 static size_t hot, group, groups, cold;
 static long page;
 static volatile int looping;
+static volatile unsigned long passes;
 
 static void touch(size_t off, size_t len)
 {
@@ -35,8 +38,10 @@ static void touch(size_t off, size_t len)
 static void *loop(void *arg)
 {
     (void)arg;
-    for (;;)
+    for (;;) {
         touch(0, hot);
+        passes++;       /* one writer; a torn read is impossible on 64-bit */
+    }
     return NULL;
 }
 
@@ -80,6 +85,8 @@ int main(int argc, char **argv)
                 return 1;
             }
             printf("looping\n");
+        } else if (c == 'c') {
+            printf("passes %lu\n", passes);
         } else if (c == 'q') {
             return 0;
         }

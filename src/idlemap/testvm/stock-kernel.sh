@@ -21,8 +21,10 @@
 #            upgrade into the host and write /boot, none of which the VM needs.
 # Cached under $IDLEMAP_CACHE (default /var/cache/idlemap)/stock/REL/:
 #   vmlinuz, config, release, modules/NAME.ko (only those the VM's
-#   initramfs loads, decompressed), modules.order (their load order), and
-#   for 6.12 headers/ and build (the kernel tree to build modules against)
+#   initramfs loads, decompressed), modules.order (their load order),
+#   modules.want (the list they were chosen from: when WANT below changes,
+#   the next run downloads the image again and replaces only the modules),
+#   and for 6.12 headers/ and build (the kernel tree to build modules against)
 #   stock-kernel.sh [--series 6.1|6.12]          fetch if needed, print the cache directory
 #   stock-kernel.sh [--series 6.1|6.12] --path   print it if it is complete, else fail
 # IDLEMAP_STOCK_RELEASE=REL pins a release (6.1.0-N-amd64, 6.12.N+deb12-amd64).
@@ -43,7 +45,9 @@ done
 # dependencies: virtio PCI, 9p (the root), overlayfs (the writable /tmp,
 # /root...), the virtio console (the command's output), virtio-rng.  6.12
 # builds the virtio core in and has no separate fscache (netfs took it);
-# the rest comes from each module's depends=.
+# it also gets zram (CONFIG_ZRAM=m there: swap for reclaim and DAMOS
+# pageout, bench/advise.py --damos; its compressors come with its
+# depends=, zsmalloc is built in); the rest comes from each module's depends=.
 case $series in
 6.1)
     RE='6\.1\.0-[0-9]+-amd64'
@@ -51,13 +55,19 @@ case $series in
 9pnet 9pnet_virtio 9p overlay virtio_console virtio-rng" ;;
 6.12)
     RE='6\.12\.[0-9]+\+deb12-amd64'
-    WANT="virtio_pci 9pnet_virtio 9p overlay virtio_console virtio-rng" ;;
+    WANT="virtio_pci 9pnet_virtio 9p overlay virtio_console virtio-rng zram" ;;
 *) echo "stock-kernel: unknown series $series (6.1 or 6.12)" >&2; exit 2 ;;
 esac
 
-complete() {    # complete DIR: a finished extract whose headers are there
+WANT=$(echo $WANT)      # one line, single spaces: compared with DIR/modules.want
+
+unpacked() {    # unpacked DIR: a finished extract whose headers are there
     [ -s "$1/vmlinuz" ] && [ -s "$1/release" ] &&
         { [ -f "$1/build/Makefile" ] || [ -f "/usr/src/linux-headers-$(cat "$1/release")/Makefile" ]; }
+}
+
+complete() {    # complete DIR: unpacked, with the modules of today's WANT
+    unpacked "$1" && [ "$(cat "$1/modules.want" 2>/dev/null)" = "$WANT" ]
 }
 
 pick_cached() {  # the newest complete cache entry (no apt-get on a warm machine)
@@ -100,7 +110,15 @@ else
 fi
 dir=$CACHE/$rel
 if complete "$dir"; then echo "$dir"; exit 0; fi
-echo "stock-kernel: fetching linux-image-$rel and the headers (~100 MB)" >&2
+refresh=
+if unpacked "$dir"; then
+    # Only the module list changed (or predates modules.want): the image
+    # again, for its modules; the kernel and the headers stay as they are.
+    refresh=1
+    echo "stock-kernel: the initramfs module list changed: fetching linux-image-$rel for its modules (~70 MB)" >&2
+else
+    echo "stock-kernel: fetching linux-image-$rel and the headers (~100 MB)" >&2
+fi
 
 need=(gcc make xz-utils)
 [ "$series" = 6.1 ] && need+=("linux-headers-$rel")
@@ -124,9 +142,11 @@ mods=$work/x/lib/modules/$rel
 out=$dir.tmp
 rm -rf "$out"
 mkdir -p "$out/modules"
-cp "$work/x/boot/vmlinuz-$rel" "$out/vmlinuz"
-cp "$work/x/boot/config-$rel" "$out/config"
-echo "$rel" > "$out/release"
+if [ -z "$refresh" ]; then
+    cp "$work/x/boot/vmlinuz-$rel" "$out/vmlinuz"
+    cp "$work/x/boot/config-$rel" "$out/config"
+    echo "$rel" > "$out/release"
+fi
 
 # The wanted modules and everything they depend on, copied decompressed
 # (busybox insmod reads plain ELF only), and load-order: the package ships
@@ -177,6 +197,21 @@ with open(os.path.join(out, "modules.order"), "w") as f:
     f.write("".join(n + "\n" for n in order))
 print("stock-kernel: initramfs modules, in load order: " + " ".join(order))
 PY
+echo "$WANT" > "$out/modules.want"
+if [ -n "$refresh" ]; then
+    # In place: new modules/ beside the old, then renamed over it; the
+    # initramfs is named by a hash of its modules, so a new one is built.
+    rm -rf "$dir/modules.new"
+    mv "$out/modules" "$dir/modules.new"
+    rm -rf "$dir/modules"
+    mv "$dir/modules.new" "$dir/modules"
+    mv "$out/modules.order" "$dir/modules.order"
+    mv "$out/modules.want" "$dir/modules.want"
+    rm -rf "$out"
+    echo "stock-kernel: $rel: modules refreshed in $dir" >&2
+    echo "$dir"
+    exit 0
+fi
 if [ "$series" = 6.12 ]; then
     # The headers unpacked next to the image: linux-headers-REL's Makefile
     # includes /usr/src/linux-headers-BASE-common/Makefile by absolute path,
