@@ -52,8 +52,25 @@ class ProcFrames:
 EMPTY = ProcFrames(np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.int64))
 
 
+class _Resident:
+    """What a usage record derives from its rss_bytes and wss_bytes: one
+    definition of cold and of the working-set share for processes, cgroups
+    and guests.  Empty __slots__, so the slotted records stay slotted."""
+    __slots__ = ()
+    rss_bytes: int
+    wss_bytes: int
+
+    @property
+    def cold_bytes(self) -> int:
+        return max(0, self.rss_bytes - self.wss_bytes)
+
+    @property
+    def wss_pct(self) -> float:
+        return 100.0 * self.wss_bytes / self.rss_bytes if self.rss_bytes > 0 else 0.0
+
+
 @dataclass(frozen=True, slots=True)
-class ProcessUsage:
+class ProcessUsage(_Resident):
     """One process in one window; bytes throughout, -1 where not measured."""
     pid: int
     comm: str
@@ -64,14 +81,6 @@ class ProcessUsage:
     pss_bytes: int = -1
     wss_pss_bytes: int = -1   # the working set, PSS-weighted
 
-    @property
-    def cold_bytes(self) -> int:
-        return max(0, self.rss_bytes - self.wss_bytes)
-
-    @property
-    def wss_pct(self) -> float:
-        return 100.0 * self.wss_bytes / self.rss_bytes if self.rss_bytes > 0 else 0.0
-
     def as_dict(self) -> dict:
         return {"pid": self.pid, "comm": self.comm, "cgroup": self.cgroup,
                 "rss_bytes": self.rss_bytes, "wss_bytes": self.wss_bytes,
@@ -81,7 +90,7 @@ class ProcessUsage:
 
 
 @dataclass(frozen=True, slots=True)
-class CgroupUsage:
+class CgroupUsage(_Resident):
     """A cgroup v2 group: the processes directly in it, shared pages once."""
     cgroup: str
     nprocs: int
@@ -89,14 +98,6 @@ class CgroupUsage:
     wss_bytes: int
     pss_bytes: int = -1
     wss_pss_bytes: int = -1
-
-    @property
-    def cold_bytes(self) -> int:
-        return max(0, self.rss_bytes - self.wss_bytes)
-
-    @property
-    def wss_pct(self) -> float:
-        return 100.0 * self.wss_bytes / self.rss_bytes if self.rss_bytes > 0 else 0.0
 
     def as_dict(self) -> dict:
         return {"cgroup": self.cgroup, "nprocs": self.nprocs, "rss_bytes": self.rss_bytes,
@@ -106,7 +107,7 @@ class CgroupUsage:
 
 
 @dataclass(frozen=True, slots=True)
-class GuestUsage:
+class GuestUsage(_Resident):
     """A VM in one window: its VMM's guest RAM only (not the VMM's own heap
     or code), measured in the same global pass as the processes."""
     pid: int                  # the VMM
@@ -117,10 +118,6 @@ class GuestUsage:
     rss_bytes: int            # guest RAM resident on the host
     wss_bytes: int            # guest RAM accessed during the window
     window_s: float
-
-    @property
-    def cold_bytes(self) -> int:
-        return max(0, self.rss_bytes - self.wss_bytes)
 
     def as_dict(self) -> dict:
         return {"pid": self.pid, "vmm": self.vmm, "name": self.name, "accel": self.accel,
