@@ -277,10 +277,12 @@ class KmodBitmap:
         idle, present = lay.pages(lay.bufs[:2])
         huge = swapped = lay.zeros
         found = lay.bufs[2:].any(axis=1)
-        if found.any():
-            more = lay.pages(lay.bufs[2:])
-            huge = more[0] if found[0] else huge
-            swapped = more[1] if found[1] else swapped
+        if found.all():
+            huge, swapped = lay.pages(lay.bufs[2:])
+        elif found[0]:                          # THP or hugetlb, nothing swapped: one row
+            huge = lay.pages(lay.bufs[2:3])[0]
+        elif found[1]:
+            swapped = lay.pages(lay.bufs[3:4])[0]
         now = time.monotonic()
         window = now - self.marked_at if self.marked_at is not None else 0.0
         if remark:
