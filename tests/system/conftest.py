@@ -82,6 +82,16 @@ def kmod_loaded():
 
 
 @pytest.fixture(scope="module")
+def progs():
+    """The mount tests' C callers (mounthelp.CPrograms), built for the test
+    file and removed after it."""
+    from mounthelp import CPrograms
+    p = CPrograms()
+    yield p
+    p.cleanup()
+
+
+@pytest.fixture(scope="module")
 def two_nodes():
     nodes = numa.online_nodes()
     if len(nodes) < 2:

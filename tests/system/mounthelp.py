@@ -10,9 +10,20 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
+
 from idlemap.testing.child import end
 
 WORD_VA = 64 * 4096
+
+try:
+    import pyfuse3  # noqa: F401 -- only whether the fuse extra is installed
+    HAVE_PYFUSE3 = True
+except ImportError:
+    HAVE_PYFUSE3 = False
+
+# Skipped per test with the reason, never silently as a whole module.
+needs_pyfuse3 = pytest.mark.skipif(not HAVE_PYFUSE3, reason="the fuse extra (pyfuse3) is not installed")
 
 
 class Mount:

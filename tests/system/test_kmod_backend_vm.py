@@ -23,11 +23,7 @@ from idlemap.kernel.page_idle import PATH as BITMAP_PATH
 from idlemap.kernel.process import identify
 from idlemap.testing.workload import Workload
 
-try:
-    import pyfuse3  # noqa: F401 -- only whether the fuse extra is installed
-    HAVE_PYFUSE3 = True
-except ImportError:
-    HAVE_PYFUSE3 = False
+from mounthelp import needs_pyfuse3
 
 pytestmark = [pytest.mark.vm,
               pytest.mark.skipif(os.environ.get("IDLEMAP_IN_VM") != "1",
@@ -141,7 +137,7 @@ def test_top_keeps_options_to_the_backends_that_take_them(kmod_loaded, capsys):
     assert "--mark goes with the page_idle backend, not kmod" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not HAVE_PYFUSE3, reason="the fuse extra (pyfuse3) is not installed")
+@needs_pyfuse3
 def test_mount_serves_idle_bitmap_from_kmod(kmod_loaded):
     """The FUSE idle_bitmap on kmod, used as an RFC-era tool would: write
     all-ones over a mapping (mark), touch a known set, read: exactly the

@@ -19,20 +19,14 @@ import pytest
 
 from idlemap.kernel import page_idle
 from idlemap.testing.workload import Workload
-from mounthelp import (UNPRIV, CPrograms, ExecTarget, Mount, Users, check_as, check_with, errno_name,
-                       hold_across_exec, word_range)
-
-try:
-    import pyfuse3  # noqa: F401 -- only whether the fuse extra is installed
-    HAVE_PYFUSE3 = True
-except ImportError:
-    HAVE_PYFUSE3 = False
+from mounthelp import (UNPRIV, ExecTarget, Mount, Users, check_as, check_with, errno_name,
+                       hold_across_exec, needs_pyfuse3, word_range)
 
 # Skipped per test, with the reason, never silently as a whole module.
 pytestmark = [pytest.mark.host,
               pytest.mark.skipif(os.geteuid() != 0, reason="idlemap mount needs root"),
               pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse (CONFIG_FUSE_FS)"),
-              pytest.mark.skipif(not HAVE_PYFUSE3, reason="the fuse extra (pyfuse3) is not installed")]
+              needs_pyfuse3]
 
 FILE_BYTES = 1 << 32
 
@@ -175,13 +169,6 @@ def test_access_rules_per_caller(mount):
         assert "denied present_bitmap" in mount.log_text()
     finally:
         u.close()
-
-
-@pytest.fixture(scope="module")
-def progs():
-    p = CPrograms()
-    yield p
-    p.cleanup()
 
 
 @pytest.mark.parametrize("setuid", [True, False], ids=["setuid-exec", "plain-exec"])

@@ -23,14 +23,8 @@ from idlemap.formats import idle_pages as ip
 from idlemap.bitmap import IdleBitmap
 from idlemap.kernel import page_idle
 from idlemap.testing.workload import Workload
-from mounthelp import (UNPRIV, CPrograms, ExecTarget, Mount, Users, as_user, check_as, check_with,
-                       hold_across_exec, word_range)
-
-try:
-    import pyfuse3  # noqa: F401 -- only whether the fuse extra is installed
-    HAVE_PYFUSE3 = True
-except ImportError:
-    HAVE_PYFUSE3 = False
+from mounthelp import (UNPRIV, ExecTarget, Mount, Users, as_user, check_as, check_with,
+                       hold_across_exec, needs_pyfuse3, word_range)
 
 # Skipped per test with the reason, never silently as a whole module: in the
 # VM a skip of a vm test is a failure (tests/conftest.py).
@@ -38,7 +32,7 @@ pytestmark = [pytest.mark.vm,
               pytest.mark.skipif(not page_idle.available(), reason="needs CONFIG_IDLE_PAGE_TRACKING "
                                  "(page_idle): runs in the test VM"),
               pytest.mark.skipif(os.geteuid() != 0, reason="idlemap mount needs root"),
-              pytest.mark.skipif(not HAVE_PYFUSE3, reason="the fuse extra (pyfuse3) is not installed")]
+              needs_pyfuse3]
 
 PAGE = 4096
 FILE_BYTES = 1 << 32
@@ -281,13 +275,6 @@ def test_access_rules_idle_bitmap(mount):
                 os.close(fd)
     finally:
         u.close()
-
-
-@pytest.fixture(scope="module")
-def progs():
-    p = CPrograms()
-    yield p
-    p.cleanup()
 
 
 @pytest.fixture
