@@ -26,10 +26,9 @@ Each round (every ``period_s``):
    each time a round finds the previous write granted in full and calm
    (no back-off); 3 refault back-offs in a row stop the loop;
 5. otherwise the request is written (not in a dry run): to
-   ``memory.reclaim`` (``via="reclaim"``, the default), or as
    process_madvise(MADV_PAGEOUT) of that many bytes of exactly the pages
-   read cold (``via="pageout"``); ``memory.current`` before and after says
-   what went.
+   read cold (``via="pageout"``, the default), or to ``memory.reclaim``
+   (``via="reclaim"``); ``memory.current`` before and after says what went.
 
 Through memory.reclaim the kernel chooses the pages (its LRU order):
 idlemap decides how much, and when to stop; through pageout idlemap
@@ -85,10 +84,14 @@ class CgroupReclaimConfig:
     # %/min of the working set: the most of what the loop reclaimed that may
     # come back (None: not a goal; the advisor's target still sets T)
     promotion_target_pct_per_min: float | None = None
-    # How a request is written: "reclaim" -- memory.reclaim, the kernel's LRU
-    # picks the pages; "pageout" -- process_madvise(MADV_PAGEOUT) of exactly
-    # the pages read cold (and charged to the cgroup), request bytes of them.
-    via: str = "reclaim"
+    # How a request is written: "pageout" -- process_madvise(MADV_PAGEOUT) of
+    # exactly the pages read cold (and charged to the cgroup), request bytes
+    # of them; "reclaim" -- memory.reclaim, the kernel's LRU picks the pages.
+    # pageout is the default because only it acts on idlemap's flushed
+    # reading: the LRU ages pages by accessed bits it clears without a TLB
+    # flush, and in the test VM it took a never-pausing loop's hot pages on
+    # the first 8 MiB request (docs/advise.md).
+    via: str = "pageout"
 
 
 @dataclass
@@ -137,7 +140,7 @@ class CgroupSummary:
     dry_run: bool
     tlb: dict = field(default_factory=dict)
     backend: str = ""                   # the per-page backend the members were read with
-    via: str = "reclaim"                # how requests were written (CgroupReclaimConfig.via)
+    via: str = "pageout"                # how requests were written (CgroupReclaimConfig.via)
     back_bytes: int = 0                 # reclaimed pages that came back, in all
     promotion_rate_max: float = 0.0     # the highest windowed promotion rate of a round
     threshold_floor: int = 0            # the floor the promotion goal raised T to

@@ -144,7 +144,8 @@ def test_psi_loop_reclaims_the_cold_set_under_target(zram_swap, cgroup_dir, caps
         # coming back per round already exceed 0.2%/min of 256 MiB, which
         # would keep raising the threshold instead of reclaiming.
         rc, lines, err = run_json(capsys, ["reclaim", "--cgroup", cgroup_dir, "--period", "1", "--count", "16",
-                                           "--psi-target", "0.1", "--target", "5%/min", "--json"])
+                                           "--psi-target", "0.1", "--target", "5%/min", "--via", "reclaim",
+                                           "--json"])
         with open(f"{cgroup_dir}/memory.pressure") as f:
             psi_end = float(f.read().split()[1].split("=")[1])
         loops = w.stop()

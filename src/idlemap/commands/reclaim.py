@@ -17,7 +17,7 @@ EXAMPLES = """\
   idlemap reclaim 1234 --cold-for 5 --period 10 --limit-mb-per-s 20   # continuously, until Ctrl-C
   idlemap reclaim 1234 --cold-for 2 --mode cold    # only deactivate: reclaim takes them first
   idlemap reclaim 1234 --cold-for 3 --range 0x7f0000000000-0x7f0040000000 --json
-  idlemap reclaim --cgroup /sys/fs/cgroup/app --psi-target 0.1 --dry-run   # a cgroup: memory.reclaim
+  idlemap reclaim --cgroup /sys/fs/cgroup/app --psi-target 0.1 --dry-run   # a cgroup, held to PSI
 A round is one page_idle reading, every --period seconds (default 1).
 Pages that come back hot after being reclaimed are refaults; when more than
 --max-refault-pct of recent ones come back, reclaim backs off (cold-for
@@ -80,7 +80,7 @@ def run(args) -> int:
         return run_cgroup(args)
     if args.promotion_target is not None:
         raise UsageError("--promotion-target goes with --cgroup (reclaim PID backs off on its own refaults)")
-    if args.via != "reclaim":
+    if args.via is not None:
         raise UsageError("--via goes with --cgroup (reclaim PID always writes process_madvise; see --mode)")
     pid, rest = take_pid(args, args.args)
     if rest:

@@ -20,7 +20,7 @@ DEFAULT_COUNT = 30
 
 def add_cgroup_arguments(p) -> None:
     from .advise import add_target_option, target_arg
-    g = p.add_argument_group("a whole cgroup (--cgroup: cgroup v2 memory.reclaim, held to a PSI target)")
+    g = p.add_argument_group("a whole cgroup (--cgroup: MADV_PAGEOUT of its cold pages or memory.reclaim, held to a PSI target)")
     g.add_argument("--cgroup", metavar="PATH",
                    help="reclaim from this cgroup v2 group (e.g. /sys/fs/cgroup/app or /app) instead of a PID: "
                         "sized by the advisor's cold bytes, held to --psi-target; --cold-for is then the "
@@ -28,10 +28,11 @@ def add_cgroup_arguments(p) -> None:
     g.add_argument("--psi-target", type=validate.percent, default=0.1, metavar="PCT",
                    help="--cgroup: back off while memory.pressure 'some avg10' is at or above PCT%% (default 0.1)")
     add_target_option(g)
-    g.add_argument("--via", choices=["reclaim", "pageout"], default="reclaim",
-                   help="--cgroup: how each request is written: reclaim -- memory.reclaim, the kernel's LRU picks "
-                        "the pages (default); pageout -- process_madvise(MADV_PAGEOUT) of exactly the pages read "
-                        "cold and charged to the cgroup")
+    g.add_argument("--via", choices=["pageout", "reclaim"], default=None,
+                   help="--cgroup: how each request is written: pageout -- process_madvise(MADV_PAGEOUT) of "
+                        "exactly the pages read cold and charged to the cgroup (default: only these pages were "
+                        "read with a TLB flush); reclaim -- memory.reclaim, the kernel's LRU picks the pages by "
+                        "its own unflushed aging, which can take a busy loop's hot pages")
     g.add_argument("--promotion-target", type=target_arg, default=None, metavar="RATE",
                    help="--cgroup: back off, and raise the threshold, while the pages the loop reclaimed come "
                         "back faster than RATE (percent of the working set per minute over the last 5 rounds, "
@@ -42,11 +43,11 @@ def _check(args) -> None:
     if args.pid_opt is not None or args.args:
         raise UsageError("give a PID or --cgroup PATH, not both")
     if args.mode != "pageout":
-        raise UsageError("--mode cold is per process (MADV_COLD); memory.reclaim always reclaims")
+        raise UsageError("--mode cold is per process (MADV_COLD); --cgroup always pages out")
     if args.range:
         raise UsageError("--range is per process; --cgroup reclaims from the whole cgroup")
     if args.plan:
-        raise UsageError("--plan lists a process's ranges; with --cgroup the kernel chooses the pages")
+        raise UsageError("--plan lists one process's ranges; with --cgroup use --dry-run to see the plan")
 
 
 def run(args) -> int:
@@ -60,7 +61,7 @@ def run(args) -> int:
                               min_cold_for=args.cold_for or 2, max_step_bytes=step,
                               max_refault_pct=args.max_refault_pct, period_s=period, dry_run=args.dry_run,
                               tlb_flush=args.tlb_flush, unsafe_no_tlb_flush=args.unsafe_no_tlb_flush,
-                              promotion_target_pct_per_min=args.promotion_target, via=args.via)
+                              promotion_target_pct_per_min=args.promotion_target, via=args.via or "pageout")
     count = args.count if args.count is not None else (None if args.period is not None else DEFAULT_COUNT)
     with CgroupReclaimer(cfg) as eng:
         if args.unsafe_no_tlb_flush:
