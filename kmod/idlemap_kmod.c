@@ -500,9 +500,10 @@ static void flush_owed(struct idlemap_file *f)
 static unsigned long empty_end(struct mm_struct *mm, unsigned long addr, unsigned long end,
 			       unsigned long *steps)
 {
+	struct vm_area_struct *vma = NULL;
+
 	/* *steps: checks left in this call; none left: stop looking (a walk follows) */
 	for (; addr < end && *steps; --*steps) {
-		struct vm_area_struct *vma = find_vma(mm, addr);
 		unsigned long vend;
 		pgd_t *pgd;
 		p4d_t *p4d;
@@ -510,6 +511,9 @@ static unsigned long empty_end(struct mm_struct *mm, unsigned long addr, unsigne
 		pud_t pudv;
 		pmd_t *pmd;
 
+		/* one lookup per VMA, not per entry (no VMA is removed under our lock) */
+		if (!vma || addr >= vma->vm_end)
+			vma = find_vma(mm, addr);
 		if (!vma || vma->vm_start >= end)
 			return end;
 		if (vma->vm_start > addr) {
