@@ -11,7 +11,6 @@ swap needed: the 6.1 VM has none).
 """
 import json
 import os
-import time
 
 import pytest
 
@@ -30,48 +29,20 @@ def test_cgroup_advice_through_the_module(kmod_loaded, capsys):
     """Two schedule.c processes in one cgroup, 12 rounds, read by
     CgroupScan with --backend auto: kmod, and the advice within the issue's
     bounds (savings 2%, promotion rate 10%) of the schedule's truth."""
-    from idlemap.cgroup_scan import CgroupScan
-    from idlemap.kernel import cgroup as cg
-    from sched_helpers import Schedule, Shape, group_truth
+    from sched_helpers import SHAPES, compare, read_group, scheduled
     assert not page_idle.available()
-    shapes = [Shape(32, 8, 4, 64), Shape(16, 4, 2, 48)]
     n = 12
-    with cgroup("advise-stock") as path:
-        procs = [Schedule(s, path) for s in shapes]
-        try:
-            scan = CgroupScan(cg.resolve(path), kmax=n)
-            assert scan.backend_name == "kmod", scan.choice.reason
-            windows = []
-            try:
-                scan.start()
-                assert sorted(scan.members) == sorted(p.pid for p in procs) and scan.tlb["tlb_exact"]
-                for _ in range(n):
-                    for p in procs:
-                        p.round()
-                    time.sleep(0.2)
-                    windows.append(scan.round().window_s)
-                    scan.sync()
-                adv = scan.acc.advice(0.2)
-            finally:
-                scan.close()
-            rc = main(["advise", "--cgroup", path, "-n", "3", "-i", "0.3", "--json"])
-            out = capsys.readouterr().out
-        finally:
-            for p in procs:
-                p.close()
-    worst_cold = worst_rate = 0.0
-    for t in adv.thresholds:
-        tr = group_truth(shapes, t.rounds, windows, n)
-        worst_cold = max(worst_cold, abs(t.cold_mean_bytes - tr["cold_mean_bytes"]) / tr["cold_mean_bytes"])
-        rt = tr["rate_pct_per_min"]
-        worst_rate = max(worst_rate, abs(t.rate_pct_per_min - rt) / rt if rt else t.rate_pct_per_min)
-    k = adv.advised.rounds if adv.advised else None
-    end_true = group_truth(shapes, k, windows, n)["cold_end_bytes"] if k else None
+    with cgroup("advise-stock") as path, scheduled(SHAPES, path) as procs:
+        got = read_group(path, procs, n, expect_backend="kmod")
+        rc = main(["advise", "--cgroup", path, "-n", "3", "-i", "0.3", "--json"])
+        out = capsys.readouterr().out
+    adv, c = got.advice, compare(SHAPES, got, n)
+    k, end_true = c["advised"], c["cold_end_true_bytes"]
     print(json.dumps({"test": "advise_cgroup_kmod", "kernel": os.uname().release, "advised": k,
                       "cold_end_mib": adv.advised and adv.advised.cold_end_bytes / MiB,
-                      "cold_end_true_mib": end_true and end_true / MiB, "worst_cold_err_pct": 100 * worst_cold,
-                      "worst_rate_err_pct": 100 * worst_rate}))
-    assert worst_cold <= 0.02 and worst_rate <= 0.10
+                      "cold_end_true_mib": end_true and end_true / MiB,
+                      "worst_cold_err_pct": 100 * c["worst_cold"], "worst_rate_err_pct": 100 * c["worst_rate"]}))
+    assert c["worst_cold"] <= 0.02 and c["worst_rate"] <= 0.10
     assert k == 4 and abs(adv.advised.cold_end_bytes - end_true) <= 0.02 * end_true
     d = json.loads(out)
     assert rc == 0 and d["source"]["backend"] == "kmod" and len(d["processes"]) == 2

@@ -276,62 +276,29 @@ def test_promotion_goal_raises_the_threshold_over_a_warm_set(zram_swap, cgroup_d
 
 
 # -- advise --cgroup ------------------------------------------------------------
-SHAPES_DOC = "two schedule.c processes: (32 hot, 4 groups of 8, 64 cold) and (16 hot, 2 groups of 4, 48 cold) MiB"
-
-
 def test_cgroup_advice_matches_the_known_schedule(cgroup_dir, capsys):
     """Two static C processes with known schedules in one cgroup, summed by
     CgroupScan (what `advise --cgroup` and `reclaim --cgroup` use), whole
     address spaces: their memory besides the data is < 1 MiB each."""
     import jsonschema
 
-    from idlemap.cgroup_scan import CgroupScan
     from idlemap.kernel import cgroup as cg
-    from sched_helpers import Schedule, Shape, group_truth
-    shapes = [Shape(32, 8, 4, 64), Shape(16, 4, 2, 48)]
+    from sched_helpers import SHAPES, SHAPES_DOC, compare, read_group, scheduled
     nrounds = 12
-    procs = [Schedule(s, cgroup_dir) for s in shapes]
-    try:
-        scan = CgroupScan(cg.resolve(cgroup_dir), kmax=nrounds)
-        windows = []
-        try:
-            scan.start()
-            assert sorted(scan.members) == sorted(p.pid for p in procs) and scan.tlb["tlb_exact"]
-            for _ in range(nrounds):
-                for p in procs:
-                    p.round()
-                time.sleep(0.2)
-                windows.append(scan.round().window_s)
-                scan.sync()
-            adv = scan.acc.advice(0.2)
-            own = {m.pid: m.acc.advice(0.2) for m in scan.members.values()}
-        finally:
-            scan.close()
+    with scheduled(SHAPES, cgroup_dir) as procs:
+        got = read_group(cgroup_dir, procs, nrounds)
         rc = main(["advise", "--cgroup", cgroup_dir, "-n", "3", "-i", "0.3", "--json"])
         out = capsys.readouterr().out
-    finally:
-        for p in procs:
-            p.close()
-    rows, worst_cold, worst_rate = [], 0.0, 0.0
-    for t in adv.thresholds:
-        tr = group_truth(shapes, t.rounds, windows, nrounds)
-        cold_err = abs(t.cold_mean_bytes - tr["cold_mean_bytes"]) / tr["cold_mean_bytes"]
-        rt = tr["rate_pct_per_min"]
-        rate_err = abs(t.rate_pct_per_min - rt) / rt if rt else t.rate_pct_per_min
-        worst_cold, worst_rate = max(worst_cold, cold_err), max(worst_rate, rate_err)
-        rows.append({"k": t.rounds, "cold_mib": round(t.cold_mean_bytes / MiB, 3),
-                     "cold_true_mib": round(tr["cold_mean_bytes"] / MiB, 3), "rate": round(t.rate_pct_per_min, 3),
-                     "rate_true": round(rt, 3)})
-    ws_true = sum(s.total_mib for s in shapes) * MiB
-    k = adv.advised.rounds if adv.advised else None
-    end_true = group_truth(shapes, k, windows, nrounds)["cold_end_bytes"] if k else None
+    adv, own, c = got.advice, got.own, compare(SHAPES, got, nrounds)
+    ws_true = sum(s.total_mib for s in SHAPES) * MiB
+    k, end_true = c["advised"], c["cold_end_true_bytes"]
     report("advise_cgroup", shapes=SHAPES_DOC, working_set_mib=adv.working_set_bytes / MiB, advised=k,
            advised_cold_end_mib=adv.advised and adv.advised.cold_end_bytes / MiB,
-           advised_cold_end_true_mib=end_true and end_true / MiB, worst_cold_err_pct=100 * worst_cold,
-           worst_rate_err_pct=100 * worst_rate, own_advised={p: a.advised and a.advised.rounds for p, a in own.items()},
-           rows=rows)
+           advised_cold_end_true_mib=end_true and end_true / MiB, worst_cold_err_pct=100 * c["worst_cold"],
+           worst_rate_err_pct=100 * c["worst_rate"],
+           own_advised={p: a.advised and a.advised.rounds for p, a in own.items()}, rows=c["rows"])
     assert abs(adv.working_set_bytes - ws_true) <= 0.02 * ws_true
-    assert worst_cold <= 0.02 and worst_rate <= 0.10
+    assert c["worst_cold"] <= 0.02 and c["worst_rate"] <= 0.10
     assert k == 4 and abs(adv.advised.cold_end_bytes - end_true) <= 0.02 * end_true
     assert sorted(a.advised.rounds for a in own.values()) == [2, 4]       # each process's own period
     # The command: the same sums, a row per process, the schema.
