@@ -24,6 +24,7 @@ from idlemap.kernel import damon_trace as dt
 from idlemap.kernel.features import kernel_config
 from idlemap.kernel.maps import PAGE_SHIFT
 from idlemap.kernel.process import identify
+from idlemap.testing.child import end
 from idlemap.testing.workload import Workload
 
 MiB = 1 << 20
@@ -102,9 +103,7 @@ def test_signal_during_scan_restores_everything(pristine, workload, sig):
         p.send_signal(sig)
         out, err = p.communicate(timeout=120)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        end(p)
     assert p.returncode in (0, 130), err
     assert "Traceback" not in err
 
@@ -126,9 +125,7 @@ def test_a_second_idlemap_is_told_the_kdamond_is_another_idlemaps(pristine, work
         p.send_signal(signal.SIGTERM)
         p.communicate(timeout=120)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        end(p)
 
 
 def test_interrupt_at_every_write_of_start_leaves_nothing(pristine, workload):
@@ -194,9 +191,7 @@ def test_cli_settings_reach_the_kdamond_and_the_output(pristine, workload):
                 for path in (f.sample_us, f.aggr_us, f.min_nr_regions, f.max_nr_regions)}
         out, err = p.communicate(timeout=120)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        end(p)
     assert p.returncode == 0, err
     assert live == {"intervals/sample_us": "2000", "intervals/aggr_us": "40000",
                     "nr_regions/min": "20", "nr_regions/max": "200"}
@@ -236,8 +231,8 @@ def test_continuously_hot_range_is_seen(pristine):
             be.mark()
             # Re-touch the hot range from the driver: accesses keep coming for
             # the whole window, one pass at a time.
-            end = time.monotonic() + 3.0
-            while time.monotonic() < end:
+            stop_at = time.monotonic() + 3.0
+            while time.monotonic() < stop_at:
                 w.touch("data", 1, 0, hot_pages)
                 time.sleep(0.01)
             s = be.sample(remark=False)

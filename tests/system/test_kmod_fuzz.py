@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 
 from idlemap.kernel import kmod
+from idlemap.testing.child import end
 
 import kmod_fuzz as fz
 
@@ -124,8 +125,7 @@ class Churner:
         return fz._target_from(self.pidfile)()
 
     def close(self):
-        self.proc.kill()
-        self.proc.wait()
+        end(self.proc)
 
 
 def _vm_swap_kib(pid):
@@ -343,8 +343,7 @@ def test_fuzz_bindings_reaped_zombie_kthreads_init_threads():
             while _comm(ex.pid) != "sleep" and time.monotonic() < deadline:
                 time.sleep(0.005)
             assert _ops(fd, tally, bufs, "exec") == set()
-            ex.kill()
-            ex.wait()
+            end(ex)
     finally:
         os.close(fd)
     _report("bindings", tally, time.monotonic() - t0)
@@ -377,9 +376,7 @@ def test_fuzz_concurrent_threads_and_processes_on_one_target(tmp_path, zram_swap
         for fd in fds:
             os.close(fd)
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+            end(p)
         ch.close()
     _report(f"concurrent ({ch.n} targets, up to {swap_kib} KiB of a target swapped)", total, secs)
     assert total.outcomes().get("ok", 0) > 0
@@ -446,8 +443,7 @@ def test_fuzz_close_and_kill_while_reading(tmp_path):
                 p = subprocess.Popen([sys.executable, HELPER, "agent", ch.pidfile, "30", str(rnd.randrange(1000))],
                                      stdout=subprocess.DEVNULL)
                 time.sleep(rnd.uniform(0.2, 1.0))
-                p.kill()
-                p.wait()
+                end(p)              # SIGKILL, then reaped
                 kills += 1
             if rnd.random() < 0.2:
                 ch.cycle()
