@@ -20,6 +20,7 @@ import pytest
 from idlemap.backends.guest import GuestBackend
 from idlemap.errors import BadInput, UsageError
 from idlemap.kernel.process import identify
+from idlemap.testing.child import end
 from idlemap.vm import FOUR_GIB, describe, find_guest_ram, list_vmms
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
@@ -55,9 +56,7 @@ class PausedQemu:
                 time.sleep(0.05)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        end(self.proc)
 
     def __enter__(self):
         return self
@@ -175,8 +174,7 @@ def test_vmm_exits_mid_scan_clean_stop(tmp_path):
             q.proc.wait()
             out, err = wss.communicate(timeout=120)
         finally:
-            if wss.poll() is None:
-                wss.kill()
+            end(wss)
     assert wss.returncode == 1, err
     assert err.strip() == f"idlemap: process {q.pid} exited during the scan"
     lines = [json.loads(x) for x in out.splitlines()]
