@@ -39,6 +39,7 @@ from idlemap.testvm.stock import newc
 from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE
 from idlemap.kernel.page_idle import PATH as BITMAP_PATH
 from idlemap.kernel.process import identify
+from idlemap.testing.child import end
 from idlemap.backends.guest import GuestBackend
 from idlemap.vm import find_guest_ram, hot_gpa_ranges
 
@@ -261,9 +262,7 @@ class NestedGuest:
         return self.expect("same")[1] == "1"
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        end(self.proc)
 
 
 @pytest.fixture(scope="module")
@@ -476,7 +475,6 @@ def test_vmm_exits_mid_scan_clean_stop(guest):
         guest.proc.wait()
         out, err = wss.communicate(timeout=300)
     finally:
-        if wss.poll() is None:
-            wss.kill()
+        end(wss)
     assert wss.returncode == 1 and err.strip() == f"idlemap: process {guest.pid} exited during the scan", err
     assert json.loads(out.splitlines()[-1])["schema"] == "idlemap.wss.summary/2"
