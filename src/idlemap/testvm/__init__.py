@@ -227,8 +227,13 @@ def _accel_args() -> list[str]:
     if accel == "tcg":
         # Software emulation: ~14x slower for CPU-bound code, but it runs
         # anywhere, and its software TLB even reproduces page_idle's
-        # no-TLB-flush behaviour.
-        return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        # no-TLB-flush behaviour.  Without AVX2: QEMU 7.2's emulation of
+        # AVX2 masked loads faults on masked-off elements past a mapping's
+        # end, where hardware does not, so numpy's AVX2 sort of an array
+        # that ends just before an unmapped page segfaults in the guest
+        # (measured: tests/system/test_vm_cpu.py; it crashed the FUSE
+        # daemon in one CI run).  Without it numpy takes its SSE paths.
+        return ["-accel", "tcg,thread=multi", "-cpu", "max,-avx2"]
     raise VmError(f"IDLEMAP_VM_ACCEL must be auto, kvm or tcg, not {accel!r}")
 
 
