@@ -261,38 +261,22 @@ def run_here(args, emit) -> list[dict]:
 def in_vm(args, render) -> int:
     """Build the module for stock 6.12 on the host, boot that kernel, run
     ``bench.advise --here --damos`` there; render what came back."""
-    import json
     import sys
-    import tempfile
     from pathlib import Path
 
-    from idlemap import kmodbuild, testvm
+    from idlemap import kmodbuild
     from idlemap.testvm.stock import build_tree, stock_dir, stock_kernel
 
-    from .common import REPO
+    from .common import run_in_vm
 
     def say(line):
         print(line, file=sys.stderr, flush=True)
     d = stock_dir("6.12", progress=say)
     kmodbuild.build(build_tree(Path(d)))
     kernel, initrd = stock_kernel("6.12", progress=say)
-    with tempfile.TemporaryDirectory(prefix="idlemap-advise-damos.") as out:
-        rest = [a for a in sys.argv[1:] if a not in ("--vm", "--no-doc")]
-        argv = [testvm.real_python(), "-m", "bench.advise", "--here", "--result-dir", out, "--no-doc", *rest]
-        print(f"running in Debian's stock 6.12 VM (3072 MiB): {' '.join(argv[1:])}", flush=True)
-        rc = testvm.run(argv, mem_mib=3072, cpus=2, rw_dirs=[out], cwd=REPO, timeout_s=args.timeout_s, kernel=kernel,
-                        initrd=initrd, env={"IDLEMAP_IN_STOCK_VM": "1", "IDLEMAP_STOCK_DIR": str(d)})
-        path = os.path.join(out, "results.json")
-        if rc != 0 or not os.path.exists(path):
-            print(f"the run in the VM failed (exit status {rc})", file=sys.stderr)
-            return rc or 1
-        with open(path) as f:
-            res = json.load(f)
-    os.makedirs(os.path.dirname(args.results), exist_ok=True)
-    with open(args.results, "w") as f:
-        json.dump(res, f, indent=1)
-    print(f"wrote {os.path.relpath(args.results, REPO)}")
-    return render(res, args)
+    res = run_in_vm("advise", args, 3072, kernel=kernel, initrd=initrd, what="Debian's stock 6.12 VM",
+                    env={"IDLEMAP_IN_STOCK_VM": "1", "IDLEMAP_STOCK_DIR": str(d)})
+    return res if isinstance(res, int) else render(res, args)
 
 
 def table(rows: list[dict]) -> list[str]:

@@ -63,26 +63,30 @@ def vm_accel() -> str:
 
 def vm_run(module: str, args: list[str], *, mem_mib: int, cpus: int = 2, numa_nodes: int = 1,
            rw_dirs: tuple[str, ...] | list[str] = (), timeout_s: float = 1800,
-           env: dict[str, str] | None = None) -> int:
+           env: dict[str, str] | None = None, kernel: str | None = None, initrd: str | None = None,
+           what: str = "the test VM") -> int:
     """Run ``python -m bench.MODULE ARGS`` in the test VM, from the
-    repository root; its exit status.  The one way a bench enters the VM."""
+    repository root; its exit status.  The one way a bench enters the VM.
+    ``kernel``/``initrd``: another kernel than the project's (e.g. a Debian
+    stock one, idlemap.testvm.stock), named by ``what`` in the log."""
     from idlemap import testvm
     argv = [testvm.real_python(), "-m", f"bench.{module}", *args]
-    print(f"running in the test VM ({mem_mib} MiB, {vm_accel().upper()}): {' '.join(argv[1:])}", flush=True)
+    print(f"running in {what} ({mem_mib} MiB, {vm_accel().upper()}): {' '.join(argv[1:])}", flush=True)
     return testvm.run(argv, mem_mib=mem_mib, cpus=cpus, numa_nodes=numa_nodes, rw_dirs=list(rw_dirs),
-                  cwd=REPO, timeout_s=timeout_s, env=env)
+                      cwd=REPO, timeout_s=timeout_s, env=env, kernel=kernel, initrd=initrd)
 
 
 def run_in_vm(module: str, args, mem_mib: int, drop: tuple[str, ...] = ("--vm",),
-              numa_nodes: int = 1) -> dict | int:
+              numa_nodes: int = 1, **vm_kw) -> dict | int:
     """Run ``bench.MODULE --here`` in the test VM with this process's
     arguments; return its results.json (also saved to ``args.results``), or
     an exit status when the run failed.  Rows the module streamed to
-    rows.jsonl before failing are kept in ``args.results + ".partial"``."""
+    rows.jsonl before failing are kept in ``args.results + ".partial"``.
+    ``vm_kw``: the other :func:`vm_run` options (kernel, initrd, env, what)."""
     with tempfile.TemporaryDirectory(prefix=f"idlemap-{module}.") as out:
         rest = [a for a in sys.argv[1:] if a not in drop + ("--no-doc",)]   # the host writes the doc
         rc = vm_run(module, ["--here", "--result-dir", out, "--no-doc", *rest], mem_mib=mem_mib,
-                    rw_dirs=[out], timeout_s=args.timeout_s, numa_nodes=numa_nodes)
+                    rw_dirs=[out], timeout_s=args.timeout_s, numa_nodes=numa_nodes, **vm_kw)
         path = os.path.join(out, "results.json")
         if rc != 0 or not os.path.exists(path):
             print(f"the run in the VM failed (exit status {rc})", file=sys.stderr)
