@@ -44,6 +44,15 @@ def with_module(kmod_loaded):
     The kernel log is checked around each by conftest.py's kmod_kernel_log."""
 
 
+def assert_same_bits(mk, mp):
+    """The module's IdleMap `mk` and page_idle's `mp` of the same moment:
+    the same spans, and present, idle, huge and swapped equal bit for bit."""
+    assert [(s.start, s.end) for s in mk.spans] == [(s.start, s.end) for s in mp.spans]
+    for name in ("present", "idle", "huge", "swapped"):
+        got, want = getattr(mk, name), getattr(mp, name)
+        assert np.array_equal(got, want), f"{name}: {np.flatnonzero(got != want)[:10].tolist()} differ"
+
+
 def span_view(m, addr, npages):
     s = next(s for s in m.spans if s.start <= addr < s.end)
     off = s.offset + ((addr - s.start) >> PAGE_SHIFT)
@@ -116,10 +125,7 @@ def test_bit_for_bit_equal_to_flushed_page_idle(thp):
             rfc_present = np.frombuffer(km.dev.pread(words * 8, (lo >> PAGE_SHIFT) // 8), np.uint64)
             km.dev.set_mode(kmod.MODE_IDLE)
             mp = pi.read(ranges)
-    assert [(s.start, s.end) for s in mk.spans] == [(s.start, s.end) for s in mp.spans]
-    for name, x in (("present", "present"), ("idle", "idle"), ("huge", "huge")):
-        got, want = getattr(mk, x), getattr(mp, x)
-        assert np.array_equal(got, want), f"{name}: {np.flatnonzero(got != want)[:10].tolist()} differ"
+    assert_same_bits(mk, mp)
     na = pages(16)
     sa, sd = span_view(mk, a, na), span_view(mk, d, pages(4))
     if thp:
@@ -813,6 +819,15 @@ else:
 """
 
 
+def answer(p):
+    """The next line a helper script `p` (a Popen with text pipes) prints;
+    never hangs the VM on a dead helper."""
+    import select
+    if not select.select([p.stdout], [], [], 60)[0]:
+        raise AssertionError(f"the helper {p.args} did not answer")
+    return p.stdout.readline()
+
+
 def test_cow_shared_pages_only_the_bound_process_counts(tmp_path):
     """After fork the parent's and the child's PTEs map the same frames.
     The child reads every 2nd page: page_idle (frames, rmap) calls them
@@ -823,14 +838,8 @@ def test_cow_shared_pages_only_the_bound_process_counts(tmp_path):
     p = subprocess.Popen([os.sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          text=True)
     child = None
-
-    def line():
-        import select
-        if not select.select([p.stdout], [], [], 60)[0]:    # never hang the VM on a dead helper
-            raise AssertionError("the fork helper did not answer")
-        return p.stdout.readline()
     try:
-        addr_s, child_s = line().split()
+        addr_s, child_s = answer(p).split()
         addr, child = int(addr_s, 16), int(child_s)
         rng = [(addr, addr + 4 * MiB)]
         n = pages(4)
@@ -841,7 +850,7 @@ def test_cow_shared_pages_only_the_bound_process_counts(tmp_path):
             pi.mark_idle(rng)
             p.stdin.write("read\n")
             p.stdin.flush()
-            assert line().startswith("ok")
+            assert answer(p).startswith("ok")
             m_parent = kp.read(rng)
             m_child = kc.read(rng)
             m_pi = pi.read(rng)
@@ -857,3 +866,146 @@ def test_cow_shared_pages_only_the_bound_process_counts(tmp_path):
     assert m_parent.present.all() and m_parent.idle.all()          # the parent touched nothing
     assert np.array_equal(m_child.accessed, want)
     assert np.array_equal(m_pi.accessed, want)                     # page_idle: the frames were used
+
+
+def test_swapped_pages_equal_to_flushed_page_idle(zram_swap):
+    """Swap on zram: pages paged out (MADV_PAGEOUT) before the mark, some
+    of them touched (swapped back in) after it, and other pages -- touched
+    and not -- paged out after the touch, just before the read.
+
+    What "equal" means for a swapped page: it has no frame, so page_idle
+    cannot ask about it (pagemap gives no frame number, only its swap bit)
+    and the module finds a swap entry, not a PTE, in its walk.  Both report
+    it the same way: not present, not idle (holes are not idle), swapped --
+    so present, idle, huge and swapped are compared bit for bit, as for
+    resident pages.  A page swapped back in by the touch is a new frame,
+    present and accessed in both.  The paged-out set is what pagemap shows
+    (MADV_PAGEOUT is best effort): asserted within what was asked and at
+    least 90% of it."""
+    from idlemap.kernel import lru
+    from idlemap.kernel import process_madvise as pmad
+    n = pages(8)
+    i = np.arange(n)
+    out_before, touched, out_after = i % 4 == 1, i % 3 == 0, i % 5 == 2
+    with Workload() as w:
+        a = w.map("a", 8, "nothp")
+        w.touch("a")                                 # every page present
+        rng = [(a, a + 8 * MiB)]
+        pfd = pmad.pidfd_open(w.pid)
+
+        def page_out(sel):
+            lru.drain_all()          # pages still in a CPU's LRU batch cannot be isolated
+            idx = np.flatnonzero(sel)
+            r = pmad.process_madvise(pfd, w.pid, a + idx * PAGE_SIZE, np.full(idx.size, PAGE_SIZE),
+                                     pmad.MADV_PAGEOUT)
+            assert not r.failed and r.advised_bytes == idx.size * PAGE_SIZE
+        try:
+            page_out(out_before)
+            with IdleBitmap(w.pid, tlb_flush="soft-dirty") as pi, KmodBitmap(w.pid) as km:
+                km.mark_idle(rng)
+                pi.mark_idle(rng)
+                w.touch("a", 3)                      # swaps in the touched ones paged out
+                page_out(out_after)
+                mk = km.read(rng)
+                mp = pi.read(rng)
+        finally:
+            os.close(pfd)
+    assert_same_bits(mk, mp)
+    asked = (out_before & ~touched) | out_after
+    swapped = mk.swapped
+    print(f"\n{n} pages: {int(swapped.sum())} swapped (asked {int(asked.sum())}), "
+          f"{int(mk.present.sum())} present, {int(mk.accessed.sum())} accessed: equal to page_idle bit for bit")
+    assert not (swapped & ~asked).any() and swapped.sum() >= 0.9 * asked.sum()
+    assert np.array_equal(mk.present, ~swapped)      # every page was faulted in: absent = swapped
+    assert np.array_equal(mk.accessed, touched & ~swapped)
+    assert np.array_equal(mk.idle, ~touched & ~swapped)
+
+
+_MOVER = r"""
+import ctypes, mmap, sys
+import numpy as np
+P, H, MiB = mmap.PAGESIZE, 2 << 20, 1 << 20
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = libc.mremap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+old, new, advice = int(sys.argv[1]) * MiB, int(sys.argv[2]) * MiB, int(sys.argv[3])
+
+def aligned(size, prot):                    # 2 MiB aligned, so THP can map it whole
+    raw = libc.mmap(None, size + H, prot, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    assert raw != ctypes.c_void_p(-1).value, ctypes.get_errno()
+    return (raw + H - 1) & ~(H - 1)
+
+def view(addr, size):
+    return np.frombuffer((ctypes.c_uint8 * size).from_address(addr), np.uint8)
+
+src = aligned(old, mmap.PROT_READ | mmap.PROT_WRITE)
+dst = aligned(new, 0)                        # PROT_NONE, reserved: MREMAP_FIXED replaces only our own
+assert libc.madvise(src, old, advice) == 0  # 14 MADV_HUGEPAGE, 15 MADV_NOHUGEPAGE
+a = view(src, old)
+a[::P] = 1                                  # every page present (written: no huge zero page)
+print(hex(src), hex(dst), flush=True)
+for line in sys.stdin:
+    cmd, *args = line.split()
+    if cmd == "touch":                      # touch STEP UNIT: the first page of every STEP-th unit
+        step, unit = map(int, args)
+        a[::step * unit * P] = 1
+        print("ok", flush=True)
+    elif cmd == "move":                     # grow and move: MREMAP_MAYMOVE | MREMAP_FIXED
+        got = libc.mremap(src, old, new, 3, dst)
+        a = view(got, new) if got == dst else a
+        print("ok", hex(got or 0), flush=True)
+"""
+
+
+@pytest.mark.parametrize("thp", [False, True], ids=["4k", "thp"])
+def test_mremap_moved_pages_equal_to_flushed_page_idle(thp, tmp_path):
+    """A 16 MiB mapping, every page present, marked idle through both; a
+    quarter of it touched; then mremap moves it to a new address and grows
+    it to 28 MiB (the page tables move: same frames, PTEs -- or, 2 MiB
+    aligned, THP PMDs -- carried over with their accessed bits); a third of
+    the new range touched after the move, the grown tail faulted in by it.
+    Over the new range: present, idle, huge and swapped equal to flushed
+    page_idle bit for bit, accessed exactly the union of both touches, the
+    untouched tail holes; nothing is left mapped at the old address."""
+    g = HPAGE_PAGES if thp else 1
+    old, new = 16, 28                  # MiB: 8 units of 2 MiB moved, 6 grown
+    script = tmp_path / "mover.py"
+    script.write_text(_MOVER)
+    p = subprocess.Popen([os.sys.executable, str(script), str(old), str(new), "14" if thp else "15"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def tell(cmd):
+        p.stdin.write(cmd + "\n")
+        p.stdin.flush()
+        reply = answer(p).split()
+        assert reply[:1] == ["ok"], (cmd, reply)
+        return reply[1:]
+    from idlemap.testing.child import end
+    try:
+        src, dst = (int(x, 16) for x in answer(p).split())
+        with IdleBitmap(p.pid, tlb_flush="soft-dirty") as pi, KmodBitmap(p.pid) as km:
+            km.mark_idle([(src, src + old * MiB)])
+            pi.mark_idle([(src, src + old * MiB)])
+            tell(f"touch 4 {g}")
+            assert int(tell("move")[0], 16) == dst
+            tell(f"touch 3 {g}")
+            rng = [(dst, dst + new * MiB)]
+            mk = km.read(rng)
+            mp = pi.read(rng)
+        left = [m for m in read_maps(p.pid) if m.start < src + old * MiB and src < m.end]
+    finally:
+        end(p)
+    assert_same_bits(mk, mp)
+    assert [(s.start, s.end) for s in mk.spans] == [(dst, dst + new * MiB)]
+    assert not left, left
+    u = np.arange(pages(new) // g)
+    moved = u < pages(old) // g
+    after = u % 3 == 0
+    want_present, want_accessed = np.repeat(moved | after, g), np.repeat((moved & (u % 4 == 0)) | after, g)
+    assert np.array_equal(mk.present, want_present)
+    assert np.array_equal(mk.accessed, want_accessed), np.flatnonzero(mk.accessed != want_accessed)[:10].tolist()
+    assert np.array_equal(mk.huge, want_present if thp else np.zeros_like(want_present))
+    print(f"\n{'thp' if thp else '4k'}: {int(mk.present.sum())} present, {int(mk.accessed.sum())} accessed "
+          f"after a {old} -> {new} MiB move: equal to page_idle bit for bit")
