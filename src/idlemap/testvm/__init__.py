@@ -117,8 +117,10 @@ def _is_script(path: str) -> bool:
 def run(argv: list[str], *, mem_mib: int = 2048, cpus: int = 2, numa_nodes: int = 1,
         env: Mapping[str, str] | None = None, timeout_s: float = 1800, cwd: str | None = None,
         rw_dirs: Iterable[str] = (), extra_qemu_args: Iterable[str] = (),
-        kernel: str | None = None, initrd: str | None = None) -> int:
+        kernel: str | None = None, initrd: str | None = None, kernel_args: Iterable[str] = ()) -> int:
     """Boot the test VM, run argv there as root in cwd, return its exit status.
+    ``kernel_args``: more kernel command-line parameters (e.g. a boot-time
+    hugetlb reservation).
 
     The command's stdout and stderr both stream to our file descriptor 1.
     The guest sees the host's files read-only; /tmp, /var/tmp, /root and cwd
@@ -145,7 +147,7 @@ def run(argv: list[str], *, mem_mib: int = 2048, cpus: int = 2, numa_nodes: int 
                 # the guest ends by resetting itself: make that end qemu
                 "-no-reboot",
                 "-kernel", kernel, *(["-initrd", initrd] if initrd else []),
-                "-append", _kernel_cmdline(),
+                "-append", _kernel_cmdline(kernel_args),
                 "-serial", f"file:{run_dir}/console.log",
                 # the command's output: a virtio console on our stdout
                 "-chardev", "stdio,id=out,signal=off",
@@ -266,7 +268,7 @@ def _machine_args(mem_mib: int, cpus: int, numa_nodes: int) -> list[str]:
     return args
 
 
-def _kernel_cmdline() -> str:
+def _kernel_cmdline(extra: Iterable[str] = ()) -> str:
     if re.search(r"\s", str(GUEST_INIT)):
         raise VmError(f"the VM cannot start its init from a path with spaces: {GUEST_INIT}")
     if os.path.exists(BUSYBOX):
@@ -291,6 +293,7 @@ def _kernel_cmdline() -> str:
         # no ASLR: TCG then reuses its translated code across processes
         # (python -c pass: ~1.0 s -> ~0.7 s); also reproducible addresses
         "norandmaps",
+        *extra,
         init_args,              # last: everything after "--" goes to init
     ])
 

@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="set in the guest (PATH always is); repeatable")
     parser.add_argument("--timeout", type=float, default=1800, metavar="S",
                         help="stop the VM after S seconds (default 1800)")
+    parser.add_argument("--kernel-arg", action="append", default=[], metavar="PARAM",
+                        help="add PARAM to the guest kernel's command line (e.g. hugepagesz=1G "
+                        "hugepages=1: a 1 GiB page reserved at boot); repeatable")
     parser.add_argument("--cwd", metavar="DIR", help="working directory (default: the current one)")
     parser.add_argument("--kernel", choices=("test", "debug", "stock-6.1", "stock-6.12"), default="test",
                         help="test: idlemap's own 6.1 (page_idle, DAMON...; the default); "
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                                           progress=lambda line: print(line, file=sys.stderr, flush=True))
         mem = args.mem or (4096 if args.kernel == "debug" else 2048)
         return run(command, mem_mib=mem, cpus=args.cpus, numa_nodes=args.numa, env=env,
-                   timeout_s=args.timeout, cwd=args.cwd, rw_dirs=args.rw, kernel=kernel, initrd=initrd)
+                   timeout_s=args.timeout, cwd=args.cwd, rw_dirs=args.rw, kernel=kernel, initrd=initrd,
+                   kernel_args=args.kernel_arg)
     except (IdlemapError, ValueError) as e:
         print(f"idlemap.testvm: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 125) if isinstance(e, IdlemapError) else 2
