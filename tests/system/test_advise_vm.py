@@ -131,6 +131,23 @@ def run_json(capsys, argv):
     return rc, lines, err
 
 
+def run_psi_loop(capsys, cgroup_dir, count, via):
+    """`reclaim --cgroup` for ``count`` rounds of 1 s held to PSI 0.1%, then
+    the group's PSI at the end.  --target 5%/min: with 1 s windows a couple
+    of interpreter pages coming back per round already exceed 0.2%/min of
+    256 MiB, which would keep raising the threshold instead of reclaiming."""
+    rc, lines, err = run_json(capsys, ["reclaim", "--cgroup", cgroup_dir, "--period", "1", "--count", str(count),
+                                       "--psi-target", "0.1", "--target", "5%/min", "--via", via, "--json"])
+    with open(f"{cgroup_dir}/memory.pressure") as f:
+        psi_end = float(f.read().split()[1].split("=")[1])
+    return rc, lines, err, psi_end
+
+
+def psi_max(summary, rounds, psi_end):
+    """The highest PSI some avg10 the loop or the end saw."""
+    return max([summary["psi_max_avg10"], psi_end] + [r["psi_some_avg10"] for r in rounds])
+
+
 def test_psi_loop_reclaims_the_cold_set_under_target(zram_swap, cgroup_dir, capsys):
     total = CG_COLD_MIB + CG_HOT_MIB
     hot = pages(CG_HOT_MIB)
@@ -140,14 +157,7 @@ def test_psi_loop_reclaims_the_cold_set_under_target(zram_swap, cgroup_dir, caps
         w.touch("data")
         w.hot("data", 0, hot)                 # at C speed, never pausing, until stop
         time.sleep(1)
-        # --target 5%/min: with 1 s windows a couple of interpreter pages
-        # coming back per round already exceed 0.2%/min of 256 MiB, which
-        # would keep raising the threshold instead of reclaiming.
-        rc, lines, err = run_json(capsys, ["reclaim", "--cgroup", cgroup_dir, "--period", "1", "--count", "16",
-                                           "--psi-target", "0.1", "--target", "5%/min", "--via", "reclaim",
-                                           "--json"])
-        with open(f"{cgroup_dir}/memory.pressure") as f:
-            psi_end = float(f.read().split()[1].split("=")[1])
+        rc, lines, err, psi_end = run_psi_loop(capsys, cgroup_dir, 16, "reclaim")
         loops = w.stop()
         with pm.Pagemap(w.pid) as p:
             e = p.read(a >> PAGE_SHIFT, pages(total))
@@ -155,9 +165,9 @@ def test_psi_loop_reclaims_the_cold_set_under_target(zram_swap, cgroup_dir, caps
     assert rc == 0 and lines and lines[-1]["schema"].endswith("summary/1"), (rc, err, lines[-3:])
     rounds, summary = lines[:-1], lines[-1]
     cold_out = 1 - present[hot:].mean()
-    psi_max = max([summary["psi_max_avg10"], psi_end] + [r["psi_some_avg10"] for r in rounds])
+    psi_top = psi_max(summary, rounds, psi_end)
     report("reclaim_cgroup", rc=rc, cold_reclaimed_pct=100 * cold_out, hot_resident_pct=100 * present[:hot].mean(),
-           psi_max_avg10=psi_max, psi_end=psi_end, hot_loops=loops,
+           psi_max_avg10=psi_top, psi_end=psi_end, hot_loops=loops,
            memory_before_mib=summary["memory_before_bytes"] / MiB,
            memory_after_mib=summary["memory_after_bytes"] / MiB, reclaimed_mib=summary["reclaimed_bytes"] / MiB,
            refault_mib=summary["refault_bytes"] / MiB, backoffs=summary["backoffs"],
@@ -168,7 +178,7 @@ def test_psi_loop_reclaims_the_cold_set_under_target(zram_swap, cgroup_dir, caps
     assert summary["schema"] == "idlemap.reclaim.cgroup.summary/1" and summary["tlb_exact"] is True
     assert cold_out >= 0.90
     assert present[:hot].mean() >= 0.99
-    assert psi_max < 0.1
+    assert psi_top < 0.1
 
 
 def test_psi_loop_via_pageout_takes_exactly_the_cold_set(zram_swap, cgroup_dir, capsys):
@@ -182,24 +192,20 @@ def test_psi_loop_via_pageout_takes_exactly_the_cold_set(zram_swap, cgroup_dir, 
     with Schedule(Shape(CG_HOT_MIB, 0, 0, CG_COLD_MIB), cgroup_dir) as w:
         w.loop()
         time.sleep(1)
-        rc, lines, err = run_json(capsys, ["reclaim", "--cgroup", cgroup_dir, "--period", "1", "--count", "12",
-                                           "--psi-target", "0.1", "--target", "5%/min", "--via", "pageout",
-                                           "--json"])
-        with open(f"{cgroup_dir}/memory.pressure") as f:
-            psi_end = float(f.read().split()[1].split("=")[1])
+        rc, lines, err, psi_end = run_psi_loop(capsys, cgroup_dir, 12, "pageout")
         with pm.Pagemap(w.pid) as p:
             present = (p.read(w.addr >> PAGE_SHIFT, total) & pm.PRESENT) != 0
     assert rc == 0 and lines, (rc, err)
     rounds, summary = lines[:-1], lines[-1]
-    psi_max = max([summary["psi_max_avg10"], psi_end] + [r["psi_some_avg10"] for r in rounds])
+    psi_top = psi_max(summary, rounds, psi_end)
     report("reclaim_cgroup_pageout", cold_reclaimed_pct=100 * (1 - present[hot:].mean()),
-           hot_resident_pct=100 * present[:hot].mean(), psi_max_avg10=psi_max,
+           hot_resident_pct=100 * present[:hot].mean(), psi_max_avg10=psi_top,
            refault_mib=summary["refault_bytes"] / MiB, backoffs=summary["backoffs"],
            per_round=[(r["threshold_rounds"], round(r["request_bytes"] / MiB, 1),
                        round(r["reclaimed_bytes"] / MiB, 1), r["note"]) for r in rounds])
     assert summary["via"] == "pageout" and summary["tlb_exact"] is True
     assert 1 - present[hot:].mean() >= 0.90 and present[:hot].mean() >= 0.99
-    assert psi_max < 0.1
+    assert psi_top < 0.1
 
 
 def test_dry_run_changes_nothing_and_bad_paths(cgroup_dir, capsys):

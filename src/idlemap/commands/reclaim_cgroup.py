@@ -61,7 +61,7 @@ def run(args) -> int:
                               min_cold_for=args.cold_for or 2, max_step_bytes=step,
                               max_refault_pct=args.max_refault_pct, period_s=period, dry_run=args.dry_run,
                               tlb_flush=args.tlb_flush, unsafe_no_tlb_flush=args.unsafe_no_tlb_flush,
-                              promotion_target_pct_per_min=args.promotion_target, via=args.via or "pageout")
+                              promotion_target_pct_per_min=args.promotion_target, via=args.via or CgroupReclaimConfig.via)
     count = args.count if args.count is not None else (None if args.period is not None else DEFAULT_COUNT)
     with CgroupReclaimer(cfg) as eng:
         if args.unsafe_no_tlb_flush:
