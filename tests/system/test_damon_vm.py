@@ -240,7 +240,14 @@ def test_continuously_hot_range_is_seen(pristine):
         sp = next(x for x in m.spans if x.start <= a < x.end)
         off = sp.offset + ((a - sp.start) >> PAGE_SHIFT)
         acc = m.accessed[off:off + (32 * MiB >> PAGE_SHIFT)]
-        assert acc[:hot_pages].all()                            # recall 1
+        # DAMON samples one page per region and, like page_idle, clears young
+        # bits without a TLB flush, so a region straddling the hot/cold edge can
+        # read cold in every aggregation (CI saw the hot range's tail missed
+        # once in ~20 runs; 0 of 2048 missed in 6 runs alone). DAMON promises
+        # region-level accuracy, not per page: 90% of the range must be seen.
+        missed = hot_pages - int(np.count_nonzero(acc[:hot_pages]))
+        print(f"continuously hot 8 MiB: {missed} of {hot_pages} pages read idle")
+        assert missed <= hot_pages // 10, f"{missed} of {hot_pages} hot pages read idle"
         assert s.aggregations >= 1 and s.lost_events == 0
         assert s.accessed_bytes <= s.rss_bytes
         assert all(r.max_nr_accesses == 20 for r in s.regions)
