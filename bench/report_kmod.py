@@ -51,7 +51,8 @@ WHY = {
                 "the whole process takes {k_ms:.1f} ms ({b_ms:.1f} ms in phase B of the same case): "
                 "{sys_ms:.1f} ms in the kernel, {user_ms:.1f} ms in Python. The module's walk of the "
                 "256 MiB target alone takes {walk_ms:.1f} ms ({walk_ratio:,.0f}× faster than per-page). "
-                "The rest of the kernel part is reading /proc/PID/maps, walking the process's other "
+                "The rest of the kernel part is the module's memory-map signature (one ioctl; "
+                "/proc/PID/maps is read only when it changed), walking the process's other "
                 "mappings (a Python process: its program, heap, libraries and stack, in ~5 walks "
                 "terabytes apart) and the read's one TLB-flush IPI, waited for (under TCG on a "
                 "loaded host the other vCPU's thread may be descheduled, and the sender waits for "
@@ -62,7 +63,7 @@ WHY = {
           "module's walk of the target is {w_ms:.1f} ms: the rest is the other mappings' walks, "
           "the read's TLB flush and Python (see the per-page goal).",
     "page_idle": "kmod's window has a floor that does not follow the target: {fixed_ms:.1f} ms at "
-                 "64 MiB (the maps, ~5 walks and one TLB flush, the per-page arrays of a Python "
+                 "64 MiB (the map signature, ~5 walks and one TLB flush, the per-page arrays of a Python "
                  "process that maps ~{other_mib:.0f} MiB besides its target), while the page_idle "
                  "path is itself cheap on small and THP targets (one rmap walk per 2 MiB for THP): "
                  "on THP the module's walk of the target is under 1.5 ms at every size, the rest is "
@@ -94,7 +95,7 @@ WHY = {
     "sparse": "the reservation is checked on every read (exact: pages can appear in it without "
               "the memory map changing) by a module walk that counts its present pages -- one "
               "call, which skips the empty upper-level entries -- and its two PROT_NONE pieces "
-              "are more mappings for the maps read and the layout check: {extra_ms:.1f} ms more "
+              "are more spans for the layout: {extra_ms:.1f} ms more "
               "per read here.",
 }
 

@@ -10,7 +10,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define IDLEMAP_API_VERSION	2
+#define IDLEMAP_API_VERSION	3
 
 /* Private to /dev/idlemap (a misc device of its own). */
 #define IDLEMAP_IOC_MAGIC	0xB7
@@ -23,6 +23,13 @@
 #define IDLEMAP_IOC_SET_MODE	_IO(IDLEMAP_IOC_MAGIC, 2)
 /* ioctl(fd, IDLEMAP_IOC_WALK, &walk): every bitmap of a range in one walk. */
 #define IDLEMAP_IOC_WALK	_IOWR(IDLEMAP_IOC_MAGIC, 3, struct idlemap_walk)
+/*
+ * ioctl(fd, IDLEMAP_IOC_MAPS_SIG, &u64): a signature of the bound process's
+ * memory map -- every VMA's range, flags, offset and backing object, hashed
+ * with a key secret to the module -- that changes whenever any of them does.
+ * A reader re-reads /proc/PID/maps only when it differs from the last one.
+ */
+#define IDLEMAP_IOC_MAPS_SIG	_IOR(IDLEMAP_IOC_MAGIC, 4, __u64)
 
 /* Modes for pread (IDLEMAP_IOC_SET_MODE); pwrite always marks idle. */
 #define IDLEMAP_MODE_IDLE	0x0	/* the RFC's idle bitmap (default) */

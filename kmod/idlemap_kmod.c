@@ -35,9 +35,11 @@
 #include <linux/mutex.h>
 #include <linux/pgtable.h>
 #include <linux/pid.h>
+#include <linux/random.h>
 #include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
 #include <linux/sched/task.h>
+#include <linux/siphash.h>
 #include <linux/slab.h>
 #include <linux/smp.h>
 #include <linux/uaccess.h>
@@ -585,6 +587,30 @@ static bool target_alive(struct pid *pid, struct mm_struct *mm)
 }
 
 /*
+ * One chunk's end: hand its bitmaps to the caller -- copied from buf, or
+ * zeroed when buf is NULL (a chunk with nothing mapped) -- then stop on a
+ * fatal signal and let others run.  Called with no lock held, so a fault on
+ * the user buffers cannot nest in mmap_lock.
+ */
+static long chunk_out(void __user *const out[BM_N], unsigned long off,
+		      unsigned long *const buf[BM_N], unsigned long nbytes)
+{
+	int k;
+
+	for (k = 0; k < BM_N; k++) {
+		if (!out[k])
+			continue;
+		if (buf ? copy_to_user(out[k] + off, buf[k], nbytes) :
+			  clear_user(out[k] + off, nbytes))
+			return -EFAULT;
+	}
+	if (fatal_signal_pending(current))
+		return -EINTR;
+	cond_resched();
+	return 0;
+}
+
+/*
  * Walk [start, end) chunk by chunk; bit 0 of every user buffer is the page
  * at start.  out[k]: user buffers to fill (or NULL); sel: a user bitmap of
  * pages to mark (pwrite) or NULL.  Returns the pages done (> 0) or -errno;
@@ -664,38 +690,17 @@ static long run(struct idlemap_file *f, unsigned long start, unsigned long end,
 				budget -= (cend - addr) >> PAGE_SHIFT;
 			}
 			nbytes = DIV_ROUND_UP((cend - addr) >> PAGE_SHIFT, 64) * 8;
-			for (k = 0; k < BM_N; k++) {
-				if (out[k] && clear_user(out[k] + off, nbytes)) {
-					ret = -EFAULT;
-					break;
-				}
-			}
+			ret = chunk_out(out, off, NULL, nbytes);
 			if (ret)
 				break;
-			if (fatal_signal_pending(current)) {
-				ret = -EINTR;
-				break;
-			}
-			cond_resched();
 			continue;
 		}
 		walk_vmas(&w, mm, addr, cend);
 		mmap_read_unlock(mm);
 		budget -= npages;
-		/* Copied out with no lock held: a fault here cannot nest in mmap_lock. */
-		for (k = 0; k < BM_N; k++) {
-			if (out[k] && copy_to_user(out[k] + off, f->buf[k], nbytes)) {
-				ret = -EFAULT;
-				break;
-			}
-		}
+		ret = chunk_out(out, off, f->buf, nbytes);
 		if (ret)
 			break;
-		if (fatal_signal_pending(current)) {
-			ret = -EINTR;
-			break;
-		}
-		cond_resched();
 	}
 	/*
 	 * Flush after any walk that marked: also when it stopped early (some
@@ -854,6 +859,51 @@ static long do_walk(struct idlemap_file *f, struct idlemap_walk __user *uarg)
 	return 0;
 }
 
+/* Secret, so a signature says nothing about kernel pointers hashed into it. */
+static siphash_key_t maps_key;
+
+/*
+ * The memory map's signature: each VMA's range, flags, file offset and
+ * backing objects (the file, an anonymous name), chained through a keyed
+ * SipHash.  Any change to what /proc/PID/maps shows about a VMA's place,
+ * permissions or backing changes it, except a file renamed under it (one
+ * in 2^64 otherwise: the key is secret, so no process can aim for a match).
+ * One pass over the VMAs under mmap_lock (read), the lock /proc/PID/maps
+ * takes to print the same list as text.
+ */
+static long do_maps_sig(struct idlemap_file *f, u64 __user *uarg)
+{
+	struct vm_area_struct *vma;
+	struct mm_struct *mm;
+	u64 h;
+	int ret;
+
+	if (!f->pid)
+		return -EBADFD;
+	mm = target_mm(f->pid);
+	if (IS_ERR(mm))
+		return PTR_ERR(mm);
+	ret = mmap_read_lock_killable(mm);
+	if (ret) {
+		mmput(mm);
+		return ret;
+	}
+	h = siphash_1u64(mm->map_count, &maps_key);
+	for (vma = find_vma(mm, 0); vma; vma = find_vma(mm, vma->vm_end)) {
+		h = siphash_4u64(h, vma->vm_start, vma->vm_end, vma->vm_flags, &maps_key);
+		h = siphash_4u64(h, vma->vm_pgoff, (unsigned long)vma->vm_file,
+#ifdef CONFIG_ANON_VMA_NAME
+				 (unsigned long)vma->anon_name,
+#else
+				 0,
+#endif
+				 &maps_key);
+	}
+	mmap_read_unlock(mm);
+	mmput(mm);
+	return put_user(h, uarg);
+}
+
 static long idlemap_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct idlemap_file *f = file->private_data;
@@ -877,6 +927,9 @@ static long idlemap_ioctl(struct file *file, unsigned int cmd, unsigned long arg
 		break;
 	case IDLEMAP_IOC_WALK:
 		ret = do_walk(f, (struct idlemap_walk __user *)arg);
+		break;
+	case IDLEMAP_IOC_MAPS_SIG:
+		ret = do_maps_sig(f, (u64 __user *)arg);
 		break;
 	default:
 		ret = -ENOTTY;
@@ -951,6 +1004,7 @@ static struct miscdevice idlemap_dev = {
 
 static int __init idlemap_init(void)
 {
+	get_random_bytes(&maps_key, sizeof(maps_key));
 	return misc_register(&idlemap_dev);
 }
 

@@ -216,19 +216,25 @@ class KmodBitmap:
 
     def _plan(self, ranges) -> _Layout:
         """The spans to read now, their walks and bitmap buffers."""
-        try:
-            data = read_raw(self.proc.pid)
-        except TargetExited:
-            raise
-        except NoSuchProcess:
-            # It was bound, so it existed: its /proc entry vanished because it
-            # exited and was reaped between two reads.
-            raise TargetExited(self.proc.pid) from None
-        if not data:
-            check_same(self.proc)       # a zombie has an empty map
+        # The module's signature of the memory map (one ioctl) says whether
+        # /proc/PID/maps can have changed: the text is read and parsed only
+        # then -- it was a quarter of a steady read.  Taken before the text,
+        # so a change in between shows as a new signature next time.
+        # Exited, reaped or a zombie (no mm): TargetExited from the module.
+        sig = self.dev.maps_signature()
         rs = None if ranges is None else tuple(sorted((int(a), int(b)) for a, b in ranges))
-        key = (data, rs)
+        key = (sig, rs)
         if key != self._key:
+            try:
+                data = read_raw(self.proc.pid)
+            except TargetExited:
+                raise
+            except NoSuchProcess:
+                # It was bound, so it existed: its /proc entry vanished because
+                # it exited and was reaped after the signature.
+                raise TargetExited(self.proc.pid) from None
+            if not data:
+                check_same(self.proc)       # a zombie has an empty map
             self._maps = parse_maps(data)
             self._all = spans_for(self._maps, rs)
             self._reserved = [s for s in self._all
@@ -273,16 +279,15 @@ class KmodBitmap:
             p, i = self.dev.walk(g.start, g.end, *g.rows, clear=remark, defer_flush=k < last)
             accessed += p - i
         # idle and present: fresh per read; huge and swapped: the layout's
-        # read-only zeros unless a walk found one.
-        idle, present = lay.pages(lay.bufs[:2])
-        huge = swapped = lay.zeros
+        # read-only zeros unless a walk found one.  The rows wanted go
+        # through one unpack and one set of copies (numpy's per-call cost,
+        # which TCG slows ~14x, was a THP read's largest part).
         found = lay.bufs[2:].any(axis=1)
-        if found.all():
-            huge, swapped = lay.pages(lay.bufs[2:])
-        elif found[0]:                          # THP or hugetlb, nothing swapped: one row
-            huge = lay.pages(lay.bufs[2:3])[0]
-        elif found[1]:
-            swapped = lay.pages(lay.bufs[3:4])[0]
+        want = [0, 1] + [2 + k for k in (0, 1) if found[k]]
+        got = lay.pages(lay.bufs[:len(want)] if want[-1] == len(want) - 1 else lay.bufs[want])
+        idle, present = got[0], got[1]
+        huge = got[want.index(2)] if found[0] else lay.zeros
+        swapped = got[want.index(3)] if found[1] else lay.zeros
         now = time.monotonic()
         window = now - self.marked_at if self.marked_at is not None else 0.0
         if remark:

@@ -43,6 +43,7 @@ MAGIC = 0xB7
 WALK = struct.Struct("=6Q2I3Q")          # struct idlemap_walk, 80 bytes
 IOC_VERSION, IOC_BIND, IOC_SET_MODE = (MAGIC << 8 | n for n in range(3))
 IOC_WALK = (3 << 30) | (WALK.size << 16) | (MAGIC << 8) | 3
+IOC_MAPS_SIG = (2 << 30) | (8 << 16) | (MAGIC << 8) | 4   # _IOR: u64 out
 ULONG = (1 << 64) - 1
 # What the interface may answer (docs/kmod.md, "Errors"); anything else fails.
 ALLOWED = {errno.EINVAL, errno.ESRCH, errno.EFAULT, errno.ENXIO, errno.ENOTTY, errno.EBADFD}
@@ -266,9 +267,11 @@ def agent(fd: int, target, seconds: float, seed: int, tally: Tally, arena: Arena
             call(tally, "read", sys_call("read"), fd, ptr, size)
             if rnd.random() < 0.3:
                 call(tally, "write", sys_call("write"), fd, ptr, size)
-        elif op == 8:                                    # modes
+        elif op == 8:                                    # modes; the memory map's signature
             mode = rnd.choice([0, 1, 0x100, 0x101, 2, 0x200, ULONG, 1 << 32])
             call(tally, "mode", sys_call("ioctl"), fd, IOC_SET_MODE, mode)
+            out = rnd.choice([bufs[0].ctypes.data, arena.base, arena.bad_pointer(rnd), 0, ULONG])
+            call(tally, "maps-sig", sys_call("ioctl"), fd, IOC_MAPS_SIG, out)
         else:                                            # rebind elsewhere for a moment
             other = rnd.choice([os.getpid(), 1, 0, ULONG, 1 << 31, (1 << 32) + pid])
             if call(tally, "bind-other", sys_call("ioctl"), fd, IOC_BIND, other) is None:

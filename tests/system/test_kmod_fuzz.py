@@ -187,12 +187,12 @@ def test_fuzz_calls_on_one_fd(tmp_path):
 
 
 def test_fuzz_ioctl_numbers_around_ours():
-    """Every direction, size and number near the four real ioctls (and the
+    """Every direction, size and number near the five real ioctls (and the
     neighbouring magic numbers) with random arguments, then random commands
     (not the ones the VFS answers itself): ENOTTY unless it is ours."""
     rnd = random.Random(SEED)
     arena, tally = fz.Arena(), fz.Tally()
-    ours = {fz.IOC_VERSION, fz.IOC_BIND, fz.IOC_SET_MODE, fz.IOC_WALK}
+    ours = {fz.IOC_VERSION, fz.IOC_BIND, fz.IOC_SET_MODE, fz.IOC_WALK, fz.IOC_MAPS_SIG}
     # a well-formed walk argument (nothing to write: no buffers) in the arena
     good = fz.WALK.pack(0, 64 * fz.PAGE, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     ctypes_buf = (fz.ctypes.c_char * len(good)).from_address(arena.base)

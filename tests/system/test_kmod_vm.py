@@ -8,7 +8,9 @@ WARNING, Oops, and on the debug kernel KASAN and lockdep reports), or if
 lockdep turned itself off.  scripts/test.sh runs this file in the vm phase
 and again on the debug kernel (kmod-debug).  The fuzzer is test_kmod_fuzz.py.
 """
+import ctypes
 import errno
+import mmap
 import os
 import signal
 import subprocess
@@ -57,6 +59,18 @@ def span_view(m, addr, npages):
     s = next(s for s in m.spans if s.start <= addr < s.end)
     off = s.offset + ((addr - s.start) >> PAGE_SHIFT)
     return slice(off, off + npages)
+
+
+def wait_zombie(pid: int, timeout_s: float = 10.0) -> None:
+    """Until our exited child PID is a zombie (state Z in /proc/PID/stat,
+    after the parenthesised comm): its task is there, its mm is gone."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        time.sleep(0.01)
+    pytest.fail(f"PID {pid} did not become a zombie in {timeout_s} s")
 
 
 def test_kmsg_watch_sees_new_records():
@@ -411,12 +425,7 @@ def test_unbound_fd_and_exited_pids_are_clean_errors():
         kmod.Device(p.pid)
     # A zombie: its task is there, its mm is gone.
     p = subprocess.Popen(["sleep", "0"])
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with open(f"/proc/{p.pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                break
-        time.sleep(0.01)
+    wait_zombie(p.pid)
     with pytest.raises(NoSuchProcess):
         kmod.Device(p.pid)
     p.wait()
@@ -687,6 +696,72 @@ def test_munmap_and_mmap_racing_with_reads():
             t.join()
     assert not errors, errors
     assert reads[0] >= 1
+
+
+def test_maps_signature_changes_exactly_when_the_maps_do():
+    """IDLEMAP_IOC_MAPS_SIG, which lets KmodBitmap skip /proc/PID/maps: over
+    a mapping, a one-page mprotect and back, a touch and an munmap of our
+    own process, two signatures are equal exactly when the maps text is;
+    a KmodBitmap sees a mapping made between two reads; a zombie or an
+    exited target is TargetExited."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    rw = mmap.PROT_READ | mmap.PROT_WRITE
+
+    def state(d):
+        for _ in range(5):      # the interpreter may map something meanwhile: retry
+            a = d.maps_signature()
+            with open("/proc/self/maps") as f:
+                text = f.read()
+            if d.maps_signature() == a:
+                return a, text
+        pytest.fail("our own memory map kept changing")
+
+    with kmod.Device(os.getpid()) as d:
+        states = [state(d)]
+        m = mmap.mmap(-1, 64 * PAGE_SIZE)
+        view = ctypes.c_char.from_buffer(m)
+        addr = ctypes.addressof(view)
+        del view
+        states.append(state(d))
+        assert libc.mprotect(ctypes.c_void_p(addr + 8 * PAGE_SIZE), PAGE_SIZE, mmap.PROT_READ) == 0
+        states.append(state(d))
+        assert libc.mprotect(ctypes.c_void_p(addr + 8 * PAGE_SIZE), PAGE_SIZE, rw) == 0
+        states.append(state(d))
+        m[:PAGE_SIZE] = b"x" * PAGE_SIZE            # pages, not mappings: no change
+        states.append(state(d))
+        m.close()
+        states.append(state(d))
+    for i, (sa, ta) in enumerate(states):
+        for sb, tb in states[i + 1:]:
+            assert (sa == sb) == (ta == tb)
+    sig = [s for s, _ in states]
+    # mapped: new; one page split off: new; put back and touched: the mapped
+    # one again; unmapped: the first again (its maps text is the first's)
+    assert len({sig[0], sig[1], sig[2]}) == 3 and sig[1] == sig[3] == sig[4]
+    print(f"maps signatures over 6 states: {len(set(sig))} distinct, "
+          f"{len({t for _, t in states})} distinct maps texts")
+
+    with Workload() as w, KmodBitmap(w.pid) as km:
+        before = km.read()
+        a = w.map("late", 8)
+        w.touch("late")
+        after = km.read()
+        assert not any(s.start <= a < s.end for s in before.spans)
+        assert np.count_nonzero(after.present[span_view(after, a, pages(8))]) == pages(8)
+
+    p = subprocess.Popen(["sleep", "60"])
+    try:
+        with kmod.Device(p.pid) as d:
+            p.kill()
+            wait_zombie(p.pid)
+            with pytest.raises(TargetExited):
+                d.maps_signature()                    # a zombie has no mm
+            p.wait()
+            with pytest.raises(TargetExited):
+                d.maps_signature()                    # reaped: the held struct pid has no task
+    finally:
+        p.kill()
+        p.wait()
 
 
 def test_concurrent_readers_on_one_target():

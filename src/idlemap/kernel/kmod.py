@@ -24,7 +24,7 @@ from . import syscalls
 
 DEVICE = "/dev/idlemap"
 MODULE = "idlemap_kmod"
-API_VERSION = 2
+API_VERSION = 3
 
 _MAGIC = 0xB7
 _WALK = struct.Struct("=6Q2I3Q")       # struct idlemap_walk, 80 bytes
@@ -32,6 +32,10 @@ _WALK = struct.Struct("=6Q2I3Q")       # struct idlemap_walk, 80 bytes
 
 def _io(nr: int) -> int:
     return (_MAGIC << 8) | nr
+
+
+def _ior(nr: int, size: int) -> int:
+    return (2 << 30) | (size << 16) | (_MAGIC << 8) | nr
 
 
 def _iowr(nr: int, size: int) -> int:
@@ -42,6 +46,7 @@ IOC_VERSION = _io(0)
 IOC_BIND = _io(1)
 IOC_SET_MODE = _io(2)
 IOC_WALK = _iowr(3, _WALK.size)
+IOC_MAPS_SIG = _ior(4, 8)
 
 MODE_IDLE = 0x0
 MODE_PRESENT = 0x1
@@ -129,6 +134,18 @@ class Device:
 
     def set_mode(self, mode: int) -> None:
         fcntl.ioctl(self.fd, IOC_SET_MODE, mode)
+
+    def maps_signature(self) -> int:
+        """A 64-bit signature of the bound process's memory map (every VMA's
+        range, flags, offset and backing, keyed-hashed by the module): equal
+        to an earlier one only while /proc/PID/maps would list the same
+        mappings, so a reader re-reads the maps only when it changed."""
+        buf = bytearray(8)
+        try:
+            fcntl.ioctl(self.fd, IOC_MAPS_SIG, buf, True)
+        except OSError as e:
+            raise self._err(e) from None
+        return int.from_bytes(buf, "little")
 
     # -- the RFC file interface ------------------------------------------------
     def pread(self, nbytes: int, offset: int) -> bytes:
