@@ -4,7 +4,8 @@ The schemas are kept as data; this script is how they were made and the
 easy way to change one consistently (shared pieces: bytes, hex addresses,
 the report head)."""
 import json, os
-OUT = os.path.dirname(os.path.abspath(__file__))
+# IDLEMAP_SCHEMA_OUT: another folder (tests regenerate into a temp dir and compare)
+OUT = os.environ.get("IDLEMAP_SCHEMA_OUT") or os.path.dirname(os.path.abspath(__file__))
 I = {"type": "integer"}
 N = {"type": "number"}
 S = {"type": "string"}
@@ -99,7 +100,13 @@ schema("idlemap.reclaim.cgroup.round/1", "idlemap reclaim --cgroup --json: one l
 schema("idlemap.reclaim.cgroup.summary/1", "idlemap reclaim --cgroup --json: the last line",
        {"cgroup": S, "rounds": I, "memory_before_bytes": BYTES, "memory_after_bytes": BYTES,
         "requested_bytes": BYTES, "reclaimed_bytes": I, "refault_bytes": BYTES, "backoffs": I, "stop_reason": S,
-        "dry_run": B, "back_bytes": BYTES, "promotion_rate_max_pct_per_min": N, "threshold_floor_rounds": I},
+        "dry_run": B,
+        "backend": {"type": "string",
+                    "description": "the per-page backend the cgroup's processes were read with (kmod or page_idle)"},
+        "via": {"enum": ["reclaim", "pageout"],
+                "description": "how each request was written: memory.reclaim, or "
+                               "process_madvise(MADV_PAGEOUT) of the pages read cold"},
+        "back_bytes": BYTES, "promotion_rate_max_pct_per_min": N, "threshold_floor_rounds": I},
        ["cgroup", "rounds", "memory_before_bytes", "memory_after_bytes", "reclaimed_bytes"])
 
 schema("idlemap.record.round/1", "idlemap record --json: one line per round written",
@@ -183,7 +190,8 @@ schema("idlemap.vms/1", "idlemap vms [PID] --json",
        [], "Without PID: vmms[]; with PID: that VM's layout.",
        anyOf=[{"required": ["vmms"]}, {"required": ["pid", "ram_bytes", "regions"]}])
 schema("idlemap.kmod/1", "idlemap kmod status --json",
-       {"kernel": S, "loaded": B, "device": S, "built": S, "headers": B, "refused": S}, ["kernel", "loaded"])
+       {"kernel": S, "loaded": B, "device": S, "built": S, "headers": B, "refused": S,
+        "interface": NULLABLE(I), "speaks": I}, ["kernel", "loaded"])
 schema("idlemap.doctor/1", "idlemap doctor --json",
        {"features": {"type": "object"}, "commands": {"type": "array", "items": {"type": "object"}}},
        ["features"])

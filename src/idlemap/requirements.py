@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from .errors import AccessDenied, FeatureMissing, IdlemapError
 from .kernel.features import Features
+from .kernel.kmod_abi import API_VERSION
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,12 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
     Feature("idlemap module", _f("kmod_loaded"), "", "6.1",
             "`idlemap kmod build && idlemap kmod load` (docs/kmod.md; tested on 6.1 and 6.12)",
             "the idlemap kernel module is not loaded (`idlemap kmod build` then `idlemap kmod load`)"),
+    Feature("idlemap module interface", lambda e: e.features.kmod_api in (None, API_VERSION), "", "",
+            "`idlemap kmod build`, `idlemap kmod unload`, `idlemap kmod load`",
+            f"the loaded idlemap module is a build for another idlemap (this one speaks interface "
+            f"{API_VERSION}): rebuild and reload it (`idlemap kmod build`, `idlemap kmod unload`, "
+            f"`idlemap kmod load`)", kernel=False,
+            value=lambda e: "unknown" if e.features.kmod_api is None else str(e.features.kmod_api)),
     Feature("page_idle bitmap", _f("page_idle"), "CONFIG_IDLE_PAGE_TRACKING", "4.3",
             "a kernel built with it (no Debian kernel has one; `idlemap demo` shows it in idlemap's test VM)"),
     Feature("root", _f("is_root"), "", "", "run as root (page frames, page_idle, /dev/idlemap and DAMON are "
@@ -124,7 +131,7 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
             "apt-get install qemu-system-x86 busybox-static (scripts/setup.sh does it)", kernel=False),
 )}
 
-KMOD = ["idlemap module", "root"]                                   # backends/kmod.py requires
+KMOD = ["idlemap module", "idlemap module interface", "root"]                                   # backends/kmod.py requires
 PAGE_IDLE = ["page_idle bitmap", "pagemap frame numbers", "root"]      # backends/page_idle.py requires
 
 # Per command: its ways of working, best first: (what you get, [feature names]).

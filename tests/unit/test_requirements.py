@@ -6,7 +6,7 @@ import pytest
 
 from idlemap import backends
 from idlemap.backends import BACKENDS, SYSTEM_BACKENDS, choose, choose_system, options_for, why_not
-from idlemap.errors import AccessDenied, FeatureMissing, UsageError
+from idlemap.errors import AccessDenied, FeatureMissing, IdlemapError, UsageError
 from idlemap.kernel.features import KMOD_DEVICE, Features
 from idlemap.requirements import FEATURES, KMOD, PAGE_IDLE, WAYS, Environment, verdict
 
@@ -108,6 +108,26 @@ def test_auto_takes_kmod_first_when_the_module_is_loaded():
     c = choose("auto", features=feats(kmod_loaded=True, page_idle=True))
     assert c.cls is BACKENDS["kmod"] and c.auto
     assert "module is loaded" in c.reason
+
+
+def test_a_module_built_for_another_idlemap_is_passed_over_and_named():
+    # A module of interface 2 still loaded after idlemap was upgraded: auto
+    # takes page_idle and says why; asking for kmod is one sentence, exit 69;
+    # doctor says the module is loaded but not used, and how to fix it.
+    from idlemap.commands.doctor import kmod_line
+    from idlemap.kernel.kmod_abi import API_VERSION
+    f = feats(kmod_loaded=True, kmod_api=API_VERSION - 1, page_idle=True)
+    c = choose("auto", features=f)
+    assert c.cls is BACKENDS["page_idle"] and "a build for another idlemap" in c.reason
+    with pytest.raises(IdlemapError) as e:
+        choose("kmod", features=f)
+    msg = str(e.value)
+    assert e.value.exit_code == 69 and "rebuild and reload" in msg and "idlemap kmod build" in msg and "\n" not in msg
+    line = kmod_line(env(kmod_loaded=True, kmod_api=API_VERSION - 1))
+    assert line.startswith("idlemap module: loaded, not used") and "idlemap kmod build" in line
+    # not root: the version cannot be asked (None), the module is taken as it is
+    assert choose("auto", features=feats(kmod_loaded=True, kmod_api=None)).cls is BACKENDS["kmod"]
+    assert choose("auto", features=feats(kmod_loaded=True, kmod_api=API_VERSION)).cls is BACKENDS["kmod"]
 
 
 def test_auto_takes_page_idle_next_and_says_why_not_kmod():

@@ -31,7 +31,7 @@ class KmodBackend(PageIdleBackend):
         granularity="page", per_page=True, needs_root=True, sees_guest_accesses=False,
         summary="exact per-page idle bitmap from idlemap's kernel module (/dev/idlemap), TLB flushed",
         options=frozenset({"ranges", "with_pss"}), flushes_tlb=True,
-        requires=("idlemap module",), auto_rank=0,
+        requires=("idlemap module", "idlemap module interface"), auto_rank=0,
         auto_why="the idlemap module is loaded: exact per-page tracking, TLB flushed in the kernel")
 
     def __init__(self, proc, ranges=None, with_pss: bool = True):

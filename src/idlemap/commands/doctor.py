@@ -29,6 +29,9 @@ def kmod_line(env) -> str:
     """The module in one line: loaded, or buildable here, or why not."""
     from ..requirements import FEATURES, missing
     if FEATURES["idlemap module"].met(env):
+        iface = FEATURES["idlemap module interface"]
+        if not iface.met(env):
+            return f"idlemap module: loaded, not used: {iface.sentence()} -- {iface.hint}"
         return ("idlemap module: loaded (/dev/idlemap); `--backend auto` uses it first, "
                 "except for a KVM guest's VMM (it cannot see EPT accessed bits)")
     lacks = missing(env, ["gcc and kernel headers", "module loading", "root"])

@@ -7,6 +7,7 @@ import os
 from .. import kmodbuild
 from ..errors import IdlemapError, UsageError
 from ..kernel import kmod
+from ..kernel.kmod_abi import interface_version
 
 HELP = """\
 idlemap's optional kernel module (kmod/, docs/kmod.md): /dev/idlemap walks a
@@ -91,12 +92,21 @@ def _status(args) -> int:
         "built": built,
         "headers": os.path.isfile(os.path.join(kmodbuild.default_kdir(here), "Makefile")),
         "refused": kmod.refusal_reason(),
+        # the loaded module's interface version (null: not loaded, or not
+        # root) and the one this idlemap speaks: a mismatch is an old build
+        "interface": interface_version() if kmod.available() else None,
+        "speaks": kmod.API_VERSION,
     }
     if args.json:
         print(json.dumps(st))
         return 0
     print(f"kernel {here}")
     print(f"module: {'loaded, ' + kmod.DEVICE if st['loaded'] else 'not loaded'}")
+    if st["interface"] is not None and st["interface"] != kmod.API_VERSION:
+        print(f"interface: {st['interface']}, this idlemap speaks {kmod.API_VERSION}: a build for another "
+              "idlemap, not used (`idlemap kmod build`, `idlemap kmod unload`, `idlemap kmod load`)")
+    elif st["interface"] is not None:
+        print(f"interface: {st['interface']} (this idlemap's)")
     print(f"built for this kernel: {built or 'no (`idlemap kmod build`)'}")
     if not st["headers"]:
         print(f"headers: missing (install linux-headers-{here})")

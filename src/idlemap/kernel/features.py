@@ -11,8 +11,9 @@ import platform
 from dataclasses import asdict, dataclass, field
 
 from . import page_idle
+from .kmod_abi import DEVICE as KMOD_DEVICE
+from .kmod_abi import interface_version as _kmod_api
 
-KMOD_DEVICE = "/dev/idlemap"        # kernel/kmod.py's DEVICE (not imported: it pulls numpy)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Features:
     fuse: bool = False
     config_source: str = ""         # where CONFIG_ answers came from
     kmod_loaded: bool = False       # idlemap's module: /dev/idlemap exists (opening it needs root)
+    kmod_api: int | None = None     # the loaded module's interface version (None: not loaded, or not root)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -153,4 +155,6 @@ def probe() -> Features:
         fuse=os.path.exists("/dev/fuse"),
         config_source=cfg_src,
         kmod_loaded=os.path.exists(KMOD_DEVICE),
+        kmod_api=_kmod_api(),
     )
+

@@ -7,7 +7,7 @@ process, and the three operations (RFC pread/pwrite, the one-walk ioctl),
 with errno turned into idlemap errors.  Also load/unload by system call
 (finit_module / delete_module), so no kmod package is needed.
 
-The numbers below are kmod/idlemap.h's; keep the two in step.
+The numbers are kmod/idlemap.h's, spelt once in kmod_abi.py.
 """
 from __future__ import annotations
 
@@ -15,44 +15,15 @@ import ctypes
 import errno
 import fcntl
 import os
-import struct
 
 import numpy as np
 
 from ..errors import AccessDenied, IdlemapError, NoSuchProcess, TargetExited, UsageError
 from . import syscalls
 
-DEVICE = "/dev/idlemap"
-MODULE = "idlemap_kmod"
-API_VERSION = 3
-
-_MAGIC = 0xB7
-_WALK = struct.Struct("=6Q2I3Q")       # struct idlemap_walk, 80 bytes
-
-
-def _io(nr: int) -> int:
-    return (_MAGIC << 8) | nr
-
-
-def _ior(nr: int, size: int) -> int:
-    return (2 << 30) | (size << 16) | (_MAGIC << 8) | nr
-
-
-def _iowr(nr: int, size: int) -> int:
-    return (3 << 30) | (size << 16) | (_MAGIC << 8) | nr
-
-
-IOC_VERSION = _io(0)
-IOC_BIND = _io(1)
-IOC_SET_MODE = _io(2)
-IOC_WALK = _iowr(3, _WALK.size)
-IOC_MAPS_SIG = _ior(4, 8)
-
-MODE_IDLE = 0x0
-MODE_PRESENT = 0x1
-MODE_REMARK = 0x100
-WALK_CLEAR = 0x1
-WALK_NOFLUSH = 0x2                 # with WALK_CLEAR: the flush left to the next call
+from .kmod_abi import (API_VERSION, DEVICE, IOC_BIND, IOC_MAPS_SIG, IOC_SET_MODE, IOC_VERSION,  # noqa: F401
+                       IOC_WALK, MODE_IDLE, MODE_PRESENT, MODE_REMARK, MODULE, WALK_CLEAR, WALK_NOFLUSH)
+from .kmod_abi import WALK as _WALK
 
 NOT_LOADED = "the idlemap kernel module is not loaded (`idlemap kmod build` then `idlemap kmod load`)"
 
