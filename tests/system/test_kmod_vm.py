@@ -619,6 +619,9 @@ def test_cli_status_unload_busy_and_reload(kmod_loaded, capsys):
     assert main(["kmod", "status", "--json"]) == 0
     st = json.loads(capsys.readouterr().out)
     assert st["loaded"] and st["device"] == kmod.DEVICE
+    assert st["interface"] == st["speaks"] == kmod.API_VERSION      # asked of the loaded module
+    from idlemap.kernel.features import probe
+    assert probe().kmod_api == kmod.API_VERSION                      # what --backend auto judges by
     with kmod.Device():
         assert main(["kmod", "unload"]) == 1
         assert "in use" in capsys.readouterr().err
