@@ -962,6 +962,8 @@ def test_swapped_pages_equal_to_flushed_page_idle(zram_swap):
     least 90% of it."""
     from idlemap.kernel import lru
     from idlemap.kernel import process_madvise as pmad
+    from idlemap.kernel.features import swap_configured
+    assert swap_configured()        # sysinfo's totalswap sees the zram area (reservation checks rely on it)
     n = pages(8)
     i = np.arange(n)
     out_before, touched, out_after = i % 4 == 1, i % 3 == 0, i % 5 == 2

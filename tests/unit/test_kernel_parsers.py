@@ -56,3 +56,12 @@ def test_node_list():
     assert parse_node_list("0\n") == [0]
     assert parse_node_list("0-2,4\n") == [0, 1, 2, 4]
     assert parse_node_list("") == []
+
+
+def test_swap_configured_agrees_with_meminfo():
+    """sysinfo(2)'s totalswap, as the kmod backend reads it on every read,
+    says what /proc/meminfo's SwapTotal says on this machine."""
+    from idlemap.kernel.features import swap_configured
+    with open("/proc/meminfo") as f:
+        total = next(int(ln.split()[1]) for ln in f if ln.startswith("SwapTotal:"))
+    assert swap_configured() == (total > 0)

@@ -5,6 +5,7 @@ Probes read files only: no write anywhere, and in particular nothing under
 """
 from __future__ import annotations
 
+import ctypes
 import gzip
 import os
 import platform
@@ -72,12 +73,28 @@ def kernel_config() -> tuple[dict[str, str], str]:
     return {}, ""
 
 
+class _Sysinfo(ctypes.Structure):
+    """struct sysinfo (sysinfo(2)); the tail padded past any libc's size."""
+    _fields_ = [("uptime", ctypes.c_long), ("loads", ctypes.c_ulong * 3),
+                ("totalram", ctypes.c_ulong), ("freeram", ctypes.c_ulong), ("sharedram", ctypes.c_ulong),
+                ("bufferram", ctypes.c_ulong), ("totalswap", ctypes.c_ulong), ("freeswap", ctypes.c_ulong),
+                ("procs", ctypes.c_ushort), ("pad", ctypes.c_ushort), ("totalhigh", ctypes.c_ulong),
+                ("freehigh", ctypes.c_ulong), ("mem_unit", ctypes.c_uint), ("_tail", ctypes.c_char * 64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
 def swap_configured() -> bool:
-    """An active swap area exists (/proc/swaps lists one): without one no
-    page of any process can be swapped out, so "no page present" means
-    "no page at all" (the kmod backend's check of empty reservations)."""
-    text = _read("/proc/swaps")
-    return text is None or len(text.strip().splitlines()) > 1
+    """An active swap area exists: without one no page of any process can be
+    swapped out, so "no page present" means "no page at all" (the kmod
+    backend's check of empty reservations, on every read).  sysinfo(2)'s
+    totalswap (the pages of every active area, zram's too) in one system
+    call: reading /proc/swaps took ~0.45 ms under TCG, a sixth of a read."""
+    info = _Sysinfo()
+    if _libc.sysinfo(ctypes.byref(info)) != 0:
+        return True         # cannot tell: assume swap, so emptiness is confirmed by smaps
+    return info.totalswap > 0
 
 
 def parse_node_list(text: str) -> list[int]:
