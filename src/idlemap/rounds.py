@@ -21,7 +21,30 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-STOP = threading.Event()
+class _Flag:
+    """A stop flag a signal handler may set: a plain attribute and no lock.
+    threading.Event.set() takes the Event's lock, and a handler runs in the
+    main thread between two bytecodes -- also while that thread holds the
+    same lock inside Event.wait() -- where it deadlocked (a wss that ignored
+    Ctrl-C for good, once in a few hundred signals)."""
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+STOP = _Flag()
+# How often a waiting loop looks at its stop flags: the most a stop waits.
+POLL_S = 0.05
 _loops = 0          # loops running (a loop inside a loop counts once each)
 _last_stopped = False
 
@@ -70,10 +93,11 @@ def stopped() -> bool:
     return _last_stopped
 
 
-def _wait(events: list[threading.Event], delay: float) -> bool:
-    """Sleep ``delay`` seconds or until one of ``events`` is set."""
-    if len(events) == 1:
-        return events[0].wait(delay)
+def _wait(events: list, delay: float) -> bool:
+    """Sleep ``delay`` seconds or until one of ``events`` is set, looking
+    every POLL_S: nothing here takes a lock a signal handler could need
+    (is_set() of an Event reads a flag), and a signal ends the current
+    slice's sleep early only to resume it (PEP 475)."""
     end = time.monotonic() + delay
     while True:
         if any(e.is_set() for e in events):
@@ -81,4 +105,4 @@ def _wait(events: list[threading.Event], delay: float) -> bool:
         left = end - time.monotonic()
         if left <= 0:
             return False
-        events[0].wait(min(left, 0.05))
+        time.sleep(min(left, POLL_S))
