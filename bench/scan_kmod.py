@@ -147,6 +147,33 @@ def phase_a(s, t, reps: int) -> list[dict]:
             s.summarize("kmod-walk", "python", walks, KMOD_WALK_NOTE)]
 
 
+def _abba(reps: int) -> list[int]:
+    """0/1 in ABBA order, ``reps`` of each: neither side always goes first."""
+    return [(i % 2) if (i // 2) % 2 == 0 else 1 - i % 2 for i in range(2 * reps)]
+
+
+def sparse_pair(s, dense, sparse, reps: int) -> dict:
+    """The sparse goal's comparison measured as a pair: kmod steady windows
+    of the dense and the sparse target (same used size) alternating rep by
+    rep, so both sample the same minutes.  Under TCG a guest's speed drifts
+    by up to 2x within a run (docs/kmod.md), and the two cases' own rows
+    are measured minutes apart: their ratio carried that drift."""
+    kbs = [KmodBitmap(t.pid) for t in (dense, sparse)]
+    try:
+        for kb, t in zip(kbs, (dense, sparse)):
+            kb.mark_idle()
+            window(s, kb, t)                        # first use: maps, layout
+        wins: tuple[list, list] = ([], [])
+        for k in _abba(reps):
+            wins[k].append(window(s, kbs[k], (dense, sparse)[k]))
+    finally:
+        for kb in kbs:
+            kb.close()
+    note = "; alternating with the other target (ABBA), the sparse goal's pair"
+    return {"dense": s.summarize("kmod-window", "python", wins[0], KMOD_WINDOW_NOTE + note),
+            "sparse": s.summarize("kmod-window", "python", wins[1], KMOD_WINDOW_NOTE + note)}
+
+
 class Alternating:
     """Phase B: one kmod steady window per whole-bitmap rep (started from an
     untimed mark, as idlemap's phase-B windows are)."""
