@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
 
 import numpy as np
 
@@ -752,19 +753,13 @@ def _run(args, doc: dict, tmp: str, exe: str, km: bool, gib: int, cases: list) -
             t.close()
     doc["cases"] = list(records.values())
 
-    sparse = next(((mib, thp) for kind, mib, thp in cases if kind == "sparse"), None)
-    if km and sparse:
-        log(f"== kmod: dense and sparse {sparse[0]} MiB, alternating (the sparse goal's pair)")
-        d = Target("dense", sparse[0], False)
-        try:
-            sp = Target("sparse", sparse[0], False, reserve_gib=gib)
-            try:
-                doc["kmod_sparse_pair"] = {"target_mib": sparse[0], "reserve_gib": gib,
-                                           **scan_kmod.sparse_pair(sys.modules[__name__], d, sp, args.reps)}
-            finally:
-                sp.close()
-        finally:
-            d.close()
+    sparse_mib = next((mib for kind, mib, _ in cases if kind == "sparse"), None)
+    if km and sparse_mib:
+        log(f"== kmod: dense and sparse {sparse_mib} MiB, alternating (the sparse goal's pair)")
+        with closing(Target("dense", sparse_mib, False)) as d, \
+                closing(Target("sparse", sparse_mib, False, reserve_gib=gib)) as sp:
+            doc["kmod_sparse_pair"] = {"target_mib": sparse_mib, "reserve_gib": gib,
+                                       **scan_kmod.sparse_pair(sys.modules[__name__], d, sp, args.reps)}
 
     if args.busy_mib:
         log(f"== busy guest: another process holds {args.busy_mib} MiB")

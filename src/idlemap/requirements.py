@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from .errors import AccessDenied, FeatureMissing, IdlemapError
 from .kernel.features import Features
-from .kernel.kmod_abi import API_VERSION
+from .kernel.kmod_abi import API_VERSION, REBUILD
 
 
 @dataclass(frozen=True)
@@ -80,10 +80,9 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
             "`idlemap kmod build && idlemap kmod load` (docs/kmod.md; tested on 6.1 and 6.12)",
             "the idlemap kernel module is not loaded (`idlemap kmod build` then `idlemap kmod load`)"),
     Feature("idlemap module interface", lambda e: e.features.kmod_api in (None, API_VERSION), "", "",
-            "`idlemap kmod build`, `idlemap kmod unload`, `idlemap kmod load`",
+            REBUILD,
             f"the loaded idlemap module is a build for another idlemap (this one speaks interface "
-            f"{API_VERSION}): rebuild and reload it (`idlemap kmod build`, `idlemap kmod unload`, "
-            f"`idlemap kmod load`)", kernel=False,
+            f"{API_VERSION}): rebuild and reload it ({REBUILD})", kernel=False,
             value=lambda e: "unknown" if e.features.kmod_api is None else str(e.features.kmod_api)),
     Feature("page_idle bitmap", _f("page_idle"), "CONFIG_IDLE_PAGE_TRACKING", "4.3",
             "a kernel built with it (no Debian kernel has one; `idlemap demo` shows it in idlemap's test VM)"),
@@ -131,8 +130,8 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
             "apt-get install qemu-system-x86 busybox-static (scripts/setup.sh does it)", kernel=False),
 )}
 
-KMOD = ["idlemap module", "idlemap module interface", "root"]                                   # backends/kmod.py requires
-PAGE_IDLE = ["page_idle bitmap", "pagemap frame numbers", "root"]      # backends/page_idle.py requires
+KMOD = ["idlemap module", "idlemap module interface", "root"]         # backends/kmod.py requires
+PAGE_IDLE = ["page_idle bitmap", "pagemap frame numbers", "root"]     # backends/page_idle.py requires
 
 # Per command: its ways of working, best first: (what you get, [feature names]).
 # An empty list of needs: works everywhere.  The per-page ways follow the

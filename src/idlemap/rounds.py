@@ -21,12 +21,14 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+
 class _Flag:
     """A stop flag a signal handler may set: a plain attribute and no lock.
     threading.Event.set() takes the Event's lock, and a handler runs in the
     main thread between two bytecodes -- also while that thread holds the
     same lock inside Event.wait() -- where it deadlocked (a wss that ignored
-    Ctrl-C for good, once in a few hundred signals)."""
+    SIGINT for good, once in CI; signals at random moments hang it within
+    seconds, tests/unit/test_rounds.py)."""
     __slots__ = ("_set",)
 
     def __init__(self) -> None:

@@ -7,7 +7,7 @@ import os
 from .. import kmodbuild
 from ..errors import IdlemapError, UsageError
 from ..kernel import kmod
-from ..kernel.kmod_abi import interface_version
+from ..kernel.kmod_abi import REBUILD, interface_version
 
 HELP = """\
 idlemap's optional kernel module (kmod/, docs/kmod.md): /dev/idlemap walks a
@@ -94,7 +94,7 @@ def _status(args) -> int:
         "refused": kmod.refusal_reason(),
         # the loaded module's interface version (null: not loaded, or not
         # root) and the one this idlemap speaks: a mismatch is an old build
-        "interface": interface_version() if kmod.available() else None,
+        "interface": interface_version(),
         "speaks": kmod.API_VERSION,
     }
     if args.json:
@@ -104,7 +104,7 @@ def _status(args) -> int:
     print(f"module: {'loaded, ' + kmod.DEVICE if st['loaded'] else 'not loaded'}")
     if st["interface"] is not None and st["interface"] != kmod.API_VERSION:
         print(f"interface: {st['interface']}, this idlemap speaks {kmod.API_VERSION}: a build for another "
-              "idlemap, not used (`idlemap kmod build`, `idlemap kmod unload`, `idlemap kmod load`)")
+              f"idlemap, not used ({REBUILD})")
     elif st["interface"] is not None:
         print(f"interface: {st['interface']} (this idlemap's)")
     print(f"built for this kernel: {built or 'no (`idlemap kmod build`)'}")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from . import page_idle
 from .kmod_abi import DEVICE as KMOD_DEVICE
 from .kmod_abi import interface_version as _kmod_api
-
+from .syscalls import libc as _libc
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,6 @@ class _Sysinfo(ctypes.Structure):
                 ("bufferram", ctypes.c_ulong), ("totalswap", ctypes.c_ulong), ("freeswap", ctypes.c_ulong),
                 ("procs", ctypes.c_ushort), ("pad", ctypes.c_ushort), ("totalhigh", ctypes.c_ulong),
                 ("freehigh", ctypes.c_ulong), ("mem_unit", ctypes.c_uint), ("_tail", ctypes.c_char * 64)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def swap_configured() -> bool:
@@ -174,4 +171,3 @@ def probe() -> Features:
         kmod_loaded=os.path.exists(KMOD_DEVICE),
         kmod_api=_kmod_api(),
     )
-

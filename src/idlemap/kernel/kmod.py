@@ -22,7 +22,8 @@ from ..errors import AccessDenied, IdlemapError, NoSuchProcess, TargetExited, Us
 from . import syscalls
 
 from .kmod_abi import (API_VERSION, DEVICE, IOC_BIND, IOC_MAPS_SIG, IOC_SET_MODE, IOC_VERSION,  # noqa: F401
-                       IOC_WALK, MODE_IDLE, MODE_PRESENT, MODE_REMARK, MODULE, WALK_CLEAR, WALK_NOFLUSH)
+                       IOC_WALK, MODE_IDLE, MODE_PRESENT, MODE_REMARK, MODULE, REBUILD, WALK_CLEAR,
+                       WALK_NOFLUSH)
 from .kmod_abi import WALK as _WALK
 
 NOT_LOADED = "the idlemap kernel module is not loaded (`idlemap kmod build` then `idlemap kmod load`)"
@@ -66,8 +67,7 @@ class Device:
             v = fcntl.ioctl(self.fd, IOC_VERSION)
             if v != API_VERSION:
                 raise IdlemapError(f"the loaded idlemap module speaks interface version {v}, this idlemap "
-                                   f"speaks {API_VERSION}: rebuild and reload it (`idlemap kmod build`, "
-                                   f"`idlemap kmod unload`, `idlemap kmod load`)")
+                                   f"speaks {API_VERSION}: rebuild and reload it ({REBUILD})")
             if pid is not None:
                 self.bind(pid)
         except BaseException:

@@ -14,6 +14,9 @@ DEVICE = "/dev/idlemap"
 MODULE = "idlemap_kmod"
 API_VERSION = 3                        # IDLEMAP_API_VERSION this idlemap speaks
 
+# What replaces a loaded module built for another idlemap (another API_VERSION).
+REBUILD = "`idlemap kmod build`, `idlemap kmod unload`, `idlemap kmod load`"
+
 MAGIC = 0xB7
 WALK = struct.Struct("=6Q2I3Q")        # struct idlemap_walk, 80 bytes
 
