@@ -738,9 +738,13 @@ def test_maps_signature_changes_exactly_when_the_maps_do():
         for sb, tb in states[i + 1:]:
             assert (sa == sb) == (ta == tb)
     sig = [s for s, _ in states]
-    # mapped: new; one page split off: new; put back and touched: the mapped
-    # one again; unmapped: the first again (its maps text is the first's)
-    assert len({sig[0], sig[1], sig[2]}) == 3 and sig[1] == sig[3] == sig[4]
+    # mapped: new; one page split off: new.  Whether putting the page back
+    # re-merges the VMAs into the mapped state's text depends on what the
+    # interpreter mapped beside them meanwhile (CI-like runs saw both), so
+    # the equal direction is asserted wherever the texts are equal -- above
+    # -- and at least one such pair must occur (the touch maps nothing).
+    assert len({sig[0], sig[1], sig[2]}) == 3
+    assert any(ta == tb for i, (_, ta) in enumerate(states) for _, tb in states[i + 1:])
     print(f"maps signatures over 6 states: {len(set(sig))} distinct, "
           f"{len({t for _, t in states})} distinct maps texts")
 
