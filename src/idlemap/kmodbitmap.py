@@ -61,20 +61,25 @@ MAX_GAP_PAGES = 1 << 15
 # 66 us against 5 us in 10 slices, host, native).
 MAX_SLICE_RUNS = 64
 
+# The module's walk flags: test only, mark, mark and leave the flush to a later walk.
+COUNT, MARK, MARK_DEFER = kmod.walk_flags(False), kmod.walk_flags(True), kmod.walk_flags(True, True)
+NO_BITMAPS = kmod.NO_BITMAPS
+
 
 @dataclass(slots=True)
 class _Group:
     """One walk: VA [start, end), whose pages land at [out_lo, out_hi) of
     the IdleMap's arrays; ``runs``: the walk's page ranges [a, b) to keep,
     in order (one run when the spans fill the range without gaps);
-    ``rows``: its four bitmaps (idle, present, huge, swapped), set by the
-    layout."""
+    ``rows``: its four bitmaps (idle, present, huge, swapped), and ``ptrs``
+    their addresses, set by the layout."""
     start: int
     end: int
     out_lo: int
     out_hi: int
     runs: list[tuple[int, int]]
     rows: list[np.ndarray] | None = None
+    ptrs: tuple[int, int, int, int] = NO_BITMAPS
 
     @property
     def npages(self) -> int:
@@ -130,6 +135,7 @@ class _Layout:
         w0 = 0
         for g, nw in zip(groups, words):
             g.rows = [self.bufs[k, w0:w0 + nw] for k in range(4)]    # contiguous pieces of each row
+            g.ptrs = kmod.bitmap_addresses(g.npages, g.rows)         # checked once, used every read
             d = g.out_lo
             for a, b in g.runs:
                 src = w0 * 64 + a
@@ -208,7 +214,8 @@ class KmodBitmap:
         appear without the memory map changing (mprotect back and forth)."""
         if not self._reserved:
             return frozenset()
-        empty = {s.mapping.start for s in self._reserved if self.dev.walk(s.start, s.end)[0] == 0}
+        empty = {s.mapping.start for s in self._reserved
+                 if self.dev.walk_at(s.start, s.end, NO_BITMAPS, COUNT)[0] == 0}
         if empty and swap_configured():
             empty &= smaps.unpopulated(self.proc.pid, [s.mapping for s in self._reserved
                                                        if s.mapping.start in empty])
@@ -259,7 +266,7 @@ class KmodBitmap:
         groups = self._plan(ranges).groups
         for k, g in enumerate(groups):
             # one TLB flush, at the last walk (the module flushes on any error)
-            p, _ = self.dev.walk(g.start, g.end, clear=True, defer_flush=k < len(groups) - 1)
+            p, _ = self.dev.walk_at(g.start, g.end, NO_BITMAPS, MARK if k == len(groups) - 1 else MARK_DEFER)
             n += p
         self.last_marked = n
         self.marked_at = time.monotonic()
@@ -272,11 +279,12 @@ class KmodBitmap:
         lay = self._plan(ranges)
         accessed = 0
         last = len(lay.groups) - 1
+        flags = (MARK_DEFER, MARK) if remark else (COUNT, COUNT)
         for k, g in enumerate(lay.groups):
             # every word of the walk's bitmaps is written (the module zeroes
             # what holds no page); re-marking: one TLB flush per read, at
             # its last walk (docs/kmod.md)
-            p, i = self.dev.walk(g.start, g.end, *g.rows, clear=remark, defer_flush=k < last)
+            p, i = self.dev.walk_at(g.start, g.end, g.ptrs, flags[k == last])
             accessed += p - i
         # idle and present: fresh per read; huge and swapped: the layout's
         # read-only zeros unless a walk found one.  The rows wanted go

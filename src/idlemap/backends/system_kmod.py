@@ -53,8 +53,17 @@ class KmodSystemScanner(PerProcessScanner):
             if now is None or now.start_ticks != t.start_ticks:
                 raise NoSuchProcess(t.pid)
             present = idle = 0
+            bounds: list[list[int]] = []
             for lo, hi in tracked_bounds(read_raw(t.pid), accessible_only=True):
-                p, i = self.dev.walk(lo, hi, clear=clear)
+                if bounds and bounds[-1][1] == lo:
+                    bounds[-1][1] = hi      # adjacent: one walk (nothing lies between)
+                else:
+                    bounds.append([lo, hi])
+            for k, (lo, hi) in enumerate(bounds):
+                # marking: one TLB flush per process, at its last walk (the
+                # module pays a deferred flush on any error or other call)
+                flags = kmod.walk_flags(clear, defer_flush=k < len(bounds) - 1)
+                p, i = self.dev.walk_at(lo, hi, kmod.NO_BITMAPS, flags)
                 present += p
                 idle += i
             return present, idle
