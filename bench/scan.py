@@ -49,7 +49,7 @@ from contextlib import closing
 import numpy as np
 
 from idlemap.bitmap import HPAGE_PAGES, IdleBitmap
-from idlemap.kernel import lru, page_idle
+from idlemap.kernel import lru, page_idle, syscalls
 from idlemap.kernel import pagemap as pm
 from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE, read_maps
 from idlemap.testing.workload import Workload
@@ -675,6 +675,7 @@ def main(argv=None) -> int:
     ap.add_argument("--kmod", metavar="KO", help="idlemap's kernel module built for this kernel: load it "
                     "and measure the kmod backend on the same processes (bench/scan_kmod.py)")
     args = ap.parse_args(argv)
+    syscalls.hold_freed_memory()        # as the idlemap program does (cli.main)
 
     if not page_idle.available() or os.geteuid() != 0:
         log("scan.py needs root and CONFIG_IDLE_PAGE_TRACKING: run it in the test VM (python -m bench.run)")

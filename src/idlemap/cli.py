@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:       # not the main thread (an embedding caller): leave signals alone
             break
     try:
+        if argv is None:            # the program, not an in-process caller's malloc
+            from .kernel import syscalls
+            syscalls.hold_freed_memory()
         rc = _main(argv)
     except KeyboardInterrupt:
         rc = INTERRUPTED

@@ -37,6 +37,28 @@ libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 
 
+# glibc's mallopt(3) parameters
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+HOLD_BYTES = 64 << 20
+
+
+def hold_freed_memory() -> bool:
+    """Have malloc keep up to HOLD_BYTES of freed memory for reuse instead
+    of handing it back to the kernel at once; the idlemap program calls it
+    at start, and the benchmarks do as it does.  A steady read allocates
+    and frees arrays of a bit or a byte per page every window -- hundreds
+    of KiB for a Python-sized target -- and glibc's defaults return such
+    blocks to the kernel (munmap, or trimming the heap's top past twice the
+    last freed block), so every read paid a page fault per 4 KiB of them
+    again: measured under TCG, a kmod read's per-page arrays took 2.4 ms
+    instead of 0.9 ms (docs/kmod.md).  Blocks past 32 MiB still get their
+    own mapping.  False where libc has no mallopt (not glibc)."""
+    fn = getattr(libc, "mallopt", None)
+    if fn is None:
+        return False
+    return bool(fn(M_MMAP_THRESHOLD, 32 << 20)) and bool(fn(M_TRIM_THRESHOLD, HOLD_BYTES))
+
+
 class UnknownSyscall(FeatureMissing):
     """idlemap does not know the call's number on this architecture."""
 
