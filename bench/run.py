@@ -282,6 +282,15 @@ WHY = {
                "slowdown; the cause is not established); "
                "page_idle never flushes, so its runs follow whichever state the loop is in, and "
                "the medians compare states, not scans.",
+    "inexact": "page_idle's reading of a 64 MiB target was off in some reps of two runs in a row "
+               "(2026-12-03 runs G and H: 4K phase B, then THP phase A; the kmod backend on the same "
+               "processes was exact in every rep). Not caused by the program's malloc setting, new "
+               "in those runs: the same cases run twice with and twice without it (12 reps each) "
+               "were off in 1 of 2 and 2 of 2 runs, and 48 reps of a 64 MiB THP target on its "
+               "own were all exact. Not established: page_idle clears accessed bits without a "
+               "TLB flush, which the test VM's software TLB reproduces (docs/tlb.md), and "
+               "khugepaged may collapse a THP inside a window; those runs did not record which "
+               "way the pages were wrong (the bench does since: touched pages read idle).",
     "2g8g": "the two guests are separate boots minutes apart on a shared host; the difference "
             "is within the run-to-run noise of the same case in one guest.",
 }
@@ -458,9 +467,14 @@ def goals(data: dict) -> list[tuple[str, str, str, bool | None, str]]:
                     " (faster while scanned: the host's load changed more than the scan costs)"
                 add("6", "target slowdown ≤ 2% at a 1 s interval", f"{_f(w['slowdown'] * 100, 1)}%{note}",
                     w["slowdown"] <= 0.02, WHY["slowdown"].format(busy=w["scanner_busy_share"]))
-    exact = all(r["exact"] for _, c in allc for r in c["results"] if r["tool"].startswith("idlemap"))
+    wrong = [f"{lab} {c['name']} phase {r.get('phase', 'A')} "
+             f"{ {STEADY: 'idlemap, steady', FIRST: 'idlemap, first window'}.get(r['tool'], r['tool'])} "
+             f"(up to {r.get('wrong_pages_max', 0):,} pages"
+             + (f", of which touched pages read idle up to {r['touched_read_idle_max']:,}"
+                if "touched_read_idle_max" in r else "") + ")"
+             for lab, c in allc for r in c["results"] if r["tool"].startswith("idlemap") and not r["exact"]]
     add("2", "idlemap exact on every workload, every rep, first and steady windows (bit for bit "
-        "against the touched pages)", "yes" if exact else "no", exact)
+        "against the touched pages)", "yes" if not wrong else "no: " + "; ".join(wrong), not wrong, "inexact")
     return rows
 
 

@@ -146,8 +146,11 @@ def idlemap_verdict(bm: IdleBitmap, t: Target, m) -> dict:
     it touched (bit for bit), and the process's size."""
     present, idle, huge = target_view(m, t.lo, t.hi)
     truth = truth_accessed(t, huge)
-    wrong = int(np.count_nonzero((present & ~idle) != truth)) + int(np.count_nonzero(~present))
-    return {"exact": wrong == 0, "wrong_pages": wrong,
+    # which way a reading is off: touched pages read idle (what a stale
+    # TLB entry does, docs/tlb.md) or untouched ones read accessed
+    touched_idle = int(np.count_nonzero(truth & present & idle))
+    wrong = touched_idle + int(np.count_nonzero(~truth & present & ~idle)) + int(np.count_nonzero(~present))
+    return {"exact": wrong == 0, "wrong_pages": wrong, "touched_read_idle": touched_idle,
             "process_pages": m.npages, "process_present": int(np.count_nonzero(m.present)),
             "target_huge_pages": int(np.count_nonzero(huge)), "syscalls": bm._bitmap.syscalls}
 
@@ -240,7 +243,7 @@ def summarize(tool: str, lang: str, reps: list[dict], note: str = "") -> dict:
     else:
         out["user_share"] = None
     out["exact"] = all(r["exact"] for r in reps)
-    for k in ("wrong_pages", "error_pages"):
+    for k in ("wrong_pages", "error_pages", "touched_read_idle"):
         if k in reps[0]:
             out[k + "_max"] = max(abs(r[k]) for r in reps)
     for k in ("frames_marked", "process_pages", "process_present", "target_huge_pages", "bitmap_words"):
