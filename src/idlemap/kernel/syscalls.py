@@ -51,7 +51,7 @@ def hold_freed_memory() -> bool:
     blocks to the kernel (munmap, or trimming the heap's top past twice the
     last freed block), so every read paid a page fault per 4 KiB of them
     again: measured under TCG, a kmod read's per-page arrays took 2.4 ms
-    instead of 0.9 ms (docs/kmod.md).  Blocks past 32 MiB still get their
+    instead of 0.7 ms (docs/kmod.md).  Blocks past 32 MiB still get their
     own mapping.  False where libc has no mallopt (not glibc)."""
     fn = getattr(libc, "mallopt", None)
     if fn is None:
