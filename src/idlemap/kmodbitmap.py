@@ -61,8 +61,6 @@ MAX_GAP_PAGES = 1 << 15
 # 66 us against 5 us in 10 slices, host, native).
 MAX_SLICE_RUNS = 64
 
-# The module's walk flags: test only, mark, mark and leave the flush to a later walk.
-COUNT, MARK, MARK_DEFER = kmod.walk_flags(False), kmod.walk_flags(True), kmod.walk_flags(True, True)
 NO_BITMAPS = kmod.NO_BITMAPS
 
 
@@ -215,7 +213,7 @@ class KmodBitmap:
         if not self._reserved:
             return frozenset()
         empty = {s.mapping.start for s in self._reserved
-                 if self.dev.walk_at(s.start, s.end, NO_BITMAPS, COUNT)[0] == 0}
+                 if self.dev.walk_at(s.start, s.end, NO_BITMAPS, kmod.walk_flags(clear=False))[0] == 0}
         if empty and swap_configured():
             empty &= smaps.unpopulated(self.proc.pid, [s.mapping for s in self._reserved
                                                        if s.mapping.start in empty])
@@ -262,12 +260,8 @@ class KmodBitmap:
     def mark_idle(self, ranges: Iterable[tuple[int, int]] | None = None) -> int:
         """Clear the accessed bit of every present page in ``ranges`` (default:
         all mappings), then flush the TLB.  Returns the pages marked."""
-        n = 0
-        groups = self._plan(ranges).groups
-        for k, g in enumerate(groups):
-            # one TLB flush, at the last walk (the module flushes on any error)
-            p, _ = self.dev.walk_at(g.start, g.end, NO_BITMAPS, MARK if k == len(groups) - 1 else MARK_DEFER)
-            n += p
+        # one TLB flush, at the last walk
+        n, _ = self.dev.walk_many([(g.start, g.end, NO_BITMAPS) for g in self._plan(ranges).groups], clear=True)
         self.last_marked = n
         self.marked_at = time.monotonic()
         return n
@@ -277,15 +271,11 @@ class KmodBitmap:
         the accessed bits it tests (and the TLB is flushed): the next window
         starts at this read."""
         lay = self._plan(ranges)
-        accessed = 0
-        last = len(lay.groups) - 1
-        flags = (MARK_DEFER, MARK) if remark else (COUNT, COUNT)
-        for k, g in enumerate(lay.groups):
-            # every word of the walk's bitmaps is written (the module zeroes
-            # what holds no page); re-marking: one TLB flush per read, at
-            # its last walk (docs/kmod.md)
-            p, i = self.dev.walk_at(g.start, g.end, g.ptrs, flags[k == last])
-            accessed += p - i
+        # every word of the walks' bitmaps is written (the module zeroes what
+        # holds no page); re-marking: one TLB flush per read, at its last
+        # walk (docs/kmod.md)
+        p, i = self.dev.walk_many([(g.start, g.end, g.ptrs) for g in lay.groups], clear=remark)
+        accessed = p - i
         # idle and present: fresh per read; huge and swapped: the layout's
         # read-only zeros unless a walk found one.  The rows wanted go
         # through one unpack and one set of copies (numpy's per-call cost,

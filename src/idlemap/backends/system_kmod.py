@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 
 from ..analysis import system as system_analysis
+from ..analysis.spans import merge_ranges
 from ..errors import AccessDenied, NoSuchProcess, UsageError
 from ..kernel import kmod, smaps
 from ..kernel.maps import PAGE_SIZE, read_raw, tracked_bounds
@@ -52,20 +53,10 @@ class KmodSystemScanner(PerProcessScanner):
             now = read_task(t.pid)
             if now is None or now.start_ticks != t.start_ticks:
                 raise NoSuchProcess(t.pid)
-            present = idle = 0
-            bounds: list[list[int]] = []
-            for lo, hi in tracked_bounds(read_raw(t.pid), accessible_only=True):
-                if bounds and bounds[-1][1] == lo:
-                    bounds[-1][1] = hi      # adjacent: one walk (nothing lies between)
-                else:
-                    bounds.append([lo, hi])
-            for k, (lo, hi) in enumerate(bounds):
-                # marking: one TLB flush per process, at its last walk (the
-                # module pays a deferred flush on any error or other call)
-                flags = kmod.walk_flags(clear, defer_flush=k < len(bounds) - 1)
-                p, i = self.dev.walk_at(lo, hi, kmod.NO_BITMAPS, flags)
-                present += p
-                idle += i
+            # adjacent mappings in one walk (nothing lies between them);
+            # marking: one TLB flush per process, at its last walk
+            bounds = merge_ranges(tracked_bounds(read_raw(t.pid), accessible_only=True)) or []
+            present, idle = self.dev.walk_many([(lo, hi, kmod.NO_BITMAPS) for lo, hi in bounds], clear)
             return present, idle
         except UsageError:          # became a kernel thread's PID meanwhile: no user memory
             r.vanished += 1

@@ -158,12 +158,9 @@ class Device:
         arg = bytearray(_WALK.size)
         total_present = total_idle = 0
         pos = start
+        cur = ptrs
         while True:
-            if pos == start:
-                _WALK.pack_into(arg, 0, pos, end, *ptrs, flags, 0, 0, 0, 0)
-            else:
-                adv = ((pos - start) >> PAGE_SHIFT) // 8          # bytes into the bitmaps
-                _WALK.pack_into(arg, 0, pos, end, *[p + adv if p else 0 for p in ptrs], flags, 0, 0, 0, 0)
+            _WALK.pack_into(arg, 0, pos, end, *cur, flags, 0, 0, 0, 0)
             try:
                 fcntl.ioctl(self.fd, IOC_WALK, arg, True)
             except OSError as e:
@@ -176,6 +173,23 @@ class Device:
             if nxt <= pos:              # cannot happen: the module always advances
                 raise IdlemapError("the idlemap module made no progress")
             pos = nxt
+            adv = ((pos - start) >> PAGE_SHIFT) // 8          # bytes into the bitmaps
+            cur = tuple(p + adv if p else 0 for p in ptrs)
+
+    def walk_many(self, walks, clear: bool = False) -> tuple[int, int]:
+        """Several walks as one reading: ``walk_at`` for each ``(start, end,
+        ptrs)`` in order; with ``clear``, one TLB flush for all of them, paid
+        at the last (every walk before it defers its own; the module pays a
+        deferred flush on any error or other call).  Returns the summed
+        (present pages, idle pages)."""
+        flags = (walk_flags(clear, defer_flush=True), walk_flags(clear))
+        last = len(walks) - 1
+        total_present = total_idle = 0
+        for k, (start, end, ptrs) in enumerate(walks):
+            p, i = self.walk_at(start, end, ptrs, flags[k == last])
+            total_present += p
+            total_idle += i
+        return total_present, total_idle
 
 
 # walk_at's bitmap addresses when none is wanted: the walk only counts
