@@ -141,16 +141,23 @@ def truth_accessed(t: Target, huge: np.ndarray) -> np.ndarray:
 # "exact", ...}.  Cases interleave reps of different tools, so that the
 # host's load (other VMs on the same two cores) hits every tool alike.
 
+def page_verdict(t: Target, present: np.ndarray, idle: np.ndarray, huge: np.ndarray) -> dict:
+    """A per-page reading of the target, bit for bit against the pages it
+    touched (every tool that reads pages: idlemap's and the module's rows):
+    exact or not, pages wrong, and of those, touched pages read idle (what
+    a stale TLB entry does, docs/tlb.md) -- the rest are untouched pages
+    read accessed or pages not present."""
+    truth = truth_accessed(t, huge)
+    touched_idle = int(np.count_nonzero(truth & present & idle))
+    wrong = touched_idle + int(np.count_nonzero(~truth & present & ~idle)) + int(np.count_nonzero(~present))
+    return {"exact": wrong == 0, "wrong_pages": wrong, "touched_read_idle": touched_idle}
+
+
 def idlemap_verdict(bm: IdleBitmap, t: Target, m) -> dict:
     """What one idlemap read says of the target, checked against the pages
     it touched (bit for bit), and the process's size."""
     present, idle, huge = target_view(m, t.lo, t.hi)
-    truth = truth_accessed(t, huge)
-    # which way a reading is off: touched pages read idle (what a stale
-    # TLB entry does, docs/tlb.md) or untouched ones read accessed
-    touched_idle = int(np.count_nonzero(truth & present & idle))
-    wrong = touched_idle + int(np.count_nonzero(~truth & present & ~idle)) + int(np.count_nonzero(~present))
-    return {"exact": wrong == 0, "wrong_pages": wrong, "touched_read_idle": touched_idle,
+    return {**page_verdict(t, present, idle, huge),
             "process_pages": m.npages, "process_present": int(np.count_nonzero(m.present)),
             "target_huge_pages": int(np.count_nonzero(huge)), "syscalls": bm._bitmap.syscalls}
 

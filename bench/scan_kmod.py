@@ -50,9 +50,7 @@ def _verdict(s, t, m) -> dict:
     """What one KmodBitmap read says of the target, bit for bit (the same
     check as idlemap's)."""
     present, idle, huge = s.target_view(m, t.lo, t.hi)
-    truth = s.truth_accessed(t, huge)
-    wrong = int(np.count_nonzero((present & ~idle) != truth)) + int(np.count_nonzero(~present))
-    return {"exact": wrong == 0, "wrong_pages": wrong, "process_pages": m.npages,
+    return {**s.page_verdict(t, present, idle, huge), "process_pages": m.npages,
             "process_present": int(np.count_nonzero(m.present)),
             "target_huge_pages": int(np.count_nonzero(huge)), "spans": len(m.spans)}
 
@@ -117,10 +115,8 @@ class Walker:
         bits = [np.unpackbits(b.view(np.uint8), count=t.npages, bitorder="little").view(np.bool_)
                 for b in self.bufs]
         idle, present, huge = bits
-        truth = s.truth_accessed(t, huge)
-        wrong = int(np.count_nonzero((present & ~idle) != truth)) + int(np.count_nonzero(~present))
         return {"mark_s": None, "read_s": c1 - c0, "cycle_s": c1 - c0, "user_s": u1 - u0, "sys_s": s1 - s0,
-                "frames_marked": p - i, "exact": wrong == 0, "wrong_pages": wrong,
+                "frames_marked": p - i, **s.page_verdict(t, present, idle, huge),
                 "target_huge_pages": int(np.count_nonzero(huge))}
 
 
