@@ -1,13 +1,20 @@
 """Build idlemap's kernel module (kmod/) against a kernel tree, and find it.
 
-Builds go to a cache directory keyed by the kernel release and a hash of
-the sources (``$IDLEMAP_CACHE``, default /var/cache/idlemap, else the temp
-directory when that is read-only, as in the test VM), so ``idlemap kmod
-load`` finds the module built for the running kernel and an edited source
-builds again.  Each failure is one sentence (errors.IdlemapError).
+Builds go to a cache directory keyed by the kernel release, a hash of the
+sources and a hash of the kernel's configuration (``$IDLEMAP_CACHE``,
+default /var/cache/idlemap, else the temp directory when that is read-only,
+as in the test VM), so ``idlemap kmod load`` finds the module built for the
+running kernel, and an edited source or a kernel rebuilt with another
+configuration under the same release builds again.  The configuration is
+in the key because the release alone does not pin structure layouts: a
+kernel developer's rebuild with (say) CONFIG_MMU_NOTIFIER added keeps its
+release but moves fields of mm_struct, and a module built for the old
+layout would load (no MODVERSIONS to refuse it) and corrupt memory.
+Each failure is one sentence (errors.IdlemapError).
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import re
@@ -80,11 +87,58 @@ def _cache_root() -> Path:
     raise IdlemapError("no writable directory to build the module in (set IDLEMAP_CACHE)")
 
 
-def built_path(release: str, src: Path | None = None) -> Path:
-    """Where the module for ``release`` is (or would be built): an existing
-    build in either cache first -- the test VM sees the host's cache read-only,
-    so a module built on the host (~2 s) saves building under TCG (~28 s)."""
-    name = f"{release}-{source_hash(src)}"
+def config_digest(text: str) -> str:
+    """A short hash of a kernel configuration: its CONFIG_ lines, sorted, so
+    comments and order (which differ between a tree's .config and the copy
+    a kernel carries) do not count."""
+    lines = sorted(ln.strip() for ln in text.splitlines() if ln.startswith("CONFIG_"))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:8]
+
+
+def tree_config(kdir: str) -> str:
+    """The configuration a kernel tree builds with (its .config)."""
+    try:
+        return Path(kdir, ".config").read_text()
+    except OSError:
+        raise UsageError(f"{kdir} is not a configured kernel tree (no .config)") from None
+
+
+def running_config(release: str | None = None) -> str | None:
+    """The running kernel's configuration, where it keeps one: /proc/config.gz
+    (CONFIG_IKCONFIG_PROC, as in the test VM), /boot/config-RELEASE (Debian
+    and most distributions), or its headers' .config; None if none is there."""
+    release = release or os.uname().release
+    try:
+        return gzip.decompress(Path("/proc/config.gz").read_bytes()).decode()
+    except OSError:
+        pass
+    for path in (f"/boot/config-{release}", os.path.join(default_kdir(release), ".config")):
+        try:
+            return Path(path).read_text()
+        except OSError:
+            continue
+    return None
+
+
+def built_path(release: str, src: Path | None = None, config: str | None = None) -> Path:
+    """Where the module for ``release`` with configuration ``config`` (text)
+    is, or would be built: an existing build in either cache first -- the
+    test VM sees the host's cache read-only, so a module built on the host
+    (~2 s) saves building under TCG (~28 s).  Without ``config``: the running
+    kernel's if ``release`` is running and its configuration can be read;
+    else the one build of ``release`` from these sources, if only one is
+    cached (a Debian kernel booted without /boot, as in the test VM)."""
+    prefix = f"{release}-{source_hash(src)}"
+    if config is None and release == os.uname().release:
+        config = running_config(release)
+    if config is None:
+        found = sorted({ko for root in _roots() for ko in root.glob(f"{prefix}-*/{MODULE}.ko")})
+        if len(found) > 1:
+            raise UsageError(f"several builds of the module for {release} differ in kernel configuration "
+                             "and this kernel's cannot be read (no /proc/config.gz or "
+                             f"/boot/config-{release}): pass the one to load with --ko")
+        return found[0] if found else _cache_root() / f"{prefix}-unknown" / f"{MODULE}.ko"
+    name = f"{prefix}-{config_digest(config)}"
     for root in _roots():
         ko = root / name / f"{MODULE}.ko"
         if ko.exists():
@@ -111,7 +165,7 @@ def build(kdir: str | None = None, log=None) -> Path:
     if not release:
         raise UsageError(f"{kdir} is not a prepared kernel tree (no include/config/kernel.release)")
     src = source_dir()
-    ko = built_path(release, src)
+    ko = built_path(release, src, tree_config(kdir))
     if ko.exists():
         return ko
     work = ko.parent
