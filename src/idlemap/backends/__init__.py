@@ -152,12 +152,19 @@ def options_for(cls, given: dict[str, tuple[str, object]]) -> dict:
 
 
 def is_kvm_guest(pid: int) -> bool:
-    """Is ``pid`` a VMM running a KVM guest (whose accesses go through
-    EPT/NPT accessed bits)?  Reads only; False if it cannot tell."""
+    """Is ``pid`` running a KVM guest (whose accesses go through EPT/NPT
+    accessed bits)?  Any process holding a KVM VM file descriptor is, whatever
+    its name: kvmtool, gVisor's KVM platform and a hand-written VMM are as
+    blind to the host's page tables as QEMU.  Where the fds cannot be read,
+    a VMM idlemap knows is judged by its command line.  Reads only; False if
+    it cannot tell."""
     from ..errors import IdlemapError
     from ..kernel.process import cmdline
     from ..vm import describe, executable, vmm_kind
-    from ..vm.vmm import detect_accel
+    from ..vm.vmm import detect_accel, kvm_fds
+    held = kvm_fds(pid)
+    if held is not None:
+        return "vm" in held
     try:
         if vmm_kind(cmdline(pid), executable(pid)) is None:
             return False
@@ -184,12 +191,10 @@ class SystemChoice:
 
 
 def kvm_guest_among(selection: Selection) -> bool:
-    """Is a KVM guest's VMM among the processes ``selection`` covers?"""
-    from ..vm import list_vmms
-    vmms = {v.pid for v in list_vmms()}
-    if not vmms:
-        return False
-    return any(is_kvm_guest(t.pid) for t in selection.apply(list_tasks()) if t.pid in vmms)
+    """Is a process running a KVM guest among those ``selection`` covers?
+    Every selected process is asked (a readdir of its fds), not only the
+    VMMs idlemap knows by name: see :func:`is_kvm_guest`."""
+    return any(is_kvm_guest(t.pid) for t in selection.apply(list_tasks()))
 
 
 def choose_system(name: str = "auto", features: Features | None = None,

@@ -18,7 +18,8 @@ VMM_KINDS = ("qemu", "firecracker", "cloud-hypervisor", "crosvm")
 _VMM_NAMES = {"firecracker": "firecracker", "cloud-hypervisor": "cloud-hypervisor",
               "crosvm": "crosvm", "qemu-kvm": "qemu"}
 
-__all__ = ["VMM_KINDS", "VmmProcess", "vmm_kind", "executable", "describe", "list_vmms", "detect_accel"]
+__all__ = ["VMM_KINDS", "VmmProcess", "vmm_kind", "executable", "describe", "list_vmms", "detect_accel",
+           "kvm_fds"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,22 +88,35 @@ def list_vmms() -> list[VmmProcess]:
     return out
 
 
+def kvm_fds(pid: int) -> set[str] | None:
+    """Which of KVM's files ``pid`` holds open: "vm" (a KVM virtual
+    machine, anon_inode:kvm-vm) and "dev" (/dev/kvm); None if its fds
+    cannot be read (not ours and not root, or gone)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    held = set()
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue                 # closed since the listing
+        if link == "anon_inode:kvm-vm":
+            held.add("vm")
+        elif link == "/dev/kvm":
+            held.add("dev")
+    return held
+
+
 def detect_accel(vmm: VmmProcess, cfg: "QemuConfig | None" = None) -> str:
     """kvm if the VMM holds a KVM VM file descriptor, tcg for a QEMU that
     holds none.  Without permission to look at its fds: from the command line."""
     if vmm.kind != "qemu":
         return "kvm"             # Firecracker, cloud-hypervisor and crosvm are KVM-only here
-    try:
-        fds = os.listdir(f"/proc/{vmm.pid}/fd")
-        links = []
-        for fd in fds:
-            try:
-                links.append(os.readlink(f"/proc/{vmm.pid}/fd/{fd}"))
-            except OSError:
-                pass
-        return "kvm" if any(link in ("anon_inode:kvm-vm", "/dev/kvm") for link in links) else "tcg"
-    except OSError:
-        pass
+    held = kvm_fds(vmm.pid)
+    if held is not None:
+        return "kvm" if held else "tcg"
     if cfg is not None and cfg.accel:
         return cfg.accel
     return "unknown"
