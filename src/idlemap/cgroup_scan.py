@@ -145,7 +145,15 @@ class CgroupScan:
         # One backend for every member (their ages and sums must mean the
         # same thing); refused here, before any process is touched, with the
         # feature it lacks (a backend without a per-page map is a usage error).
-        self.choice = backends.choose(backend, need_per_page=True)
+        # A KVM guest's VMM among the members: auto takes a backend that
+        # sees the guest's accesses (a member that joins later is checked
+        # by its own Scanner when acting).
+        members = cg.procs(path)
+        guest = backend == "auto" and any(backends.is_kvm_guest(pid) for pid in members)
+        self.choice = backends.choose(backend, need_per_page=True, guest=guest)
+        if acting:                    # refused here, before the first round's header
+            for pid in members:
+                backends.refuse_blind_action(pid, self.choice)
         self.kmax = kmax
         self.tlb_flush, self.acting, self.unsafe = tlb_flush, acting, unsafe_no_tlb_flush
         self.members: dict[int, Member] = {}

@@ -75,6 +75,13 @@ class UsageError(IdlemapError):
     exit_code = 2
 
 
+class BlindToGuest(IdlemapError):
+    """An action (reclaim, tier) would act on readings blind to the
+    target's KVM guest; EX_UNAVAILABLE, as a missing feature."""
+
+    exit_code = 69
+
+
 class BadInput(IdlemapError):
     exit_code = 65
 

@@ -43,6 +43,8 @@ class Scanner:
         self.proc = proc
         self.choice = backends.choose_for(backend, proc.pid, need_per_page=need_per_page)
         cls = self.choice.cls
+        if acting:
+            backends.refuse_blind_action(proc.pid, self.choice)
         self.tlb = tlb.resolve_for(proc, tlb_flush, cls, acting=acting, unsafe=unsafe_no_tlb_flush)
         self.ranges = merge_ranges(ranges)
         self.guest = guest

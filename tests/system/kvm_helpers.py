@@ -2,6 +2,7 @@
 a hot set of pages forever (its stores go through KVM's nested page tables,
 never through the VMM's own)."""
 import os
+import select
 import struct
 import subprocess
 import time
@@ -25,22 +26,26 @@ def kvm_usable_reason() -> str | None:
     return None
 
 
+LIMIT_S = 300.0      # bounds on a guest that stopped or never started; not timings
+
+
 class KvmGuest:
     """kvmguest HOT_PAGES as our child: ``pid``, and ``addr``/``pages``, the
-    hot set in the VMM's address space; ``passes`` waits for the guest to
-    have written its hot set at least that many times."""
+    hot set in the VMM's address space.  The guest counts its own passes
+    over the hot set (``count``); every wait is bounded, and a guest that
+    stops is reported with what its threads were doing."""
 
     def __init__(self, pages: int):
         self.proc = subprocess.Popen([static_program(str(SOURCE)), str(pages)], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline().split()
-        if not line or line[0] != "ready":
-            err = self.proc.stderr.read().strip()
-            end(self.proc)
-            pytest.fail(f"kvmguest did not start: {err}")
         self.pid = self.proc.pid
+        ready, _, _ = select.select([self.proc.stdout], [], [], LIMIT_S)
+        line = self.proc.stdout.readline().split() if ready else []
+        if not line or line[0] != "ready":
+            why = self.state()
+            end(self.proc)
+            pytest.fail(f"kvmguest did not start within {LIMIT_S:g} s: {why}")
         self.addr, self.pages = int(line[1], 16), int(line[2])
-        self.done = 0
 
     @property
     def start(self) -> int:
@@ -50,14 +55,21 @@ class KvmGuest:
     def end_addr(self) -> int:
         return self.addr + self.pages * PAGE_SIZE
 
-    def passes(self, n: int) -> int:
-        """Block until at least ``n`` passes are done (n a power of two)."""
-        while self.done < n:
-            line = self.proc.stdout.readline().split()
-            if not line:
-                raise AssertionError(f"kvmguest stopped: {self.proc.stderr.read().strip()}")
-            self.done = int(line[1])
-        return self.done
+    def state(self) -> str:
+        """What the VMM is doing, for a failure message: its exit status and
+        stderr if it ended, else each thread's state and wait channel."""
+        if self.proc.poll() is not None:
+            return f"exited with status {self.proc.returncode}: {self.proc.stderr.read().strip()}"
+        out = []
+        for tid in sorted(os.listdir(f"/proc/{self.pid}/task")):
+            try:
+                with open(f"/proc/{self.pid}/task/{tid}/stat") as f:
+                    st = f.read().rsplit(")", 1)[1].split()[0]
+                with open(f"/proc/{self.pid}/task/{tid}/wchan") as f:
+                    out.append(f"thread {tid} {st} in {f.read() or '-'}")
+            except OSError:
+                continue
+        return "; ".join(out) or "no threads"
 
     def count(self) -> int:
         """The guest's pass counter now, read through /proc/PID/mem from the
@@ -66,18 +78,21 @@ class KvmGuest:
             f.seek(self.addr - PAGE_SIZE)
             return struct.unpack("<I", f.read(4))[0]
 
-    def more_passes(self, n: int, limit_s: float = 600.0) -> int:
+    def passes(self, n: int) -> int:
+        """Wait until the guest has made at least ``n`` passes in all."""
+        deadline = time.monotonic() + LIMIT_S
+        while (done := self.count()) < n:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"kvmguest made {done} passes, not {n}: {self.state()}")
+            time.sleep(0.01)
+        return done
+
+    def more_passes(self, n: int) -> int:
         """Wait until the guest has written its whole hot set ``n`` more
         times (at least n-1 whole passes lie inside the wait); returns how
-        many it made.  ``limit_s`` bounds a guest that stopped; not a timing."""
+        many it made."""
         first = self.count()
-        deadline = time.monotonic() + limit_s
-        while self.count() < first + n:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"kvmguest made {self.count() - first} passes, not {n}: "
-                                     f"{self.proc.stderr.read().strip() if self.proc.poll() is not None else 'stuck'}")
-            time.sleep(0.01)
-        return self.count() - first
+        return self.passes(first + n) - first
 
     def close(self):
         end(self.proc)

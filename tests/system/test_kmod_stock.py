@@ -33,6 +33,7 @@ from idlemap.testing.workload import Workload
 
 from fleet_helpers import hot_loop
 from kernel_log import since_boot, splats
+from kvm_helpers import KvmGuest, kvm_usable_reason
 
 pytestmark = [pytest.mark.kmod_stock, pytest.mark.skipif(
     os.environ.get("IDLEMAP_IN_STOCK_VM") != "1",
@@ -279,6 +280,44 @@ def test_bitmap_is_bit_for_bit_the_touched_pages(kmod_loaded):
     assert np.array_equal(rfc, want_idle)
     assert (rfc == np.uint64(2**64 - 1)).all()
     print(f"\n{n} pages, 5 windows, accessed pages {results}: bit for bit")
+
+
+def test_actions_refuse_a_kvm_guest_only_the_module_could_read(kmod_loaded, cgroup_dir):
+    """No page_idle here, so for a KVM guest's VMM the only per-page backend
+    is the module, which reads the guest's working set idle
+    (test_kvm_guest_vm.py measures that).  `wss` runs and says what it
+    misses; `reclaim PID` and `reclaim --cgroup` with the VMM as a member
+    refuse in one sentence, exit 69, and the guest's memory stays resident.
+    (`tier` takes the same path, PageRounds; this VM has one NUMA node, so
+    it stops earlier, at its node check.)  kvmguest runs a real KVM guest
+    (the VM loads kvm_amd: stock-kernel.sh)."""
+    assert kvm_usable_reason() is None, kvm_usable_reason()
+    idlemap = [sys.executable, "-m", "idlemap"]
+    with KvmGuest(1024) as g:
+        g.passes(2)
+        r = subprocess.run([*idlemap, "wss", str(g.pid), "0.2", "1"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        first = r.stdout.splitlines()[0]
+        assert "kmod, though it cannot see a KVM guest's accesses" in first, first
+        with open(f"{cgroup_dir}/cgroup.procs", "w") as f:
+            f.write(str(g.pid))
+        for action in (["reclaim", str(g.pid), "--cold-for", "1"],
+                       ["reclaim", "--cgroup", cgroup_dir, "--count", "1"]):
+            r = subprocess.run([*idlemap, *action], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, timeout=120)
+            assert r.returncode == 69, (action, r.stdout, r.stderr)
+            err = r.stderr.strip()
+            assert "\n" not in err and "Traceback" not in err, err
+            assert f"process {g.pid} runs a KVM guest" in err and "refusing to page out or move" in err, err
+            assert "CONFIG_IDLE_PAGE_TRACKING" in err, err
+            print(f"\n{action[0]}: {err}")
+        with open(f"/proc/{g.pid}/pagemap", "rb") as f:
+            f.seek((g.start >> PAGE_SHIFT) * 8)
+            e = np.frombuffer(f.read(g.pages * 8), np.uint64)
+        assert int(np.count_nonzero(e >> np.uint64(63))) == g.pages       # all still resident
+        g.more_passes(2)                                                   # and the guest runs on
+        g.close()                     # before the fixture removes the group
 
 
 def test_no_splat_since_boot():

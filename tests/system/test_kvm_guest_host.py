@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from idlemap.backends import is_kvm_guest, kvm_guest_among
+from idlemap.backends import BACKENDS, Choice, is_kvm_guest, kvm_guest_among, refuse_blind_action
+from idlemap.errors import BlindToGuest
 from idlemap.backends.system import Selection
 from idlemap.testing.child import end
 
@@ -50,3 +51,21 @@ def test_an_exited_vmm_is_not_a_guest_any_more(guest):
     pid = guest.pid
     guest.close()
     assert not is_kvm_guest(pid)
+
+
+def test_an_action_refuses_readings_blind_to_the_guest(guest, plain):
+    """As reclaim and tier meet it on a kernel without page_idle (Debian's):
+    auto's only per-page backend is kmod, which reads the guest's working
+    set idle (test_kvm_guest_vm.py), so paging out is refused in one
+    sentence; the same backend for a process without a guest, and page_idle
+    for the guest, are let through."""
+    blind = Choice(BACKENDS["kmod"], "kmod, though it cannot see a KVM guest's accesses", auto=True,
+                   guest_blind="page_idle: this kernel has no page_idle (CONFIG_IDLE_PAGE_TRACKING is not set)")
+    with pytest.raises(BlindToGuest) as e:
+        refuse_blind_action(guest.pid, blind)
+    msg = str(e.value)
+    assert e.value.exit_code == 69 and "\n" not in msg
+    assert f"process {guest.pid} runs a KVM guest" in msg and "refusing to page out or move" in msg
+    assert "only page_idle sees a guest's accesses, and here page_idle: this kernel has no page_idle" in msg
+    refuse_blind_action(plain.pid, blind)
+    refuse_blind_action(guest.pid, Choice(BACKENDS["page_idle"], "page_idle"))

@@ -108,3 +108,17 @@ def test_auto_keeps_kmod_for_a_process_without_a_guest(kmod_loaded, guest):
         chosen = choose_system("auto", selection=both)
         assert chosen.cls.name == "page_idle"
         assert "cannot see a KVM guest's accesses" in chosen.reason, chosen.reason
+
+
+def test_cgroup_scan_keeps_page_idle_with_a_kvm_guest_member(kmod_loaded, cgroup_dir):
+    """`reclaim --cgroup` chooses one backend for every member: with a KVM
+    guest's VMM among them, the one that sees the guest."""
+    from idlemap.cgroup_scan import CgroupScan
+    assert CgroupScan(cgroup_dir).choice.cls is KmodBackend          # empty: no guest
+    with KvmGuest(64) as g:
+        with open(f"{cgroup_dir}/cgroup.procs", "w") as f:
+            f.write(str(g.pid))
+        chosen = CgroupScan(cgroup_dir).choice
+        g.close()                     # before the fixture removes the group
+    assert chosen.cls is PageIdleBackend, chosen.reason
+    assert "kmod cannot see a KVM guest's accesses" in chosen.reason

@@ -159,6 +159,13 @@ def test_a_kvm_guest_keeps_page_idle_and_says_so():
 def test_a_kvm_guest_without_page_idle_gets_kmod_with_a_warning():
     c = choose("auto", features=feats(kmod_loaded=True), guest=True)
     assert c.cls is BACKENDS["kmod"] and "though it cannot see a KVM guest's accesses" in c.reason
+    # What an action's refusal will name: why page_idle could not run.
+    assert "CONFIG_IDLE_PAGE_TRACKING" in c.guest_blind
+
+
+def test_a_choice_that_sees_guests_or_has_no_guest_is_not_blind():
+    assert choose("auto", features=feats(kmod_loaded=True, page_idle=True), guest=True).guest_blind == ""
+    assert choose("auto", features=feats(kmod_loaded=True)).guest_blind == ""
 
 
 def test_per_page_need_skips_clear_refs_and_refuses_in_one_sentence():

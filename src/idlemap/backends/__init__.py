@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UsageError
+from ..errors import BlindToGuest, UsageError
 from ..kernel.features import Features, probe
 from ..kernel.tasks import list_tasks
 from ..requirements import FEATURES, Feature, combined_refusal, environment, refusal
@@ -34,6 +34,9 @@ class Choice:
     cls: type[Backend]
     reason: str
     auto: bool = False          # picked by --backend auto (the reason says why this one)
+    # Auto took a backend blind to the target's KVM guest because none that
+    # sees it runs here: why those could not (one clause), else "".
+    guest_blind: str = ""
 
 
 def _missing(cls: type[Backend], f: Features) -> Feature | Exception | None:
@@ -120,8 +123,9 @@ def choose(name: str = "auto", need_per_page: bool = False, features: Features |
         # Nothing that sees the guest runs here: the best of the others,
         # saying what it misses.
         cls = blind[0]
-        return Choice(cls, f"{cls.name}, though it {GUEST_BLIND}: "
-                           + "; ".join(r for c, r in passed if c is not cls and c not in blind), auto=True)
+        why = "; ".join(r for c, r in passed if c is not cls and c not in blind)
+        return Choice(cls, f"{cls.name}, though it {GUEST_BLIND}: {why}", auto=True,
+                      guest_blind=why or "no backend that sees them runs here")
     what = "this command needs per-page tracking" if need_per_page else "no backend can run here"
     if need_per_page:
         raise combined_refusal(refused, what, PER_PAGE_HINT)
@@ -179,6 +183,28 @@ def choose_for(name: str, pid: int, need_per_page: bool = False, features: Featu
     return choose(name, need_per_page, features, guest=name == "auto" and is_kvm_guest(pid))
 
 
+def refuse_blind_action(pid: int, choice: Choice) -> None:
+    """Refuse to act (page out, move) on a KVM guest's VMM read by a backend
+    blind to the guest.  The guest's working set reads idle there (measured:
+    tests/system/test_kvm_guest_vm.py), so reclaim would page it out and
+    tiering demote it -- the harm the TLB rules exist to prevent."""
+    cls = choice.cls
+    if cls.caps.sees_guest_accesses or not is_kvm_guest(pid):
+        return
+    seeing = [c for c in auto_order() if c.caps.per_page and c.caps.sees_guest_accesses]
+    # Why those cannot run here: auto said so already; a backend asked for
+    # by name (a cgroup's members share one) is asked now.
+    blind_why = choice.guest_blind
+    if not blind_why:
+        f = probe()
+        blind_why = "; ".join(f"{c.name}: {w}" for c in seeing if (w := why_not(c, f)) is not None)
+    why = f", and here {blind_why}" if blind_why else ""
+    seeing = " or ".join(c.name for c in seeing)
+    raise BlindToGuest(f"process {pid} runs a KVM guest and the {cls.name} backend {GUEST_BLIND}, so its "
+                       f"readings would show the guest's working set as idle: refusing to page out or move "
+                       f"this memory (only {seeing} sees a guest's accesses{why})")
+
+
 # -- the system pass (top, exporter): one scanner per backend ---------------------
 SYSTEM_BACKENDS: dict[str, type[SystemScanner]] = {
     cls.name: cls for cls in (KmodSystemScanner, PageIdleSystemScanner, ClearRefsSystemScanner)}
@@ -209,4 +235,5 @@ def choose_system(name: str = "auto", features: Features | None = None,
     return SystemChoice(SYSTEM_BACKENDS[c.cls.name], c.reason)
 
 __all__ = ["Backend", "Capabilities", "BACKENDS", "SYSTEM_BACKENDS", "Choice", "SystemChoice", "choose",
-           "choose_for", "choose_system", "is_kvm_guest", "options_for", "per_page_names", "why_not"]
+           "choose_for", "choose_system", "is_kvm_guest", "options_for", "per_page_names", "refuse_blind_action",
+           "why_not"]

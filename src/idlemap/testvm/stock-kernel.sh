@@ -47,15 +47,18 @@ done
 # builds the virtio core in and has no separate fscache (netfs took it);
 # it also gets zram (CONFIG_ZRAM=m there: swap for reclaim and DAMOS
 # pageout, bench/advise.py --damos; its compressors come with its
-# depends=, zsmalloc is built in); the rest comes from each module's depends=.
+# depends=, zsmalloc is built in).  Both get kvm_amd (TCG's -cpu max offers
+# SVM): a real KVM guest, for the refusal to act on a KVM guest's memory
+# read by the module alone (tests/system/test_kmod_stock.py).  The rest
+# comes from each module's depends=.
 case $series in
 6.1)
     RE='6\.1\.0-[0-9]+-amd64'
     WANT="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci netfs fscache
-9pnet 9pnet_virtio 9p overlay virtio_console virtio-rng" ;;
+9pnet 9pnet_virtio 9p overlay virtio_console virtio-rng kvm_amd" ;;
 6.12)
     RE='6\.12\.[0-9]+\+deb12-amd64'
-    WANT="virtio_pci 9pnet_virtio 9p overlay virtio_console virtio-rng zram" ;;
+    WANT="virtio_pci 9pnet_virtio 9p overlay virtio_console virtio-rng zram kvm_amd" ;;
 *) echo "stock-kernel: unknown series $series (6.1 or 6.12)" >&2; exit 2 ;;
 esac
 
