@@ -24,6 +24,7 @@ from idlemap.kernel.process import identify
 from idlemap.testing.workload import Workload
 
 from mounthelp import needs_pyfuse3
+from wss_helpers import wss_first_line, wss_json
 
 pytestmark = [pytest.mark.vm,
               pytest.mark.skipif(os.environ.get("IDLEMAP_IN_VM") != "1",
@@ -54,15 +55,6 @@ def unloaded(kmod_loaded):
         kmod.load(kmod_loaded)
 
 
-def wss_json(capsys, pid, *extra):
-    capsys.readouterr()
-    rc = main(["wss", str(pid), "0.2", "2", "--json", *extra])
-    out = capsys.readouterr().out
-    assert rc == 0, out
-    rows = [json.loads(x) for x in out.splitlines() if x.strip()]
-    return [r for r in rows if r["schema"] == "idlemap.wss/2"]
-
-
 def test_wss_auto_picks_kmod_when_loaded_and_says_so(kmod_loaded, capsys):
     with Workload() as w:
         w.map("data", 16, "nothp")
@@ -71,9 +63,7 @@ def test_wss_auto_picks_kmod_when_loaded_and_says_so(kmod_loaded, capsys):
         assert [r["backend"] for r in rows] == ["kmod", "kmod"]
         assert all(r["tlb_exact"] and r["tlb_flush"] == "kmod" for r in rows)
         # The text form's first line says which and why.
-        rc = main(["wss", str(w.pid), "0.1", "1"])
-        first = capsys.readouterr().out.splitlines()[0]
-    assert rc == 0
+        first = wss_first_line(capsys, w.pid)
     assert "with the kmod backend [the idlemap module is loaded" in first, first
 
 
@@ -82,10 +72,8 @@ def test_wss_auto_picks_page_idle_when_the_module_is_not_loaded(unloaded, capsys
         w.map("data", 16, "nothp")
         w.touch("data")
         rows = wss_json(capsys, w.pid)
-        rc = main(["wss", str(w.pid), "0.1", "1"])
-        first = capsys.readouterr().out.splitlines()[0]
+        first = wss_first_line(capsys, w.pid)
     assert [r["backend"] for r in rows] == ["page_idle", "page_idle"]
-    assert rc == 0
     assert "with the page_idle backend [page_idle, because kmod: the idlemap kernel module is not loaded" \
         in first, first
 

@@ -17,7 +17,6 @@ through the VMM's own page tables.  Measured here, on the same process:
 Timing-free: every read follows at least two whole passes of the guest over
 its hot set since the mark (counted by the guest itself, kvm_helpers).
 """
-import json
 import os
 
 import numpy as np
@@ -25,12 +24,12 @@ import pytest
 
 from idlemap.backends import KmodBackend, PageIdleBackend, choose_for, choose_system
 from idlemap.backends.system import Selection
-from idlemap.cli import main
 from idlemap.kernel.page_idle import PATH as BITMAP_PATH
 from idlemap.kernel.process import identify
 from idlemap.testing.workload import Workload
 
 from kvm_helpers import KvmGuest, kvm_usable_reason
+from wss_helpers import wss_first_line, wss_json
 
 pytestmark = [pytest.mark.vm,
               pytest.mark.skipif(os.environ.get("IDLEMAP_IN_VM") != "1",
@@ -83,18 +82,11 @@ def test_page_idle_sees_a_kvm_guests_accesses(guest):
 
 
 def test_wss_auto_keeps_page_idle_for_a_kvm_guest_and_says_so(kmod_loaded, guest, capsys):
-    capsys.readouterr()
-    rc = main(["wss", str(guest.pid), "0.5", "2", "--json"])
-    out = capsys.readouterr().out
-    assert rc == 0, out
-    rows = [json.loads(x) for x in out.splitlines() if x.strip()]
-    rows = [r for r in rows if r["schema"] == "idlemap.wss/2"]
+    rows = wss_json(capsys, guest.pid, interval="0.5")
     assert [r["backend"] for r in rows] == ["page_idle", "page_idle"]
     # A window always holds whole guest passes: the hot set is in the WSS.
     assert all(r["wss_bytes"] >= HOT * 4096 for r in rows), rows
-    rc = main(["wss", str(guest.pid), "0.1", "1"])
-    first = capsys.readouterr().out.splitlines()[0]
-    assert rc == 0
+    first = wss_first_line(capsys, guest.pid)
     assert "kmod cannot see a KVM guest's accesses" in first, first
 
 
