@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from idlemap.kernel.maps import PAGE_SIZE
+from idlemap.kernel.tasks import parse_stat
 from idlemap.testing.child import end, static_program
 
 SOURCE = Path(__file__).with_name("kvmguest.c")
@@ -64,7 +65,7 @@ class KvmGuest:
         for tid in sorted(os.listdir(f"/proc/{self.pid}/task")):
             try:
                 with open(f"/proc/{self.pid}/task/{tid}/stat") as f:
-                    st = f.read().rsplit(")", 1)[1].split()[0]
+                    st = parse_stat(f.read())[1][0]
                 with open(f"/proc/{self.pid}/task/{tid}/wchan") as f:
                     out.append(f"thread {tid} {st} in {f.read() or '-'}")
             except OSError:
