@@ -4,22 +4,14 @@ import os
 import pytest
 
 from idlemap.cli import main
-from idlemap.kernel.process import list_pids
+from idlemap.kernel.tasks import list_tasks
 from idlemap.testing.workload import Workload
 
 HAS_PAGE_IDLE = os.path.exists("/sys/kernel/mm/page_idle/bitmap")
 
 
 def kernel_thread_pid():
-    for pid in list_pids():
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                rest = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(rest[7]) & 0x00200000:          # PF_KTHREAD
-            return pid
-    return None
+    return next((t.pid for t in list_tasks() if t.kthread), None)
 
 
 def test_pid_1_refused_without_force(capsys):

@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 
 from idlemap.kernel import kmod
+from idlemap.kernel.tasks import list_tasks, read_task
 from idlemap.testing.child import end
 
 import kmod_fuzz as fz
@@ -224,11 +225,8 @@ def test_fuzz_ioctl_numbers_around_ours():
 
 
 def _state(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
+    task = read_task(pid)
+    return task.state if task is not None else None
 
 
 def _comm(pid):
@@ -237,17 +235,7 @@ def _comm(pid):
 
 
 def _kthreads():
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    flags = int(f.read().rsplit(")", 1)[1].split()[6])
-            except (OSError, ValueError, IndexError):
-                continue
-            if flags & 0x00200000:                      # PF_KTHREAD
-                out.append(int(name))
-    return out
+    return [t.pid for t in list_tasks() if t.kthread]
 
 
 def _ops(fd, tally, bufs, name):

@@ -25,6 +25,7 @@ from idlemap.errors import NoSuchProcess, TargetExited
 from idlemap.kernel import kmod
 from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE, read_maps
 from idlemap.kernel.page_idle import PATH as BITMAP_PATH
+from idlemap.kernel.tasks import read_task
 from idlemap.kmodbitmap import KmodBitmap
 from idlemap.testing.workload import Workload
 
@@ -66,9 +67,9 @@ def wait_zombie(pid: int, timeout_s: float = 10.0) -> None:
     after the parenthesised comm): its task is there, its mm is gone."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return
+        task = read_task(pid)
+        if task is not None and task.state == "Z":
+            return
         time.sleep(0.01)
     pytest.fail(f"PID {pid} did not become a zombie in {timeout_s} s")
 

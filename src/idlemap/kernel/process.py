@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import NoSuchProcess, PidReused, TargetExited, proc_errors
+from .tasks import parse_stat
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,10 +22,7 @@ class ProcessId:
 
 def _read_stat(pid: int) -> tuple[str, list[str]]:
     with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read().decode("utf-8", "replace")
-    # comm is in parentheses and may itself contain ") ", so split at the last one.
-    lp, rp = data.index("("), data.rindex(")")
-    return data[lp + 1:rp], data[rp + 2:].split()
+        return parse_stat(f.read().decode("utf-8", "replace"))
 
 
 def identify(pid: int) -> ProcessId:

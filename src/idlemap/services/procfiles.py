@@ -30,6 +30,7 @@ from ..kernel import pagemap as pm
 from ..kernel import smaps
 from ..kernel.maps import PAGE_SHIFT, PAGE_SIZE, read_raw, tracked_bounds
 from ..kernel.process import ProcessId, check_same
+from ..kernel.tasks import parse_stat
 
 # Top of the user address space on x86-64 with 4-level page tables
 # (arch/x86/include/asm/page_64_types.h: TASK_SIZE_MAX = (1 << 47) - PAGE_SIZE).
@@ -150,14 +151,13 @@ def image_key(pid: int, start_ticks: int) -> tuple:
     started at ``start_ticks``."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+            _, rest = parse_stat(f.read().decode("utf-8", "replace"))
         exe = os.stat(f"/proc/{pid}/exe")
     except (FileNotFoundError, ProcessLookupError):
         raise TargetExited(pid) from None
-    rest = data[data.rindex(b")") + 2:].split()
     if int(rest[19]) != start_ticks:
         raise PidReused(pid)
-    if rest[0] in (b"Z", b"X"):
+    if rest[0] in ("Z", "X"):
         raise TargetExited(pid)
     return tuple(int(rest[n - 3]) for n in _MM_FIELDS) + (exe.st_dev, exe.st_ino)
 

@@ -22,6 +22,7 @@ from ...kernel import pagemap as pm
 from ...kernel import smaps
 from ...kernel.maps import PAGE_SHIFT, read_maps
 from ...kernel.process import ProcessId, check_same
+from ...kernel.tasks import parse_stat
 from ...records import IdleMap, MappingUsage
 from .settings import (ALTERNATIVE, ESTIMATORS, LOCK_NAME, DamonBusy, DamonFeatureMissing, DamonSample,
                        DamonSettings, RegionAccess, unavailable)
@@ -454,7 +455,7 @@ _CLEANUP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 def _thread_cpu_s(stat_path: str) -> float:
     try:
         with open(stat_path, "rb") as fh:
-            rest = fh.read().rsplit(b")", 1)[1].split()
+            _, rest = parse_stat(fh.read().decode("utf-8", "replace"))
         return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
