@@ -21,7 +21,7 @@ COMMANDS = {
     "doctor": "what this kernel offers and what each command can do here",
     "demo": "a workload with a known hot set, measured against the truth",
     "record": "record rounds of page accesses to a file",
-    "report": "report on a record: wss, hot, cold, histogram, heatmap, info",
+    "report": "report on a record: wss, hot, cold, histogram, heatmap, advise, info",
     "hot": "scan N rounds, then list hot (or cold) VA ranges by mapping",
     "heatmap": "scan N rounds, then draw accesses by address and time",
     "advise": "how much memory could go: cold bytes and promotion rate per idle-age threshold",
@@ -66,11 +66,52 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
             continue
         mod = importlib.import_module(f".commands.{name}", __package__)
         sp = sub.add_parser(name, help=summary, description=mod.HELP,
-                            epilog="examples:\n" + mod.EXAMPLES + UNITS_NOTE,
+                            epilog="examples:\n" + mod.EXAMPLES.rstrip("\n") + "\n" + UNITS_NOTE,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(sp)
         sp.set_defaults(_run=mod.run)
+        p.set_defaults(_command_parser=sp)
     return p
+
+
+# Options whose value may itself start with '-' (a Python slice: -30:).
+# argparse takes such a word for an option unless it looks like a number,
+# so `--round-range -30:` is joined into `--round-range=-30:` first.
+_DASH_VALUED = frozenset({"--round-range", "--rounds"})
+
+
+def _join_dash_values(argv: list[str]) -> list[str]:
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            out.extend(argv[i:])
+            break
+        if a in _DASH_VALUED and i + 1 < len(argv) and argv[i + 1].startswith("-") \
+                and argv[i + 1] not in ("-h", "--help") and not argv[i + 1].startswith("--"):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str], selected: str | None) -> argparse.Namespace:
+    """Parse argv; positionals may also follow options (`wss PID --json 1 5`),
+    which argparse's subcommands alone refuse."""
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    sp = getattr(args, "_command_parser", None)
+    if sp is None or selected not in argv:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        mixed = sp.parse_intermixed_args(argv[argv.index(selected) + 1:])
+    except TypeError:            # a parser argparse cannot intermix: say what was left over
+        sp.error(f"unrecognized arguments: {' '.join(extra)}")
+    mixed.command = selected
+    return mixed
 
 
 def _selected(argv: list[str]) -> str | None:
@@ -173,9 +214,10 @@ def _exit_now(rc: int) -> None:
 
 def _main(argv: list[str] | None) -> int:
     try:
-        argv = sys.argv[1:] if argv is None else argv
-        parser = build_parser(_selected(argv))
-        args = parser.parse_args(argv)
+        argv = _join_dash_values(sys.argv[1:] if argv is None else argv)
+        selected = _selected(argv)
+        parser = build_parser(selected)
+        args = _parse(parser, argv, selected)
         if not getattr(args, "_run", None):
             parser.print_help()
             return 2

@@ -82,6 +82,27 @@ class BlindToGuest(IdlemapError):
     exit_code = 69
 
 
+class Unavailable(IdlemapError):
+    """Something a command needs is not here and waiting will not bring it:
+    a library, idlemap's module, headers or a compiler (EX_UNAVAILABLE, as
+    FeatureMissing, whose sentence is about a kernel option)."""
+
+    exit_code = 69
+
+
+class TryLater(IdlemapError):
+    """Busy now; the same command can work later (EX_TEMPFAIL)."""
+
+    exit_code = 75
+
+
+class OsFailure(IdlemapError):
+    """An operating-system error nothing more specific covers; the sentence
+    names it.  The exit code of an OSError that reaches cli.main."""
+
+    exit_code = 74
+
+
 class BadInput(IdlemapError):
     exit_code = 65
 
@@ -115,13 +136,17 @@ class CannotWrite(IdlemapError):
 EXIT_CODES = {
     0: "success",
     1: "the target process does not exist, exited during the run, or its PID was reused",
-    2: "usage: a bad option, value, path or target (including a kernel thread)",
-    65: "bad input data: a record file that is corrupt, or not a record",
-    69: "unavailable: the kernel lacks a feature the command needs, or there is not enough memory",
+    2: "usage: a bad option, value, path or target (a kernel thread; not a VMM for --vm; a NUMA node "
+       "the target may not use)",
+    65: "bad input data: a record file that is missing, corrupt, or not a record; a QMP socket that "
+        "does not answer as QEMU's",
+    69: "unavailable: the kernel lacks a feature, or idlemap's module, a library, a build tool or the "
+        "memory the command needs is not there (waiting will not help)",
     70: "internal error in idlemap (a bug: please report it)",
     73: "cannot create or write an output file (read-only file system, no space)",
     74: "an operating-system error nothing above covers (the sentence names it)",
-    75: "temporary failure: try again later (e.g. DAMON is busy with another user)",
+    75: "temporary failure: try again later (DAMON busy with another user, the module in use, another "
+        "tool using the target's soft-dirty bits)",
     77: "permission denied",
     125: "the test VM could not run the command",
     130: "interrupted by Ctrl-C or SIGTERM (what was gathered is still printed or kept)",

@@ -23,8 +23,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .errors import IdlemapError, UsageError
-from .kernel.kmod import MODULE, Unavailable
+from .errors import CannotWrite, Unavailable, UsageError
+from .kernel.kmod import MODULE
 
 SOURCES = ("idlemap_kmod.c", "idlemap.h", "Makefile", "dkms.conf")
 
@@ -84,7 +84,7 @@ def _cache_root() -> Path:
             return root
         except OSError:
             continue
-    raise IdlemapError("no writable directory to build the module in (set IDLEMAP_CACHE)")
+    raise CannotWrite("no writable directory to build the module in (set IDLEMAP_CACHE)")
 
 
 def config_digest(text: str) -> str:
@@ -179,7 +179,7 @@ def build(kdir: str | None = None, log=None) -> Path:
     if r.returncode != 0 or not ko.exists():
         err = next((ln.strip() for ln in r.stdout.splitlines() if re.search(r"error", ln, re.I)),
                    r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "make failed")
-        raise IdlemapError(f"building the module against {kdir} failed: {err}")
+        raise Unavailable(f"building the module against {kdir} failed: {err}")
     return ko
 
 

@@ -25,7 +25,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import AccessDenied, FeatureMissing, IdlemapError
+from .errors import AccessDenied, FeatureMissing, IdlemapError, Unavailable
 from .kernel.features import Features
 from .kernel.kmod_abi import API_VERSION, REBUILD
 
@@ -219,12 +219,6 @@ def verdict(command: str, env: Environment) -> Verdict:
 
 
 # -- refusals: one sentence, the exit code of the feature's kind ---------------------
-
-class Unavailable(IdlemapError):
-    """A need that is not a kernel option (idlemap's module): exit 69 like FeatureMissing."""
-
-    exit_code = 69
-
 
 class NeedsPrivilege(AccessDenied):
     def __init__(self, sentence: str):

@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import IdlemapError, UsageError
+from .errors import IdlemapError, TryLater, UsageError
 from .kernel import clear_refs as cr
 from .kernel.process import ProcessId
 
@@ -38,11 +38,11 @@ DOC = "docs/tlb.md"
 OWN_CLEARS = Path(os.environ.get("IDLEMAP_RUN_DIR", "/run/idlemap")) / "soft-dirty"
 
 
-class SoftDirtyInUse(IdlemapError):
+class SoftDirtyInUse(TryLater):
     """An action needs a flushed reading, and the only flush would clear
     another tool's soft-dirty bits."""
 
-    exit_code = 75          # EX_TEMPFAIL: possible again once that tool is done
+    # TryLater (75): possible again once that tool is done
 
     def __init__(self, proc: ProcessId):
         super().__init__(

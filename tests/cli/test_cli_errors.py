@@ -114,3 +114,40 @@ def test_doctor_json():
 def test_help_has_examples():
     rc, out, _ = run_cli("wss", "--help")
     assert rc == 0 and "examples:" in out and "idlemap wss" in out
+
+
+def test_per_page_refusal_offers_only_what_the_command_can_use(capsys):
+    """advise/bitmap need a page map: their refusal must not suggest
+    `--backend clear_refs` (they cannot use it); wss can, and says so."""
+    from idlemap.backends import probe
+    if probe().page_idle or os.path.exists("/dev/idlemap"):
+        pytest.skip("per-page tracking runs on this kernel: nothing to refuse")
+    pid = str(os.getppid())
+    for args in (["advise", pid, "0.1", "2"], ["advise", pid, "--backend", "page_idle"]):
+        assert main(args) == 69
+        line = one_sentence(capsys.readouterr().err)
+        assert "clear_refs" not in line and "idlemap demo" in line, line
+    assert main(["wss", pid, "--backend", "page_idle", "0.1", "1"]) == 69
+    assert "`--backend clear_refs` gives exact totals per mapping" in one_sentence(capsys.readouterr().err)
+
+
+def test_kmod_unload_when_not_loaded(capsys):
+    if os.path.isdir("/sys/module/idlemap_kmod"):
+        pytest.skip("the idlemap module is loaded here")
+    assert main(["kmod", "unload"]) == 2
+    assert one_sentence(capsys.readouterr().err) == "idlemap: the idlemap module is not loaded"
+
+
+@pytest.mark.parametrize("module, args, needle", [
+    ("prometheus_client", ["exporter", "--listen", "127.0.0.1:0", "--pids", "1"],
+     "pip install 'idlemap[exporter]'"),
+    ("pyfuse3", ["mount", "-f", "{tmp}/m"], "pip install 'idlemap[fuse]'"),
+])
+def test_missing_library_is_unavailable(module, args, needle, tmp_path):
+    """Without an optional library: exit 69 (EX_UNAVAILABLE) and the pip line."""
+    (tmp_path / "m").mkdir()
+    code = (f"import sys; sys.modules[{module!r}] = None\n"
+            f"from idlemap.cli import main; raise SystemExit(main({[a.replace('{tmp}', str(tmp_path)) for a in args]!r}))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 69, p.stderr
+    assert needle in one_sentence(p.stderr)

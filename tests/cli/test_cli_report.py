@@ -154,3 +154,21 @@ def test_report_wss_png(capsys, phases, tmp_path):
         assert img.shape[1] == 1200 and img.shape[0] == 500        # 12 x 5 in at 100 dpi
     rc, out, _ = cli(capsys, "report", path, "wss", "--png", str(tmp_path / "w2.png"))
     assert rc == 0 and "wrote " in out and (tmp_path / "w2.png").exists() == _has_mpl()
+
+
+@pytest.mark.parametrize("args", [["--round-range", "-10:"], ["--rounds", "-10:"], ["--round-range=-10:"],
+                                  ["--rounds", "20:"]])
+def test_round_range_from_the_end(capsys, phases, args):
+    """A slice from the end (-10:, as the help's example) is a value, not an option."""
+    path, _ = phases
+    rc, out, err = cli(capsys, "report", path, "wss", *args, "--json")
+    assert rc == 0, err
+    assert json.loads(out)["round_range"] == [20, 30]
+
+
+def test_options_between_positionals(capsys, phases):
+    """`report FILE --json wss` as well as `report FILE wss --json`."""
+    path, _ = phases
+    rc, out, err = cli(capsys, "report", path, "--json", "wss")
+    assert rc == 0, err
+    assert json.loads(out)["schema"] == "idlemap.report.wss/1"

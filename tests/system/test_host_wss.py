@@ -75,4 +75,5 @@ def test_per_page_command_refused_with_config_name(tmp_path):
                            capture_output=True, text=True)
     assert p.returncode == 69
     assert p.stderr.count("\n") == 1 and "CONFIG_IDLE_PAGE_TRACKING" in p.stderr
-    assert "--backend clear_refs" in p.stderr
+    # bitmap has no per-mapping mode: the sentence offers the demo, not --backend clear_refs
+    assert "--backend clear_refs" not in p.stderr and "idlemap demo" in p.stderr

@@ -24,8 +24,10 @@ from .system_kmod import KmodSystemScanner
 BACKENDS: dict[str, type[Backend]] = {
     cls.name: cls for cls in (KmodBackend, PageIdleBackend, ClearRefsBackend, DamonBackend)}
 
-PER_PAGE_HINT = ("`--backend clear_refs` gives exact totals per mapping, and `idlemap demo` "
-                 "shows per-page tracking in the test VM")
+DEMO_HINT = "`idlemap demo` shows per-page tracking in the test VM"
+# Only for a command that can run per mapping: one that needs a page map
+# (bitmap, reclaim, tier, advise) has no --backend clear_refs to offer.
+PER_MAPPING_HINT = f"`--backend clear_refs` gives exact totals per mapping, and {DEMO_HINT}"
 GUEST_BLIND = "cannot see a KVM guest's accesses (EPT accessed bits)"
 
 
@@ -100,7 +102,7 @@ def choose(name: str = "auto", need_per_page: bool = False, features: Features |
                              f"{', '.join(per_page_names())}")
         m = _missing(cls, f)
         if m is not None:
-            raise _refuse(cls, m, PER_PAGE_HINT if cls.caps.per_page else "")
+            raise _refuse(cls, m, "" if not cls.caps.per_page else DEMO_HINT if need_per_page else PER_MAPPING_HINT)
         return Choice(cls, "chosen with --backend")
     passed: list[tuple[type[Backend], str]] = []         # why each better one was not taken
     refused: list[tuple[str, Feature]] = []
@@ -128,7 +130,7 @@ def choose(name: str = "auto", need_per_page: bool = False, features: Features |
                       guest_blind=why or "no backend that sees them runs here")
     what = "this command needs per-page tracking" if need_per_page else "no backend can run here"
     if need_per_page:
-        raise combined_refusal(refused, what, PER_PAGE_HINT)
+        raise combined_refusal(refused, what, DEMO_HINT)
     raise combined_refusal(refused, what)
 
 

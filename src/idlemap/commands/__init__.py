@@ -74,6 +74,13 @@ def parse_range(text: str) -> tuple[int, int]:
 
 
 # -- DAMON settings, shared by the commands that take --backend damon ----------
+# What --backend auto picks, for every command's --backend help.
+AUTO_PER_PAGE = ("kmod if idlemap's module is loaded and the target is not a KVM guest's VMM, "
+                 "else page_idle if available")
+BACKEND_HELP = (f"how to measure (default auto: {AUTO_PER_PAGE}, else clear_refs; the first "
+                "line says which and why, JSON rows carry it as \"backend\")")
+
+
 def add_damon_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("DAMON (--backend damon; defaults: idlemap's, see docs/accuracy.md)")
     g.add_argument("--damon-sample", type=validate.number(0, 1e9, "milliseconds"), metavar="MS", help="sampling interval (default 5 ms)")

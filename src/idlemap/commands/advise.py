@@ -15,6 +15,7 @@ import json
 from .. import outputs
 from ..analysis import advise as A
 from ..render.units import human_bytes
+from . import AUTO_PER_PAGE
 
 HELP = ("savings advisor: cold bytes and promotion rate for every idle-age threshold, and the "
         "smallest threshold that keeps promotions under a target (far-memory style)")
@@ -56,7 +57,8 @@ def add_target_option(p) -> None:
 
 def add_arguments(p) -> None:
     from .record import add_scan_arguments
-    add_scan_arguments(p, 10)
+    add_scan_arguments(p, 10, backend_help=f"how to measure (default auto: {AUTO_PER_PAGE}; ages need "
+                       "pages, so there is no per-mapping fallback; --backend damon: DAMON's regions)")
     add_target_option(p)
     p.add_argument("-o", "--output", metavar="FILE", type=outputs.arg("the record"),
                    help="also write the rounds to a record file")

@@ -5,7 +5,7 @@ import json
 import os
 
 from .. import kmodbuild
-from ..errors import IdlemapError, UsageError
+from ..errors import IdlemapError, Unavailable, UsageError
 from ..kernel import kmod
 from ..kernel.kmod_abi import REBUILD, interface_version
 
@@ -61,10 +61,10 @@ def _load(args) -> int:
                              f"run `idlemap kmod build` first")
     why = kmod.refusal_reason()
     if why:
-        raise IdlemapError(f"cannot load the module: {why}")
+        raise Unavailable(f"cannot load the module: {why}")
     rel = kmodbuild.vermagic(ko)
     if rel != here:
-        raise IdlemapError(f"{ko} was built for {rel}, but this kernel is {here}: "
+        raise Unavailable(f"{ko} was built for {rel}, but this kernel is {here}: "
                            "rebuild it with `idlemap kmod build`")
     kmod.load(ko)
     print(f"loaded {ko}: {kmod.DEVICE}")

@@ -18,7 +18,7 @@ EXAMPLES = """\
   idlemap reclaim 1234 --cold-for 2 --mode cold    # only deactivate: reclaim takes them first
   idlemap reclaim 1234 --cold-for 3 --range 0x7f0000000000-0x7f0040000000 --json
   idlemap reclaim --cgroup /sys/fs/cgroup/app --psi-target 0.1 --dry-run   # a cgroup, held to PSI
-A round is one page_idle reading, every --period seconds (default 1).
+A round is one per-page reading (kmod or page_idle), every --period seconds (default 1).
 Pages that come back hot after being reclaimed are refaults; when more than
 --max-refault-pct of recent ones come back, reclaim backs off (cold-for
 doubles, the rate halves) and after 3 back-offs stops.  See docs/actions.md.
@@ -38,7 +38,8 @@ def add_arguments(p) -> None:
     p.add_argument("--period", type=validate.interval, metavar="S",
                    help="run continuously, one round every S seconds, until Ctrl-C/SIGTERM")
     p.add_argument("--count", type=validate.count, metavar="N",
-                   help="stop after N rounds (default without --period: N+3, or N with --dry-run)")
+                   help="stop after N rounds (default without --period: --cold-for + 3, or --cold-for with "
+                        "--dry-run; with --cgroup: 30)")
     p.add_argument("--max-refault-pct", type=validate.percent, default=5.0, metavar="P",
                    help="back off when more than P%% of recently reclaimed pages come back (default 5)")
     p.add_argument("--range", action="append", default=[], metavar="START-END",

@@ -14,7 +14,7 @@ from ..render.units import human_bytes
 from ..scan import Scanner, calibrate
 from . import (add_damon_arguments, add_tlb_arguments, damon_kwargs, parse_range, pid_arg, take_pid, tlb_note,
                windows)
-from . import user_target
+from . import BACKEND_HELP, user_target
 
 HELP = "record rounds of a process's page accesses to a file, for `idlemap report`"
 EXAMPLES = """\
@@ -32,7 +32,7 @@ SCHEMA = "idlemap.record.round/1"
 SUMMARY_SCHEMA = "idlemap.record.summary/1"
 
 
-def add_scan_arguments(p, default_rounds: int | None) -> None:
+def add_scan_arguments(p, default_rounds: int | None, backend_help: str = BACKEND_HELP) -> None:
     pid_arg(p)
     p.add_argument("args", nargs="*", metavar="PID [interval [count]]",
                    help="target process (or -p PID), round length in seconds (default 1), number of "
@@ -50,10 +50,11 @@ def add_scan_arguments(p, default_rounds: int | None) -> None:
     p.add_argument("--max-interval", type=validate.interval, default=30.0, metavar="S",
                    help="--auto-interval: longest window tried (default 30)")
     p.add_argument("--backend", default="auto", choices=["auto", *backends.BACKENDS],
-                   help="how to measure (default auto: page_idle if available, else clear_refs)")
+                   help=backend_help)
     add_tlb_arguments(p)
     p.add_argument("--range", action="append", default=[], metavar="LO-HI", dest="scan_range",
-                   help="only scan this VA range (repeatable; page_idle only; with --vm a guest-physical range)")
+                   help="only scan this VA range (repeatable; a per-page backend: kmod or page_idle; "
+                        "with --vm a guest-physical range)")
     p.add_argument("--vm", action="store_true",
                    help="PID is a VMM (QEMU, Firecracker...): scan its guest RAM, in guest-physical terms")
     p.add_argument("--qmp", metavar="SOCKET", help="with --vm: QEMU's QMP socket, for the exact layout")
@@ -165,7 +166,7 @@ def run(args) -> int:
     else:
         print(f"{writer.rounds} rounds in {elapsed:.1f} s written to {path} "
               f"({human_bytes(size)}, {human_bytes(per)} per round); ended: {reason}. "
-              f"Next: idlemap report {path} wss|hot|cold|histogram|heatmap")
+              f"Next: idlemap report {path} wss|hot|cold|histogram|heatmap|advise|info")
     if exited is not None:
         raise exited
     return 0

@@ -9,7 +9,7 @@ from ..errors import NoSuchProcess, TargetExited, UsageError
 from ..render.text import MB, Table, json_line, mb
 from . import (add_damon_arguments, add_tlb_arguments, damon_kwargs, pid_arg, take_pid, tlb_note, tlb_policy,
                windows)
-from . import user_target
+from . import BACKEND_HELP, user_target
 
 HELP = "working-set size of a process: Est(s), RSS, PSS and referenced MiB per window"
 EXAMPLES = """\
@@ -45,9 +45,7 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help=f"JSON lines (schema {SCHEMA})")
     p.add_argument("-T", "--timestamp", action="store_true", help="print a wall-clock time column")
     p.add_argument("--backend", default="auto", choices=["auto", *backends.BACKENDS],
-                   help="how to measure (default auto: kmod if idlemap's module is loaded and the target "
-                        "is not a KVM guest's VMM, else page_idle if available, else clear_refs; the first "
-                        "line says which and why, JSON rows carry it as \"backend\")")
+                   help=BACKEND_HELP)
     add_tlb_arguments(p)
     p.add_argument("--vm", action="store_true",
                    help="PID is a VMM (QEMU, Firecracker...): measure its guest RAM, in guest-physical terms")

@@ -12,16 +12,14 @@ from __future__ import annotations
 import errno
 import os
 
-from ..errors import AccessDenied, IdlemapError, UsageError
+from ..errors import AccessDenied, Unavailable, UsageError
 
 ROOT = "/sys/fs/cgroup"
 CGROUP2_MAGIC = 0x63677270
 
 
-class CgroupUnavailable(IdlemapError):
+class CgroupUnavailable(Unavailable):
     """The kernel or the mount lacks what the cgroup commands need (69)."""
-
-    exit_code = 69
 
 
 def cgroup2_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[str]:

@@ -19,7 +19,8 @@ import struct
 
 import numpy as np
 
-from ..errors import AccessDenied, IdlemapError, NoSuchProcess, TargetExited, UsageError
+from ..errors import (AccessDenied, FeatureMissing, IdlemapError, NoSuchProcess, OsFailure, TargetExited, TryLater,
+                      Unavailable, UsageError)
 from . import syscalls
 
 from .kmod_abi import (API_VERSION, DEVICE, IOC_BIND, IOC_MAPS_SIG, IOC_SET_MODE, IOC_VERSION,  # noqa: F401
@@ -28,13 +29,6 @@ from .kmod_abi import (API_VERSION, DEVICE, IOC_BIND, IOC_MAPS_SIG, IOC_SET_MODE
 from .kmod_abi import WALK as _WALK
 
 NOT_LOADED = "the idlemap kernel module is not loaded (`idlemap kmod build` then `idlemap kmod load`)"
-
-
-class Unavailable(IdlemapError):
-    """Something the module needs is not here (the device, headers, a
-    compiler): exit 69 like FeatureMissing, in a sentence of its own."""
-
-    exit_code = 69
 
 
 def loaded() -> bool:
@@ -67,7 +61,7 @@ class Device:
         try:
             v = fcntl.ioctl(self.fd, IOC_VERSION)
             if v != API_VERSION:
-                raise IdlemapError(f"the loaded idlemap module speaks interface version {v}, this idlemap "
+                raise Unavailable(f"the loaded idlemap module speaks interface version {v}, this idlemap "
                                    f"speaks {API_VERSION}: rebuild and reload it ({REBUILD})")
             if pid is not None:
                 self.bind(pid)
@@ -241,12 +235,12 @@ def load_error(err: int, path: str) -> IdlemapError:
         why = refusal_reason()
         return AccessDenied(f"loading {path}", why or "loading modules needs root (CAP_SYS_MODULE)")
     if err == errno.EKEYREJECTED or err == errno.ENOKEY:
-        return IdlemapError("the kernel refused the module's signature: Secure Boot or "
+        return Unavailable("the kernel refused the module's signature: Secure Boot or "
                             "CONFIG_MODULE_SIG_FORCE require modules signed with an enrolled key")
     if err == errno.ENOEXEC:
-        return IdlemapError(f"{path} was not built for this kernel ({os.uname().release}): "
+        return Unavailable(f"{path} was not built for this kernel ({os.uname().release}): "
                             "rebuild it with `idlemap kmod build`")
-    return IdlemapError(f"loading {path} failed: {os.strerror(err)} (see `dmesg`)")
+    return OsFailure(f"loading {path} failed: {os.strerror(err)} (see `dmesg`)")
 
 
 def refusal_reason() -> str:
@@ -270,13 +264,17 @@ def refusal_reason() -> str:
 
 
 def unload() -> None:
+    if not loaded():
+        raise UsageError("the idlemap module is not loaded")
     r = syscalls.libc.syscall(syscalls.number("delete_module"), MODULE.encode(), os.O_NONBLOCK)
     if r != 0:
         err = ctypes.get_errno()
         if err == errno.ENOENT:
             raise UsageError("the idlemap module is not loaded")
         if err == errno.EWOULDBLOCK or err == errno.EBUSY:
-            raise IdlemapError("the idlemap module is in use (a /dev/idlemap file is open): close it first")
+            raise TryLater("the idlemap module is in use (a /dev/idlemap file is open): close it first")
+        if err == errno.ENOSYS:
+            raise FeatureMissing("module unloading", "CONFIG_MODULE_UNLOAD")
         if err == errno.EPERM:
             raise AccessDenied(f"unloading {MODULE}", "unloading modules needs root (CAP_SYS_MODULE)")
-        raise IdlemapError(f"unloading {MODULE} failed: {os.strerror(err)}")
+        raise OsFailure(f"unloading {MODULE} failed: {os.strerror(err)}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import BadInput, TargetExited
+from ..errors import TargetExited, UsageError
 from . import syscalls
 from .features import parse_node_list
 
@@ -115,7 +115,8 @@ def _raise(e: int, pid: int) -> None:
     if e in (errno.ENODEV, errno.EACCES):
         # Whole-call errors about a target node: it has no memory (ENODEV)
         # or the target's cpuset does not allow it (EACCES).
-        raise BadInput(f"move_pages refused a target node for PID {pid}: "
+        # The node came from the user's --fast/--slow: a bad option value.
+        raise UsageError(f"move_pages refused a target node for PID {pid}: "
                        f"{'the node has no memory' if e == errno.ENODEV else 'the process may not use it (cpuset)'}")
     raise OSError(e, os.strerror(e))
 

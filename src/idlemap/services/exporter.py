@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 from ..analysis.advise import Advice, FrameAdvisor
 from ..analysis.system import SystemSample, sort_rows
-from ..errors import IdlemapError, UsageError
+from ..errors import IdlemapError, Unavailable, UsageError
 from ..rounds import paced
 
 DEFAULT_LISTEN = "127.0.0.1:9466"
@@ -320,7 +320,7 @@ def require_client() -> None:
     try:
         import prometheus_client  # noqa: F401
     except ImportError:
-        raise IdlemapError("the exporter needs the Prometheus client library: "
+        raise Unavailable("the exporter needs the Prometheus client library: "
                            "pip install 'idlemap[exporter]' (or prometheus_client)") from None
 
 

@@ -35,7 +35,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import FeatureMissing, UsageError
+from ..errors import FeatureMissing, Unavailable, UsageError
 from ..kernel.process import ProcessId
 
 log = logging.getLogger("idlemap.mount")
@@ -116,8 +116,8 @@ def serve(config: MountConfig, ready: Callable[[], None] | None = None) -> None:
         import pyfuse3
         import trio
     except ImportError:
-        raise FeatureMissing("FUSE binding", "pyfuse3 (pip install 'idlemap[fuse]')",
-                             "install libfuse3 (apt-get install fuse3 libfuse3-dev) and pyfuse3") from None
+        raise Unavailable("the mount needs the pyfuse3 library: pip install 'idlemap[fuse]' "
+                          "(building it needs apt-get install fuse3 libfuse3-dev pkg-config)") from None
     if not os.path.exists("/dev/fuse"):
         raise FeatureMissing("FUSE device /dev/fuse", "CONFIG_FUSE_FS")
     ops = build_operations(config)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import BadInput, NoSuchProcess
+from ..errors import NoSuchProcess, UsageError
 from ..kernel.process import cmdline, identify, list_pids
 
 if TYPE_CHECKING:
@@ -60,12 +60,12 @@ def executable(pid: int) -> str:
 
 
 def describe(pid: int) -> VmmProcess:
-    """The VMM behind ``pid``; BadInput if it is not one we know."""
+    """The VMM behind ``pid``; a usage error (a wrong target, exit 2) if it is not one we know."""
     proc = identify(pid)
     argv = cmdline(pid)
     found = vmm_kind(argv, executable(pid), proc.comm)
     if found is None:
-        raise BadInput(f"process {pid} ({proc.comm}) is not a virtual machine monitor idlemap knows "
+        raise UsageError(f"process {pid} ({proc.comm}) is not a virtual machine monitor idlemap knows "
                        "(QEMU, Firecracker, cloud-hypervisor, crosvm); `idlemap vms` lists them")
     return VmmProcess(pid, found[0], proc.comm, tuple(argv), found[1])
 

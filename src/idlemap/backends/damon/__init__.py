@@ -41,7 +41,7 @@ from ...kernel import damon_sysfs as ds
 from ...kernel.process import ProcessId
 from ..base import Backend, Capabilities
 from .session import DamonSession
-from .settings import (ALTERNATIVE, DEFAULT_ATTRS, ESTIMATORS, DamonBusy, DamonFeatureMissing, DamonSample,
+from .settings import (ALTERNATIVE, DEFAULT_ATTRS, ESTIMATORS, DamonBusy, DamonBusyAndMissing, DamonFeatureMissing, DamonSample,
                        DamonSettings, RegionAccess, _refusal, unavailable)
 
 
@@ -99,6 +99,6 @@ def damon_settings(sample_ms: float = 5, aggr_ms: float = 100, update_ms: float 
                                                   int(update_ms * 1000), min_regions, max_regions), **kw)
 
 
-__all__ = ["ALTERNATIVE", "DEFAULT_ATTRS", "ESTIMATORS", "DamonBackend", "DamonBusy", "DamonFeatureMissing",
+__all__ = ["ALTERNATIVE", "DEFAULT_ATTRS", "ESTIMATORS", "DamonBackend", "DamonBusy", "DamonBusyAndMissing", "DamonFeatureMissing",
            "DamonSample", "DamonSession", "DamonSettings", "RegionAccess", "_refusal", "damon_settings",
            "unavailable"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...errors import AccessDenied, FeatureMissing, IdlemapError
+from ...errors import AccessDenied, FeatureMissing, IdlemapError, TryLater
 from ...kernel import damon_sysfs as ds
 from ...records import WssSample
 
@@ -17,10 +17,17 @@ LOCK_NAME = b"\0idlemap-damon"
 ALTERNATIVE = "`--backend clear_refs` gives exact referenced bytes per mapping"
 
 
-class DamonBusy(IdlemapError):
-    """DAMON is in use by someone else; we stop before writing anything."""
+class DamonBusy(TryLater):
+    """DAMON is in use by someone else; we stop before writing anything
+    (75: try again when DAMON is free)."""
 
-    exit_code = 75          # EX_TEMPFAIL: try again when DAMON is free
+
+class DamonBusyAndMissing(DamonBusy):
+    """Someone else's kdamond runs, and this kernel lacks DAMON vaddr as
+    well: the sentence names both, but waiting cannot help, so it is
+    EX_UNAVAILABLE like any missing feature."""
+
+    exit_code = 69
 
 
 class DamonFeatureMissing(FeatureMissing):
@@ -165,9 +172,10 @@ def unavailable(features=None, root: str = ds.KDAMONDS, holding_lock: bool = Fal
             # stops it (and resets nr_kdamonds) when it is done.
             return DamonBusy("DAMON is busy: another idlemap process is using it right now (idlemap "
                              "runs one kdamond at a time); try again when that one is done")
-        note = ("; this kernel also lacks DAMON vaddr (CONFIG_DAMON_VADDR is not set)"
-                if vaddr is False else "")
-        return DamonBusy(_refusal(infos, note))
+        if vaddr is False:
+            return DamonBusyAndMissing(_refusal(
+                infos, "; this kernel also lacks DAMON vaddr (CONFIG_DAMON_VADDR is not set)"))
+        return DamonBusy(_refusal(infos, ""))
     if vaddr is False:
         return FeatureMissing("DAMON virtual address monitoring", "CONFIG_DAMON_VADDR", ALTERNATIVE)
     return None
