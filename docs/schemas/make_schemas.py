@@ -60,7 +60,9 @@ schema("idlemap.demo/2", "idlemap demo --json: one line per window, then the cle
 PROC = obj({"pid": I, "comm": S, "cgroup": S, "rss_bytes": BYTES, "wss_bytes": BYTES, "cold_bytes": BYTES,
             "wss_pct": N, "pss_bytes": BYTES_OR_UNKNOWN, "wss_pss_bytes": BYTES_OR_UNKNOWN, "window_s": N},
            ["pid", "comm", "rss_bytes", "wss_bytes", "cold_bytes"])
-CG = obj({"cgroup": S, "rss_bytes": BYTES, "wss_bytes": BYTES, "cold_bytes": BYTES}, ["cgroup", "rss_bytes", "wss_bytes", "cold_bytes"])
+CG = obj({"cgroup": S, "nprocs": I, "rss_bytes": BYTES, "wss_bytes": BYTES, "cold_bytes": BYTES, "wss_pct": N,
+          "pss_bytes": BYTES_OR_UNKNOWN, "wss_pss_bytes": BYTES_OR_UNKNOWN},
+         ["cgroup", "rss_bytes", "wss_bytes", "cold_bytes"])
 GUEST = obj({"pid": I, "wss_bytes": BYTES, "rss_bytes": BYTES, "cold_bytes": BYTES, "ram_bytes": BYTES},
             ["pid", "wss_bytes", "rss_bytes"])
 schema("idlemap.top/1", "idlemap top --json: one object per window",
@@ -120,14 +122,19 @@ SOURCE = obj({"record": S, "pid": I, "comm": S, "backend": S, "granularity": GRA
              ["pid", "backend"])
 HEAD = {"source": SOURCE, "granularity": GRAN, "round_range": {"type": "array", "items": I, "minItems": 2, "maxItems": 2}}
 HEAD_REQ = ["source", "granularity", "round_range"]
-PCT = obj({f"{k}_bytes": N for k in ("p50", "p90", "p95", "p99", "max", "min", "mean")},
-          [f"{k}_bytes" for k in ("p50", "p95", "max", "min")])
+PCT_PROPS = {f"{k}_bytes": N for k in ("p50", "p90", "p95", "p99", "max", "min", "mean")}
+PCT = obj(PCT_PROPS, [f"{k}_bytes" for k in ("p50", "p95", "max", "min")])
 schema("idlemap.report.wss/1", "idlemap report FILE wss --json",
        {**HEAD, "rounds": I, "interval_mean_s": N, "duration_s": N, "wss": PCT, "anon": PCT, "file": PCT, "rss": PCT,
-        "trend": obj({"slope_bytes_per_s": N, "direction": {"enum": ["rising", "falling", "flat"]}}, ["direction"]),
+        "trend": obj({"slope_bytes_per_s": N, "first_quarter_mean_bytes": N, "last_quarter_mean_bytes": N,
+                      "change_pct": {**N, "description": "last quarter's mean against the first quarter's, in %"},
+                      "direction": {"enum": ["rising", "falling", "flat"]}}, ["direction"]),
         "series": {"type": "array", "items": obj({"t_s": N, "wss_bytes": BYTES, "rss_bytes": BYTES}, ["t_s", "wss_bytes"])},
-        "by_mapping": {"type": "array", "items": obj({"label": S, "kind": S, "start": HEX, "rss_last_bytes": BYTES},
-                                                    ["label", "kind", "start"])}, "png": S},
+        "by_mapping": {"type": "array", "items": obj({"label": S, "kind": S, "start": HEX, "rss_last_bytes": BYTES,
+                                                     **PCT_PROPS},
+                                                    ["label", "kind", "start"],
+                                                    description="the mapping's bytes accessed per round: percentiles, "
+                                                                "min, max and mean")}, "png": S},
        [*HEAD_REQ, "rounds", "wss", "rss", "trend", "series", "by_mapping"])
 RANGE = obj({"start": HEX, "end": HEX, "size_bytes": BYTES, "pages": I, "count_min": I, "count_max": I,
              "count_mean": N, "mapping": S, "kind": S}, ["start", "end", "size_bytes", "pages", "mapping", "kind"])
@@ -162,20 +169,31 @@ schema("idlemap.report.heatmap/1", "idlemap report FILE heatmap --json",
         "collapsed": {"type": "array"}, "omitted_mappings": I, "png": NULLABLE(S)},
        [*HEAD_REQ, "rows", "cols", "values", "row_va_start", "row_va_end", "col_rounds", "segments"])
 schema("idlemap.report.info/1", "idlemap report FILE info --json",
-       {"size_bytes": BYTES, "format_version": S, "rounds": I},
-       ["size_bytes", "format_version"])
+       {"path": S, "size_bytes": BYTES, "format_version": S,
+        "meta": {"type": "object", "description": "the record's metadata as written (docs/record-format.md): "
+                                                  "pid, comm, backend, granularity, interval_s, tlb_flush, ..."},
+        "rounds": I, "complete": {**B, "description": "the recorder wrote its end frame"},
+        "end_reason": NULLABLE(S), "truncated_tail_bytes": BYTES},
+       ["size_bytes", "format_version"],
+       "No report head: neither source nor a top-level granularity (meta.granularity has it).")
+THRESHOLD = obj({"rounds": I, "seconds": N, "cold_mean_bytes": BYTES, "cold_end_bytes": BYTES, "promoted_bytes": BYTES,
+                 "observed_s": N, "rate_pct_per_min": N},
+                ["rounds", "seconds", "cold_mean_bytes", "rate_pct_per_min"])
 schema("idlemap.advise/1", "idlemap advise --json, idlemap report FILE advise --json",
-       {"rounds": I, "interval_s": N, "working_set_bytes": BYTES, "target_pct_per_min": N,
-        "advised": NULLABLE({"type": "object"}), "thresholds": {"type": "array", "items": {"type": "object"}}, "png": S,
-        "source": obj({"pid": I, "comm": S, "cgroup": S, "processes": I, "backend": S, "interval_s": N,
+       {"granularity": GRAN, "round_range": HEAD["round_range"],
+        "rounds": I, "interval_s": N, "working_set_bytes": BYTES, "target_pct_per_min": N,
+        "advised": NULLABLE(THRESHOLD), "thresholds": {"type": "array", "items": THRESHOLD}, "png": S,
+        "source": obj({"record": S, "pid": I, "comm": S, "cgroup": S, "processes": I, "backend": S,
+                       "granularity": GRAN, "interval_s": N,
                        "vm": obj({"vmm": S, "name": S, "accel": S, "ram_bytes": BYTES}, ["vmm", "ram_bytes"]), **TLB}),
         "processes": {"type": "array", "items": obj({"pid": I, "comm": S, "rounds": I, "working_set_bytes": BYTES,
                                                       "advised_rounds": NULLABLE(I),
-                                                      "at_group_threshold": NULLABLE({"type": "object"})},
+                                                      "at_group_threshold": NULLABLE(THRESHOLD)},
                                                      ["pid", "working_set_bytes", "at_group_threshold"])}},
        ["rounds", "working_set_bytes", "thresholds"],
        "One process (source.pid; source.vm for a VMM's guest RAM) or, with --cgroup, a cgroup (source.cgroup) "
-       "summed over its processes, each in processes[] at the group's advised threshold.")
+       "summed over its processes, each in processes[] at the group's advised threshold. source.record: "
+       "report FILE advise only; round_range (first round, one past the last): not with --cgroup.")
 
 schema("idlemap.bitmap/1", "idlemap bitmap --json (and FILE.json beside the bitmap)",
        {"pid": I, "comm": S, "pages": I, "present_pages": I, "idle_pages": I, "accessed_pages": I,
@@ -193,5 +211,8 @@ schema("idlemap.kmod/1", "idlemap kmod status --json",
        {"kernel": S, "loaded": B, "device": S, "built": S, "headers": B, "refused": S,
         "interface": NULLABLE(I), "speaks": I}, ["kernel", "loaded"])
 schema("idlemap.doctor/1", "idlemap doctor --json",
-       {"features": {"type": "object"}, "commands": {"type": "array", "items": {"type": "object"}}},
+       {"features": {"type": "object"},
+        "kmod": {**S, "description": "the idlemap module in one line: loaded, or buildable here, or why not"},
+        "auto": {**S, "description": "what --backend auto picks here, and why"},
+        "commands": {"type": "array", "items": {"type": "object"}}},
        ["features"])
