@@ -10,7 +10,7 @@ from idlemap.analysis import hotness as H
 from idlemap.analysis import heatmap as HM
 from idlemap.analysis import wss as W
 from idlemap.analysis import layout as L
-from idlemap.errors import UsageError
+from idlemap.errors import BadInput, UsageError
 from idlemap.kernel.maps import PAGE_SHIFT, PAGE_SIZE
 from idlemap.render import heatmap as RH
 from idlemap.scan import Calibration, choose_interval
@@ -160,7 +160,7 @@ def test_mapping_granular_history():
     assert not h.per_page and h.granularity == "mapping"
     rep = W.wss_report(h)
     assert rep.rounds == 5 and rep.wss.max == 4 * MiB + 10 * PAGE_SIZE
-    with pytest.raises(UsageError, match="per-mapping totals only"):
+    with pytest.raises(BadInput, match="per-mapping totals only"):
         H.page_stats(h)
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import BadInput, UsageError
 from ..kernel.maps import PAGE_SHIFT, PAGE_SIZE, Mapping
 from ..records import FILE_KINDS, MappingUsage, PackedRound, Round, Span
 from .layout import npages_of, project, ranges_of, same, union
@@ -92,9 +92,9 @@ class History:
 
     def require_per_page(self, what: str) -> None:
         if not self.per_page:
-            raise UsageError(f"{what} needs per-page rounds; this data has per-mapping totals only "
-                             "(recorded with clear_refs) -- record with the page_idle backend, "
-                             "e.g. in the test VM")
+            raise BadInput(f"{what} needs per-page rounds; this data has per-mapping totals only "
+                           "(recorded with clear_refs) -- record with a per-page backend (kmod or "
+                           "page_idle), e.g. in the test VM")
 
     def accessed_row(self, r: int) -> np.ndarray:
         return _unpack(self.accessed[r], self.npages)
