@@ -120,7 +120,9 @@ schema("idlemap.record.summary/1", "idlemap record --json: the last line",
 
 SOURCE = obj({"record": S, "pid": I, "comm": S, "backend": S, "granularity": GRAN, "interval_s": N, **TLB},
              ["pid", "backend"])
-HEAD = {"source": SOURCE, "granularity": GRAN, "round_range": {"type": "array", "items": I, "minItems": 2, "maxItems": 2}}
+HEAD = {"source": SOURCE, "granularity": GRAN,
+        "round_range": {"type": "array", "items": I, "minItems": 2, "maxItems": 2,
+                        "description": "[first round, one past the last] (the text's 'rounds A..B' is inclusive)"}}
 HEAD_REQ = ["source", "granularity", "round_range"]
 PCT_PROPS = {f"{k}_bytes": N for k in ("p50", "p90", "p95", "p99", "max", "min", "mean")}
 PCT = obj(PCT_PROPS, [f"{k}_bytes" for k in ("p50", "p95", "max", "min")])
