@@ -227,6 +227,13 @@ def writing(path: str, what: str = "the output", text: bool = False) -> Iterator
     out.publish()
 
 
+def probe(path: str, what: str = "the output") -> None:
+    """Create the new file next to ``path`` and remove it again, so an
+    output that cannot be written (/proc, where root passes access() but
+    the directory takes no files) fails before a scan, not after it."""
+    Output(path, what).discard()
+
+
 def write_bytes(path: str, data: bytes, what: str = "the output") -> None:
     with writing(path, what) as f:
         f.write(data)

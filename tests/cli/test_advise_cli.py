@@ -85,7 +85,7 @@ def test_mapping_granular_record_is_refused(capsys, tmp_path):
     p = tmp_path / "m.rec"
     recgen.write(p, recgen.mapping_rounds(), granularity="mapping")
     rc, _, err = cli(capsys, "report", str(p), "advise")
-    assert rc == 2 and "per-page" in err and err.count("\n") == 1
+    assert rc == 65 and "per-page" in err and err.count("\n") == 1
 
 
 def test_live_advise_without_page_idle_or_process(capsys):

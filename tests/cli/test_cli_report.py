@@ -172,3 +172,41 @@ def test_options_between_positionals(capsys, phases):
     rc, out, err = cli(capsys, "report", path, "--json", "wss")
     assert rc == 0, err
     assert json.loads(out)["schema"] == "idlemap.report.wss/1"
+
+
+@pytest.mark.parametrize("kind", ["hot", "cold", "info"])
+def test_png_where_the_report_draws_none_is_refused(capsys, phases, tmp_path, kind):
+    path, _ = phases
+    rc, out, err = cli(capsys, "report", path, kind, "--png", str(tmp_path / "x.png"))
+    assert rc == 2 and "--png draws" in err and out == ""
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_unwritable_png_fails_before_the_report(capsys, phases):
+    """/proc passes access() for root but takes no files: found out first,
+    not after the work (and not by losing the terminal report)."""
+    path, _ = phases
+    rc, out, err = cli(capsys, "report", path, "heatmap", "--png", "/proc/idlemap-test.png")
+    assert rc == 73 and "does not take new files" in err and out == ""
+
+
+def test_record_without_rounds(capsys, tmp_path):
+    p = tmp_path / "empty.rec"
+    recgen.write(p, [])
+    rc, out, err = cli(capsys, "report", str(p), "wss")
+    assert rc == 65 and err.count("\n") == 1 and "holds no rounds" in err, err
+    p2 = tmp_path / "open.rec"
+    recgen.write(p2, [], close=False)
+    rc, out, err = cli(capsys, "report", str(p2), "hot")
+    assert rc == 65 and err.count("\n") == 1 and "no finished round" in err, err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["hot", "{pid}", "0.1", "1", "--png", "{tmp}/h.png"], "--png draws"),
+    (["hot", "{pid}", "0.1", "1", "--cold", "--histogram"], "do not go together"),
+    (["heatmap", "{pid}", "0.1", "1", "--png", "/proc/idlemap-test.png"], "does not take new files"),
+])
+def test_live_reports_refuse_before_scanning(capsys, tmp_path, args, needle):
+    rc, out, err = cli(capsys, *[a.replace("{pid}", str(os.getpid())).replace("{tmp}", str(tmp_path)) for a in args])
+    assert rc in (2, 73) and needle in err and err.count("\n") == 1, err
+    assert out == "" and os.listdir(tmp_path) == []

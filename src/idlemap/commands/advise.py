@@ -177,12 +177,12 @@ def show(h, args, source: dict, head: dict) -> int:
     if vm:
         who = f"VM {vm.get('name') or '(unnamed)'} ({vm.get('vmm')}, PID {source.get('pid')}, guest RAM)"
     png = getattr(args, "png", None)
+    if not args.json:
+        print_advice(adv, who)          # first: a PNG that fails to write must not take it along
     if png:
         advice_png(adv, png, f"{who}: memory idle >= T against its promotion rate")
     if args.json:
         print(json.dumps({**head, "schema": SCHEMA, **adv.as_dict(), **({"png": png} if png else {})}))
-        return 0
-    print_advice(adv, who)
-    if png:
+    elif png:
         print(f"wrote {png}")
     return 0

@@ -5,33 +5,37 @@ record.open_scanner, analysis.hotness.build_history and report.show.
 """
 from __future__ import annotations
 
-import sys
 
+from .. import outputs
 from ..analysis.hotness import build_history
 from ..errors import NoSuchProcess
 from ..formats.record import RecordWriter, make_meta
 from ..render.progress import Progress
 from ..rounds import stopped
 from .record import open_scanner
-from .report import show
+from .report import check_report_options, show
 
 
 def scan_and_show(kind: str, args) -> int:
     # Any backend: where only per-mapping totals exist (clear_refs), the
     # reports show mappings instead of refusing (report.show degrades).
+    check_report_options(kind, args)
     sc, interval, auto = open_scanner(args)
-    if sc.granularity != "page" and not args.json:
-        print(f"Scanning with {sc.backend_name} [{sc.choice.reason}]: the report is "
-              f"{'by DAMON region' if sc.granularity == 'region' else 'by mapping'}.", file=sys.stderr, flush=True)
     writer = None
-    if getattr(args, "output", None):
-        try:
+    try:
+        if getattr(args, "png", None):
+            outputs.probe(args.png, "the PNG")   # now, not after every round is scanned
+        if getattr(args, "output", None):
             writer = RecordWriter(args.output, make_meta(sc.proc, sc.backend_name, sc.granularity,
                                                          interval, args.rounds, sc.tlb_flush, auto,
                                                          guest=sc.guest))
-        except BaseException:
-            sc.close()
-            raise
+    except BaseException:
+        sc.close()
+        raise
+    if sc.granularity != "page" and not args.json:
+        # On stdout with the report it qualifies (wss and record print theirs there too).
+        print(f"Scanning with {sc.backend_name} [{sc.choice.reason}]: the report is "
+              f"{'by DAMON region' if sc.granularity == 'region' else 'by mapping'}.", flush=True)
     prog = Progress(args.rounds, "round", interval_s=interval)
     rounds, exited, reason = [], None, "done"
     try:
@@ -56,7 +60,9 @@ def scan_and_show(kind: str, args) -> int:
             raise exited
         return 130 if reason == "interrupted" else 0
     if reason != "done" and not args.json:
-        print(f"({reason} after {len(rounds)} of {args.rounds} rounds; reporting those)", file=sys.stderr)
+        # Part of the report (what it covers); the error itself, if any, is
+        # the one line on stderr at the end.
+        print(f"({reason} after {len(rounds)} of {args.rounds} rounds; reporting those)", flush=True)
     h = build_history(rounds, pid=sc.proc.pid)
     del rounds
     for opt, default in (("png", None), ("rows", None), ("cols", None), ("png_rows", 320), ("color", "auto"),

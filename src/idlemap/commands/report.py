@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import outputs, validate
 from ..analysis import by_mapping, heatmap, hotness, wss
-from ..errors import UsageError
+from ..errors import BadInput, UsageError
 from ..formats.record import open_record
 from ..render import heatmap as render_heatmap
 from ..render import hotness as render_hotness
@@ -92,6 +92,20 @@ def add_arguments(p) -> None:
     add_target_option(p)
 
 
+# The reports that draw a PNG; --png elsewhere would be silently ignored.
+PNG_KINDS = ("wss", "histogram", "heatmap", "advise")
+
+
+def check_report_options(kind: str, args) -> None:
+    """Refuse, before any work, options that this report would ignore."""
+    if getattr(args, "png", None) and kind not in PNG_KINDS:
+        raise UsageError(f"--png draws the wss, histogram, heatmap and advise reports, not {kind}"
+                         + (" (hot --histogram --png FILE draws the histograms)" if kind in ("hot", "cold") else ""))
+    if getattr(args, "cold", False) and kind == "histogram":
+        raise UsageError("--cold and --histogram do not go together: the histograms cover every page, "
+                         "hot and cold")
+
+
 def parse_rounds(text: str | None) -> tuple[int | None, int | None]:
     if not text:
         return None, None
@@ -107,14 +121,17 @@ def parse_rounds(text: str | None) -> tuple[int | None, int | None]:
 
 
 def run(args) -> int:
+    check_report_options(args.kind, args)
+    if getattr(args, "png", None):
+        outputs.probe(args.png, "the PNG")
     rec = open_record(args.file, salvage=args.salvage)
-    if rec.damaged_at is not None:
-        print(f"idlemap: {args.file} is damaged at byte {rec.damaged_at}; "
-              f"reporting the {len(rec)} rounds before it", file=sys.stderr)
     if args.kind == "info":
         return _info(rec, args)
     if len(rec) == 0:
-        raise UsageError(f"{args.file} holds no finished round yet")
+        raise BadInput(_no_rounds(rec, args.file))
+    if rec.damaged_at is not None:
+        print(f"idlemap: {args.file} is damaged at byte {rec.damaged_at}; "
+              f"reporting the {len(rec)} rounds before it", file=sys.stderr)
     _check_memory(rec, args.file)
     h = hotness.build_history(rec.packed_rounds(), pid=rec.meta.pid)
     source = {"record": os.path.abspath(args.file), "pid": rec.meta.pid, "comm": rec.meta.comm,
@@ -122,6 +139,17 @@ def run(args) -> int:
               "tlb_flush": rec.meta.tlb_flush, "tlb_exact": rec.meta.tlb_flush != "none"}
     return show(args.kind, h, args, source, window=parse_rounds(args.rounds),
                 va_ranges=[parse_range(r) for r in args.va_range])
+
+
+def _no_rounds(rec, path: str) -> str:
+    """Why a record has nothing to report on, in one sentence."""
+    if rec.damaged_at is not None:
+        return f"{path} is damaged at byte {rec.damaged_at}, before its first round ended: nothing to report"
+    if rec.complete:
+        return (f"{path} holds no rounds: the recording ended before its first round"
+                + (f" ({rec.end_reason})" if rec.end_reason else ""))
+    return (f"{path} holds no finished round (its recorder is still in its first round, "
+            "or was killed there)")
 
 
 def _check_memory(rec, path: str) -> None:
@@ -145,6 +173,8 @@ def _info(rec, args) -> int:
     m = rec.meta
     import time as _t
     state = ("complete" if rec.complete else
+             f"damaged at byte {rec.damaged_at} (--salvage); the rounds before it are readable"
+             if rec.damaged_at is not None else
              "not closed (the recorder was killed or is still running); every finished round is readable")
     print(f"file:        {rec.path} ({human_bytes(d['size_bytes'])}, format {d['format_version']})")
     print(f"process:     PID {m.pid} ({m.comm}) {' '.join(m.cmdline)[:200]}")
@@ -214,16 +244,16 @@ def show(kind: str, h: hotness.History, args, source: dict, window: tuple[int | 
     if kind == "wss":
         r = wss.wss_report(h)
         png = getattr(args, "png", None)
+        if not args.json:
+            print(f"working set of {_title(source)}, rounds {h.first_round}..{h.first_round + h.nrounds - 1}")
+            render_hotness.print_wss(r, args.top)
         if png:
             render_hotness.wss_png(r, png, f"{_title(source)}: working set over {r.rounds} windows "
                                f"of {r.interval_mean_s:.3g} s")
         if args.json:
             print(json.dumps({**head, **render_hotness.wss_json(r, args.top), **({"png": png} if png else {})}))
-        else:
-            print(f"working set of {_title(source)}, rounds {h.first_round}..{h.first_round + h.nrounds - 1}")
-            render_hotness.print_wss(r, args.top)
-            if png:
-                print(f"\nwrote {png}")
+        elif png:
+            print(f"\nwrote {png}")
         return 0
     if gran == "mapping" and kind in ("hot", "cold", "histogram", "heatmap"):
         return _show_by_mapping(kind, h, args, source, head)
@@ -245,15 +275,15 @@ def show(kind: str, h: hotness.History, args, source: dict, window: tuple[int | 
         return 0
     if kind == "histogram":
         hist = hotness.histograms(stats)
+        if not args.json:
+            print(f"{_title(source)}")
+            render_hotness.print_histograms(hist, unit="region page" if gran == "region" else "page")
         if args.png:
             render_hotness.histograms_png(hist, args.png, f"{_title(source)}: {hist.rounds} rounds")
         if args.json:
             print(json.dumps({**head, **render_hotness.histograms_json(hist), "png": args.png}))
-        else:
-            print(f"{_title(source)}")
-            render_hotness.print_histograms(hist, unit="region page" if gran == "region" else "page")
-            if args.png:
-                print(f"\nwrote {args.png}")
+        elif args.png:
+            print(f"\nwrote {args.png}")
         return 0
     if kind == "heatmap":
         return _heatmap(h, args, source, head)
@@ -278,15 +308,15 @@ def _show_by_mapping(kind: str, h: hotness.History, args, source: dict, head: di
         return 0
     if kind == "histogram":
         hist = by_mapping.mapping_histograms(h)
+        if not args.json:
+            print(f"{_title(source)}: a mapping counts as accessed in a round when any of its bytes was")
+            render_hotness.print_histograms(hist, unit="mapping")
         if args.png:
             render_hotness.histograms_png(hist, args.png, f"{_title(source)}: {hist.rounds} rounds", unit="mapping")
         if args.json:
             print(json.dumps({**head, **render_hotness.histograms_json(hist), "png": args.png}))
-        else:
-            print(f"{_title(source)}: a mapping counts as accessed in a round when any of its bytes was")
-            render_hotness.print_histograms(hist, unit="mapping")
-            if args.png:
-                print(f"\nwrote {args.png}")
+        elif args.png:
+            print(f"\nwrote {args.png}")
         return 0
     return _heatmap(h, args, source, head)
 
@@ -311,25 +341,13 @@ def heatmap_json(d: heatmap.HeatmapData) -> dict:
 def _heatmap(h: hotness.History, args, source: dict, head: dict) -> int:
     per_mapping = granularity_of(source, h) == "mapping"
     build = by_mapping.mapping_heatmap if per_mapping else heatmap.heatmap
-    if args.png:
-        pd = build(h, rows=args.png_rows, cols=min(h.nrounds, 1200))
-        if pd.rows == 0:
-            raise UsageError("nothing was resident in these rounds: no heatmap to draw")
-        iv = source.get("interval_s") or 0
-        if per_mapping:
-            sub = (f"{pd.rows} mappings ({human_bytes(pd.shown_bytes)}), one row each"
-                   + (f", {pd.omitted_mappings} smaller left out" if pd.omitted_mappings else ""))
-        else:
-            sub = (f"{human_bytes(pd.shown_bytes)} shown in {pd.rows} rows of "
-                   f"{human_bytes(pd.shown_bytes / pd.rows)}")
-        sub += f", {h.nrounds} rounds" + (f" of {iv:g} s" if iv > 0 else "")
-        render_heatmap.heatmap_png(pd, args.png, title=f"{_title(source)}: memory accessed by "
-                       f"{'mapping' if per_mapping else 'address'} and time", subtitle=sub)
-    rows, cols = _terminal_size(args)
     if args.json:
+        _heatmap_png(h, args, source, build, per_mapping)
         d = build(h, rows=args.rows or 64, cols=args.cols or h.nrounds)
         print(json.dumps({**head, **heatmap_json(d), "png": args.png}))
         return 0
+    # The terminal picture first: a PNG that fails to write must not take it along.
+    rows, cols = _terminal_size(args)
     d = build(h, rows=rows, cols=cols)
     if d.rows == 0:
         raise UsageError("nothing was resident in these rounds: no heatmap to draw")
@@ -340,5 +358,24 @@ def _heatmap(h: hotness.History, args, source: dict, head: dict) -> int:
         print(f"({d.rows} biggest mappings shown, {d.omitted_mappings} smaller left out: --rows N shows more)")
     render_heatmap.print_heatmap(d, color=color)
     if args.png:
+        _heatmap_png(h, args, source, build, per_mapping)
         print(f"wrote {args.png}")
     return 0
+
+
+def _heatmap_png(h: hotness.History, args, source: dict, build, per_mapping: bool) -> None:
+    if not args.png:
+        return
+    pd = build(h, rows=args.png_rows, cols=min(h.nrounds, 1200))
+    if pd.rows == 0:
+        raise UsageError("nothing was resident in these rounds: no heatmap to draw")
+    iv = source.get("interval_s") or 0
+    if per_mapping:
+        sub = (f"{pd.rows} mappings ({human_bytes(pd.shown_bytes)}), one row each"
+               + (f", {pd.omitted_mappings} smaller left out" if pd.omitted_mappings else ""))
+    else:
+        sub = (f"{human_bytes(pd.shown_bytes)} shown in {pd.rows} rows of "
+               f"{human_bytes(pd.shown_bytes / pd.rows)}")
+    sub += f", {h.nrounds} rounds" + (f" of {iv:g} s" if iv > 0 else "")
+    render_heatmap.heatmap_png(pd, args.png, title=f"{_title(source)}: memory accessed by "
+                   f"{'mapping' if per_mapping else 'address'} and time", subtitle=sub)
