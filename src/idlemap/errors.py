@@ -138,8 +138,8 @@ EXIT_CODES = {
     1: "the target process does not exist, exited during the run, or its PID was reused",
     2: "usage: a bad option, value, path or target (a kernel thread; not a VMM for --vm; a NUMA node "
        "the target may not use)",
-    65: "bad input data: a record file that is missing, corrupt, or not a record; a QMP socket that "
-        "does not answer as QEMU's",
+    65: "bad input data: a record file that is missing, corrupt, not a record, or without the rounds a "
+        "report needs; a module file that is not a kernel module; a QMP socket that does not answer as QEMU's",
     69: "unavailable: the kernel lacks a feature, or idlemap's module, a library, a build tool or the "
         "memory the command needs is not there (waiting will not help)",
     70: "internal error in idlemap (a bug: please report it)",
