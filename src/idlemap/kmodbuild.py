@@ -206,7 +206,8 @@ def vermagic(ko: Path) -> str:
     if i < 0:
         return ""
     j = data.find(b"\0", i)
-    return data[i + 9:j].decode("utf-8", "replace").split()[0]
+    words = data[i + 9:j].decode("utf-8", "replace").split()
+    return words[0] if words else ""        # "vermagic=" with nothing after it: none
 
 
 def vm_kernel_tree(debug: bool | None = None) -> str:

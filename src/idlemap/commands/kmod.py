@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 
 from .. import kmodbuild
-from ..errors import IdlemapError, Unavailable, UsageError
+from ..errors import AccessDenied, BadInput, IdlemapError, Unavailable, UsageError
 from ..kernel import kmod
 from ..kernel.kmod_abi import REBUILD, interface_version
 
@@ -48,27 +49,67 @@ def _build(args) -> int:
 
 def _load(args) -> int:
     here = os.uname().release
+    if args.ko:
+        _require_module_file(args.ko)      # the argument first, then the system's state
+        _module_release(args.ko)
     if kmod.loaded():
         raise UsageError("the idlemap module is already loaded (`idlemap kmod status`)")
     if args.ko:
         ko = args.ko
-        if not os.path.isfile(ko):
-            raise UsageError(f"no such module file: {ko}")
     else:
         ko = str(kmodbuild.built_path(here))
         if not os.path.isfile(ko):
             raise UsageError(f"no idlemap module built for this kernel ({here}) from these sources: "
                              f"run `idlemap kmod build` first")
+    # what the file is comes before whether loading is allowed: a file that
+    # is no module is the user's to fix whatever the kernel would say
+    rel = _module_release(ko)
     why = kmod.refusal_reason()
     if why:
         raise Unavailable(f"cannot load the module: {why}")
-    rel = kmodbuild.vermagic(ko)
     if rel != here:
         raise Unavailable(f"{ko} was built for {rel}, but this kernel is {here}: "
                            "rebuild it with `idlemap kmod build`")
     kmod.load(ko)
     print(f"loaded {ko}: {kmod.DEVICE}")
     return 0
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _require_module_file(ko: str) -> None:
+    """--ko names a regular file (stat only: opening a FIFO would wait for a writer)."""
+    try:
+        mode = os.stat(ko).st_mode
+    except FileNotFoundError:
+        raise UsageError(f"no such module file: {ko}") from None
+    except NotADirectoryError:
+        raise UsageError(f"no such module file: {ko} (a part of the path is not a directory)") from None
+    except PermissionError:
+        raise AccessDenied(ko, "run as root") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise UsageError(f"{ko} is {kind}, not a module file")
+
+
+def _module_release(ko: str) -> str:
+    """The release the module at ``ko`` was built for; BadInput for a file
+    that is no kernel module (not ELF, or no vermagic in its .modinfo)."""
+    try:
+        with open(ko, "rb") as f:
+            elf = f.read(4) == b"\x7fELF"
+        rel = kmodbuild.vermagic(ko) if elf else ""
+    except PermissionError:
+        raise AccessDenied(ko, "run as root") from None
+    except OSError as e:
+        raise BadInput(f"cannot read {ko}: {(e.strerror or str(e)).lower()}") from None
+    if not elf:
+        raise BadInput(f"{ko} is not a kernel module (not an ELF file)")
+    if not rel:
+        raise BadInput(f"{ko} is not a kernel module (no vermagic in it)")
+    return rel
 
 
 def _unload(args) -> int:
