@@ -41,3 +41,23 @@ def test_kmod_load_special_paths(tmp_path, capsys):
     assert main(["kmod", "load", "--ko", str(tmp_path / "absent.ko")]) == 2
     assert "no such module file" in one_sentence(capsys.readouterr().err)
 
+
+# -- --damon-* values are checked before DAMON's availability ----------------
+
+@pytest.mark.parametrize("regions", ["abc-def", "10-5", "0-0", "nan-inf", "2-100", "3-99999999999"])
+@pytest.mark.parametrize("cmd", [["wss", "{pid}", "0.2", "1"], ["record", "{pid}", "-n", "1"]])
+def test_bad_damon_regions_is_usage_whatever_damon_says(cmd, regions, capsys):
+    # DAMON on this host may be busy, missing or free: the typo is reported first either way
+    argv = [a.replace("{pid}", str(os.getpid())) for a in cmd]
+    assert main(argv + ["--backend", "damon", "--damon-regions", regions]) == 2
+    line = one_sentence(capsys.readouterr().err)
+    assert "--damon-regions" in line and "at least 3 regions" in line and repr(regions) in line
+
+
+def test_bad_damon_intervals_is_usage_whatever_damon_says(tmp_path, capsys):
+    bad = ["--backend", "damon", "--damon-sample", "1", "--damon-aggr", "0.5"]
+    assert main(["wss", str(os.getpid()), "0.2", "1", *bad]) == 2
+    assert "aggregation interval" in one_sentence(capsys.readouterr().err)
+    assert main(["record", str(os.getpid()), "-n", "1", "-o", str(tmp_path / "r.rec"), *bad]) == 2
+    assert "aggregation interval" in one_sentence(capsys.readouterr().err)
+    assert not (tmp_path / "r.rec").exists()

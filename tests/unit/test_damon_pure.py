@@ -197,8 +197,6 @@ def test_damon_options_become_settings():
 @pytest.mark.parametrize("kw,backend,msg", [
     ({"damon_regions": "10-100"}, "page_idle", "--damon-regions goes with --backend damon"),
     ({"damon_exact": True}, "clear_refs", "--damon-exact goes with --backend damon"),
-    ({"damon_regions": "ten"}, "damon", "bad --damon-regions"),
-    ({"damon_regions": "2-100"}, "damon", "at least 3 regions"),
     ({"damon_sample": 50, "damon_aggr": 10}, "damon", "at least the sampling interval"),
 ])
 def test_damon_options_refused_with_one_sentence(kw, backend, msg):
@@ -208,3 +206,13 @@ def test_damon_options_refused_with_one_sentence(kw, backend, msg):
         damon_kwargs(_args(**kw), backend)
     assert msg in str(ei.value)
     assert damon_kwargs(_args(), backend if backend != "damon" else "page_idle") == {}
+
+
+@pytest.mark.parametrize("text", ["ten", "2-100", "10-5", "nan-inf"])
+def test_bad_damon_regions_refused_while_parsing(text):
+    # checked by argparse (commands.damon_regions), before any backend is asked
+    import argparse
+
+    from idlemap.commands import damon_regions
+    with pytest.raises(argparse.ArgumentTypeError, match="at least 3 regions"):
+        damon_regions(text)

@@ -81,12 +81,29 @@ BACKEND_HELP = (f"how to measure (default auto: {AUTO_PER_PAGE}, else clear_refs
                 "line says which and why, JSON rows carry it as \"backend\")")
 
 
+MAX_REGIONS = validate.MAX_COUNT
+
+
+def damon_regions(text: str) -> tuple[int, int]:
+    """--damon-regions MIN-MAX, checked while options are parsed: DAMON
+    needs at least 3 regions (damon_set_attrs) and MIN <= MAX."""
+    try:
+        lo, hi = (int(x, 10) for x in text.split("-", 1))
+    except ValueError:
+        lo = hi = None
+    if lo is None or not 3 <= lo <= hi <= MAX_REGIONS:
+        raise argparse.ArgumentTypeError(
+            f"must be MIN-MAX region counts, at least 3 regions and MIN <= MAX <= {MAX_REGIONS} "
+            f"(e.g. 100-1000), not {text!r}")
+    return lo, hi
+
+
 def add_damon_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("DAMON (--backend damon; defaults: idlemap's, see docs/accuracy.md)")
     g.add_argument("--damon-sample", type=validate.number(0, 1e9, "milliseconds"), metavar="MS", help="sampling interval (default 5 ms)")
     g.add_argument("--damon-aggr", type=validate.number(0, 1e9, "milliseconds"), metavar="MS", help="aggregation interval (default 100 ms)")
     g.add_argument("--damon-update", type=validate.number(0, 1e9, "milliseconds"), metavar="MS", help="regions update interval (default 1000 ms)")
-    g.add_argument("--damon-regions", metavar="MIN-MAX",
+    g.add_argument("--damon-regions", metavar="MIN-MAX", type=damon_regions,
                    help="region count bounds (default 100-1000; DAMON's own default is 10-1000)")
     g.add_argument("--damon-estimator", choices=["union", "median"],
                    help="window from aggregations: union (default) or median (DAMON's snapshot view)")
@@ -116,10 +133,13 @@ def damon_kwargs(args, backend_name: str) -> dict:
     ms = lambda v, d: d if v is None else int(round(v * 1000))   # noqa: E731 - ms -> us
     lo, hi = a.min_nr_regions, a.max_nr_regions
     if args.damon_regions is not None:
-        try:
-            lo, hi = (int(x) for x in args.damon_regions.split("-", 1))
-        except ValueError:
-            raise UsageError(f"bad --damon-regions {args.damon_regions!r}: expected MIN-MAX, e.g. 100-1000") from None
+        regions = args.damon_regions
+        if isinstance(regions, str):        # a caller that built args itself, not through argparse
+            try:
+                regions = damon_regions(regions)
+            except argparse.ArgumentTypeError as e:
+                raise UsageError(f"bad --damon-regions: {e}") from None
+        lo, hi = regions
     attrs = dataclasses.replace(a, sample_us=ms(args.damon_sample, a.sample_us), aggr_us=ms(args.damon_aggr, a.aggr_us),
                                 update_us=ms(args.damon_update, a.update_us), min_nr_regions=lo, max_nr_regions=hi)
     why = attrs.validate()

@@ -84,6 +84,7 @@ def open_scanner(args, need_per_page: bool = False, with_pss: bool = False) -> t
     if args.auto_interval and not 0 < args.min_interval <= args.max_interval:
         raise UsageError("need 0 < --min-interval <= --max-interval")
     ranges = [parse_range(r) for r in args.scan_range] or None
+    damon_kw = damon_kwargs(args, args.backend)     # "auto" never picks damon
     proc = user_target(pid)
     guest = None
     if args.vm:
@@ -94,7 +95,7 @@ def open_scanner(args, need_per_page: bool = False, with_pss: bool = False) -> t
         raise UsageError("--qmp goes with --vm")
     sc = Scanner(proc, backend=args.backend, need_per_page=need_per_page, tlb_flush=args.tlb_flush,
                  ranges=ranges, with_pss=with_pss, guest=guest,
-                 backend_kw=damon_kwargs(args, args.backend))   # "auto" never picks damon
+                 backend_kw=damon_kw)
     tlb_note(sc.tlb, getattr(args, "json", False))
     if guest is not None and not getattr(args, "json", False):
         from ..vm import layout_summary

@@ -77,11 +77,14 @@ def run(args) -> int:
     if args.profile and args.profile_base * 2 ** (args.profile - 1) > validate.WEEK_S:
         raise UsageError(f"-P {args.profile} with --profile-base {args.profile_base:g} s would need a window "
                          "longer than a week; use fewer windows")
+    # the --damon-* values before the target and backend: a typo is the
+    # user's to fix whatever DAMON's state ("auto" never picks damon)
+    damon_kw = damon_kwargs(args, args.backend)
     proc = user_target(pid)
     choice = backends.choose_for(args.backend, proc.pid)
     policy = tlb_policy(args, proc, choice.cls)
     kw = {"tlb_flush": policy.flush} if choice.cls.caps.tlb_flush else {}
-    kw.update(damon_kwargs(args, choice.cls.name))
+    kw.update(damon_kw)
     damon = kw.get("settings")          # DamonSettings with --backend damon, else None
     if args.vm:
         from ..backends.guest import open_guest_backend
