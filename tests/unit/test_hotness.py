@@ -153,6 +153,8 @@ def test_wss_report_percentiles_trend_and_split():
     assert rep.by_mapping[0].label == "[anon]"
     flat = W.trend_of(np.arange(10.0), np.full(10, 5.0))
     assert flat.direction == "flat" and flat.slope_bytes_per_s == 0
+    # Three windows: "last quarter vs first" would be one window against another.
+    assert W.trend_of(np.arange(3.0), np.array([1.0, 1.0, 1.4])).direction == "unknown"
 
 
 def test_mapping_granular_history():

@@ -81,7 +81,7 @@ class Trend:
     first_quarter_mean_bytes: float
     last_quarter_mean_bytes: float
     change_pct: float                 # last quarter vs first quarter
-    direction: str                    # rising, falling or flat (|change| < 10 %)
+    direction: str                    # rising, falling, flat (|change| < 10 %), or unknown (too few rounds)
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,9 @@ class WssReport:
 
 
 TREND_FLAT_PCT = 10.0
+# Quarters of at least two rounds: with fewer, "last quarter vs first" is
+# one window against another, and a steady workload reads rising or falling.
+MIN_TREND_ROUNDS = 8
 
 
 def trend_of(t: np.ndarray, y: np.ndarray) -> Trend:
@@ -127,7 +130,10 @@ def trend_of(t: np.ndarray, y: np.ndarray) -> Trend:
     q = max(1, n // 4)
     a, b = float(y[:q].mean()) if n else 0.0, float(y[-q:].mean()) if n else 0.0
     change = 100.0 * (b - a) / a if a > 0 else (0.0 if b == 0 else 100.0)
-    direction = "flat" if abs(change) < TREND_FLAT_PCT else ("rising" if change > 0 else "falling")
+    if n < MIN_TREND_ROUNDS:
+        direction = "unknown"
+    else:
+        direction = "flat" if abs(change) < TREND_FLAT_PCT else ("rising" if change > 0 else "falling")
     return Trend(slope, a, b, change, direction)
 
 

@@ -11,7 +11,7 @@ from typing import IO
 import numpy as np
 
 from ..analysis.hotness import Histograms, RangeTable
-from ..analysis.wss import Percentiles, WssReport
+from ..analysis.wss import MIN_TREND_ROUNDS, Percentiles, WssReport
 from .heatmap import _save, load_matplotlib
 from .text import Table
 from .units import human_bytes
@@ -64,8 +64,11 @@ def print_wss(r: WssReport, top: int, out: IO[str] | None = None) -> None:
     for name, p in (("WSS", r.wss), ("anon", r.anon), ("file", r.file), ("RSS", r.rss)):
         t.row([name, _mb(p.p50), _mb(p.p90), _mb(p.p95), _mb(p.p99), _mb(p.max), _mb(p.min)])
     tr = r.trend
-    out.write(f"\ntrend: {tr.direction} ({tr.change_pct:+.1f}% last quarter vs first; "
-              f"slope {tr.slope_bytes_per_s / MiB:+.3f} MiB/s)\n")
+    if tr.direction == "unknown":
+        out.write(f"\ntrend: too few rounds to tell ({r.rounds}; {MIN_TREND_ROUNDS} or more give one)\n")
+    else:
+        out.write(f"\ntrend: {tr.direction} ({tr.change_pct:+.1f}% last quarter vs first; "
+                  f"slope {tr.slope_bytes_per_s / MiB:+.3f} MiB/s)\n")
     out.write(f"WSS over time  [{sparkline(r.series_bytes)}]  "
               f"{human_bytes(r.wss.min)} .. {human_bytes(r.wss.max)}\n")
     if r.by_mapping:
@@ -219,7 +222,7 @@ def wss_png(r: WssReport, path: str, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     ax.set_title(title or f"working set over {r.rounds} windows of {r.interval_mean_s:.3g} s "
-                          f"(trend: {r.trend.direction})")
+                          + (f"(trend: {r.trend.direction})" if r.trend.direction != "unknown" else ""))
     _save(fig, Canvas, path)
 
 
