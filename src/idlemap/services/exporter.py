@@ -19,7 +19,7 @@ Metrics (bytes and seconds, Prometheus naming):
   idlemap_last_scan_timestamp_seconds
   idlemap_scans_total, idlemap_scan_errors_total{reason}, idlemap_processes_vanished_total,
   idlemap_processes_unreadable
-  idlemap_backend_info{backend,granularity,version}
+  idlemap_backend_info{backend,granularity,version}, idlemap_tlb_flushed (1: each mark is TLB-flushed)
   with --advise (page_idle): the savings advisor over the last N windows
   idlemap_advised_savings_bytes{pid,comm,cgroup}   resident now and idle >= the advised T
                                                    (0: no threshold meets the target)
