@@ -217,5 +217,6 @@ schema("idlemap.doctor/1", "idlemap doctor --json",
        {"features": {"type": "object"},
         "kmod": {**S, "description": "the idlemap module in one line: loaded, or buildable here, or why not"},
         "auto": {**S, "description": "what --backend auto picks here, and why"},
+        "auto_backend": {**NULLABLE(S), "description": "the backend --backend auto picks here; null: none runs"},
         "commands": {"type": "array", "items": {"type": "object"}}},
        ["features"])

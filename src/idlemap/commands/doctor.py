@@ -47,9 +47,10 @@ def run(args) -> int:
     from ..requirements import WAYS, gather, verdict
     f = probe()
     env = gather(f)
+    auto_backend = None               # for scripts: the name, without parsing the sentence
     try:
         auto = choose("auto", features=f)
-        auto_line = f"--backend auto here: {auto.reason}"
+        auto_line, auto_backend = f"--backend auto here: {auto.reason}", auto.cls.name
     except IdlemapError as e:
         auto_line = f"--backend auto here: none ({e})"
     # Every command cli knows, in its order (a command the table does not
@@ -57,6 +58,7 @@ def run(args) -> int:
     verdicts = [verdict(c, env) if c in WAYS else None for c in cli.COMMANDS]
     if args.json:
         print(json.dumps({"schema": SCHEMA, "features": f.as_dict(), "kmod": kmod_line(env), "auto": auto_line,
+                          "auto_backend": auto_backend,
                           "commands": [v.as_dict() if v else {"command": c, "works": None}
                                        for c, v in zip(cli.COMMANDS, verdicts)]}, indent=1))
         return 0
