@@ -96,10 +96,11 @@ def test_doctor_json():
     rc, out, err = run_cli("doctor", "--json")
     assert rc == 0, err
     d = json.loads(out)
-    assert set(d) == {"schema", "features", "commands", "kmod", "auto"} and d["schema"] == "idlemap.doctor/1"
+    assert set(d) == {"schema", "features", "commands", "kmod", "auto", "auto_backend"} and d["schema"] == "idlemap.doctor/1"
     assert d["features"]["clear_refs"] is True
     # The module in one line (loaded / buildable / why not), and what auto picks here and why.
     assert d["kmod"].startswith("idlemap module: ") and d["auto"].startswith("--backend auto here: ")
+    assert d["auto_backend"] is not None and d["auto"].startswith(f"--backend auto here: {d['auto_backend']}")
     assert ("loaded" in d["kmod"]) == d["features"]["kmod_loaded"] or "not loaded" in d["kmod"]
     from idlemap.cli import COMMANDS
     by = {c["command"]: c for c in d["commands"]}
