@@ -100,7 +100,7 @@ def test_doctor_json():
     assert d["features"]["clear_refs"] is True
     # The module in one line (loaded / buildable / why not), and what auto picks here and why.
     assert d["kmod"].startswith("idlemap module: ") and d["auto"].startswith("--backend auto here: ")
-    assert d["auto_backend"] is not None and d["auto"].startswith(f"--backend auto here: {d['auto_backend']}")
+    assert d["auto_backend"] in ("kmod", "page_idle", "clear_refs")     # clear_refs runs on every kernel
     assert ("loaded" in d["kmod"]) == d["features"]["kmod_loaded"] or "not loaded" in d["kmod"]
     from idlemap.cli import COMMANDS
     by = {c["command"]: c for c in d["commands"]}
