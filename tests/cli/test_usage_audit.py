@@ -61,3 +61,58 @@ def test_bad_damon_intervals_is_usage_whatever_damon_says(tmp_path, capsys):
     assert main(["record", str(os.getpid()), "-n", "1", "-o", str(tmp_path / "r.rec"), *bad]) == 2
     assert "aggregation interval" in one_sentence(capsys.readouterr().err)
     assert not (tmp_path / "r.rec").exists()
+
+
+# -- options that would be ignored are refused (exit 2), before any backend ---
+
+def _me(argv):
+    return [a.replace("{pid}", str(os.getpid())) for a in argv]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["wss", "{pid}", "0.5", "3", "-C", "-P", "2"], "-P measures its own windows"),
+    (["wss", "{pid}", "-C", "-P", "2"], "does not go with -C"),
+    (["wss", "{pid}", "0.5", "-P", "2"], "does not go with an interval or count"),
+    (["wss", "{pid}", "1", "1", "--profile-base", "0.1"], "--profile-base goes with -P"),
+])
+def test_wss_profile_takes_no_other_windows(argv, needle, capsys):
+    assert main(_me(argv)) == 2
+    assert needle in one_sentence(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("cmd", ["record", "hot", "heatmap", "advise"])
+@pytest.mark.parametrize("extra, needle", [
+    (["-i", "5", "-n", "1", "--auto-interval", "--max-interval", "0.2"], "give no interval with it"),
+    (["5", "1", "--auto-interval"], "give no interval with it"),
+    (["-n", "1", "-i", "0.1", "--min-interval", "0.5"], "--min-interval bounds --auto-interval"),
+    (["-n", "1", "--max-interval", "3"], "--max-interval bounds --auto-interval"),
+    (["-n", "1", "--auto-interval", "--min-interval", "5", "--max-interval", "1"], "must not exceed"),
+    (["-n", "1", "--qmp", "/nonexistent.qmp"], "--qmp goes with --vm"),
+])
+def test_scan_interval_options_that_would_be_ignored(cmd, extra, needle, tmp_path, capsys):
+    out = ["-o", str(tmp_path / "r.rec")] if cmd != "heatmap" else []
+    assert main([cmd, str(os.getpid()), *extra, *out]) == 2
+    assert needle in one_sentence(capsys.readouterr().err)
+    assert not (tmp_path / "r.rec").exists()
+
+
+def test_advise_cgroup_refuses_auto_interval_bounds(capsys):
+    assert main(["advise", "--cgroup", "/", "--min-interval", "3"]) == 2
+    assert "--auto-interval" in one_sentence(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("argv", [
+    ["bitmap", "{pid}", "--qmp", "/nonexistent.qmp", "-o", "{out}"],
+    ["wss", "{pid}", "1", "1", "--qmp", "/nonexistent.qmp", "--backend", "page_idle"],
+])
+def test_qmp_without_vm_is_usage_before_the_backend(argv, tmp_path, capsys):
+    # page_idle may be missing here (exit 69): the option is wrong whatever the kernel
+    argv = [a.replace("{out}", str(tmp_path / "b.bin")) for a in _me(argv)]
+    assert main(argv) == 2
+    assert one_sentence(capsys.readouterr().err) == "idlemap: --qmp goes with --vm"
+    assert not (tmp_path / "b.bin").exists()
+
+
+def test_vms_qmp_needs_a_pid(capsys):
+    assert main(["vms", "--qmp", "/nonexistent.qmp"]) == 2
+    assert "give its VMM's PID" in one_sentence(capsys.readouterr().err)

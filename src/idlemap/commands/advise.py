@@ -77,6 +77,7 @@ def run(args) -> int:
         from .advise_cgroup import run as run_cgroup
         return run_cgroup(args)
     from .live import scan_and_show
+    from .record import check_scan_options
     from ..backends import BACKENDS, choose_for
     cls = BACKENDS.get(args.backend)
     if cls is None or cls.caps.granularity != "region":
@@ -86,7 +87,8 @@ def run(args) -> int:
         given = list(getattr(args, "args", None) or [])
         if not given and getattr(args, "target", None) is not None:
             given = [args.target]
-        pid, _ = take_pid(args, given)
+        pid, rest = take_pid(args, given)
+        check_scan_options(args, rest)      # options that would be ignored: exit 2 before exit 69
         user_target(pid)              # an unknown PID is exit 1 everywhere, checked first
         choose_for("auto" if cls is None or not cls.caps.per_page else args.backend, pid, need_per_page=True)
     return scan_and_show("advise", args)

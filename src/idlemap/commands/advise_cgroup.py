@@ -29,8 +29,9 @@ def _check(args) -> None:
         raise UsageError("--range is per process; --cgroup scans the whole address space of each process")
     if getattr(args, "output", None):
         raise UsageError("-o records one process; --cgroup has no record format yet")
-    if args.auto_interval:
-        raise UsageError("--auto-interval calibrates one process; give -i with --cgroup")
+    if args.auto_interval or args.min_interval is not None or args.max_interval is not None:
+        raise UsageError("--auto-interval (with its --min-interval/--max-interval) calibrates one process; "
+                         "give -i with --cgroup")
 
 
 def process_rows(scan, adv: A.Advice, target: float) -> list[dict]:

@@ -91,6 +91,8 @@ def run(args) -> int:
     pid, rest = take_pid(args, args.args)
     if rest:
         raise UsageError("too many arguments: idlemap bitmap PID -o FILE")
+    if args.qmp and not args.vm:          # before the target and the backend: an option, not the system
+        raise UsageError("--qmp goes with --vm")
     ranges = [parse_range(r) for r in args.range] or None
     for side in (".present", ".json"):     # FILE itself was checked while parsing
         outputs.check(args.output + side, "the bitmap's side file")   # before the scan, not after
@@ -105,8 +107,6 @@ def run(args) -> int:
         ranges = gpa_ranges_to_hva(layout, gpa_ranges)
         if not ranges:
             raise BadInput("the given range(s) hold no guest RAM (`idlemap vms PID` shows where it is)")
-    elif args.qmp:
-        raise UsageError("--qmp goes with --vm")
     policy = tlb_policy(args, proc, choice.cls)
     tlb_note(policy, args.json)
     with choice.cls.open_bitmap(proc, policy.flush) as bm:

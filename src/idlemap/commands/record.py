@@ -30,6 +30,7 @@ a file that reads back with all of its finished rounds.
 """
 SCHEMA = "idlemap.record.round/1"
 SUMMARY_SCHEMA = "idlemap.record.summary/1"
+MIN_INTERVAL_S, MAX_INTERVAL_S = 0.1, 30.0     # --auto-interval's default bounds
 
 
 def add_scan_arguments(p, default_rounds: int | None, backend_help: str = BACKEND_HELP) -> None:
@@ -45,10 +46,10 @@ def add_scan_arguments(p, default_rounds: int | None, backend_help: str = BACKEN
     p.add_argument("--auto-interval", action="store_true",
                    help="choose the interval first: the shortest window whose working set a window "
                         "twice as long would grow by < 25%% (docs/reports.md)")
-    p.add_argument("--min-interval", type=validate.interval, default=0.1, metavar="S",
-                   help="--auto-interval: shortest window tried (default 0.1)")
-    p.add_argument("--max-interval", type=validate.interval, default=30.0, metavar="S",
-                   help="--auto-interval: longest window tried (default 30)")
+    p.add_argument("--min-interval", type=validate.interval, metavar="S",
+                   help=f"with --auto-interval: shortest window tried (default {MIN_INTERVAL_S:g})")
+    p.add_argument("--max-interval", type=validate.interval, metavar="S",
+                   help=f"with --auto-interval: longest window tried (default {MAX_INTERVAL_S:g})")
     p.add_argument("--backend", default="auto", choices=["auto", *backends.BACKENDS],
                    help=backend_help)
     add_tlb_arguments(p)
@@ -74,15 +75,40 @@ def add_arguments(p) -> None:
     p.add_argument("--pss", action="store_true", help="page_idle: also read PSS each round (smaps_rollup)")
 
 
+def check_scan_options(args, rest: list) -> None:
+    """Refuse options that would be ignored or contradict each other, before
+    the target or any backend is asked (advise calls it before its own
+    backend check).  ``rest``: the positionals after the PID.  No side effects."""
+    if args.qmp and not args.vm:
+        raise UsageError("--qmp goes with --vm")
+    if args.auto_interval:
+        if rest or args.interval is not None:
+            raise UsageError("--auto-interval chooses the interval itself: give no interval with it "
+                             "(neither -i nor the positional one; bound it with --min-interval/--max-interval)")
+        lo = MIN_INTERVAL_S if args.min_interval is None else args.min_interval
+        hi = MAX_INTERVAL_S if args.max_interval is None else args.max_interval
+        if lo > hi:
+            raise UsageError(f"--min-interval ({lo:g} s) must not exceed --max-interval ({hi:g} s)")
+    else:
+        given = [o for o, v in (("--min-interval", args.min_interval), ("--max-interval", args.max_interval))
+                 if v is not None]
+        if given:
+            raise UsageError(f"{given[0]} bounds --auto-interval's search: it goes with --auto-interval")
+
+
 def open_scanner(args, need_per_page: bool = False, with_pss: bool = False) -> tuple[Scanner, float, dict | None]:
     """Validate the scan options, identify the target, build the scanner and
     settle the interval (running the --auto-interval calibration if asked)."""
     pid, rest = take_pid(args, args.args)
+    check_scan_options(args, rest)
     # One grammar (commands.windows): the resolved values replace the
     # options' own, so what follows reads args.interval and args.rounds.
     args.interval, args.rounds = windows(rest, 1.0, args.default_rounds, args.interval, args.rounds)
-    if args.auto_interval and not 0 < args.min_interval <= args.max_interval:
-        raise UsageError("need 0 < --min-interval <= --max-interval")
+    if args.auto_interval:
+        if args.min_interval is None:
+            args.min_interval = MIN_INTERVAL_S
+        if args.max_interval is None:
+            args.max_interval = MAX_INTERVAL_S
     ranges = [parse_range(r) for r in args.scan_range] or None
     damon_kw = damon_kwargs(args, args.backend)     # "auto" never picks damon
     proc = user_target(pid)
@@ -91,8 +117,6 @@ def open_scanner(args, need_per_page: bool = False, with_pss: bool = False) -> t
         from ..vm import describe, find_guest_ram, restrict
         guest = restrict(find_guest_ram(describe(pid), args.qmp), ranges)
         ranges = None
-    elif args.qmp:
-        raise UsageError("--qmp goes with --vm")
     sc = Scanner(proc, backend=args.backend, need_per_page=need_per_page, tlb_flush=args.tlb_flush,
                  ranges=ranges, with_pss=with_pss, guest=guest,
                  backend_kw=damon_kw)

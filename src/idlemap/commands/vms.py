@@ -30,6 +30,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     if args.pid_opt is None and not args.args:
+        if args.qmp:
+            raise UsageError("--qmp asks one VM: give its VMM's PID (idlemap vms PID --qmp SOCKET)")
         return _list(args)
     pid, rest = take_pid(args, args.args)
     if rest:

@@ -27,6 +27,7 @@ EXAMPLES = """\
 # deprecated aliases for one version.
 SCHEMA = "idlemap.wss/2"
 SUMMARY_SCHEMA = "idlemap.wss.summary/2"
+PROFILE_BASE_S = 0.01
 
 
 def add_arguments(p) -> None:
@@ -37,8 +38,8 @@ def add_arguments(p) -> None:
                    help="mark once; each row shows everything referenced since the start")
     p.add_argument("-P", "--profile", type=validate.whole(1, 32, "a number of profile windows"), metavar="N",
                    help="profile: N windows of power-of-two lengths from --profile-base")
-    p.add_argument("--profile-base", type=validate.interval, default=0.01, metavar="S",
-                   help="first profile window in seconds (default 0.01)")
+    p.add_argument("--profile-base", type=validate.interval, metavar="S",
+                   help="with -P: first profile window in seconds (default 0.01)")
     p.add_argument("--by-mapping", action="store_true", help="break each window down by mapping")
     p.add_argument("--top", type=validate.whole(1, validate.MAX_COUNT, "a number of mappings"), default=10,
                    metavar="N", help="mappings shown with --by-mapping (default 10)")
@@ -74,6 +75,19 @@ def _sample_json(s, args, policy, damon=None) -> dict:
 def run(args) -> int:
     pid, rest = take_pid(args, args.args)
     interval, count = windows(rest, 1.0)
+    # Options that would be ignored are refused: -P runs its own windows
+    # (each from one mark, so cumulative by nature), once.
+    if args.profile is not None:
+        ignored = [what for what, on in (("-C", args.cumulative), ("an interval or count", bool(rest))) if on]
+        if ignored:
+            raise UsageError(f"-P measures its own windows (powers of two from --profile-base, from one mark): "
+                             f"it does not go with {' or '.join(ignored)}")
+    elif args.profile_base is not None:
+        raise UsageError("--profile-base goes with -P")
+    if args.profile_base is None:
+        args.profile_base = PROFILE_BASE_S
+    if args.qmp and not args.vm:
+        raise UsageError("--qmp goes with --vm")
     if args.profile and args.profile_base * 2 ** (args.profile - 1) > validate.WEEK_S:
         raise UsageError(f"-P {args.profile} with --profile-base {args.profile_base:g} s would need a window "
                          "longer than a week; use fewer windows")
@@ -92,8 +106,6 @@ def run(args) -> int:
         backend = open_guest_backend(choice.cls, proc, args.qmp, **kw)
         if not args.json:
             print(f"PID {pid} is a VM: {layout_summary(backend.layout)}; sizes below are the guest's RAM.")
-    elif args.qmp:
-        raise UsageError("--qmp goes with --vm")
     else:
         backend = choice.cls(proc, **kw)
 
