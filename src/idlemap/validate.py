@@ -55,7 +55,8 @@ def whole(lo: int = 1, hi: int = MAX_COUNT, unit: str = "a whole number"):
         except (TypeError, ValueError):
             v = None
         if v is None or not lo <= v <= hi:
-            bound = f"at least {lo}" if hi >= MAX_COUNT else f"from {lo} to {hi}"
+            # both ends named, always: "at least 1" alone hides why 99999999999 is refused
+            bound = f"at least {lo} and at most {hi}" if hi >= MAX_COUNT else f"from {lo} to {hi}"
             raise argparse.ArgumentTypeError(f"must be {unit}, {bound}, not {text!r}")
         return v
     parse.__name__ = unit

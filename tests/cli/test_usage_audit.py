@@ -116,3 +116,19 @@ def test_qmp_without_vm_is_usage_before_the_backend(argv, tmp_path, capsys):
 def test_vms_qmp_needs_a_pid(capsys):
     assert main(["vms", "--qmp", "/nonexistent.qmp"]) == 2
     assert "give its VMM's PID" in one_sentence(capsys.readouterr().err)
+
+
+# -- a range error names both ends of the range -------------------------------
+
+@pytest.mark.parametrize("argv, name", [
+    (["wss", "{pid}", "0.2", "1", "--by-mapping", "--top", "99999999999"], "--top"),
+    (["wss", "{pid}", "0.2", "99999999999999999999"], "count"),
+    (["wss", "{pid}", "0.2", "0"], "count"),
+    (["record", "{pid}", "-n", "0"], "--rounds"),
+])
+def test_range_errors_name_the_range(argv, name, capsys):
+    from idlemap.validate import MAX_COUNT
+    assert main(_me(argv)) == 2
+    line = one_sentence(capsys.readouterr().err)
+    assert name in line and f"at least 1 and at most {MAX_COUNT}" in line
+
