@@ -132,3 +132,95 @@ def test_range_errors_name_the_range(argv, name, capsys):
     line = one_sentence(capsys.readouterr().err)
     assert name in line and f"at least 1 and at most {MAX_COUNT}" in line
 
+
+# -- top --pids: when no named process can be measured, say why ---------------
+
+def _kernel_thread() -> int:
+    from idlemap.kernel.tasks import list_tasks
+    t = next((t for t in list_tasks() if t.kthread), None)
+    if t is None:
+        pytest.skip("no kernel thread visible in /proc (a PID namespace?)")
+    return t.pid
+
+
+@pytest.fixture
+def zombie():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    # not reaped until the test ends: a zombie of our own
+    import time
+    from idlemap.kernel.tasks import read_task
+    while read_task(pid).state not in ("Z", "X"):
+        time.sleep(0.01)
+    yield pid
+    os.waitpid(pid, 0)
+
+
+@pytest.fixture
+def sleeper():
+    import subprocess
+    p = subprocess.Popen(["sleep", "600"])
+    yield p.pid
+    p.kill()
+    p.wait()
+
+
+def test_top_pids_only_kernel_threads_is_usage(capsys):
+    k = _kernel_thread()
+    assert main(["top", "0.2", "1", "--pids", str(k)]) == 2
+    assert "is a kernel thread" in one_sentence(capsys.readouterr().err)
+
+
+def test_top_pids_only_a_zombie_is_exit_1(zombie, capsys):
+    assert main(["top", "0.2", "1", "--pids", str(zombie)]) == 1
+    assert "zombie" in one_sentence(capsys.readouterr().err)
+
+
+def test_top_pids_kernel_thread_and_zombie(zombie, capsys):
+    k = _kernel_thread()
+    assert main(["top", "0.2", "1", "--pids", f"{k},{zombie}"]) == 2
+    line = one_sentence(capsys.readouterr().err)
+    assert "none of the given processes can be measured" in line and "zombie" in line
+
+
+def test_top_pids_one_measurable_is_enough(zombie, sleeper, capsys):
+    k = _kernel_thread()
+    assert main(["top", "0.2", "1", "--json", "--pids", f"{k},{zombie},{sleeper}"]) == 0
+    import json
+    rows = json.loads(capsys.readouterr().out.splitlines()[-1])["processes"]
+    assert [r["pid"] for r in rows] == [sleeper]
+
+
+def test_top_pids_none_readable_is_denied(sleeper):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to another uid")
+    # imported before the fork: the child runs as nobody, who may not read root's site-packages
+    import idlemap.backends.system  # noqa: F401
+    import idlemap.commands.top  # noqa: F401
+    import idlemap.render.top  # noqa: F401
+    import numpy  # noqa: F401
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        rc = 99
+        try:
+            os.close(r)
+            os.dup2(w, 2)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            import sys
+            sys.stderr = os.fdopen(2, "w")
+            rc = main(["top", "0.2", "1", "--pids", str(sleeper)])
+            sys.stderr.flush()
+        finally:
+            os._exit(rc)
+    os.close(w)
+    with os.fdopen(r) as f:
+        err = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 77
+    assert one_sentence(err) == (f"idlemap: permission denied reading process {sleeper} "
+                                 "(run as root or as their owner)")

@@ -9,7 +9,7 @@ from . import windows
 from ..analysis.system import SORT_KEYS
 from ..backends import SYSTEM_BACKENDS, choose_system, options_for
 from ..backends.system import MARK_MODES, Selection
-from ..errors import NoSuchProcess, UsageError
+from ..errors import AccessDenied, IdlemapError, KernelThread, NoSuchProcess, TargetExited, UsageError, Zombie
 from ..kernel.tasks import read_task
 from ..render import top as render
 from ..render.text import json_line
@@ -103,6 +103,58 @@ def make_scanner(args, cgroups: bool):
     return choice, scanner
 
 
+def _given(args) -> list[int]:
+    """The PIDs the user named (--pids and --tree roots), in order, once each."""
+    pids = [p for text in args.pids or [] for p in pid_list(text)] + list(args.tree or [])
+    return list(dict.fromkeys(pids))
+
+
+def refuse_unmeasurable(args) -> None:
+    """Before any window: when every named PID is a kernel thread (no user
+    memory: exit 2, as in every command) or a zombie (exit 1), say so
+    instead of showing empty windows.  One that can be measured is enough."""
+    given = _given(args)
+    if not given:
+        return
+    why: dict[int, IdlemapError] = {}
+    for pid in given:
+        t = read_task(pid)
+        if t is None:
+            raise NoSuchProcess(pid)
+        if t.kthread:
+            why[pid] = KernelThread(pid, t.comm)
+        elif t.state in ("Z", "X"):
+            why[pid] = Zombie(pid)
+        else:
+            return
+    if len(why) == 1:
+        raise next(iter(why.values()))
+    kthreads = [p for p, e in why.items() if isinstance(e, KernelThread)]
+    zombies = [p for p in why if p not in kthreads]
+    parts = ([f"{_pids(kthreads)} {'is a kernel thread' if len(kthreads) == 1 else 'are kernel threads'}"]
+             if kthreads else []) + ([f"{_pids(zombies)} {'is a zombie' if len(zombies) == 1 else 'are zombies'}"]
+                                     if zombies else [])
+    msg = f"none of the given processes can be measured: {' and '.join(parts)} (no user memory)"
+    # a wrong kind of target is the user's to fix (2); only exited ones are 1
+    raise UsageError(msg) if kthreads else IdlemapError(msg)
+
+
+def _pids(pids: list[int]) -> str:
+    return ("PID " if len(pids) == 1 else "PIDs ") + ", ".join(map(str, pids))
+
+
+def refuse_none_measured(args, denied: int) -> None:
+    """After windows in which no named process was measured: why, as an
+    error (exit 77 when they were not ours to read, else 1: they exited)."""
+    given = _given(args)
+    if denied:
+        raise AccessDenied(f"{'process' if len(given) == 1 else 'processes'} {', '.join(map(str, given))}",
+                           "run as root or as their owner")
+    if len(given) == 1:
+        raise TargetExited(given[0])
+    raise IdlemapError(f"processes {', '.join(map(str, given))} exited during the scan: none was measured")
+
+
 def add_arguments(p) -> None:
     p.add_argument("args", nargs="*", metavar="interval [count]",
                    help=f"window length in seconds (default {DEFAULT_INTERVAL_S:g}), "
@@ -123,6 +175,7 @@ def run(args) -> int:
     if args.sort == "pss" and not args.pss:
         raise UsageError("--sort pss needs --pss")
     tty = sys.stdout.isatty() and not args.json
+    refuse_unmeasurable(args)
     choice, scanner = make_scanner(args, args.cgroups)
     n = args.rows
     if n is None:
@@ -131,7 +184,8 @@ def run(args) -> int:
     if not scanner.tlb.exact:
         intro += f"\nnote: {scanner.tlb.note}"
     view = None
-    rounds = 0
+    rounds = measured = denied = 0
+    interrupted = False
     try:
         with scanner:
             if tty:
@@ -142,6 +196,8 @@ def run(args) -> int:
             scanner.mark()
             for s in paced(lambda: scanner.sample(remark=True), interval, count):
                 rounds += 1
+                measured += len(s.processes)
+                denied += s.denied
                 if args.json:
                     json_line({**render.as_json(s, args.sort, n, args.cgroups, rounds), **scanner.tlb.as_dict()})
                     continue
@@ -154,8 +210,12 @@ def run(args) -> int:
                     sys.stdout.write(render.plain(f) + "\n")
                     sys.stdout.flush()
     except KeyboardInterrupt:
-        pass
+        interrupted = True
     finally:
         if view is not None:
             view.close()
+    # Named processes, whole windows, and not one of them measured: an
+    # error, not a table of zeros (every window is already printed above).
+    if rounds and not measured and not interrupted and _given(args):
+        refuse_none_measured(args, denied)
     return 0
