@@ -224,3 +224,63 @@ def test_top_pids_none_readable_is_denied(sleeper):
     assert os.waitstatus_to_exitcode(status) == 77
     assert one_sentence(err) == (f"idlemap: permission denied reading process {sleeper} "
                                  "(run as root or as their owner)")
+
+
+# -- an option only page_idle takes, with --backend auto, where page_idle cannot run
+
+HAS_PAGE_IDLE = os.path.exists("/sys/kernel/mm/page_idle/bitmap")
+
+
+@pytest.mark.skipif(HAS_PAGE_IDLE, reason="this kernel has page_idle: auto can pick it for these options")
+@pytest.mark.parametrize("opt", [["--vms"], ["--mark", "range"], ["--tlb-flush", "soft-dirty"]])
+def test_top_page_idle_option_names_the_missing_config(opt, capsys):
+    from idlemap.kernel.kmod import loaded
+    if loaded() and opt[0] != "--vms":
+        pytest.skip("idlemap's module is loaded: auto picks kmod, which does not take it (exit 2)")
+    assert main(["top", "0.2", "1", "--pids", str(os.getpid()), *opt]) == 69
+    line = one_sentence(capsys.readouterr().err)
+    assert "CONFIG_IDLE_PAGE_TRACKING" in line and f"{' '.join(opt)} needs the page_idle backend" in line
+
+
+@pytest.mark.parametrize("opt", [["--vms"], ["--mark", "range"]])
+def test_top_page_idle_option_with_another_backend_named_is_usage(opt, capsys):
+    # the user chose clear_refs: the combination is wrong whatever the kernel has
+    assert main(["top", "0.2", "1", "--pids", str(os.getpid()), "--backend", "clear_refs", *opt]) == 2
+    assert "goes with the page_idle backend, not clear_refs" in one_sentence(capsys.readouterr().err)
+
+
+def _exporter(*args):
+    """The exporter as a real process on a loopback port picked here; a run
+    that starts serving instead of refusing is killed by its PID."""
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen([sys.executable, "-m", "idlemap", "exporter", "--listen", f"127.0.0.1:{port}",
+                          "--pids", str(os.getpid()), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        out, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+    return p.returncode, err
+
+
+@pytest.mark.skipif(HAS_PAGE_IDLE, reason="this kernel has page_idle: auto picks it for --advise and --vms")
+@pytest.mark.parametrize("opt", [["--advise"], ["--vms"]])
+def test_exporter_page_idle_option_names_the_missing_config(opt):
+    pytest.importorskip("prometheus_client")
+    rc, err = _exporter(*opt)
+    assert rc == 69, err
+    line = one_sentence(err)
+    assert "CONFIG_IDLE_PAGE_TRACKING" in line and f"{opt[0]} needs the page_idle backend" in line
+
+
+def test_exporter_advise_with_clear_refs_named_is_usage():
+    pytest.importorskip("prometheus_client")
+    rc, err = _exporter("--advise", "--backend", "clear_refs")
+    assert rc == 2, err
+    assert "--advise needs the page_idle system scan" in one_sentence(err)

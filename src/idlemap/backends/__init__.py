@@ -75,6 +75,14 @@ def _refuse(cls: type[Backend], m: Feature | Exception, alternative: str = "") -
     return refusal(m, f"the {cls.name} backend", alternative)
 
 
+def refusal_for(name: str, alternative: str = "", features: Features | None = None) -> Exception | None:
+    """The error saying why backend ``name`` cannot run here (a missing
+    kernel feature: exit 69; a permission: 77), or None if it can."""
+    cls = BACKENDS[name]
+    m = _missing(cls, features or probe())
+    return None if m is None else _refuse(cls, m, alternative)
+
+
 def per_page_names() -> list[str]:
     return [n for n, c in BACKENDS.items() if c.caps.per_page]
 
@@ -238,4 +246,4 @@ def choose_system(name: str = "auto", features: Features | None = None,
 
 __all__ = ["Backend", "Capabilities", "BACKENDS", "SYSTEM_BACKENDS", "Choice", "SystemChoice", "choose",
            "choose_for", "choose_system", "is_kvm_guest", "options_for", "per_page_names", "refuse_blind_action",
-           "why_not"]
+           "refusal_for", "why_not"]

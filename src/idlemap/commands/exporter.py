@@ -8,7 +8,7 @@ from .. import validate
 from ..analysis.system import SORT_KEYS
 from ..errors import UsageError
 from ..services import exporter as svc
-from .top import add_selection_arguments, make_scanner
+from .top import add_selection_arguments, auto_lacks, make_scanner
 
 HELP = "serve WSS, cold and RSS bytes per process (or cgroup) as Prometheus metrics"
 EXAMPLES = """\
@@ -61,6 +61,8 @@ def run(args) -> int:
         raise UsageError("--sort pss needs --pss")
     host, port = svc.parse_listen(args.listen)
     svc.require_client()
+    if args.advise:         # before the scanner: page_idle missing is the kernel's (69), not a usage error
+        auto_lacks(["page_idle"], "--advise", args.backend)
     choice, scanner = make_scanner(args, cgroups=args.cgroups)
     state = svc.ExporterState(choice.cls.name, choice.cls.caps.granularity, f"{args.interval:g}s",
                               tlb_flushed=scanner.tlb.exact)

@@ -7,7 +7,7 @@ import sys
 from .. import validate
 from . import windows
 from ..analysis.system import SORT_KEYS
-from ..backends import SYSTEM_BACKENDS, choose_system, options_for
+from ..backends import SYSTEM_BACKENDS, choose_system, options_for, refusal_for
 from ..backends.system import MARK_MODES, Selection
 from ..errors import AccessDenied, IdlemapError, KernelThread, NoSuchProcess, TargetExited, UsageError, Zombie
 from ..kernel.tasks import read_task
@@ -93,10 +93,15 @@ def make_scanner(args, cgroups: bool):
     # left at its default is not "given"; a flush asked of a scanner that
     # flushes in its own walk is already done).
     caps = choice.cls.caps
-    kw = options_for(choice.cls, {
+    given = {
         "mark": ("--mark", None if args.mark == "frames" else args.mark),
         "guests": ("--vms", args.vms or None),
-        "tlb_flush": ("--tlb-flush", None if args.tlb_flush == "none" or caps.flushes_tlb else args.tlb_flush)})
+        "tlb_flush": ("--tlb-flush", None if args.tlb_flush == "none" or caps.flushes_tlb else args.tlb_flush)}
+    for key, (flag, value) in given.items():
+        if value is not None and key not in caps.options:
+            auto_lacks([n for n, c in SYSTEM_BACKENDS.items() if key in c.caps.options],
+                       flag if value is True else f"{flag} {value}", args.backend)
+    kw = options_for(choice.cls, given)
     scanner = choice.cls(selection, pss=args.pss, cgroups=cgroups, **kw)
     scanner.tlb = resolve(None, args.tlb_flush, can_flush=True, what=f"{choice.cls.name} backend",
                           flushes_itself=caps.flushes_tlb)
@@ -153,6 +158,19 @@ def refuse_none_measured(args, denied: int) -> None:
     if len(given) == 1:
         raise TargetExited(given[0])
     raise IdlemapError(f"processes {', '.join(map(str, given))} exited during the scan: none was measured")
+
+
+def auto_lacks(takers: list[str], flag: str, backend: str) -> None:
+    """With --backend auto, ``flag`` needs one of the backends ``takers``:
+    when none of them can run here, why (the kernel lacks page_idle: exit
+    69 naming its CONFIG_; not root: 77) -- not "use --backend X", which
+    would fail the same way.  A backend named by the user, or one of the
+    takers that could run, leaves the usage error (exit 2) to the caller."""
+    if backend != "auto" or not takers:
+        return
+    errors = [refusal_for(n, f"{flag} needs the {n} backend") for n in takers]
+    if all(e is not None for e in errors):
+        raise errors[0]
 
 
 def add_arguments(p) -> None:
