@@ -262,10 +262,10 @@ def _exporter(*args):
                           "--pids", str(os.getpid()), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     try:
-        out, err = p.communicate(timeout=60)
+        _, err = p.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         p.kill()
-        out, err = p.communicate()
+        _, err = p.communicate()
     return p.returncode, err
 
 
