@@ -210,3 +210,15 @@ def test_live_reports_refuse_before_scanning(capsys, tmp_path, args, needle):
     rc, out, err = cli(capsys, *[a.replace("{pid}", str(os.getpid())).replace("{tmp}", str(tmp_path)) for a in args])
     assert rc in (2, 73) and needle in err and err.count("\n") == 1, err
     assert out == "" and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["cold", "--min-idle", "99"], "--min-idle must be between 0 and the number of rounds (30)"),
+    (["cold", "--max-count", "99"], "--max-count must be between 0 and the number of rounds (30)"),
+    (["hot", "--min-count", "99"], "--min-count must be between 1 and the number of rounds (30)"),
+    (["hot", "--min-count", "0"], "at least 1"),
+])
+def test_thresholds_beyond_the_record(capsys, phases, args, needle):
+    path, _ = phases
+    rc, out, err = cli(capsys, "report", path, *args)
+    assert rc == 2 and needle in err and err.count("\n") == 1, err

@@ -367,6 +367,8 @@ def cold_ranges(h: History, stats: PageStats, max_count: int = 0, min_idle_round
     least ``min_idle_rounds`` rounds -- the candidates to reclaim or demote."""
     if not 0 <= max_count <= stats.rounds:
         raise UsageError(f"--max-count must be between 0 and the number of rounds ({stats.rounds})")
+    if min_idle_rounds is not None and not 0 <= min_idle_rounds <= stats.rounds:
+        raise UsageError(f"--min-idle must be between 0 and the number of rounds ({stats.rounds})")
     mask = stats.present_last & (stats.count <= max_count)
     if min_idle_rounds is not None:
         age = stats.idle_age

@@ -52,7 +52,7 @@ def add_window_options(p) -> None:
 
 def add_threshold_options(p) -> None:
     g = p.add_argument_group("hot/cold thresholds")
-    g.add_argument("--min-count", type=validate.whole(0, validate.MAX_COUNT, "a number of rounds"), metavar="K",
+    g.add_argument("--min-count", type=validate.whole(1, validate.MAX_COUNT, "a number of rounds"), metavar="K",
                    help="hot: accessed in at least K rounds (default: every round)")
     g.add_argument("--max-count", type=validate.whole(0, validate.MAX_COUNT, "a number of rounds"), metavar="K",
                    help="cold: accessed in at most K rounds (default 0: never; by mapping: no limit)")
