@@ -219,8 +219,10 @@ def _main(argv: list[str] | None) -> int:
         parser = build_parser(selected)
         args = _parse(parser, argv, selected)
         if not getattr(args, "_run", None):
+            # No command: the overview for a person, and, as for any usage
+            # error, the one sentence on stderr for a script's log.
             parser.print_help()
-            return 2
+            raise UsageError("give a command (see 'idlemap --help')")
         return int(args._run(args) or 0)
     except IdlemapError as e:
         _say(str(e))

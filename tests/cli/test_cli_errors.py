@@ -152,3 +152,9 @@ def test_missing_library_is_unavailable(module, args, needle, tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 69, p.stderr
     assert needle in one_sentence(p.stderr)
+
+
+def test_no_command_is_a_usage_error():
+    rc, out, err = run_cli()
+    assert rc == 2 and out.startswith("usage: idlemap")
+    assert err == "idlemap: give a command (see 'idlemap --help')\n"
