@@ -31,7 +31,7 @@ from .kernel import kpageflags, lru, maps, smaps
 from .kernel import pagemap as pm
 from .kernel.maps import PAGE_SHIFT, Mapping
 from .kernel.page_idle import PageIdleBitmap
-from .kernel.process import ProcessId, check_same, identify, resident_pages
+from .kernel.process import ProcessId, check_alive, check_same, identify, resident_pages
 from .records import IdleMap, Span
 from .analysis.spans import (CHECK_BLOCKS, HPAGE_PAGES, BlockMemo, block_starts, find_huge_blocks,
                              memcmp, spans_for)
@@ -377,8 +377,10 @@ class IdleBitmap:
             # Tail pages share the head's answer: the kernel keeps one flag per THP.
             _set_blocks(idle, heads[idle[heads]], True)
         huge = st.huge_pages()
-        if n and not pfns.size:
-            check_same(self.proc)      # an exiting process reads as all holes
+        if not pfns.size:
+            # An exiting process reads as no mappings or all holes: that is
+            # not a reading of it (bitmap -o would replace a file with zeros).
+            check_alive(self.proc)
         window = now - self.marked_at if self.marked_at is not None else 0.0
         if remark:
             self._set(plan, idle_t)

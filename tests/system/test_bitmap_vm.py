@@ -289,3 +289,30 @@ def test_windows_in_a_row_are_exact_with_idle_frames_left_marked(thp):
                     f"window {i}: {np.flatnonzero(got != want)[:10].tolist()} wrong"
                 # Only what read accessed was written again.
                 assert bm.last_marked == int(want_units.sum()), (i, bm.last_marked)
+
+
+@pytest.mark.parametrize("ranged", [False, True], ids=["whole", "range"])
+def test_read_of_an_exited_target_is_an_exit_not_an_empty_map(ranged):
+    """A target that dies inside the window reads as no mappings (its maps
+    are empty) or all holes.  That is not a reading: `bitmap -o` would say
+    "nothing is mapped" (exit 65) or write a bitmap of zeros over FILE.
+    Deterministic: the target is our child, killed and left a zombie."""
+    from idlemap.errors import TargetExited
+    from idlemap.kernel.tasks import read_task
+    child = subprocess.Popen([sys.executable, "-c", "import mmap, sys, time\n"
+                              "m = mmap.mmap(-1, 8 << 20); m.write(b'x' * (8 << 20))\n"
+                              "print(hex(__import__('ctypes').addressof(__import__('ctypes').c_char.from_buffer(m))), flush=True)\n"
+                              "time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        addr = int(child.stdout.readline(), 16)
+        ranges = [(addr, addr + 8 * MiB)] if ranged else None
+        with IdleBitmap(child.pid) as bm:
+            bm.mark_idle(ranges)
+            child.kill()
+            while (t := read_task(child.pid)) is not None and t.state != "Z":
+                os.sched_yield()
+            with pytest.raises(TargetExited):
+                bm.read(ranges)
+    finally:
+        child.kill()
+        child.wait()

@@ -66,3 +66,16 @@ def test_zombie():
             assert "zombie" in str(e.value) and isinstance(e.value, TargetExited)
     finally:
         os.waitpid(child, 0)
+
+
+def test_check_alive_reads_a_missing_mm_as_exited():
+    """An exiting task has released its memory before it is a zombie: its
+    statm says size 0.  A kernel thread (no mm, never a zombie) shows the
+    same on this real kernel; a live process does not."""
+    from idlemap.kernel.process import check_alive, identify
+    check_alive(identify(os.getpid()))
+    with open("/proc/2/stat") as f:
+        if "(kthreadd)" not in f.read():
+            pytest.skip("PID 2 is not kthreadd here (a PID namespace)")
+    with pytest.raises(TargetExited):
+        check_alive(identify(2))

@@ -97,6 +97,7 @@ def run(args) -> int:
     for side in (".present", ".json"):     # FILE itself was checked while parsing
         outputs.check(args.output + side, "the bitmap's side file")   # before the scan, not after
     proc = user_target(pid)        # a kernel thread: exit 2, as in every command
+    argv = cmdline(pid)            # now: a target that exits at the end of the window keeps its name
     # Per page only: kmod where the module is loaded (not for a KVM guest's
     # VMM), else page_idle; the refusal names what each lacks.
     choice = backends.choose_for("auto", pid, need_per_page=True)
@@ -120,7 +121,7 @@ def run(args) -> int:
     nbytes = write_sparse(args.output, m, args.output + ".present")
     present = int(np.count_nonzero(m.present))
     idle = int(np.count_nonzero(m.present & m.idle))
-    meta = {"schema": SCHEMA, "pid": pid, "comm": proc.comm, "cmdline": cmdline(pid),
+    meta = {"schema": SCHEMA, "pid": pid, "comm": proc.comm, "cmdline": argv,
             "page_size": PAGE_SIZE, "window_s": round(m.window_s, 6), "time": time.time(), **policy.as_dict(),
             "backend": choice.cls.name,
             "ranges": [[f"{s.start:#x}", f"{s.end:#x}", s.mapping.label] for s in m.spans],

@@ -47,6 +47,25 @@ def check_same(proc: ProcessId) -> None:
         raise TargetExited(proc.pid)
 
 
+def check_alive(proc: ProcessId) -> None:
+    """check_same, and also TargetExited once the process's memory is gone.
+
+    An exiting task releases its mm (exit_mm) before it becomes a zombie, so
+    for a moment it is still "running" with no memory: its maps read empty
+    and its pagemap all holes.  /proc/PID/statm then says size 0, which no
+    live user process has (fs/proc/array.c prints zeros without an mm)."""
+    check_same(proc)
+    try:
+        with open(f"/proc/{proc.pid}/statm", "rb") as f:
+            size = int(f.read().split()[0])
+    except (FileNotFoundError, ProcessLookupError):
+        raise TargetExited(proc.pid) from None
+    except (OSError, ValueError, IndexError):
+        return                  # unreadable here: check_same's answer stands
+    if size == 0:
+        raise TargetExited(proc.pid)
+
+
 def fault_counts(pid: int) -> tuple[int, int]:
     """(minor, major) page faults of the process so far (stat fields 10
     and 12).  A major fault is a page brought back from swap or disk: the
