@@ -75,14 +75,24 @@ def size(lo: int = 0, hi: int = 1 << 50, unit: str = "a size"):
 
     def parse(text: str) -> int:
         m = pat.match(text or "")
-        v = None if not m else int(float(m.group(1)) * (1 << _SIZE_SHIFT[m.group(2).lower()]))
-        if v is None or not lo <= v <= hi:
+        if not m:
             raise argparse.ArgumentTypeError(f"must be {unit} in bytes with an optional K/M/G/T suffix "
                                              f"(e.g. 512M, 4G), not {text!r}")
-        return v
+        f = float(m.group(1)) * (1 << _SIZE_SHIFT[m.group(2).lower()])     # inf for 309+ digits
+        if not lo <= f <= hi:
+            raise argparse.ArgumentTypeError(f"must be {unit} from {_human(lo)} to {_human(hi)}, not {text!r}")
+        return int(f)
     parse.__name__ = unit
     parse.idlemap_numeric = True
     return parse
+
+
+def _human(n: int) -> str:
+    """A size bound as the user would type it: 0, 512M, 1024T."""
+    for suffix, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if n and n % (1 << shift) == 0:
+            return f"{n >> shift}{suffix}"
+    return str(n)
 
 
 # The ones most options share.

@@ -158,3 +158,11 @@ def test_no_command_is_a_usage_error():
     rc, out, err = run_cli()
     assert rc == 2 and out.startswith("usage: idlemap")
     assert err == "idlemap: give a command (see 'idlemap --help')\n"
+
+
+@pytest.mark.parametrize("value, needle", [("9" * 400, "from 0 to"), ("9" * 400 + "K", "from 0 to"),
+                                           ("2000T", "from 0 to 1024T")])
+def test_size_beyond_any_float_is_a_usage_error(capsys, value, needle):
+    """A size of 309+ digits is inf as a float: one sentence, not exit 70."""
+    assert main(["tier", "999999", "--fast", "0", "--slow", "1", "--fast-capacity", value]) == 2
+    assert needle in one_sentence(capsys.readouterr().err)
