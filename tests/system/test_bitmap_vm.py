@@ -316,3 +316,13 @@ def test_read_of_an_exited_target_is_an_exit_not_an_empty_map(ranged):
     finally:
         child.kill()
         child.wait()
+
+
+def test_range_outside_every_mapping_is_a_usage_error(tmp_path, capsys):
+    """--range that covers nothing mapped is the option's fault (exit 2), and nothing is written."""
+    with Workload() as w:
+        assert main(["bitmap", str(w.pid), "--wait", "0", "--range", "0x1000-0x2000",
+                     "-o", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err == "idlemap: nothing is mapped in the given range(s)\n", err
+    assert os.listdir(tmp_path) == []

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import backends, outputs, validate
 from ..analysis.spans import merge_ranges
-from ..errors import BadInput, UsageError
+from ..errors import UsageError
 from ..kernel.maps import PAGE_SHIFT, PAGE_SIZE
 from ..kernel.process import cmdline
 from . import add_tlb_arguments, parse_range, pid_arg, take_pid, tlb_note, tlb_policy
@@ -107,7 +107,7 @@ def run(args) -> int:
         layout = find_guest_ram(describe(pid), args.qmp)
         ranges = gpa_ranges_to_hva(layout, gpa_ranges)
         if not ranges:
-            raise BadInput("the given range(s) hold no guest RAM (`idlemap vms PID` shows where it is)")
+            raise UsageError("the given range(s) hold no guest RAM (`idlemap vms PID` shows where it is)")
     policy = tlb_policy(args, proc, choice.cls)
     tlb_note(policy, args.json)
     with choice.cls.open_bitmap(proc, policy.flush) as bm:
@@ -117,7 +117,7 @@ def run(args) -> int:
     if layout is not None:
         m = idle_map_to_gpa(m, layout, gpa_ranges)
     if not m.spans:
-        raise BadInput("nothing is mapped in the given range(s)")
+        raise UsageError("nothing is mapped in the given range(s)")
     nbytes = write_sparse(args.output, m, args.output + ".present")
     present = int(np.count_nonzero(m.present))
     idle = int(np.count_nonzero(m.present & m.idle))

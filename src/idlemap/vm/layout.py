@@ -10,7 +10,7 @@ import numpy as np
 
 from ..analysis.spans import merge_ranges
 from ..analysis.usage import idle_map_usage
-from ..errors import BadInput
+from ..errors import UsageError
 from ..kernel.maps import PAGE_SHIFT, Mapping
 from ..records import IdleMap, MappingUsage, Span, WssSample
 
@@ -113,7 +113,7 @@ def restrict(layout: GuestLayout, gpa_ranges: Iterable[tuple[int, int]] | None) 
         return layout
     regions = tuple(clip_regions(layout, gpa_ranges))
     if not regions:
-        raise BadInput("the given range(s) hold no guest RAM (`idlemap vms PID` shows where it is)")
+        raise UsageError("the given range(s) hold no guest RAM (`idlemap vms PID` shows where it is)")
     return dataclasses.replace(layout, regions=regions)
 
 
