@@ -32,7 +32,8 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
           (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words ("a FIFO", "a directory")."""
     for test, name in _KINDS:
         if test(mode):
             return name
@@ -58,7 +59,7 @@ def check(path: str, what: str = "the output") -> None:
     except OSError as e:
         raise _error(e, path, what) from None
     if st is not None and not stat.S_ISREG(st.st_mode):
-        raise UsageError(f"refusing to write {what} to {path}: it is {_kind(st.st_mode)}, "
+        raise UsageError(f"refusing to write {what} to {path}: it is {file_kind(st.st_mode)}, "
                          "and idlemap only creates or replaces regular files")
     # The new file is made in the directory: say now, not after a scan,
     # if it cannot be (read-only file system, no permission, immutable).

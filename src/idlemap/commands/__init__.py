@@ -73,6 +73,13 @@ def parse_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def qmp_needs_vm(args) -> None:
+    """--qmp names the VMM's socket: an option of --vm alone (checked before
+    the target and the backend, so it is exit 2 whatever the system says)."""
+    if getattr(args, "qmp", None) and not args.vm:
+        raise UsageError("--qmp goes with --vm")
+
+
 # -- DAMON settings, shared by the commands that take --backend damon ----------
 # What --backend auto picks, for every command's --backend help.
 AUTO_PER_PAGE = ("kmod if idlemap's module is loaded and the target is not a KVM guest's VMM, "

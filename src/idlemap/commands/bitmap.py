@@ -13,7 +13,7 @@ from ..errors import UsageError
 from ..kernel.maps import PAGE_SHIFT, PAGE_SIZE
 from ..kernel.process import cmdline
 from . import add_tlb_arguments, parse_range, pid_arg, take_pid, tlb_note, tlb_policy
-from . import user_target
+from . import qmp_needs_vm, user_target
 
 HELP = "mark a process's pages idle, wait, and dump its idle + present bitmaps in the RFC layout"
 EXAMPLES = """\
@@ -91,8 +91,7 @@ def run(args) -> int:
     pid, rest = take_pid(args, args.args)
     if rest:
         raise UsageError("too many arguments: idlemap bitmap PID -o FILE")
-    if args.qmp and not args.vm:          # before the target and the backend: an option, not the system
-        raise UsageError("--qmp goes with --vm")
+    qmp_needs_vm(args)
     ranges = [parse_range(r) for r in args.range] or None
     for side in (".present", ".json"):     # FILE itself was checked while parsing
         outputs.check(args.output + side, "the bitmap's side file")   # before the scan, not after

@@ -5,7 +5,7 @@ import json
 import os
 import stat
 
-from .. import kmodbuild
+from .. import kmodbuild, outputs
 from ..errors import AccessDenied, BadInput, IdlemapError, Unavailable, UsageError
 from ..kernel import kmod
 from ..kernel.kmod_abi import REBUILD, interface_version
@@ -49,21 +49,20 @@ def _build(args) -> int:
 
 def _load(args) -> int:
     here = os.uname().release
-    if args.ko:
-        _require_module_file(args.ko)      # the argument first, then the system's state
-        _module_release(args.ko)
+    ko = args.ko
+    if ko:
+        # The argument first, then the system's state: a file that is no
+        # module is the user's to fix whatever the kernel would say.
+        _require_module_file(ko)
+        rel = _module_release(ko)
     if kmod.loaded():
         raise UsageError("the idlemap module is already loaded (`idlemap kmod status`)")
-    if args.ko:
-        ko = args.ko
-    else:
+    if not ko:
         ko = str(kmodbuild.built_path(here))
         if not os.path.isfile(ko):
             raise UsageError(f"no idlemap module built for this kernel ({here}) from these sources: "
                              f"run `idlemap kmod build` first")
-    # what the file is comes before whether loading is allowed: a file that
-    # is no module is the user's to fix whatever the kernel would say
-    rel = _module_release(ko)
+        rel = _module_release(ko)
     why = kmod.refusal_reason()
     if why:
         raise Unavailable(f"cannot load the module: {why}")
@@ -73,10 +72,6 @@ def _load(args) -> int:
     kmod.load(ko)
     print(f"loaded {ko}: {kmod.DEVICE}")
     return 0
-
-
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 def _require_module_file(ko: str) -> None:
@@ -90,8 +85,7 @@ def _require_module_file(ko: str) -> None:
     except PermissionError:
         raise AccessDenied(ko, "run as root") from None
     if not stat.S_ISREG(mode):
-        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-        raise UsageError(f"{ko} is {kind}, not a module file")
+        raise UsageError(f"{ko} is {outputs.file_kind(mode)}, not a module file")
 
 
 def _module_release(ko: str) -> str:

@@ -14,7 +14,7 @@ from ..render.units import human_bytes
 from ..scan import Scanner, calibrate
 from . import (add_damon_arguments, add_tlb_arguments, damon_kwargs, parse_range, pid_arg, take_pid, tlb_note,
                windows)
-from . import BACKEND_HELP, user_target
+from . import BACKEND_HELP, qmp_needs_vm, user_target
 
 HELP = "record rounds of a process's page accesses to a file, for `idlemap report`"
 EXAMPLES = """\
@@ -79,8 +79,7 @@ def check_scan_options(args, rest: list) -> None:
     """Refuse options that would be ignored or contradict each other, before
     the target or any backend is asked (advise calls it before its own
     backend check).  ``rest``: the positionals after the PID.  No side effects."""
-    if args.qmp and not args.vm:
-        raise UsageError("--qmp goes with --vm")
+    qmp_needs_vm(args)
     if args.auto_interval:
         if rest or args.interval is not None:
             raise UsageError("--auto-interval chooses the interval itself: give no interval with it "

@@ -9,7 +9,7 @@ from ..errors import NoSuchProcess, TargetExited, UsageError
 from ..render.text import MB, Table, json_line, mb
 from . import (add_damon_arguments, add_tlb_arguments, damon_kwargs, pid_arg, take_pid, tlb_note, tlb_policy,
                windows)
-from . import BACKEND_HELP, user_target
+from . import BACKEND_HELP, qmp_needs_vm, user_target
 
 HELP = "working-set size of a process: Est(s), RSS, PSS and referenced MiB per window"
 EXAMPLES = """\
@@ -86,8 +86,7 @@ def run(args) -> int:
         raise UsageError("--profile-base goes with -P")
     if args.profile_base is None:
         args.profile_base = PROFILE_BASE_S
-    if args.qmp and not args.vm:
-        raise UsageError("--qmp goes with --vm")
+    qmp_needs_vm(args)
     if args.profile and args.profile_base * 2 ** (args.profile - 1) > validate.WEEK_S:
         raise UsageError(f"-P {args.profile} with --profile-base {args.profile_base:g} s would need a window "
                          "longer than a week; use fewer windows")
